@@ -1,0 +1,168 @@
+"""The MetaLearner protocol shared by every method.
+
+A meta-learner owns an initialisation θ⁰ (parameters and buffers of a task model) and the
+meta-optimiser over the meta-learned part of it. The trainer uses four calls:
+
+    meta.load_init(model)                       # a task starts at the current initialisation
+    with meta.watch(model, optimizer, task):    # observe one task's inner loop through the seam
+        ...
+    logs = meta.meta_step()                     # apply the meta-gradient averaged over the meta-batch
+    meta.state_dict() / meta.load_state_dict()  # exact resume
+
+Subclasses supply ``observers()`` — the maths of the method — and nothing else. Meta-gradients are
+accumulated per task and merged into the meta-batch sum only when finite, so a diverged task never
+reaches the initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .seam import OptimizerWatch, StepObserver
+
+
+@dataclass
+class MetaOptimizerConfig:
+    name: str = "sgd"          # sgd | adam | rmsprop
+    lr: float = 0.1
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+
+def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of sgd, adam, rmsprop")
+
+
+def select(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """Parameter names matching any ``include`` prefix (all when empty) and no ``exclude`` prefix."""
+    return [n for n in names
+            if (not include or any(n.startswith(p) for p in include))
+            and not any(n.startswith(p) for p in exclude)]
+
+
+class _TaskMerge:
+    """Last observer of every watch: adds the task's meta-gradient to the meta-batch sum if finite."""
+
+    def __init__(self, meta: "MetaLearner") -> None:
+        self.meta = meta
+
+    def task_start(self, params: Sequence[Tensor]) -> None:
+        pass
+
+    def before_step(self, params, grads, loss) -> None:
+        pass
+
+    def after_step(self, params) -> None:
+        pass
+
+    def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
+        self.meta._merge_task()
+
+
+class MetaLearner:
+    """Initialisation θ⁰ + meta-optimiser + per-method observers.
+
+    ``include`` / ``exclude`` are parameter-name prefixes restricting what is meta-learned (e.g.
+    ``include=["encoder."]`` for Leap on the Atari encoder only). Parameters outside the set keep their
+    value in the stored initialisation (so tasks still start from it) but receive no meta-gradient.
+    """
+
+    name = "base"
+
+    def __init__(self, model: nn.Module, meta_optimizer: MetaOptimizerConfig | None = None,
+                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        self.init_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.names = select(trainable, include, exclude)
+        if not self.names:
+            raise ValueError(f"no parameters selected for meta-learning (include={list(include)}, "
+                             f"exclude={list(exclude)})")
+        # The meta-parameters share storage with init_state: stepping them moves the initialisation.
+        self.params = [nn.Parameter(self.init_state[n]) for n in self.names]
+        for n, p in zip(self.names, self.params):
+            self.init_state[n] = p.data
+        self._task_acc = [torch.zeros_like(p) for p in self.params]
+        self._acc = [torch.zeros_like(p) for p in self.params]
+        self.meta_optimizer = make_optimizer(self.params, meta_optimizer or MetaOptimizerConfig())
+        self.tasks = 0            # finite tasks merged since the last meta-step
+        self.skipped = 0          # tasks dropped for a non-finite meta-gradient, since the last meta-step
+        self.meta_steps = 0
+
+    # -- protocol ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_init(self, model: nn.Module) -> None:
+        """Copy θ⁰ (parameters and buffers, e.g. BatchNorm statistics) into ``model``."""
+        state = model.state_dict()
+        for k, v in self.init_state.items():
+            state[k].copy_(v)
+
+    def prepare(self, model: nn.Module, task: Any = None) -> None:
+        """Method-specific set-up of a task model after ``load_init`` (e.g. fine-tuning's task head)."""
+
+    def watched(self, model: nn.Module) -> list[Tensor]:
+        named = dict(model.named_parameters())
+        return [named[n] for n in self.names]
+
+    def observers(self, task: Any = None) -> list[StepObserver]:
+        """The method's maths: observers adding the task's meta-gradient into ``self._task_acc``."""
+        raise NotImplementedError
+
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any = None) -> OptimizerWatch:
+        torch._foreach_zero_(self._task_acc)
+        return OptimizerWatch(optimizer, self.watched(model), [*self.observers(task), _TaskMerge(self)])
+
+    def _merge_task(self) -> None:
+        finite = torch.stack([t.isfinite().all() for t in self._task_acc]).all() if self._task_acc else True
+        if bool(finite):
+            torch._foreach_add_(self._acc, self._task_acc)
+            self.tasks += 1
+        else:
+            self.skipped += 1
+
+    def meta_gradient(self) -> list[Tensor]:
+        """The accumulated meta-gradient, averaged over the finite tasks of the meta-batch."""
+        n = max(self.tasks, 1)
+        return [a / n for a in self._acc]
+
+    def meta_step(self) -> dict[str, float]:
+        logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
+        if self.tasks > 0:
+            grads = self.meta_gradient()
+            logs["meta/grad_norm"] = float(torch.stack([g.norm() for g in grads]).norm())
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            self.meta_optimizer.step()
+            self.meta_optimizer.zero_grad(set_to_none=True)
+        torch._foreach_zero_(self._acc)
+        self.tasks = 0
+        self.skipped = 0
+        self.meta_steps += 1
+        return logs
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"init": {k: v.clone() for k, v in self.init_state.items()},
+                "meta_optimizer": self.meta_optimizer.state_dict(),
+                "acc": [a.clone() for a in self._acc],
+                "counters": torch.tensor([self.tasks, self.skipped, self.meta_steps])}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state["init"].items():
+            self.init_state[k].copy_(v)
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        torch._foreach_copy_(self._acc, list(state["acc"]))
+        self.tasks, self.skipped, self.meta_steps = (int(x) for x in state["counters"])
+

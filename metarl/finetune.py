@@ -1,0 +1,83 @@
+"""Multi-headed fine-tuning: one shared trunk trained on the stream of meta-training tasks, one output
+head per task key (e.g. per alphabet). There is no meta-gradient: the initialisation *is* the trunk
+after the latest task (θ⁰ ← θ^K at the end of every task)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import MetaLearner, select
+from .seam import OptimizerWatch
+
+
+class FineTuning(MetaLearner):
+    name = "finetune"
+
+    def __init__(self, model: nn.Module, head: Sequence[str] = ("head.",), **kwargs: Any) -> None:
+        kwargs["exclude"] = tuple(kwargs.get("exclude", ())) + tuple(head)
+        super().__init__(model, **kwargs)
+        self.head_names = select([n for n, _ in model.named_parameters()], include=head)
+        self.heads: dict[str, dict[str, Tensor]] = {}
+
+    def observers(self, task=None) -> list:
+        return []
+
+    def prepare(self, model: nn.Module, task: Any = None) -> None:
+        """Install the head of this task's key, if the trunk has met the task before."""
+        task_key = str(getattr(task, "key", task))
+        if task_key in self.heads:
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for n, v in self.heads[task_key].items():
+                    named[n].copy_(v)
+
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any = None) -> OptimizerWatch:
+        return OptimizerWatch(optimizer, self.watched(model), [_Continue(self, model, str(getattr(task, "key", task)))])
+
+    def meta_step(self) -> dict[str, float]:
+        logs = {"meta/tasks": float(self.tasks), "meta/heads": float(len(self.heads))}
+        self.tasks = 0
+        self.meta_steps += 1
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        keys = sorted(self.heads)
+        state["head_keys"] = keys    # strings are plain data: weights_only loading accepts them
+        state["heads"] = [self.heads[k] for k in keys]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.heads = dict(zip(state["head_keys"], state["heads"]))
+
+
+class _Continue:
+    """θ⁰ ← θ^K for the trunk (and the learned head); the task's head goes to the bank."""
+
+    def __init__(self, ft: FineTuning, model: nn.Module, task_key: str | None) -> None:
+        self.ft, self.model, self.task_key = ft, model, task_key
+
+    def task_start(self, params) -> None:
+        pass
+
+    def before_step(self, params, grads, loss) -> None:
+        pass
+
+    def after_step(self, params) -> None:
+        pass
+
+    @torch.no_grad()
+    def task_end(self, params, final_loss) -> None:
+        state = self.model.state_dict()
+        finite = all(state[n].isfinite().all() for n in self.ft.names)
+        if not finite:
+            self.ft.skipped += 1
+            return
+        for k, v in self.ft.init_state.items():
+            v.copy_(state[k])
+        self.ft.heads[str(self.task_key)] = {n: state[n].clone() for n in self.ft.head_names}
+        self.ft.tasks += 1

@@ -1,0 +1,39 @@
+"""First-order MAML: the meta-gradient of a task is the gradient of its last inner step, ∇f(θ^{K−1}).
+
+This is the multi-step first-order variant the Leap experiments used (100 inner steps, the final-step
+gradient with ∂θ^{K−1}/∂θ⁰ ≈ I).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import MetaLearner
+
+
+class FOMAMLObjective:
+    def __init__(self, acc: Sequence[Tensor]) -> None:
+        self.acc = list(acc)
+
+    def task_start(self, params: Sequence[Tensor]) -> None:
+        pass
+
+    def before_step(self, params, grads: Sequence[Tensor], loss) -> None:
+        with torch.no_grad():   # keep only the latest gradient: the task accumulator holds g_i
+            torch._foreach_copy_(self.acc, list(grads))
+
+    def after_step(self, params) -> None:
+        pass
+
+    def task_end(self, params, final_loss) -> None:
+        pass
+
+
+class FOMAML(MetaLearner):
+    name = "fomaml"
+
+    def observers(self, task=None) -> list:
+        return [FOMAMLObjective(self._task_acc)]

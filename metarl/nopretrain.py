@@ -1,0 +1,18 @@
+"""No pre-training: every task starts from the same fixed (random) initialisation."""
+
+from __future__ import annotations
+
+from .base import MetaLearner
+
+
+class NoPretraining(MetaLearner):
+    name = "no_pretraining"
+
+    def observers(self, task=None) -> list:
+        return []
+
+    def meta_step(self) -> dict[str, float]:
+        logs = {"meta/tasks": float(self.tasks)}
+        self.tasks = 0
+        self.meta_steps += 1
+        return logs

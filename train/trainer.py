@@ -1,0 +1,206 @@
+"""The meta-training loop: sample a meta-batch of tasks → adapt each under the meta-learner's watch →
+meta-step. The trainer owns logging, evaluation and checkpoints; methods and tasks own none of that.
+
+Randomness is derived from (seed, meta-step), never carried in hidden state, so a resumed run draws
+exactly the tasks and batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from metarl import FOMAML, MAML, FineTuning, Leap, MetaLearner, NoPretraining, Reptile
+from metarl.base import make_optimizer, MetaOptimizerConfig
+
+from .checkpoint import load_latest, save_checkpoint
+from .config import Config, config_to_yaml
+from .tasks import build_adapter
+from .tasks.base import curve_auc
+
+
+# ------------------------------------------------------------------------------------------------
+# construction
+
+
+def build_meta_learner(cfg: Config, model: nn.Module, adapter: Any) -> MetaLearner:
+    """The method named by ``cfg.method`` over ``model``'s parameters (head excluded when re-drawn)."""
+    exclude = list(cfg.meta.exclude) + (list(adapter.head) if cfg.meta.head == "reset" else [])
+    common = dict(meta_optimizer=cfg.meta.optimizer, include=list(cfg.meta.include), exclude=exclude)
+    if cfg.method == "leap":
+        return Leap(model, cfg.leap, **common)
+    if cfg.method == "reptile":
+        return Reptile(model, **common)
+    if cfg.method == "fomaml":
+        return FOMAML(model, **common)
+    if cfg.method == "maml":
+        return MAML(model, inner_lr=cfg.maml.inner_lr, inner_steps=cfg.maml.steps,
+                    first_order=cfg.maml.first_order, **common)
+    if cfg.method == "finetune":
+        return FineTuning(model, head=tuple(adapter.head), **common)
+    if cfg.method == "no_pretraining":
+        return NoPretraining(model, **common)
+    if cfg.method == "warpgrad":
+        from metarl.warpgrad import WarpGrad
+        return WarpGrad(model, cfg.method_config, leap=cfg.leap, **common)
+    raise ValueError(f"unknown method {cfg.method!r}")
+
+
+FIXED = 2**32 - 1   # the "meta-step" key of draws that must not depend on the step (template, held-out)
+
+
+def step_generators(seed: int, step: int, stream: int = 0) -> tuple[np.random.Generator, torch.Generator]:
+    """Independent NumPy and torch generators for one (seed, meta-step, stream)."""
+    rng = np.random.default_rng([seed, step, stream])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def task_model(adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
+    """A model at the current initialisation. Under ``head: reset`` every method starts every task from
+    a freshly drawn output head (drawn from ``generator``); under ``learned`` the head comes from θ⁰."""
+    model = adapter.make_model(generator, task) if _takes_task(adapter) else adapter.make_model(generator)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()
+             if any(k.startswith(p) for p in adapter.head)} if head == "reset" else {}
+    meta.load_init(model)
+    if fresh:
+        model.load_state_dict(fresh, strict=False)
+    meta.prepare(model, task)
+    return model
+
+
+def _takes_task(adapter: Any) -> bool:
+    import inspect
+    return "task" in inspect.signature(adapter.make_model).parameters
+
+
+def task_parameters(model: nn.Module, meta: MetaLearner) -> list[nn.Parameter]:
+    """What the inner optimiser steps: everything except warp parameters (WarpGrad keeps them fixed)."""
+    if hasattr(meta, "task_parameters"):
+        return list(meta.task_parameters(model))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def inner_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
+    inner = cfg.inner
+    return make_optimizer(params, MetaOptimizerConfig(name=inner.optimizer, lr=inner.lr, momentum=inner.momentum))
+
+
+def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator,
+             steps: int, watched: bool = True) -> tuple[nn.Module, list[float]]:
+    """Adapt one task from the current initialisation; the meta-learner observes it when ``watched``."""
+    model = task_model(adapter, meta, task, generator, cfg.meta.head)
+    clip = cfg.inner.clip_grad_norm or None
+    if watched and getattr(meta, "differentiable", False):      # MAML: backprop through the inner loop
+        return model, meta.accumulate(model, lambda m, split: task.loss(m, task.batch(split)))
+    optimizer = inner_optimizer(task_parameters(model, meta), cfg)
+    if not watched:
+        return model, adapter.adapt(task, model, optimizer, steps, clip_grad_norm=clip)
+    with meta.watch(model, optimizer, task) as watch:
+        curve = adapter.adapt(task, model, optimizer, steps, watch, clip_grad_norm=clip)
+    return model, curve
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate(cfg: Config, adapter: Any, meta: MetaLearner, split: str | None = None) -> dict[str, float]:
+    """Adapt fixed held-out tasks from the current initialisation; mean metrics over tasks.
+
+    The held-out tasks and their head draws depend only on the seed, so every evaluation of every method
+    sees the same tasks. Metrics: AUC of the training-loss curve, final training loss, and the adapter's
+    held-out metrics (e.g. test loss, accuracy)."""
+    split = split or cfg.eval.split
+    steps = cfg.eval.steps or cfg.inner.steps
+    rng, _ = step_generators(cfg.seed, FIXED, 1)
+    tasks = adapter.sample_tasks(split, cfg.eval.tasks, rng)
+    rows: list[dict[str, float]] = []
+    for i, task in enumerate(tasks):
+        _, generator = step_generators(cfg.seed, FIXED, 100 + i)
+        model, curve = run_task(cfg, adapter, meta, task, generator, steps, watched=False)
+        rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **adapter.evaluate(task, model)})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+class Logger:
+    """TensorBoard scalars; resumed runs purge events past the checkpoint so curves continue."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def setup(cfg: Config) -> tuple[Any, MetaLearner]:
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.seed)
+    adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)
+    _, generator = step_generators(cfg.seed, FIXED, 0)
+    template = adapter.make_model(generator)
+    return adapter, build_meta_learner(cfg, template, adapter)
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False,
+          stop_after: int | None = None, progress: Callable | None = None) -> dict[str, float]:
+    """Meta-train per ``cfg`` in ``run_dir``. ``stop_after`` ends the run after that many meta-steps
+    in this process (used to test resumption)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    adapter, meta = setup(cfg)
+    start = 0
+    if resume:
+        loaded = load_latest(run_dir)
+        if loaded is not None:
+            state, _ = loaded
+            meta.load_state_dict(state["meta"])
+            start = int(state["step"])
+    logger = Logger(run_dir, purge_step=start if resume else None)
+    steps = range(start, cfg.meta.steps)
+    if cfg.run.progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, initial=start, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
+    result: dict[str, float] = {}
+    t0, done = time.time(), 0
+    for step in steps:
+        rng, generator = step_generators(cfg.seed, step)
+        tasks = adapter.sample_tasks("train", cfg.meta.meta_batch, rng)
+        curves = [run_task(cfg, adapter, meta, task, generator, cfg.inner.steps)[1] for task in tasks]
+        logs = meta.meta_step()
+        logs["losses/train_auc"] = float(np.mean([curve_auc(c) for c in curves]))
+        logs["losses/train_final"] = float(np.mean([c[-1] for c in curves]))
+        logs["charts/meta_steps_per_s"] = (done + 1) / (time.time() - t0)
+        logger.scalars(logs, step + 1)
+        done += 1
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.meta.steps:
+            logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta).items()}, step + 1)
+        if (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0) or step + 1 == cfg.meta.steps:
+            save_checkpoint(run_dir, step + 1, {"step": step + 1, "meta": meta.state_dict()}, cfg.run.keep)
+        if progress is not None:
+            progress(step + 1, logs)
+        if stop_after is not None and done >= stop_after:
+            logger.close()
+            return {}
+    if start < cfg.meta.steps or not (run_dir / "eval.json").exists():
+        result = evaluate(cfg, adapter, meta)
+        logger.scalars({f"eval/{k}": v for k, v in result.items()}, cfg.meta.steps)
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    logger.close()
+    return result
