@@ -54,7 +54,7 @@ class MAML(MetaLearner):
         curve = []
         for _ in range(self.inner_steps):
             loss = loss_fn(_Functional(model, params), "train")
-            curve.append(float(loss))
+            curve.append(float(loss.detach()))
             keys = [n for n in params if params[n].requires_grad]
             grads = torch.autograd.grad(loss, [params[n] for n in keys],
                                         create_graph=not self.first_order, allow_unused=True)
@@ -68,5 +68,5 @@ class MAML(MetaLearner):
             for acc, g in zip(self._task_acc, meta_grads):
                 acc.copy_(g if g is not None else torch.zeros_like(acc))
         self._merge_task()
-        curve.append(float(query))
+        curve.append(float(query.detach()))
         return curve

@@ -1,0 +1,69 @@
+"""Bad input: one line naming the problem, exit code 2, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = str(ROOT / "configs" / "sine_leap.yaml")
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def bad_yaml(tmp: Path) -> str:
+    p = tmp / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    return str(p)
+
+
+def list_yaml(tmp: Path) -> str:
+    p = tmp / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    return str(p)
+
+
+CASES = [
+    (["train", CFG, "meta.bogus=1"], "unknown config key 'meta.bogus'"),
+    (["train", CFG, "bogus=1"], "unknown config key 'bogus'"),
+    (["train", CFG, "meta.meta_batch=two"], "'meta.meta_batch' must be an integer"),
+    (["train", CFG, "inner.lr=fast"], "'inner.lr' must be a number"),
+    (["train", CFG, "leap.loss=maybe"], "'leap.loss' must be true or false"),
+    (["train", CFG, "meta.meta_batch=0"], "'meta.meta_batch' must be positive"),
+    (["train", CFG, "inner.steps=-3"], "'inner.steps' must be positive"),
+    (["train", CFG, "leap.p=3"], "leap.p must be 1 (length) or 2 (energy)"),
+    (["train", CFG, "method=leapp"], "unknown method 'leapp'"),
+    (["train", CFG, "task=cifar"], "unknown task 'cifar'"),
+    (["train", CFG, "sine.batch_size=0"], "positive"),
+    (["train", CFG, "meta.optimizer.name=lbfgs"], "'meta.optimizer.name' must be sgd, adam or rmsprop"),
+    (["train", CFG, "meta.head=random"], "'meta.head' must be reset or learned"),
+    (["train", CFG, "noequals"], "bad override 'noequals'"),
+    (["train", CFG, "a..b=1"], "bad override 'a..b=1'"),
+    (["train", CFG, "meta=3"], "config key 'meta' must be a mapping"),
+    (["train", CFG, "meta.steps.x=1"], "'meta.steps' is not a section"),
+    (["train", "configs/does_not_exist.yaml"], "config file not found"),
+    (["train"], "train needs a CONFIG file"),
+    (["train", "--resume", "/nonexistent/run"], "cannot resume"),
+    (["eval", "/nonexistent/run"], "not a run directory"),
+    (["bench", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, out.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_bad_config_files(tmp_path):
+    for path, message in ((bad_yaml(tmp_path), "is not valid YAML"), (list_yaml(tmp_path), "must hold a mapping")):
+        out = run_cli("train", path)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

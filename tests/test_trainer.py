@@ -1,0 +1,80 @@
+"""The trainer on sine regression: transfer, exact resume, TensorBoard output, the CLI."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.checkpoint import list_checkpoints, load_latest
+from train.cli import main
+from train.config import load_config
+from train.trainer import train
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def cfg_for(method: str, *overrides: str):
+    return load_config(CONFIGS / f"sine_{method}.yaml",
+                       ["run.progress=false", "run.threads=1", "eval.every=0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def sine_results(tmp_path_factory):
+    out = {}
+    for method in ("leap", "reptile", "no_pretraining"):
+        cfg = cfg_for(method, "meta.steps=60", "eval.tasks=10")
+        out[method] = train(cfg, tmp_path_factory.mktemp(method))
+    return out
+
+
+def test_leap_and_reptile_beat_no_pretraining_on_held_out_sine(sine_results):
+    none = sine_results["no_pretraining"]["auc"]
+    assert sine_results["leap"]["auc"] < 0.7 * none
+    assert sine_results["reptile"]["auc"] < 0.7 * none
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = cfg_for("leap", "meta.steps=6", "run.checkpoint_every=2", "eval.tasks=2")
+    train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "split", stop_after=3)          # killed after meta-step 3; last checkpoint at 2
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["checkpoint-0000002.pt"]
+    train(cfg, tmp_path / "split", resume=True)
+    full, _ = load_latest(tmp_path / "full")
+    split, _ = load_latest(tmp_path / "split")
+    assert int(full["step"]) == int(split["step"]) == 6
+    for k, v in full["meta"]["init"].items():
+        assert torch.equal(v, split["meta"]["init"][k]), k
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
+    cfg = cfg_for("reptile", "meta.steps=4", "run.checkpoint_every=2", "eval.tasks=2")
+    train(cfg, tmp_path)
+    latest = list_checkpoints(tmp_path)[-1]
+    latest.write_bytes(latest.read_bytes()[:100])          # truncated write
+    state, path = load_latest(tmp_path)
+    assert path.name == "checkpoint-0000002.pt" and int(state["step"]) == 2
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_tensorboard_scalars_and_eval_cli(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = cfg_for("leap", "meta.steps=4", "eval.every=2", "eval.tasks=2")
+    train(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"meta/grad_norm", "meta/path_length", "losses/train_auc", "eval/auc", "eval/final_loss"} <= tags
+    assert [e.step for e in acc.Scalars("meta/grad_norm")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("eval/auc")] == [2, 4]
+    assert (tmp_path / "config.yaml").is_file()
+    assert load_config(tmp_path / "config.yaml").leap.p == 1      # the saved config round-trips
+    assert main(["eval", str(tmp_path)]) == 0
+    assert '"auc"' in capsys.readouterr().out
+
+
+def test_every_method_trains(tmp_path):
+    for method in ("fomaml", "maml", "finetune"):
+        cfg = cfg_for(method, "meta.steps=2", "eval.tasks=1")
+        result = train(cfg, tmp_path / method)
+        assert set(result) >= {"auc", "final_loss", "test_loss"}

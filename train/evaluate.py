@@ -1,0 +1,34 @@
+"""`metarl eval RUN_DIR`: evaluate a run's latest initialisation on held-out tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import load_latest
+from .config import load_config
+from .errors import UserError
+from .trainer import Logger, evaluate, setup
+
+
+def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    overrides = [f"eval.split={split}"] if split else []
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    adapter, meta = setup(cfg)
+    loaded = load_latest(run_dir)
+    if loaded is None:
+        raise UserError(f"run directory {run_dir} has no readable checkpoint")
+    state, path = loaded
+    meta.load_state_dict(state["meta"])
+    step = int(state["step"])
+    if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)
+        return adapter.evaluate_run(cfg, meta, run_dir, step)
+    result = evaluate(cfg, adapter, meta)
+    logger = Logger(run_dir, purge_step=None)
+    logger.scalars({f"eval/{cfg.eval.split}/meta_init/{k}": v for k, v in result.items()}, step)
+    logger.close()
+    out = {"checkpoint": path.name, "split": cfg.eval.split, **result}
+    (run_dir / f"eval_{cfg.eval.split}.json").write_text(json.dumps(out, indent=2))
+    return out
