@@ -102,11 +102,13 @@ class MetaLearner:
 
     # -- protocol ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def load_init(self, model: nn.Module) -> None:
-        """Copy θ⁰ (parameters and buffers, e.g. BatchNorm statistics) into ``model``."""
+    def load_init(self, model: nn.Module, skip: Sequence[str] = ()) -> None:
+        """Copy θ⁰ (parameters and buffers, e.g. BatchNorm statistics) into ``model``, except entries under
+        the ``skip`` prefixes (a re-drawn head, whose shape may differ per task, e.g. per game)."""
         state = model.state_dict()
         for k, v in self.init_state.items():
-            state[k].copy_(v)
+            if not any(k.startswith(p) for p in skip):
+                state[k].copy_(v)
 
     def prepare(self, model: nn.Module, task: Any = None) -> None:
         """Method-specific set-up of a task model after ``load_init`` (e.g. fine-tuning's task head)."""

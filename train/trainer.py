@@ -65,11 +65,7 @@ def task_model(adapter: Any, meta: MetaLearner, task: Any, generator: torch.Gene
     """A model at the current initialisation. Under ``head: reset`` every method starts every task from
     a freshly drawn output head (drawn from ``generator``); under ``learned`` the head comes from θ⁰."""
     model = adapter.make_model(generator, task) if _takes_task(adapter) else adapter.make_model(generator)
-    fresh = {k: v.clone() for k, v in model.state_dict().items()
-             if any(k.startswith(p) for p in adapter.head)} if head == "reset" else {}
-    meta.load_init(model)
-    if fresh:
-        model.load_state_dict(fresh, strict=False)
+    meta.load_init(model, skip=tuple(adapter.head) if head == "reset" else ())
     meta.prepare(model, task)
     return model
 

@@ -1,0 +1,33 @@
+"""Shared bits of the benchmarks: argument parsing and timing."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from typing import Callable
+
+import torch
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metarl bench", description=description)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 cores)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; figures are medians")
+    return p
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
