@@ -17,7 +17,7 @@ reaches the initialisation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +132,12 @@ class MetaLearner:
             self.tasks += 1
         else:
             self.skipped += 1
+
+    def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
+        """Sum the meta-batch accumulators over workers with ``reduce`` (in place), before ``meta_step``."""
+        counts = torch.tensor([self.tasks, self.skipped], dtype=torch.float64)
+        reduce([*self._acc, counts])
+        self.tasks, self.skipped = int(counts[0]), int(counts[1])
 
     def meta_gradient(self) -> list[Tensor]:
         """The accumulated meta-gradient, averaged over the finite tasks of the meta-batch."""

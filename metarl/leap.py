@@ -118,6 +118,11 @@ class Leap(MetaLearner):
     def observers(self, task=None) -> list:
         return [self.objective]
 
+    def all_reduce(self, reduce) -> None:
+        stats = torch.stack([self.objective.path_length.double(), torch.tensor(float(self.objective.segments))])
+        super().all_reduce(lambda tensors: reduce([*tensors, stats]))
+        self.objective.path_length, self.objective.segments = stats[0].clone(), int(stats[1])
+
     def meta_step(self) -> dict[str, float]:
         tasks = max(self.tasks + self.skipped, 1)
         logs = {"meta/path_length": float(self.objective.path_length) / tasks,

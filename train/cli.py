@@ -47,6 +47,7 @@ def _benchmarks() -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .distributed import init_world, shutdown
     from .trainer import train
 
     # `metarl train --resume RUN_DIR key=value` puts the first override into `config`.
@@ -65,9 +66,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    result = train(cfg, run_dir, resume=bool(args.resume))
-    print(json.dumps(result))
+    world = init_world()
+    try:
+        run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
+        if world.is_main:
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        result = train(cfg, run_dir, resume=bool(args.resume), world=world)
+    finally:
+        shutdown(world)
+    if world.is_main:
+        print(json.dumps(result))
     return 0
 
 
@@ -96,7 +104,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`train CONFIG --run-dir D key=value`): argparse leaves them over.
+    if args.command == "train" and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}[args.command]
     try:
         return command(args)

@@ -25,10 +25,10 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
     step = int(state["step"])
     if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)
         return adapter.evaluate_run(cfg, meta, run_dir, step)
-    result = evaluate(cfg, adapter, meta)
+    result, curve = evaluate(cfg, adapter, meta)
     logger = Logger(run_dir, purge_step=None)
     logger.scalars({f"eval/{cfg.eval.split}/meta_init/{k}": v for k, v in result.items()}, step)
     logger.close()
-    out = {"checkpoint": path.name, "split": cfg.eval.split, **result}
+    out = {"checkpoint": path.name, "split": cfg.eval.split, **result, "curve": curve}
     (run_dir / f"eval_{cfg.eval.split}.json").write_text(json.dumps(out, indent=2))
     return out

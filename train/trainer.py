@@ -21,6 +21,7 @@ from metarl.base import make_optimizer, MetaOptimizerConfig
 
 from .checkpoint import load_latest, save_checkpoint
 from .config import Config, config_to_yaml
+from .distributed import World
 from .tasks import build_adapter
 from .tasks.base import curve_auc
 
@@ -106,22 +107,27 @@ def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator:
 # evaluation
 
 
-def evaluate(cfg: Config, adapter: Any, meta: MetaLearner, split: str | None = None) -> dict[str, float]:
+def evaluate(cfg: Config, adapter: Any, meta: MetaLearner,
+             split: str | None = None) -> tuple[dict[str, float], list[float]]:
     """Adapt fixed held-out tasks from the current initialisation; mean metrics over tasks.
 
     The held-out tasks and their head draws depend only on the seed, so every evaluation of every method
-    sees the same tasks. Metrics: AUC of the training-loss curve, final training loss, and the adapter's
-    held-out metrics (e.g. test loss, accuracy)."""
+    sees the same tasks. Metrics (mean and std over tasks): AUC of the training-loss curve, final training
+    loss, and the adapter's held-out metrics (e.g. test loss, accuracy); plus the mean loss curve."""
     split = split or cfg.eval.split
     steps = cfg.eval.steps or cfg.inner.steps
     rng, _ = step_generators(cfg.seed, FIXED, 1)
     tasks = adapter.sample_tasks(split, cfg.eval.tasks, rng)
     rows: list[dict[str, float]] = []
+    curves = []
     for i, task in enumerate(tasks):
         _, generator = step_generators(cfg.seed, FIXED, 100 + i)
         model, curve = run_task(cfg, adapter, meta, task, generator, steps, watched=False)
+        curves.append(curve)
         rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **adapter.evaluate(task, model)})
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    metrics.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]})
+    return metrics, np.mean(curves, axis=0).tolist()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,6 +149,14 @@ class Logger:
         self.writer.close()
 
 
+class NullLogger:
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def setup(cfg: Config) -> tuple[Any, MetaLearner]:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -153,13 +167,16 @@ def setup(cfg: Config) -> tuple[Any, MetaLearner]:
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False,
-          stop_after: int | None = None, progress: Callable | None = None) -> dict[str, float]:
+def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
+          progress: Callable | None = None, world: World | None = None) -> dict[str, float]:
     """Meta-train per ``cfg`` in ``run_dir``. ``stop_after`` ends the run after that many meta-steps
-    in this process (used to test resumption)."""
+    in this process (used to test resumption). With several ``world`` ranks, each adapts its share of
+    every meta-batch and rank 0 logs, evaluates and checkpoints."""
+    world = world or World()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     adapter, meta = setup(cfg)
     start = 0
     if resume:
@@ -168,35 +185,45 @@ def train(cfg: Config, run_dir: Path, resume: bool = False,
             state, _ = loaded
             meta.load_state_dict(state["meta"])
             start = int(state["step"])
-    logger = Logger(run_dir, purge_step=start if resume else None)
+    logger = Logger(run_dir, purge_step=start if resume else None) if world.is_main else NullLogger()
     steps = range(start, cfg.meta.steps)
     if cfg.run.progress:
         from tqdm import tqdm
         steps = tqdm(steps, initial=start, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
-    result: dict[str, float] = {}
     t0, done = time.time(), 0
     for step in steps:
-        rng, generator = step_generators(cfg.seed, step)
-        tasks = adapter.sample_tasks("train", cfg.meta.meta_batch, rng)
-        curves = [run_task(cfg, adapter, meta, task, generator, cfg.inner.steps)[1] for task in tasks]
+        rng, _ = step_generators(cfg.seed, step)
+        tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
+        curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, step, 1 + k)[1], cfg.inner.steps)[1]
+                  for k, task in world.mine(tasks)]
+        stats = torch.tensor([sum(curve_auc(c) for c in curves), sum(c[-1] for c in curves), len(curves)],
+                             dtype=torch.float64)
+        world.all_reduce([stats])
+        meta.all_reduce(world.all_reduce)
         logs = meta.meta_step()
-        logs["losses/train_auc"] = float(np.mean([curve_auc(c) for c in curves]))
-        logs["losses/train_final"] = float(np.mean([c[-1] for c in curves]))
+        logs["losses/train_auc"] = float(stats[0] / stats[2])
+        logs["losses/train_final"] = float(stats[1] / stats[2])
         logs["charts/meta_steps_per_s"] = (done + 1) / (time.time() - t0)
         logger.scalars(logs, step + 1)
         done += 1
-        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.meta.steps:
-            logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta).items()}, step + 1)
-        if (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0) or step + 1 == cfg.meta.steps:
+        if world.is_main and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.meta.steps:
+            logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta)[0].items()}, step + 1)
+        if world.is_main and ((cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0)
+                              or step + 1 == cfg.meta.steps):
             save_checkpoint(run_dir, step + 1, {"step": step + 1, "meta": meta.state_dict()}, cfg.run.keep)
         if progress is not None:
             progress(step + 1, logs)
         if stop_after is not None and done >= stop_after:
-            logger.close()
-            return {}
-    if start < cfg.meta.steps or not (run_dir / "eval.json").exists():
-        result = evaluate(cfg, adapter, meta)
+            break
+    result: dict[str, float] = {}
+    finished = start + done == cfg.meta.steps
+    if world.is_main and finished and done == 0 and (run_dir / "eval.json").exists():   # resumed a finished run
+        result = {k: v for k, v in json.loads((run_dir / "eval.json").read_text()).items() if k != "curve"}
+    elif world.is_main and finished:
+        result, curve = evaluate(cfg, adapter, meta)
         logger.scalars({f"eval/{k}": v for k, v in result.items()}, cfg.meta.steps)
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        for i, v in enumerate(curve):       # the held-out loss curve of the final initialisation, per inner step
+            logger.scalars({"eval/loss_curve": v}, i)
+        (run_dir / "eval.json").write_text(json.dumps({**result, "curve": curve}, indent=2))
     logger.close()
     return result

@@ -129,7 +129,7 @@ class _Source:
         for dirpath, dirnames, filenames in os.walk(self.dir_path):
             dirnames.sort()
             for name in sorted(filenames):
-                if name.endswith(".png"):
+                if name.endswith(".png") and not name.startswith("."):
                     st = os.stat(os.path.join(dirpath, name))
                     out.append((os.path.relpath(os.path.join(dirpath, name), self.dir_path), st.st_size,
                                 st.st_mtime_ns))
@@ -141,7 +141,8 @@ class _Source:
             for alphabet in sorted(p.name for p in self.dir_path.iterdir() if p.is_dir()):
                 for character in sorted(p.name for p in (self.dir_path / alphabet).iterdir() if p.is_dir()):
                     folder = self.dir_path / alphabet / character
-                    for name in sorted(p.name for p in folder.iterdir() if p.suffix == ".png"):
+                    for name in sorted(p.name for p in folder.iterdir()
+                                       if p.suffix == ".png" and not p.name.startswith(".")):
                         path = folder / name
                         yield alphabet, character, name, path.read_bytes, str(path)
             return

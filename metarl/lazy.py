@@ -1,0 +1,310 @@
+"""Lazy teacher–student meta-learning: a long graph-free student, a short-graph teacher leap.
+
+Only the abstract and introduction of the paper are available (protocols.md §10). What they fix: a
+**student** explores the task's parameter space for a long horizon (well over ten steps) without the
+meta-gradient having to pass through those steps; a **teacher** then "leaps toward the regions probed by
+the student", arriving at a good task model and "defining a lightweight computation graph for
+meta-gradients". The leap formula is not in the text, so it is a switch here (``LazyConfig.reading``):
+
+    student (all readings, no graph):  φ_0 = θ,  φ_{k+1} = φ_k − η ⊙ g_k,  g_k = ∇L_train(φ_k),  k < K
+
+    A  interpolation     ψ = θ + γ·(sg[φ_K] − θ)          ∇_θ L_q(ψ) = (1 − γ)·∇_ψ L_q(ψ)
+    B  leap along the    ψ = θ − γ·η ⊙ Σ_k sg[g_k]         ∇_θ L_q(ψ) = ∇_ψ L_q(ψ);  η gets a signal
+       student's updates
+    C  leap, then one    ψ as in A or B (``base``), then    second order through that one step only
+       differentiable    ψ' = ψ − α ⊙ ∇L_support(ψ)
+       step              (create_graph); meta-gradient ∇_θ L_q(ψ')
+
+η is the student's step size per parameter tensor: the constant ``student_lr`` or, with ``learn_lr``, a
+learned per-tensor log step size (MetaSGD-style, one scalar per tensor, a meta-parameter in the
+meta-optimiser and in ``state_dict``). In B (and in C's step when ``teacher_step_lr`` is None) η stays
+differentiable, so it is meta-learned; in A its gradient is exactly zero (the student's end point is
+behind a stop-gradient). With SGD students and a constant η, A and B reach the same point ψ; they differ
+only in how the meta-gradient passes through it.
+
+Default: **C on base B** (``reading="C", base="B"``). Reasons, weighing the text against §10's remarks:
+- the text says the teacher *defines a computation graph* for meta-gradients. Under A or B that graph
+  is one affine map of θ, i.e. a first-order method evaluated at the leap point; C is the smallest
+  reading where the graph holds a real (second-order) learning step, "MAML one step at the leap point";
+- the text calls the scheme *generic* over four meta-learning algorithms. A gives learned inner-loop
+  quantities (step sizes, preconditioners) exactly zero signal, so it could not serve a MetaSGD-like
+  algorithm; B and C do;
+- A's θ-signal shrinks as (1 − γ) and vanishes as the teacher leaps all the way to the student; base B
+  passes θ's signal through the leap unscaled (at γ = 1 it is first-order MAML at the student's end).
+Reading A remains available and is the cheapest (one forward/backward at ψ, no second order).
+
+Memory: the student's K steps are plain ``autograd.grad`` calls on detached leaf copies, updated in place
+under ``torch.no_grad``; each step's graph is freed before the next. The teacher keeps O(#parameters)
+statistics — φ_K (A) or Σ_k g_k (B) — and its graph has the same size for every K. ``keep_trajectory``
+additionally records every φ_k and g_k (detached) for tests and diagnostics.
+
+Protocol: like :class:`~metarl.maml.MAML`, ``differentiable = True``; the trainer calls
+``accumulate(model, loss_fn)`` with ``loss_fn(model, split)`` drawing a batch of ``split`` ("train": the
+student's steps and C's support step; "query": the teacher's outer loss). A task whose student or teacher
+loss is non-finite is skipped (``meta/skipped_tasks``) and never reaches θ or η.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .base import MetaLearner
+from .maml import _Functional
+
+READINGS = ("A", "B", "C")
+
+
+@dataclass
+class LazyConfig:
+    reading: str = "C"                   # A: interpolation | B: leap along the updates | C: leap + one step
+    gamma: float = 0.5                   # leap fraction γ: 0 < γ < 1 for A (and C on A), 0 < γ ≤ 1 for B
+    student_steps: int = 100             # K, the student's (graph-free) horizon
+    student_lr: float = 0.01             # η (the initial value of the learned step sizes with learn_lr)
+    teacher_step_lr: float | None = None  # α of C's differentiable step; None: the student's η (learned or not)
+    learn_lr: bool = False               # meta-learn one log step size per parameter tensor (MetaSGD-style)
+    base: str = "B"                      # the leap under reading C: A or B
+    lr_meta_lr: float | None = None      # meta-optimiser lr of the log step sizes; None: the θ meta lr
+    keep_trajectory: bool = False        # record every φ_k and g_k (detached) in ``last_trace``
+
+    def __post_init__(self) -> None:
+        if self.reading not in READINGS:
+            raise ValueError(f"reading must be one of A, B, C, got {self.reading!r}")
+        if self.base not in ("A", "B"):
+            raise ValueError(f"base must be A or B, got {self.base!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.leap == "A" and self.gamma >= 1.0:
+            raise ValueError("gamma must be < 1 for the interpolation leap (A): at 1 the meta-gradient is zero")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+        if not self.student_lr > 0:
+            raise ValueError(f"student_lr must be > 0, got {self.student_lr}")
+        for key in ("teacher_step_lr", "lr_meta_lr"):
+            v = getattr(self, key)
+            if v is not None and v < 0:
+                raise ValueError(f"{key} must be >= 0, got {v}")
+
+    @property
+    def leap(self) -> str:
+        """The leap rule in use: the reading itself for A / B, ``base`` for C."""
+        return self.base if self.reading == "C" else self.reading
+
+
+@dataclass
+class StudentTrace:
+    """What one task's student left for the teacher (all detached). ``points`` / ``grads`` only with
+    ``keep_trajectory``: φ_0 … φ_K and g_0 … g_{K−1}, each a dict over the stepped parameter names."""
+
+    start: dict[str, Tensor]
+    end: dict[str, Tensor]
+    grad_sum: dict[str, Tensor]
+    lr: dict[str, Tensor]                 # η per tensor, as the student used it
+    losses: list[float]
+    finite: bool
+    points: list[dict[str, Tensor]] | None = None
+    grads: list[dict[str, Tensor]] | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Lazy(MetaLearner):
+    """Lazy teacher–student leap over ``model``'s parameters (see the module docstring)."""
+
+    name = "lazy"
+    differentiable = True      # the trainer calls accumulate() instead of watching an optimiser
+
+    def __init__(self, model: nn.Module, config: LazyConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.config = cfg = config or LazyConfig()
+        # Every trainable parameter is stepped by the student; only ``names`` are meta-learned in θ.
+        self.step_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.lr_names: list[str] = list(self.step_names) if cfg.learn_lr else []
+        named = dict(model.named_parameters())
+        self.lr_params = [nn.Parameter(torch.full((), math.log(cfg.student_lr), dtype=named[n].dtype,
+                                                  device=named[n].device)) for n in self.lr_names]
+        if self.lr_params:
+            group = {"params": self.lr_params}
+            if cfg.lr_meta_lr is not None:
+                group["lr"] = cfg.lr_meta_lr
+            self.meta_optimizer.add_param_group(group)
+        self._lr_task_acc = [torch.zeros_like(p) for p in self.lr_params]
+        self._lr_acc = [torch.zeros_like(p) for p in self.lr_params]
+        # Σ over merged tasks of: student's last training loss, teacher's query loss
+        self._stats = torch.zeros(2, dtype=torch.float64)
+        self.last_trace: StudentTrace | None = None
+
+    def observers(self, task: Any = None) -> list:
+        return []
+
+    # -- the student ---------------------------------------------------------------------------------------
+    def _rates(self, like: dict[str, Tensor]) -> dict[str, Tensor]:
+        """η per stepped tensor, differentiable w.r.t. the log step sizes when they are learned."""
+        if self.lr_params:
+            return {n: p.exp() for n, p in zip(self.lr_names, self.lr_params)}
+        return {n: torch.tensor(self.config.student_lr, dtype=like[n].dtype, device=like[n].device)
+                for n in self.step_names}
+
+    def student(self, model: nn.Module, loss_fn: Callable[[nn.Module, str], Tensor]) -> StudentTrace:
+        """K graph-free SGD steps from the parameters ``model`` holds (θ). Stops at the first
+        non-finite loss or gradient (``finite=False``)."""
+        cfg = self.config
+        named = dict(model.named_parameters())
+        missing = [n for n in self.step_names if n not in named]
+        if missing:
+            raise ValueError(f"task model lacks the parameters {missing}")
+        start = {n: p.detach().clone() for n, p in named.items()}
+        phi = {n: t.clone().requires_grad_(n in self.step_names) for n, t in start.items()}
+        with torch.no_grad():
+            lr = {n: r.detach().clone() for n, r in self._rates(start).items()}
+        grad_sum = {n: torch.zeros_like(start[n]) for n in self.step_names}
+        keep = cfg.keep_trajectory
+        points = [{n: phi[n].detach().clone() for n in self.step_names}] if keep else None
+        grads_kept: list[dict[str, Tensor]] | None = [] if keep else None
+        losses: list[float] = []
+        finite = True
+        stepped = [phi[n] for n in self.step_names]
+        functional = _Functional(model, phi)
+        for _ in range(cfg.student_steps):
+            loss = loss_fn(functional, "train")
+            value = float(loss.detach())
+            losses.append(value)
+            if not math.isfinite(value):
+                finite = False
+                break
+            grads = torch.autograd.grad(loss, stepped, allow_unused=True)
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, stepped)]
+            if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+                finite = False
+                break
+            with torch.no_grad():
+                for n, p, g in zip(self.step_names, stepped, grads):
+                    grad_sum[n].add_(g)
+                    p.sub_(lr[n] * g)
+            if keep:
+                grads_kept.append({n: g.detach().clone() for n, g in zip(self.step_names, grads)})
+                points.append({n: phi[n].detach().clone() for n in self.step_names})
+        end = {n: t.detach().clone() for n, t in phi.items()}
+        return StudentTrace(start=start, end=end, grad_sum=grad_sum, lr=lr, losses=losses, finite=finite,
+                            points=points, grads=grads_kept)
+
+    # -- the teacher ----------------------------------------------------------------------------------------
+    def teacher(self, model: nn.Module, loss_fn: Callable[[nn.Module, str], Tensor], trace: StudentTrace
+                ) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
+        """The teacher's query loss and its gradients w.r.t. θ (``names``) and the log step sizes."""
+        cfg = self.config
+        theta = {n: t.clone().requires_grad_(n in self.step_names) for n, t in trace.start.items()}
+        rates = self._rates(theta)
+        psi: dict[str, Tensor] = {}
+        for n, t in theta.items():
+            if n not in self.step_names:
+                psi[n] = t
+            elif cfg.leap == "A":           # θ + γ (sg[φ_K] − θ)
+                psi[n] = t + cfg.gamma * (trace.end[n] - t)
+            else:                           # θ − γ η Σ_k sg[g_k]
+                psi[n] = t - cfg.gamma * rates[n] * trace.grad_sum[n]
+        if cfg.reading == "C":              # one differentiable step at the leap point
+            support = loss_fn(_Functional(model, psi), "train")
+            trace.extra["support_loss"] = float(support.detach())
+            keys = list(self.step_names)
+            grads = torch.autograd.grad(support, [psi[n] for n in keys], create_graph=True, allow_unused=True)
+            psi = dict(psi)
+            for n, g in zip(keys, grads):
+                if g is not None:
+                    alpha = rates[n] if cfg.teacher_step_lr is None else cfg.teacher_step_lr
+                    psi[n] = psi[n] - alpha * g
+        query = loss_fn(_Functional(model, psi), "query")
+        inputs = [theta[n] for n in self.names] + list(self.lr_params)
+        grads = torch.autograd.grad(query, inputs, allow_unused=True)
+        return query.detach(), list(grads[:len(self.names)]), list(grads[len(self.names):])
+
+    # -- protocol -------------------------------------------------------------------------------------------
+    def accumulate(self, model: nn.Module, loss_fn: Callable[[nn.Module, str], Tensor]) -> list[float]:
+        """Add one task's meta-gradient (θ and, with ``learn_lr``, the log step sizes). ``model`` must hold
+        θ (``load_init``). Returns the student's loss curve followed by the teacher's query loss."""
+        trace = self.student(model, loss_fn)
+        self.last_trace = trace
+        if not trace.finite:
+            self.skipped += 1
+            return list(trace.losses)
+        query, g_theta, g_lr = self.teacher(model, loss_fn, trace)
+        trace.extra["query_loss"] = float(query)
+        with torch.no_grad():
+            for acc, g in zip(self._task_acc, g_theta):
+                acc.copy_(g if g is not None else torch.zeros_like(acc))
+            for acc, g in zip(self._lr_task_acc, g_lr):
+                acc.copy_(g if g is not None else torch.zeros_like(acc))
+        self._merge_task()
+        return [*trace.losses, float(query)]
+
+    def _merge_task(self) -> None:
+        tensors = self._task_acc + self._lr_task_acc
+        if bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            torch._foreach_add_(self._acc, self._task_acc)
+            if self._lr_acc:
+                torch._foreach_add_(self._lr_acc, self._lr_task_acc)
+            trace = self.last_trace
+            if trace is not None and trace.losses:
+                self._stats[0] += trace.losses[-1]
+                self._stats[1] += trace.extra.get("query_loss", float("nan"))
+            self.tasks += 1
+        else:
+            self.skipped += 1
+
+    def lr_meta_gradient(self) -> list[Tensor]:
+        """The accumulated gradient of the log step sizes, averaged over the finite tasks."""
+        n = max(self.tasks, 1)
+        return [a / n for a in self._lr_acc]
+
+    def step_sizes(self) -> dict[str, float]:
+        """η per stepped tensor, as the next student will use it."""
+        if self.lr_params:
+            return {n: float(p.detach().exp()) for n, p in zip(self.lr_names, self.lr_params)}
+        return {n: self.config.student_lr for n in self.step_names}
+
+    def meta_step(self) -> dict[str, float]:
+        tasks = self.tasks
+        stats = self._stats / max(tasks, 1)
+        if self.lr_params and tasks > 0:
+            lr_grads = self.lr_meta_gradient()
+            for p, g in zip(self.lr_params, lr_grads):
+                p.grad = g
+        logs = super().meta_step()           # steps θ and the log step sizes together
+        for p in self.lr_params:
+            p.grad = None
+        if tasks > 0:
+            logs["meta/student_loss"] = float(stats[0])
+            logs["meta/teacher_loss"] = float(stats[1])
+            if self.lr_params:
+                logs["meta/lr_grad_norm"] = float(torch.stack([g.norm() for g in lr_grads]).norm())
+        if self.lr_params:
+            logs["meta/student_lr"] = float(torch.stack([p.detach().exp() for p in self.lr_params]).mean())
+        if self._lr_acc:
+            torch._foreach_zero_(self._lr_acc)
+        self._stats.zero_()
+        return logs
+
+    # -- checkpointing -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base state (θ, the meta-optimiser — its second group holds the log step sizes —,
+        accumulators, counters) plus the log step sizes, their accumulator and the loss statistics."""
+        state = super().state_dict()
+        state["lr_names"] = list(self.lr_names)
+        state["log_lr"] = [p.detach().clone() for p in self.lr_params]
+        state["lr_acc"] = [a.clone() for a in self._lr_acc]
+        state["lazy_stats"] = self._stats.clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state.get("lr_names", [])) != list(self.lr_names):
+            raise ValueError("checkpoint learned step sizes do not match this learner's (learn_lr differs?)")
+        super().load_state_dict(state)
+        for p, v in zip(self.lr_params, state["log_lr"]):
+            p.copy_(v)
+        for a, v in zip(self._lr_acc, state["lr_acc"]):
+            a.copy_(v)
+        self._stats.copy_(state["lazy_stats"])

@@ -1,0 +1,32 @@
+"""Two gloo processes on localhost give the meta-parameters of one process over the same tasks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from train.checkpoint import load_latest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch(nproc: int, run_dir: Path, config: str, *overrides: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "train.cli", "train", config, "--run-dir", str(run_dir),
+           "run.progress=false", "eval.every=0", "eval.tasks=1", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_two_ranks_match_one_for_leap(tmp_path):
+    cfg = str(ROOT / "configs" / "sine_leap.yaml")
+    launch(1, tmp_path / "one", cfg, "meta.steps=3", "meta.meta_batch=4")
+    launch(2, tmp_path / "two", cfg, "meta.steps=3", "meta.meta_batch=4")
+    one, _ = load_latest(tmp_path / "one")
+    two, _ = load_latest(tmp_path / "two")
+    for k, v in one["meta"]["init"].items():
+        torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
+    assert len(list((tmp_path / "two").glob("checkpoint-*.pt"))) >= 1

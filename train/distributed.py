@@ -1,0 +1,73 @@
+"""Distributed meta-batches on torch.distributed (gloo on CPU, NCCL on GPU), launched with ``torchrun``.
+
+The tasks of a meta-batch are spread over ranks (task k runs on rank k mod world); every rank holds the
+same initialisation and meta-optimiser state; before each meta-step the per-rank meta-gradient sums and
+task counts are all-reduced, so every rank takes the same step. Rank 0 logs, evaluates and checkpoints.
+Without torchrun (no WORLD_SIZE in the environment) everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, items: list) -> list:
+        """This rank's share of a meta-batch: items k with k mod size == rank."""
+        return items[self.rank::self.size]
+
+    def all_reduce(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` in place over ranks (one flat buffer: one collective per meta-step)."""
+        if self.size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+            offset += n
+
+    def broadcast(self, value: str) -> str:
+        """Rank 0's value of a string, on every rank."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def init_world() -> World:
+    """Join the process group torchrun set up, or run alone."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
+    # Share the cores between the ranks of this node instead of oversubscribing them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_size=local)
+
+
+def shutdown(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

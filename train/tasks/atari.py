@@ -1,0 +1,198 @@
+"""Atari games as tasks: each game is one task, its inner loop is A2C for a number of env steps.
+
+Heads across games with different action counts
+-----------------------------------------------
+A meta-learner stores *one* initialisation of *one* model shape, but the games' minimal action sets
+differ (Breakout 4, Pong 6, BeamRider 9, Alien 18). The scheme here:
+
+- ``make_model`` builds the Nature-CNN actor-critic with ``max_actions`` policy logits, the largest action
+  count over every configured game (train, val and test). Every task therefore has the same shape and
+  ``meta.load_init(model)`` works unchanged.
+- A game with A actions uses the first A logits only: the A2C code slices ``logits[:, :A]`` before the
+  softmax, so the other rows are never sampled and receive exactly zero gradient.
+- Only the encoder carries knowledge across games: meta-learn it with ``include=["encoder."]`` (the
+  ``head`` prefixes are ``policy.`` and ``value.``). The heads are not meta-learned, so every task starts its
+  heads from the same seeded random draw made when the meta-learner was built (its ``init_state``), and
+  trains its own copy; action k of one game and action k of another share nothing but that random start.
+  A random-initialisation baseline draws a fresh model (encoder and heads) from the same generator.
+
+Game statistics
+---------------
+``adapt`` returns the per-update loss curve (the protocol). Finished games — raw score summed over all
+lives, length, and the env-step at which they ended — are kept on the adapter for the trainer to log as
+``charts/episodic_return`` / ``charts/episodic_length``: read ``drain_games()`` after each task (steps are
+cumulative over every ``adapt`` call of this adapter), or set ``on_game`` / ``on_update`` for live logging.
+``evaluate`` returns the mean true score of the most recent games of the task's last ``adapt`` (the
+convention of Atari learning curves), or of a separate evaluation run when ``eval_steps > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.a2c import A2CConfig, A2CResult, Episode, RolloutCollector, make_optimizer, train_agent
+from agents.nets import ActorCritic
+from envs.atari import canonical_game, close_all, make_atari_groups, num_actions
+from metarl.seam import NULL_WATCH
+
+
+def _default_train_games() -> list[str]:
+    return ["Pong", "Breakout", "Qbert", "BeamRider", "AirRaid", "Atlantis"]
+
+
+def _default_test_games() -> list[str]:
+    return ["SpaceInvaders", "Alien"]
+
+
+@dataclass
+class AtariTaskConfig:
+    train_games: list[str] = field(default_factory=_default_train_games)
+    val_games: list[str] = field(default_factory=list)
+    test_games: list[str] = field(default_factory=_default_test_games)
+    backend: str = "auto"                 # envpool | gymnasium | auto
+    max_episode_steps: int = 27000        # agent steps per game (108k frames)
+    env_threads: int | None = None        # EnvPool threads; default min(num_envs, cores)
+    eval_games: int = 20                  # evaluate(): mean over this many most recent games
+    eval_steps: int = 0                   # > 0: evaluate with a separate run of this many env steps
+    a2c: A2CConfig = field(default_factory=A2CConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.a2c, dict):    # built from a YAML mapping
+            self.a2c = A2CConfig(**self.a2c)
+
+
+@dataclass(frozen=True)
+class Game:
+    """One task: a game, its action count and the seed of its envs and action sampling."""
+    key: str
+    num_actions: int
+    seed: int
+
+    def batch(self, split: str):
+        raise NotImplementedError("Atari tasks have no fixed batches: their data comes from acting (adapt)")
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        raise NotImplementedError("Atari tasks have no fixed batches: their data comes from acting (adapt)")
+
+
+@dataclass
+class GameRecord:
+    """A finished game as the trainer logs it."""
+    task: str
+    global_step: int          # env steps over every adapt() of this adapter, at the end of the game
+    episodic_return: float
+    length: int
+
+
+class AtariAdapter:
+    head = ("policy.", "value.")
+    splits = ("train", "val", "test")
+
+    def __init__(self, config: AtariTaskConfig | None = None) -> None:
+        self.config = config or AtariTaskConfig()
+        cfg = self.config
+        self.games = {split: [canonical_game(g, cfg.backend) for g in names]
+                      for split, names in zip(self.splits, (cfg.train_games, cfg.val_games, cfg.test_games))}
+        every = sorted({g for names in self.games.values() for g in names})
+        if not every:
+            raise ValueError("atari: no games configured (train_games, val_games, test_games are all empty)")
+        self.actions = {g: num_actions(g, cfg.backend) for g in every}
+        self.max_actions = max(self.actions.values())
+        self.global_step = 0
+        self.games_played: list[GameRecord] = []
+        self.recent: dict[str, list[Episode]] = {}        # finished games of each task's last adapt
+        self.last_result: A2CResult | None = None
+        self.on_game: Callable[[GameRecord], None] | None = None
+        self.on_update: Callable[[str, int, dict[str, float]], None] | None = None
+
+    # -- protocol ----------------------------------------------------------------------------------------
+    def make_model(self, generator: torch.Generator) -> nn.Module:
+        return ActorCritic(self.max_actions, generator=generator)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(model, self.config.a2c)
+
+    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Game]:
+        if split not in self.games:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(self.splits)}")
+        games = self.games[split]
+        if not games:
+            raise ValueError(f"atari: no {split} games configured ({split}_games is empty)")
+        picks = rng.choice(len(games), size=n, replace=n > len(games))
+        seeds = rng.integers(0, 2**31 - 1, size=n)
+        return [Game(games[i], self.actions[games[i]], int(s)) for i, s in zip(picks, seeds)]
+
+    def adapt(self, task: Game, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
+              watch=NULL_WATCH) -> list[float]:
+        """A2C on ``task`` for ``steps`` env steps; one watched optimiser step per update, then one more
+        rollout without a step whose loss f(θ_K) closes the watch. Returns the loss curve (K+1 points)."""
+        cfg = self.config
+        envs = self._envs(task, train=True)
+        offset = self.global_step
+        recent: list[Episode] = []
+
+        def on_episode(ep: Episode) -> None:
+            recent.append(ep)
+            record = GameRecord(task.key, offset + ep.global_step, ep.episodic_return, ep.length)
+            self.games_played.append(record)
+            if self.on_game is not None:
+                self.on_game(record)
+
+        on_update = None
+        if self.on_update is not None:
+            def on_update(step: int, logs: dict[str, float]) -> None:
+                self.on_update(task.key, offset + step, logs)
+
+        try:
+            result = train_agent(envs, model, optimizer, steps, watch=watch, cfg=cfg.a2c,
+                                 on_episode=on_episode, on_update=on_update, final_loss=True,
+                                 generator=torch.Generator().manual_seed(task.seed))
+        finally:
+            close_all(envs)
+        self.global_step += result.env_steps
+        self.recent[task.key] = recent
+        self.last_result = result
+        return result.losses
+
+    def evaluate(self, task: Game, model: nn.Module) -> dict[str, float]:
+        """Mean true (raw, whole-game) score over the most recent ``eval_games`` games."""
+        cfg = self.config
+        if cfg.eval_steps > 0:
+            games = self._evaluation_run(task, model)
+        else:
+            games = self.recent.get(task.key, [])
+        games = games[-cfg.eval_games:]
+        if not games:
+            return {"score": float("nan"), "length": float("nan"), "games": 0.0}
+        return {"score": float(np.mean([g.episodic_return for g in games])),
+                "length": float(np.mean([g.length for g in games])), "games": float(len(games))}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def drain_games(self) -> list[GameRecord]:
+        """Finished games since the last call, oldest first."""
+        out, self.games_played = self.games_played, []
+        return out
+
+    def _envs(self, task: Game, train: bool) -> list:
+        a2c = self.config.a2c
+        groups = a2c.groups if a2c.num_envs % a2c.groups == 0 else 1
+        return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=groups, backend=self.config.backend,
+                                 train=train, num_threads=self.config.env_threads,
+                                 max_episode_steps=self.config.max_episode_steps)
+
+    def _evaluation_run(self, task: Game, model: nn.Module) -> list[Episode]:
+        """Stochastic policy, whole games, raw rewards (train=False envs), no learning."""
+        envs = self._envs(task, train=False)
+        try:
+            collector = RolloutCollector(envs, model, self.config.a2c.n_steps,
+                                         torch.Generator().manual_seed(task.seed + 1))
+            while collector.global_step < self.config.eval_steps:
+                collector.collect()
+        finally:
+            close_all(envs)
+        return collector.episodes
