@@ -133,6 +133,11 @@ class MetaLearner:
         else:
             self.skipped += 1
 
+    def flush(self) -> None:
+        """Merge the running task's meta-gradient so far (continual mode: meta-steps inside a task)."""
+        self._merge_task()
+        torch._foreach_zero_(self._task_acc)
+
     def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
         """Sum the meta-batch accumulators over workers with ``reduce`` (in place), before ``meta_step``."""
         counts = torch.tensor([self.tasks, self.skipped], dtype=torch.float64)

@@ -77,7 +77,9 @@ class _Continue:
         if not finite:
             self.ft.skipped += 1
             return
-        for k, v in self.ft.init_state.items():
-            v.copy_(state[k])
+        # Parameters only: buffers (BatchNorm statistics) stay at their initial values, so every task
+        # starts with fresh statistics, as for every other method.
+        for n in (*self.ft.names, *self.ft.head_names):
+            self.ft.init_state[n].copy_(state[n])
         self.ft.heads[str(self.task_key)] = {n: state[n].clone() for n in self.ft.head_names}
         self.ft.tasks += 1

@@ -209,7 +209,8 @@ class WarpObjective:
         names = list(theta)
         if isinstance(rules, SGDRule):
             rules = [rules] * len(names)
-        phi_names, phi_values = list(phi), list(phi.values())
+        phi_names = list(phi)
+        phi_values = [p if p.requires_grad else p.detach().requires_grad_(True) for p in phi.values()]
         with torch.enable_grad(), train_mode(model):
             th = [theta[n].detach().requires_grad_(True) for n in names]
             bufs = {k: v.detach().clone() for k, v in (buffers or {}).items()}

@@ -40,6 +40,7 @@ class MetaConfig:
     include: list[str] = field(default_factory=list)   # meta-learn only these parameter prefixes
     exclude: list[str] = field(default_factory=list)
     head: str = "reset"             # reset: every method re-draws the output head per task; learned: it is in θ⁰
+    every: int = 0                  # continual mode: a meta-step every N task updates while tasks rotate
 
 
 @dataclass
@@ -264,7 +265,7 @@ def check(cfg: Config) -> None:
                     "run.checkpoint_every": cfg.run.checkpoint_every, "inner.lr": cfg.inner.lr,
                     "inner.momentum": cfg.inner.momentum, "inner.clip_grad_norm": cfg.inner.clip_grad_norm,
                     "meta.optimizer.lr": cfg.meta.optimizer.lr, "maml.inner_lr": cfg.maml.inner_lr,
-                    "run.threads": cfg.run.threads, "seed": cfg.seed}
+                    "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every}
     for key, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {v}")

@@ -22,6 +22,7 @@ from metarl.base import make_optimizer, MetaOptimizerConfig
 from .checkpoint import load_latest, save_checkpoint
 from .config import Config, config_to_yaml
 from .distributed import World
+from .errors import ConfigError
 from .tasks import build_adapter
 from .tasks.base import curve_auc
 
@@ -167,61 +168,118 @@ def setup(cfg: Config) -> tuple[Any, MetaLearner]:
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
+class MetaEvery:
+    """Continual mode: a meta-step every ``every`` task updates, inside the running task (Alg. 3 timing)."""
+
+    def __init__(self, meta: MetaLearner, every: int, on_step: Callable[[dict[str, float]], None]) -> None:
+        self.meta, self.every, self.on_step, self.updates = meta, every, on_step, 0
+
+    def task_start(self, params) -> None:
+        pass
+
+    def before_step(self, params, grads, loss) -> None:
+        pass
+
+    def after_step(self, params) -> None:
+        self.updates += 1
+        if self.updates % self.every == 0:
+            self.meta.flush()
+            self.on_step(self.meta.meta_step())
+
+    def task_end(self, params, final_loss) -> None:
+        pass
+
+
+def episodic_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,
+                  log: Callable[[dict[str, float]], None]) -> None:
+    """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step."""
+    rng, _ = step_generators(cfg.seed, unit)
+    tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
+    curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, unit, 1 + k)[1], cfg.inner.steps)[1]
+              for k, task in world.mine(tasks)]
+    stats = torch.tensor([sum(curve_auc(c) for c in curves), sum(c[-1] for c in curves), len(curves)],
+                         dtype=torch.float64)
+    world.all_reduce([stats])
+    meta.all_reduce(world.all_reduce)
+    logs = meta.meta_step()
+    log({**logs, "losses/train_auc": float(stats[0] / stats[2]), "losses/train_final": float(stats[1] / stats[2])})
+
+
+def continual_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,
+                   log: Callable[[dict[str, float]], None]) -> None:
+    """One task of the rotating stream, from the current initialisation, with a meta-step every
+    ``meta.every`` updates; whatever is left of the task's meta-gradient carries into the next."""
+    rng, generator = step_generators(cfg.seed, unit)
+    task = adapter.sample_tasks("train", 1, rng)[0]
+    model = task_model(adapter, meta, task, generator, cfg.meta.head)
+    optimizer = inner_optimizer(task_parameters(model, meta), cfg)
+    with meta.watch(model, optimizer, task) as watch:
+        watch.observers.insert(len(watch.observers) - 1, MetaEvery(meta, cfg.meta.every, log))
+        curve = adapter.adapt(task, model, optimizer, cfg.inner.steps, watch,
+                              clip_grad_norm=cfg.inner.clip_grad_norm or None)
+    log({"losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]})
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
           progress: Callable | None = None, world: World | None = None) -> dict[str, float]:
-    """Meta-train per ``cfg`` in ``run_dir``. ``stop_after`` ends the run after that many meta-steps
-    in this process (used to test resumption). With several ``world`` ranks, each adapts its share of
-    every meta-batch and rank 0 logs, evaluates and checkpoints."""
+    """Meta-train per ``cfg`` in ``run_dir`` until ``meta.steps`` meta-steps.
+
+    A unit of work is a meta-batch (episodic) or one task of the stream (continual, ``meta.every`` > 0).
+    ``stop_after`` ends this process after that many units (used to test resumption). With several
+    ``world`` ranks, each adapts its share of every meta-batch; rank 0 logs, evaluates and checkpoints."""
     world = world or World()
+    if cfg.meta.every and world.size > 1:
+        raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     adapter, meta = setup(cfg)
-    start = 0
-    if resume:
-        loaded = load_latest(run_dir)
-        if loaded is not None:
-            state, _ = loaded
-            meta.load_state_dict(state["meta"])
-            start = int(state["step"])
-    logger = Logger(run_dir, purge_step=start if resume else None) if world.is_main else NullLogger()
-    steps = range(start, cfg.meta.steps)
-    if cfg.run.progress:
+    unit = 0
+    loaded = load_latest(run_dir) if resume else None
+    if loaded is not None:
+        meta.load_state_dict(loaded[0]["meta"])
+        unit = int(loaded[0]["step"])
+    start_meta = meta.meta_steps
+    logger = Logger(run_dir, purge_step=start_meta + 1 if resume else None) if world.is_main else NullLogger()
+    bar = None
+    if cfg.run.progress and world.is_main:
         from tqdm import tqdm
-        steps = tqdm(steps, initial=start, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
-    t0, done = time.time(), 0
-    for step in steps:
-        rng, _ = step_generators(cfg.seed, step)
-        tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
-        curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, step, 1 + k)[1], cfg.inner.steps)[1]
-                  for k, task in world.mine(tasks)]
-        stats = torch.tensor([sum(curve_auc(c) for c in curves), sum(c[-1] for c in curves), len(curves)],
-                             dtype=torch.float64)
-        world.all_reduce([stats])
-        meta.all_reduce(world.all_reduce)
-        logs = meta.meta_step()
-        logs["losses/train_auc"] = float(stats[0] / stats[2])
-        logs["losses/train_final"] = float(stats[1] / stats[2])
-        logs["charts/meta_steps_per_s"] = (done + 1) / (time.time() - t0)
-        logger.scalars(logs, step + 1)
-        done += 1
-        if world.is_main and cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.meta.steps:
-            logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta)[0].items()}, step + 1)
-        if world.is_main and ((cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0)
-                              or step + 1 == cfg.meta.steps):
-            save_checkpoint(run_dir, step + 1, {"step": step + 1, "meta": meta.state_dict()}, cfg.run.keep)
-        if progress is not None:
-            progress(step + 1, logs)
-        if stop_after is not None and done >= stop_after:
-            break
+        bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
+    t0 = time.time()
+
+    def log(values: dict[str, float]) -> None:
+        # meta-step logs come from meta_step(); task-level logs land on the latest meta-step
+        step = meta.meta_steps
+        logger.scalars(values, step)
+        if "meta/tasks" in values:
+            logger.scalars({"charts/meta_steps_per_s": (step - start_meta) / (time.time() - t0)}, step)
+            if bar is not None:
+                bar.update(1)
+            if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps:
+                logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta)[0].items()}, step)
+            if progress is not None:
+                progress(step, values)
+
+    unit_fn = continual_unit if cfg.meta.every else episodic_unit
+    done = 0
+    while meta.meta_steps < cfg.meta.steps and (stop_after is None or done < stop_after):
+        before = meta.meta_steps
+        unit_fn(cfg, adapter, meta, world, unit, log)
+        unit, done = unit + 1, done + 1
+        every = cfg.run.checkpoint_every
+        if world.is_main and ((every and before // every != meta.meta_steps // every)
+                              or meta.meta_steps >= cfg.meta.steps):
+            save_checkpoint(run_dir, unit, {"step": unit, "meta": meta.state_dict()}, cfg.run.keep)
+    if bar is not None:
+        bar.close()
     result: dict[str, float] = {}
-    finished = start + done == cfg.meta.steps
+    finished = meta.meta_steps >= cfg.meta.steps
     if world.is_main and finished and done == 0 and (run_dir / "eval.json").exists():   # resumed a finished run
         result = {k: v for k, v in json.loads((run_dir / "eval.json").read_text()).items() if k != "curve"}
     elif world.is_main and finished:
         result, curve = evaluate(cfg, adapter, meta)
-        logger.scalars({f"eval/{k}": v for k, v in result.items()}, cfg.meta.steps)
+        logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)
         for i, v in enumerate(curve):       # the held-out loss curve of the final initialisation, per inner step
             logger.scalars({"eval/loss_curve": v}, i)
         (run_dir / "eval.json").write_text(json.dumps({**result, "curve": curve}, indent=2))

@@ -339,7 +339,7 @@ def make_tiny_tiered(root: str | Path, seed: int = 0, categories: int = 2, class
                      images_per_class: int = 60, splits: Sequence[str] = SPLITS, **write_kwargs: Any) -> Path:
     """A small synthetic release under ``root`` (every split: ``categories`` × ``classes_per_category`` ×
     ``images_per_class`` distinct images), learnable: each class is a smooth colour pattern of its own plus
-    per-image noise and a random shift. Class and category names are unique across splits; ids restart at
+    per-image blocky noise and a random shift. Class and category names are unique across splits; ids restart at
     0 in every split, as in the release. Returns ``root``."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:84, 0:84].astype(np.float32) / 84.0
@@ -353,10 +353,12 @@ def make_tiny_tiered(root: str | Path, seed: int = 0, categories: int = 2, class
             phase = rng.uniform(0, 2 * math.pi, size=3).astype(np.float32)
             base = np.stack([colour[k] + 35 * np.sin(2 * math.pi * (freq[k, 0] * xx + freq[k, 1] * yy) + phase[k])
                              for k in range(3)], axis=-1)
+            # blocky 4×4-pixel noise: cheap to draw and to PNG-encode, and still distinct per image
+            noise = rng.standard_normal((images_per_class, 21, 21, 3), dtype=np.float32) * 12
+            noise = noise.repeat(4, axis=1).repeat(4, axis=2)
             for i in range(images_per_class):
-                shift = rng.integers(-6, 7, size=2)
-                noisy = np.roll(base, tuple(shift), axis=(0, 1)) + rng.normal(0, 12, size=base.shape)
-                images[c * images_per_class + i] = np.clip(noisy, 0, 255).astype(np.uint8)
+                noise[i] += np.roll(base, tuple(rng.integers(-6, 7, size=2)), axis=(0, 1))
+            images[c * images_per_class:(c + 1) * images_per_class] = np.clip(noise, 0, 255).astype(np.uint8)
         specific = np.repeat(np.arange(n_classes), images_per_class)
         general = specific // classes_per_category
         specific_str = [f"n{offset + c:08d}" for c in range(n_classes)]

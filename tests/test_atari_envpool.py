@@ -1,0 +1,138 @@
+"""Real Atari envs: EnvPool conventions, a short end-to-end A2C run, the Atari adapter with Leap, the fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.a2c import A2CConfig, make_optimizer, train_agent
+from agents.nets import ActorCritic
+from envs.atari import canonical_game, make_atari, make_atari_groups
+from metarl.base import MetaOptimizerConfig
+from metarl.leap import Leap, LeapConfig
+from train.tasks.atari import AtariAdapter, AtariTaskConfig
+
+pytest.importorskip("envpool")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_unknown_game_lists_valid_names_on_one_line():
+    with pytest.raises(ValueError) as err:
+        make_atari("Pongg", num_envs=1, seed=0, backend="envpool")
+    msg = str(err.value)
+    assert "\n" not in msg and "'Pongg'" in msg
+    assert "Pong" in msg.split("valid games:")[1] and "SpaceInvaders" in msg
+    with pytest.raises(ValueError, match="valid games: .*Breakout"):
+        AtariAdapter(AtariTaskConfig(train_games=["Pong"], test_games=["NotAGame-v5"]))
+
+
+def test_game_name_spellings():
+    for name in ("Pong", "Pong-v5", "ALE/Pong-v5", "pong", "PongNoFrameskip-v4"):
+        assert canonical_game(name, "envpool") == "Pong"
+    assert canonical_game("space_invaders", "envpool") == "SpaceInvaders"
+
+
+def test_envpool_truncation_then_autoreset_step():
+    env = make_atari("Pong", num_envs=2, seed=0, backend="envpool", train=True, max_episode_steps=20)
+    obs = env.reset()
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    for t in range(1, 21):
+        obs, reward, done, info = env.step(np.zeros(2, dtype=np.int64))
+        assert done.any() == (t == 20)
+    assert info["truncated"].all() and not info["terminated"].any() and not info["autoreset"].any()
+    obs, reward, done, info = env.step(np.ones(2, dtype=np.int64))
+    assert info["autoreset"].all() and not done.any() and (reward == 0).all()
+    assert (info["elapsed_step"] == 0).all()
+    env.close()
+
+
+def test_envpool_life_loss_is_done_but_not_game_over():
+    env = make_atari("Breakout", num_envs=1, seed=0, backend="envpool", train=True)
+    env.reset()
+    lives_before = None
+    for _ in range(200):
+        obs, reward, done, info = env.step(np.zeros(1, dtype=np.int64))   # NOOP: the ball is never served
+        if lives_before is None:
+            lives_before = int(info["lives"][0])
+        if done[0]:
+            break
+    assert done[0] and not info["terminated"][0] and not info["truncated"][0]
+    assert int(info["lives"][0]) == lives_before - 1
+    _, _, done, info = env.step(np.zeros(1, dtype=np.int64))
+    assert info["autoreset"][0] and not done[0]
+
+
+def test_short_pong_run_trains_end_to_end():
+    cfg = A2CConfig(num_envs=4, n_steps=5, groups=2)
+    envs = make_atari_groups("Pong", cfg.num_envs, seed=1, groups=2, backend="envpool")
+    model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_agent(envs, model, make_optimizer(model, cfg), total_steps=200, cfg=cfg, final_loss=True,
+                         generator=torch.Generator().manual_seed(0))
+    assert result.updates == 10 and result.env_steps == 220
+    assert len(result.losses) == 11 and all(np.isfinite(result.losses))
+    assert all(np.isfinite(list(log.values())).all() for log in result.logs)
+    assert result.logs[0]["losses/entropy"] == pytest.approx(np.log(6), abs=0.01)   # near-uniform policy at init
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_adapter_with_leap_on_the_encoder_only():
+    a2c = A2CConfig(num_envs=4, n_steps=5, groups=1)
+    adapter = AtariAdapter(AtariTaskConfig(train_games=["Breakout"], test_games=["Pong"], a2c=a2c,
+                                           backend="envpool"))
+    assert adapter.max_actions == 6                       # Pong's 6 sets the head; Breakout uses 4 of them
+    model = adapter.make_model(torch.Generator().manual_seed(0))
+    meta = Leap(model, LeapConfig(p=2, loss=False), include=["encoder."],
+                meta_optimizer=MetaOptimizerConfig(name="sgd", lr=1.0))
+    init = {k: v.clone() for k, v in meta.init_state.items()}
+    (task,) = adapter.sample_tasks("train", 1, np.random.default_rng(0))
+    assert task.key == "Breakout" and task.num_actions == 4
+    meta.load_init(model)
+    optimizer = adapter.make_optimizer(model)
+    with meta.watch(model, optimizer, task.key) as watch:
+        curve = adapter.adapt(task, model, optimizer, steps=100, watch=watch)
+    assert len(curve) == 6 and all(np.isfinite(curve))
+    # loss off, p = 2: the task's meta-gradient is θ⁰ − θ^K of the encoder
+    expected = [init[n] - dict(model.named_parameters())[n].detach() for n in meta.names]
+    for got, want in zip(meta.meta_gradient(), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # Breakout's 4 actions never touch rows 4 and 5 of the policy head
+    head = dict(model.named_parameters())["policy.weight"]
+    torch.testing.assert_close(head[4:], init["policy.weight"][4:], rtol=0, atol=0)
+    meta.meta_step()
+    for n in meta.names:                                   # SGD lr 1 moves the init to θ^K
+        torch.testing.assert_close(meta.init_state[n], dict(model.named_parameters())[n].detach(),
+                                   rtol=0, atol=1e-6)
+    torch.testing.assert_close(meta.init_state["policy.weight"], init["policy.weight"], rtol=0, atol=0)
+    # finished games are kept for logging; evaluate works off the recent ones
+    assert adapter.global_step == 120
+    assert all(r.task == "Breakout" for r in adapter.drain_games())
+    assert set(adapter.evaluate(task, model)) == {"score", "length", "games"}
+
+
+def test_gymnasium_fallback_matches_shapes_and_signals():
+    env = make_atari("Pong", num_envs=2, seed=0, backend="gymnasium", train=True, max_episode_steps=10)
+    ref = make_atari("Pong", num_envs=2, seed=0, backend="envpool", train=True, max_episode_steps=10)
+    obs, ref_obs = env.reset(), ref.reset()
+    assert obs.shape == ref_obs.shape == (2, 4, 84, 84) and obs.dtype == ref_obs.dtype == np.uint8
+    assert env.num_actions == ref.num_actions == 6
+    for t in range(1, 12):
+        out, ref_out = env.step(np.zeros(2, dtype=np.int64)), ref.step(np.zeros(2, dtype=np.int64))
+        for a, b in zip(out[:3], ref_out[:3]):
+            assert a.shape == b.shape and a.dtype == b.dtype
+        assert set(ref_out[3]) >= set(out[3]) >= {"raw_reward", "terminated", "truncated", "lives", "autoreset"}
+        for k in out[3]:
+            assert out[3][k].dtype == ref_out[3][k].dtype, k
+        # both backends: truncated at step 10, auto-reset at step 11
+        assert out[2].all() == ref_out[2].all() == (t == 10)
+        assert out[3]["autoreset"].all() == ref_out[3]["autoreset"].all() == (t == 11)
+    env.close()
+    ref.close()

@@ -1,0 +1,153 @@
+"""A2C throughput on Atari: our loop vs Stable-Baselines3 ``A2C("CnnPolicy")``, in one process.
+
+Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; env steps per second):
+
+- ``envpool_random``  raw EnvPool stepping with random actions — the bound for any learner here;
+- ``ours``            ``agents.a2c.train_agent`` on EnvPool, env groups stepped while the network computes;
+- ``ours_sync``       the same with a single group (no overlap of stepping and compute);
+- ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
+- ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
+
+Variants run in alternating rounds and the median per variant is reported, so a background load that
+comes and goes hits all of them alike. ``torch.set_num_threads(--threads)`` applies to every variant.
+
+    python -m train.benchmarks.a2c_throughput [--steps 4000] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+VARIANTS = ("envpool_random", "ours", "ours_sync", "sb3_envpool", "sb3_gym")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="metarl bench a2c_throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--game", default="Pong")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--n-steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4000, help="env steps per variant per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--env-threads", type=int, default=None, help="EnvPool threads (default: min(envs, cores))")
+    p.add_argument("--groups", type=int, default=2, help="env groups for `ours`")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def _envpool_random(args) -> Callable[[], float]:
+    from envs.atari import make_atari
+
+    env = make_atari(args.game, args.num_envs, args.seed, backend="envpool", num_threads=args.env_threads)
+    env.reset()
+    rng = np.random.default_rng(args.seed)
+    actions = rng.integers(0, env.num_actions, size=(64, args.num_envs))
+
+    def measure() -> float:
+        n = max(1, args.steps // args.num_envs)
+        start = time.perf_counter()
+        for i in range(n):
+            env.step(actions[i % 64])
+        return n * args.num_envs / (time.perf_counter() - start)
+    return measure
+
+
+def _ours(args, groups: int) -> Callable[[], float]:
+    from agents.a2c import A2CConfig, make_optimizer, train_agent
+    from agents.nets import ActorCritic
+    from envs.atari import make_atari_groups
+
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups)
+    envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
+                             num_threads=args.env_threads)
+    model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
+    optimizer = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(args.seed)
+    train_agent(envs, model, optimizer, 4 * cfg.batch_size, cfg=cfg, generator=gen)     # warm-up
+
+    def measure() -> float:
+        return train_agent(envs, model, optimizer, args.steps, cfg=cfg, generator=gen).sps
+    return measure
+
+
+def _sb3(args, backend: str) -> Callable[[], float]:
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+    if backend == "envpool":
+        from envs.atari import make_atari
+        from train.benchmarks.sb3_envpool import SB3AtariVecEnv
+        venv = SB3AtariVecEnv(make_atari(args.game, args.num_envs, args.seed, backend="envpool",
+                                         num_threads=args.env_threads))
+    else:
+        import ale_py
+        import gymnasium as gym
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack
+
+        from envs.atari import canonical_game
+        gym.register_envs(ale_py)
+        game = canonical_game(args.game, "gymnasium")
+        venv = VecFrameStack(make_atari_env(f"{game}NoFrameskip-v4", n_envs=args.num_envs, seed=args.seed), 4)
+    # rl-baselines3-zoo a2c.yml, atari: ent 0.01, vf 0.25, RMSpropTFLike(eps=1e-5)
+    model = A2C("CnnPolicy", venv, n_steps=args.n_steps, ent_coef=0.01, vf_coef=0.25, seed=args.seed,
+                device="cpu", verbose=0,
+                policy_kwargs=dict(optimizer_class=RMSpropTFLike, optimizer_kwargs=dict(eps=1e-5)))
+    model.learn(4 * args.num_envs * args.n_steps)                                         # warm-up
+
+    def measure() -> float:
+        steps = max(1, args.steps // (args.num_envs * args.n_steps)) * args.num_envs * args.n_steps
+        start = time.perf_counter()
+        model.learn(steps, reset_num_timesteps=False)
+        return steps / (time.perf_counter() - start)
+    return measure
+
+
+def run(argv: list[str]) -> dict:
+    args = _parse(argv)
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, args.groups),
+                  "ours_sync": lambda: _ours(args, 1), "sb3_envpool": lambda: _sb3(args, "envpool"),
+                  "sb3_gym": lambda: _sb3(args, "gymnasium")}
+        measures = {v: makers[v]() for v in variants}
+        samples: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for v in variants:
+                samples[v].append(measures[v]())
+    finally:
+        torch.set_num_threads(threads)
+    result = {"game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": args.threads,
+              "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
+    for v in variants:
+        sps = statistics.median(samples[v])
+        result[f"{v}_sps"] = round(sps, 1)
+        spread = ", ".join(f"{s:.0f}" for s in samples[v])
+        print(f"{v:>15}: {sps:7.0f} env steps/s  (rounds: {spread})")
+    for ref in ("sb3_envpool", "sb3_gym"):
+        if "ours" in variants and ref in variants:
+            result[f"ratio_ours_{ref}"] = round(result["ours_sps"] / result[f"{ref}_sps"], 3)
+            print(f"{'ours / ' + ref:>15}: {result[f'ratio_ours_{ref}']:.2f}x")
+    if "ours" in variants and "ours_sync" in variants:
+        result["ratio_overlap"] = round(result["ours_sps"] / result["ours_sync_sps"], 3)
+        print(f"{'overlap gain':>15}: {result['ratio_overlap']:.2f}x (ours / ours_sync)")
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1:])))
