@@ -31,7 +31,7 @@ def test_unknown_game_lists_valid_names_on_one_line():
     assert "\n" not in msg and "'Pongg'" in msg
     assert "Pong" in msg.split("valid games:")[1] and "SpaceInvaders" in msg
     with pytest.raises(ValueError, match="valid games: .*Breakout"):
-        AtariAdapter(AtariTaskConfig(train_games=["Pong"], test_games=["NotAGame-v5"]))
+        AtariTaskConfig(train_games=["Pong"], test_games=["NotAGame-v5"])
 
 
 def test_game_name_spellings():
@@ -86,36 +86,69 @@ def test_short_pong_run_trains_end_to_end():
 
 def test_adapter_with_leap_on_the_encoder_only():
     a2c = A2CConfig(num_envs=4, n_steps=5, groups=1)
-    adapter = AtariAdapter(AtariTaskConfig(train_games=["Breakout"], test_games=["Pong"], a2c=a2c,
+    adapter = AtariAdapter(AtariTaskConfig(train_games=["Breakout"], test_games=["pong"], a2c=a2c,
                                            backend="envpool"))
-    assert adapter.max_actions == 6                       # Pong's 6 sets the head; Breakout uses 4 of them
-    model = adapter.make_model(torch.Generator().manual_seed(0))
-    meta = Leap(model, LeapConfig(p=2, loss=False), include=["encoder."],
+    assert adapter.games["test"] == ["Pong"] and adapter.max_actions == 6
+    template = adapter.make_model(torch.Generator().manual_seed(0))
+    assert template.policy.out_features == 6
+    meta = Leap(template, LeapConfig(p=2, loss=False), include=["encoder."],
                 meta_optimizer=MetaOptimizerConfig(name="sgd", lr=1.0))
     init = {k: v.clone() for k, v in meta.init_state.items()}
     (task,) = adapter.sample_tasks("train", 1, np.random.default_rng(0))
     assert task.key == "Breakout" and task.num_actions == 4
-    meta.load_init(model)
+    # the trainer's flow under `meta.head: reset`: a task model with its own head, the init without the head
+    model = adapter.make_model(torch.Generator().manual_seed(1), task)
+    assert model.policy.out_features == 4
+    meta.load_init(model, skip=adapter.head)
     optimizer = adapter.make_optimizer(model)
-    with meta.watch(model, optimizer, task.key) as watch:
+    with meta.watch(model, optimizer, task) as watch:
         curve = adapter.adapt(task, model, optimizer, steps=100, watch=watch)
     assert len(curve) == 6 and all(np.isfinite(curve))
     # loss off, p = 2: the task's meta-gradient is θ⁰ − θ^K of the encoder
-    expected = [init[n] - dict(model.named_parameters())[n].detach() for n in meta.names]
-    for got, want in zip(meta.meta_gradient(), expected):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    # Breakout's 4 actions never touch rows 4 and 5 of the policy head
-    head = dict(model.named_parameters())["policy.weight"]
-    torch.testing.assert_close(head[4:], init["policy.weight"][4:], rtol=0, atol=0)
+    trained = {n: p.detach() for n, p in model.named_parameters()}
+    for name, got in zip(meta.names, meta.meta_gradient()):
+        torch.testing.assert_close(got, init[name] - trained[name], rtol=0, atol=1e-6)
     meta.meta_step()
-    for n in meta.names:                                   # SGD lr 1 moves the init to θ^K
-        torch.testing.assert_close(meta.init_state[n], dict(model.named_parameters())[n].detach(),
-                                   rtol=0, atol=1e-6)
+    for name in meta.names:                                 # SGD lr 1 moves the encoder init to θ^K
+        torch.testing.assert_close(meta.init_state[name], trained[name], rtol=0, atol=1e-6)
     torch.testing.assert_close(meta.init_state["policy.weight"], init["policy.weight"], rtol=0, atol=0)
     # finished games are kept for logging; evaluate works off the recent ones
     assert adapter.global_step == 120
-    assert all(r.task == "Breakout" for r in adapter.drain_games())
+    assert all(r.task == "Breakout" for r in adapter.drain_games()) and adapter.drain_games() == []
     assert set(adapter.evaluate(task, model)) == {"score", "length", "games"}
+
+
+def test_max_heads_leave_unused_logits_untouched():
+    adapter = AtariAdapter(AtariTaskConfig(train_games=["Breakout", "Pong"], test_games=[], heads="max",
+                                           a2c=A2CConfig(num_envs=2, n_steps=5, groups=1)))
+    task = next(t for t in adapter.sample_tasks("train", 2, np.random.default_rng(0)) if t.key == "Breakout")
+    model = adapter.make_model(torch.Generator().manual_seed(0), task)
+    assert model.policy.out_features == 6                   # Pong's 6; Breakout uses the first 4
+    before = model.policy.weight.detach().clone()
+    adapter.adapt(task, model, adapter.make_optimizer(model), steps=30)
+    after = model.policy.weight.detach()
+    assert not torch.equal(after[:4], before[:4])
+    torch.testing.assert_close(after[4:], before[4:], rtol=0, atol=0)
+
+
+def test_trainer_meta_trains_atari_end_to_end(tmp_path):
+    from train.config import build_config
+    from train.errors import ConfigError
+    from train.trainer import train
+
+    data = {"name": "atari_smoke", "task": "atari", "method": "leap", "seed": 0,
+            "inner": {"optimizer": "rmsprop", "lr": 7e-4, "steps": 40},
+            "meta": {"meta_batch": 2, "steps": 1, "include": ["encoder."], "optimizer": {"lr": 0.1}},
+            "leap": {"p": 2, "loss": False},
+            "eval": {"every": 0, "tasks": 1, "steps": 40},
+            "run": {"progress": False, "threads": 1},
+            "atari": {"train_games": ["Breakout", "Pong"], "test_games": ["SpaceInvaders"],
+                      "a2c": {"num_envs": 4, "n_steps": 5, "groups": 2}}}
+    result = train(build_config(data), tmp_path)
+    assert {"score", "auc", "final_loss"} <= set(result) and np.isfinite(result["auc"])
+    assert (tmp_path / "eval.json").is_file() and "SpaceInvaders" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"^config section 'atari': unknown Atari game 'Pongo'; valid games: "):
+        build_config({**data, "atari": {"train_games": ["Pongo"]}})
 
 
 def test_gymnasium_fallback_matches_shapes_and_signals():

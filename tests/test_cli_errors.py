@@ -6,12 +6,24 @@ from pathlib import Path
 
 import pytest
 
+from train.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 CFG = str(ROOT / "configs" / "sine_leap.yaml")
+TINY = str(ROOT / "configs" / "tiered_leap_tiny.yaml")
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "train.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def run_inprocess(args: list[str], capsys) -> tuple[int, str]:
+    """main() as the console script runs it; argparse's exits come as SystemExit."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 def bad_yaml(tmp: Path) -> str:
@@ -49,21 +61,42 @@ CASES = [
     (["train", "--resume", "/nonexistent/run"], "cannot resume"),
     (["eval", "/nonexistent/run"], "not a run directory"),
     (["bench", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
+    (["train", CFG, "method=warpgrad", "warpgrad.objective=exact"], "objective must be one of full, first_order"),
+    (["train", CFG, "method=warpgrad", "warpgrad.stride=0"], "stride must be >= 1"),
+    (["train", TINY, "tiered.root=/nonexistent/tiered"], "/nonexistent/tiered"),
+    (["train", CFG, "task=tiered"], "unknown config key 'sine'"),
+    (["train", CFG, "eval.split=train"], "'eval.split' must be val or test"),
+    (["train", CFG, "run.keep=0"], "'run.keep' must be positive"),
+    (["train", CFG, "seed=-1"], "'seed' must be >= 0"),
+    (["train", CFG, "name="], "'name' must be a non-empty name"),
+    (["train", CFG, "sine.amplitude=[5, 1]"], "amplitude must be an increasing pair"),
+    (["train", CFG, "sine.hidden=40"], "'sine.hidden' must be a list"),
+    (["train", CFG, "leap.eps=-1"], "leap.eps must be >= 0"),
+    (["train", CFG, "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["plot", "/nonexistent/run"], "not a directory"),
     (["frobnicate"], "invalid choice"),
 ]
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input(args, message):
-    out = run_cli(*args)
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, out.stderr
+def test_bad_input(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, err = run_inprocess(args, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
     assert message in lines[0], lines[0]
 
 
-def test_bad_config_files(tmp_path):
+@pytest.mark.parametrize("args,message", [CASES[0], CASES[-1]])
+def test_bad_input_as_a_process(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert len([l for l in out.stderr.splitlines() if l.strip()]) == 1
+
+
+def test_bad_config_files(tmp_path, capsys):
     for path, message in ((bad_yaml(tmp_path), "is not valid YAML"), (list_yaml(tmp_path), "must hold a mapping")):
-        out = run_cli("train", path)
-        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+        code, err = run_inprocess(["train", path], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1

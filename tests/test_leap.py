@@ -239,11 +239,11 @@ PEAK_SCRIPT = textwrap.dedent("""
     from metarl import Leap, LeapConfig
     torch.manual_seed(0)
     steps = int(sys.argv[1])
-    model = nn.Linear(1000, 1000)
+    model = nn.Linear(512, 512)
     meta = Leap(model, LeapConfig(p=1, loss=True))
     meta.load_init(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(1, 1000)
+    x = torch.randn(1, 512)
     with meta.watch(model, opt) as watch:
         for _ in range(steps):
             loss = model(x).square().mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,7 +10,16 @@ import pytest
 import torch
 
 from agents.maze_a2c import MazeA2CConfig, discounted_returns, maze_a2c_loss, rollout, rollout_loss
-from agents.recurrent import MODELS, LSTMActorCritic, TanhRNN, WarpLSTM, WarpRNN, build_model
+from agents.recurrent import (
+    MODELS,
+    LSTMActorCritic,
+    ModulatedPlasticRNN,
+    RecurrentConfig,
+    TanhRNN,
+    WarpLSTM,
+    WarpRNN,
+    build_model,
+)
 from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch
 
@@ -118,6 +128,37 @@ def test_tanh_rnn_cell_formula():
     # Orthogonal initialisation of the recurrent matrix.
     W = TanhRNN().weight_hh.detach()
     torch.testing.assert_close(W @ W.T, torch.eye(100), atol=1e-5, rtol=0)
+
+
+def test_plastic_rnn_hebbian_trace_modulation_and_clip():
+    m = ModulatedPlasticRNN(RecurrentConfig(obs_dim=2, hidden_size=2))
+    W_in = np.array([[1.0, 0.5], [-0.5, 2.0]])
+    W = np.array([[0.2, -0.1], [0.3, 0.1]])
+    alpha = np.array([[1.0, 2.0], [-1.0, 0.5]])
+    w = np.array([3.0, -2.0])
+    with torch.no_grad():
+        for p, v in ((m.weight_in, W_in), (m.weight, W), (m.alpha, alpha), (m.modulation, w)):
+            p.copy_(torch.tensor(v))
+    xs = [np.array(v) for v in ([1.0, 1.0], [0.5, -1.0], [1.0, 0.0], [0.5, -1.0], [0.5, -1.0])]
+    h, hebb = np.zeros(2), np.zeros((2, 2))
+    clipped = 0
+    state = m.initial_state(1)
+    for x in xs:
+        # Written out element by element: pre-activation, then the modulated, clipped Hebbian update.
+        new_h = np.zeros(2)
+        for i in range(2):
+            pre = sum(W_in[i, j] * x[j] for j in range(2))
+            pre += sum((W[i, j] + alpha[i, j] * hebb[i, j]) * h[j] for j in range(2))
+            new_h[i] = math.tanh(pre)
+        M = math.tanh(sum(w[i] * new_h[i] for i in range(2)))
+        raw = [[hebb[i, j] + M * new_h[i] * h[j] for j in range(2)] for i in range(2)]
+        clipped += sum(abs(v) > 1 for row in raw for v in row)
+        hebb = np.array([[min(1.0, max(-1.0, v)) for v in row] for row in raw])
+        h = new_h
+        out, state = m.cell(torch.tensor(x, dtype=torch.float32)[None], state)
+        np.testing.assert_allclose(out[0].detach().numpy(), h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state[1].view(2, 2).detach().numpy(), hebb, rtol=1e-5, atol=1e-6)
+    assert clipped >= 2  # the clip at ±1 was exercised (steps 4 and 5)
 
 
 def _force_warp_gates(model, signs: list[float]):
@@ -232,6 +273,10 @@ def test_fused_warp_rnn_unroll_matches_autograd_through_cell():
                 torch.testing.assert_close(g, g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(RuntimeError):
         H.sum().backward()  # one backward pass per unroll
+    # The reusable workspace is not model state: not in the state dict, not copied with the model.
+    assert m._fused_slot.workspace is not None
+    assert copy.deepcopy(m)._fused_slot.workspace is None
+    assert all("workspace" not in k for k in m.state_dict())
 
 
 # ------------------------------------------------------------------------------------------- rollout

@@ -79,14 +79,14 @@ def test_pillar_bump_and_corner_wall_bump_with_penalty():
     env = MiconiMaze(wall_penalty=0.05)
     env.reset(seed=0, options={"goal": (11, 11)})
     env.step(UP)  # (5, 6)
-    obs, reward, *_ , info = env.step(UP)  # (4, 6) is a pillar: stay
+    obs, reward, *_, info = env.step(UP)  # (4, 6) is a pillar: stay
     assert info["position"] == (5, 6)
     assert reward == pytest.approx(-0.05)
     np.testing.assert_allclose(obs, obs17([0, 1, 0, 0, 0, 0, 0, 0, 0], 2, -0.05, UP), atol=1e-7)
     for a in [LEFT] * 5 + [UP] * 4:
         env.step(a)
     assert env.position == (1, 1)
-    obs, reward, *_ , info = env.step(UP)  # outer wall: stay
+    obs, reward, *_, info = env.step(UP)  # outer wall: stay
     assert info["position"] == (1, 1) and reward == pytest.approx(-0.05)
     np.testing.assert_allclose(obs, obs17([1, 1, 1, 1, 0, 0, 1, 0, 1], 12, -0.05, UP), atol=1e-7)
 
@@ -95,7 +95,7 @@ def test_wall_bump_costs_nothing_by_default():
     env = MiconiMaze()
     env.reset(seed=0, options={"goal": (11, 11)})
     env.step(UP)
-    _, reward, *_ , info = env.step(UP)
+    _, reward, *_, info = env.step(UP)
     assert reward == 0.0 and info["position"] == (5, 6)
 
 
@@ -151,7 +151,7 @@ def test_same_seed_same_trajectory_different_seed_different_goals():
         out = [info["goal"]]
         for _ in range(T):  # oracle actions: many goal hits, so teleport draws are exercised
             a = int(oracle.actions(env._pos, env._goal)[0])
-            obs, r, *_ , info = env.step(a)
+            obs, r, *_, info = env.step(a)
             out.append((info["position"], r))
         return out
 

@@ -20,6 +20,15 @@ from train.tasks.base import supervised_adapt
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny float64 models: intra-op threads only add contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------------------------
 # tiny models and a replayable task
 
@@ -217,7 +226,8 @@ def test_linear_warp_preconditions_the_gradient():
     F.mse_loss(x @ gamma.T @ W2.T, y).backward()
     grad_gamma = gamma.grad
     D = torch.kron(Om, torch.eye(d, dtype=DT))                    # DΩ: vec(W₁) ↦ vec(ΩW₁), row-major vec
-    jac = torch.autograd.functional.jacobian(lambda w: (Om @ w.reshape(m, d)).reshape(-1), W1.detach().reshape(-1))
+    jac = torch.autograd.functional.jacobian(lambda w: (Om @ w.reshape(m, d)).reshape(-1),
+                                             W1.detach().reshape(-1))
     assert torch.allclose(D, jac, atol=1e-12)
     assert torch.allclose(grad_w1.reshape(-1), D.T @ grad_gamma.reshape(-1), atol=1e-12)   # P∇ by hand
 

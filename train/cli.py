@@ -69,8 +69,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = init_world()
     try:
         run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
-        if world.is_main:
-            print(f"run directory: {run_dir}", file=sys.stderr)
         result = train(cfg, run_dir, resume=bool(args.resume), world=world)
     finally:
         shutdown(world)

@@ -150,10 +150,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported type {_type_name(tp)}")
 
 
+_INTERNAL = ("task_config", "method_config")   # filled from the task / method sections, never keys
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL]
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
@@ -241,9 +244,6 @@ def build_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
     method_cls = method_config_class(method)
     task_section = data.pop(task, None) or {}
     method_section = data.pop(method, None) if method_cls is not None else None
-    for reserved in ("task_config", "method_config"):
-        if reserved in data:
-            raise ConfigError(f"unknown config key {reserved!r}")
     cfg = from_dict(Config, data)
     if not isinstance(task_section, dict):
         raise ConfigError(f"config key {task!r} must be a mapping")

@@ -8,6 +8,7 @@ exactly the tasks and batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -230,11 +231,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     world = world or World()
     if cfg.meta.every and world.size > 1:
         raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
+    adapter, meta = setup(cfg)          # bad data paths fail here, before anything is written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    adapter, meta = setup(cfg)
+        if cfg.run.progress:
+            print(f"run directory: {run_dir}", file=sys.stderr)
     unit = 0
     loaded = load_latest(run_dir) if resume else None
     if loaded is not None:

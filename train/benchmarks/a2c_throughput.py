@@ -26,17 +26,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ._common import machine, parser
+
 VARIANTS = ("envpool_random", "ours", "ours_sync", "sb3_envpool", "sb3_gym")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="metarl bench a2c_throughput", description=__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0])                  # --threads (torch, default 1), --rounds (default 3)
     p.add_argument("--game", default="Pong")
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--n-steps", type=int, default=5)
     p.add_argument("--steps", type=int, default=4000, help="env steps per variant per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--env-threads", type=int, default=None, help="EnvPool threads (default: min(envs, cores))")
     p.add_argument("--groups", type=int, default=2, help="env groups for `ours`")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -121,6 +121,7 @@ def run(argv: list[str]) -> dict:
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    host = machine()
     try:
         makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, args.groups),
                   "ours_sync": lambda: _ours(args, 1), "sb3_envpool": lambda: _sb3(args, "envpool"),
@@ -132,7 +133,7 @@ def run(argv: list[str]) -> dict:
                 samples[v].append(measures[v]())
     finally:
         torch.set_num_threads(threads)
-    result = {"game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": args.threads,
+    result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": args.threads,
               "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
     for v in variants:
         sps = statistics.median(samples[v])

@@ -36,24 +36,27 @@ def _cpu_name() -> str:
 
 def time_iterations(
     model_name: str, mazes: int, steps: int, warmup: int, iterations: int, seed: int, fused: bool = True
-) -> list[float]:
-    """Seconds per training iteration for ``iterations`` timed iterations after ``warmup`` untimed ones."""
+) -> tuple[list[float], list[float]]:
+    """(wall-clock seconds, process CPU seconds) per training iteration for ``iterations`` timed
+    iterations after ``warmup`` untimed ones. CPU time shows how much of a slow wall-clock figure is
+    contention from other processes on a shared machine (with one thread, CPU ≈ wall when undisturbed)."""
     torch.manual_seed(seed)
     model = build_model(model_name)
     optimiser = torch.optim.Adam(model.task_parameters(), lr=1e-3)
     maze_batch = MazeBatch(mazes, MazeConfig(episode_length=steps), seed=seed)
     generator = torch.Generator().manual_seed(seed)
     loss_config = MazeA2CConfig()
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + iterations):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.zero_grad(set_to_none=True)
         batch = rollout(model, maze_batch, generator=generator, fused=fused)
         rollout_loss(batch, loss_config).total.backward()
         optimiser.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+            cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def run(argv: list[str]) -> dict:
@@ -92,22 +95,27 @@ def run(argv: list[str]) -> dict:
         for threads in thread_counts:
             torch.set_num_threads(threads)
             figures: dict[str, float] = {}
+            cpu_figures: dict[str, float] = {}
             variants = [(m, True) for m in models]
             if args.unfused and "warp-rnn" in models:
                 variants.append(("warp-rnn", False))
             for model_name, fused in variants:
                 label = model_name if fused else f"{model_name}-unfused"
-                times = time_iterations(
+                times, cpu_times = time_iterations(
                     model_name, args.mazes, args.steps, args.warmup, args.iterations, args.seed, fused
                 )
                 ms = 1e3 * statistics.median(times)
                 figures[label] = round(ms, 2)
+                cpu_figures[label] = round(1e3 * statistics.median(cpu_times), 2)
                 print(
                     f"{label:>18}: {ms:7.1f} ms/iteration (median of {len(times)}, min {1e3 * min(times):.1f}, "
-                    f"max {1e3 * max(times):.1f}), {threads} thread(s), {args.mazes} mazes × {args.steps} steps",
+                    f"max {1e3 * max(times):.1f}; CPU {cpu_figures[label]:.1f} ms), {threads} thread(s), "
+                    f"{args.mazes} mazes × {args.steps} steps",
                     flush=True,
                 )
-            result["ms_per_iteration" if threads == args.threads else f"ms_per_iteration_{threads}_threads"] = figures
+            suffix = "" if threads == args.threads else f"_{threads}_threads"
+            result[f"ms_per_iteration{suffix}"] = figures
+            result[f"cpu_ms_per_iteration{suffix}"] = cpu_figures
         result["threads"] = args.threads
         warp_ms = result["ms_per_iteration"].get("warp-rnn")
         if warp_ms is not None:

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 TASKS: dict[str, tuple[str, str, str]] = {
     "sine": ("train.tasks.sine", "SineConfig", "SineAdapter"),
     "omniglot": ("train.tasks.omniglot", "OmniglotConfig", "OmniglotAdapter"),
+    "tiered": ("train.tasks.tiered", "TieredConfig", "TieredAdapter"),
     "atari": ("train.tasks.atari", "AtariTaskConfig", "AtariAdapter"),
 }
 

@@ -3,18 +3,18 @@
 Heads across games with different action counts
 -----------------------------------------------
 A meta-learner stores *one* initialisation of *one* model shape, but the games' minimal action sets
-differ (Breakout 4, Pong 6, BeamRider 9, Alien 18). The scheme here:
+differ (Breakout 4, Pong 6, BeamRider 9, Alien 18). Only the encoder can carry knowledge across games
+(action k of one game and action k of another share nothing), so the Atari scheme is: meta-learn the
+encoder (``include=["encoder."]``), and give every task fresh heads drawn from the task's seeded generator.
+``head = ("policy.", "value.")`` names them. Two head sizes are offered (``heads``):
 
-- ``make_model`` builds the Nature-CNN actor-critic with ``max_actions`` policy logits, the largest action
-  count over every configured game (train, val and test). Every task therefore has the same shape and
-  ``meta.load_init(model)`` works unchanged.
-- A game with A actions uses the first A logits only: the A2C code slices ``logits[:, :A]`` before the
-  softmax, so the other rows are never sampled and receive exactly zero gradient.
-- Only the encoder carries knowledge across games: meta-learn it with ``include=["encoder."]`` (the
-  ``head`` prefixes are ``policy.`` and ``value.``). The heads are not meta-learned, so every task starts its
-  heads from the same seeded random draw made when the meta-learner was built (its ``init_state``), and
-  trains its own copy; action k of one game and action k of another share nothing but that random start.
-  A random-initialisation baseline draws a fresh model (encoder and heads) from the same generator.
+- ``"game"`` (default): ``make_model(generator, task)`` sizes the policy head by the task's own action
+  count. The template built without a task gets ``max_actions`` logits (the largest count over every
+  configured game); its head never reaches a task because the trainer's ``meta.head: reset`` (the
+  default) skips the head in ``load_init`` and keeps the freshly drawn one.
+- ``"max"``: every model has ``max_actions`` logits, and a game with A actions uses the first A — the A2C
+  code slices ``logits[:, :A]`` before the softmax, so the other rows are never sampled and get exactly zero
+  gradient. One shape for all games, so this also works with ``meta.head: learned`` (heads in θ⁰).
 
 Game statistics
 ---------------
@@ -28,6 +28,7 @@ convention of Atari learning curves), or of a separate evaluation run when ``eva
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -59,11 +60,19 @@ class AtariTaskConfig:
     env_threads: int | None = None        # EnvPool threads; default min(num_envs, cores)
     eval_games: int = 20                  # evaluate(): mean over this many most recent games
     eval_steps: int = 0                   # > 0: evaluate with a separate run of this many env steps
+    heads: str = "game"                   # game: policy head sized per game; max: max_actions, sliced per game
     a2c: A2CConfig = field(default_factory=A2CConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.a2c, dict):    # built from a YAML mapping
             self.a2c = A2CConfig(**self.a2c)
+        if self.heads not in ("game", "max"):
+            raise ValueError(f"atari.heads must be game or max, got {self.heads!r}")
+        if self.eval_games < 1 or self.eval_steps < 0 or self.max_episode_steps < 1:
+            raise ValueError("atari.eval_games and max_episode_steps must be >= 1, eval_steps >= 0")
+        # Unknown names fail here, at config time, with one line listing the valid names.
+        for split in ("train_games", "val_games", "test_games"):
+            setattr(self, split, [canonical_game(g, self.backend) for g in getattr(self, split)])
 
 
 @dataclass(frozen=True)
@@ -93,11 +102,11 @@ class AtariAdapter:
     head = ("policy.", "value.")
     splits = ("train", "val", "test")
 
-    def __init__(self, config: AtariTaskConfig | None = None) -> None:
+    def __init__(self, config: AtariTaskConfig | None = None, seed: int = 0) -> None:
         self.config = config or AtariTaskConfig()
+        self.seed = seed                  # task seeds come from sample_tasks' rng; kept for reference
         cfg = self.config
-        self.games = {split: [canonical_game(g, cfg.backend) for g in names]
-                      for split, names in zip(self.splits, (cfg.train_games, cfg.val_games, cfg.test_games))}
+        self.games = dict(zip(self.splits, (cfg.train_games, cfg.val_games, cfg.test_games)))
         every = sorted({g for names in self.games.values() for g in names})
         if not every:
             raise ValueError("atari: no games configured (train_games, val_games, test_games are all empty)")
@@ -111,8 +120,10 @@ class AtariAdapter:
         self.on_update: Callable[[str, int, dict[str, float]], None] | None = None
 
     # -- protocol ----------------------------------------------------------------------------------------
-    def make_model(self, generator: torch.Generator) -> nn.Module:
-        return ActorCritic(self.max_actions, generator=generator)
+    def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
+        """Actor-critic drawn from ``generator``; policy head per ``config.heads`` (module docstring)."""
+        actions = task.num_actions if task is not None and self.config.heads == "game" else self.max_actions
+        return ActorCritic(actions, generator=generator)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(model, self.config.a2c)
@@ -128,10 +139,14 @@ class AtariAdapter:
         return [Game(games[i], self.actions[games[i]], int(s)) for i, s in zip(picks, seeds)]
 
     def adapt(self, task: Game, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
-              watch=NULL_WATCH) -> list[float]:
+              watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
         """A2C on ``task`` for ``steps`` env steps; one watched optimiser step per update, then one more
-        rollout without a step whose loss f(θ_K) closes the watch. Returns the loss curve (K+1 points)."""
+        rollout without a step whose loss f(θ_K) closes the watch. Returns the loss curve (K+1 points).
+
+        ``clip_grad_norm`` (the trainer's ``inner.clip_grad_norm``) overrides ``a2c.max_grad_norm`` when set.
+        """
         cfg = self.config
+        a2c = cfg.a2c if not clip_grad_norm else dataclasses.replace(cfg.a2c, max_grad_norm=clip_grad_norm)
         envs = self._envs(task, train=True)
         offset = self.global_step
         recent: list[Episode] = []
@@ -149,7 +164,7 @@ class AtariAdapter:
                 self.on_update(task.key, offset + step, logs)
 
         try:
-            result = train_agent(envs, model, optimizer, steps, watch=watch, cfg=cfg.a2c,
+            result = train_agent(envs, model, optimizer, steps, watch=watch, cfg=a2c,
                                  on_episode=on_episode, on_update=on_update, final_loss=True,
                                  generator=torch.Generator().manual_seed(task.seed))
         finally:

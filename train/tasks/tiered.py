@@ -246,6 +246,7 @@ class TieredSplit:
         except (ValueError, TypeError, cv2.error) as e:
             raise DataError(f"tieredImageNet: image {index} of {self.images_path} is not an 84×84×3 PNG "
                             f"({_one_line(e)})") from None
+        image.setflags(write=False)     # shared with the cache
         if self.cache_size > 0:
             self._cache[index] = image
             if len(self._cache) > self.cache_size:

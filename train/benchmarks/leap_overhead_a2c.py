@@ -1,0 +1,99 @@
+"""Cost of watching an A2C inner loop with Leap: the same run with and without Leap attached.
+
+Both variants start from the same initialisation, env seeds and sampling seed, so they do identical work
+apart from Leap's observer (Leap only reads the parameters). They alternate round by round, and the
+median wall time of each is compared:
+
+    python -m train.benchmarks.leap_overhead_a2c [--steps 4000] [--rounds 5] [--loss on|off]
+
+Leap is the Atari configuration: encoder only (``include=["encoder."]``), energy metric p = 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from agents.a2c import A2CConfig, make_optimizer, train_agent
+from agents.nets import ActorCritic
+from envs.atari import close_all, make_atari_groups
+from metarl.base import MetaOptimizerConfig
+from metarl.leap import Leap, LeapConfig
+from metarl.seam import NULL_WATCH
+
+from ._common import machine, parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = parser(__doc__.splitlines()[0])                  # --threads (torch, default 1), --rounds
+    p.set_defaults(rounds=5)
+    p.add_argument("--game", default="Pong")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--n-steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4000, help="env steps per run")
+    p.add_argument("--env-threads", type=int, default=None)
+    p.add_argument("--groups", type=int, default=2)
+    p.add_argument("--loss", choices=("on", "off"), default="on", help="Leap's loss term on the manifold")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _one_run(args, cfg: A2CConfig, leap: bool) -> float:
+    envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=args.groups, backend="envpool",
+                             num_threads=args.env_threads)
+    try:
+        model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
+        optimizer = make_optimizer(model, cfg)
+        gen = torch.Generator().manual_seed(args.seed)
+        if leap:
+            meta = Leap(model, LeapConfig(p=2, loss=args.loss == "on"), include=["encoder."],
+                        meta_optimizer=MetaOptimizerConfig(name="sgd", lr=1e-4))
+            meta.load_init(model)
+            start = time.perf_counter()
+            with meta.watch(model, optimizer, args.game) as watch:
+                train_agent(envs, model, optimizer, args.steps, watch=watch, cfg=cfg, generator=gen,
+                            final_loss=True)
+            meta.meta_step()
+        else:
+            start = time.perf_counter()
+            train_agent(envs, model, optimizer, args.steps, watch=NULL_WATCH, cfg=cfg, generator=gen,
+                        final_loss=True)
+        return time.perf_counter() - start
+    finally:
+        close_all(envs)
+
+
+def run(argv: list[str]) -> dict:
+    args = _parse(argv)
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=args.groups)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    host = machine()
+    times: dict[str, list[float]] = {"plain": [], "leap": []}
+    try:
+        _one_run(args, cfg, leap=False)                                   # warm-up: imports, allocator
+        for r in range(args.rounds):
+            # alternate which goes first, so a drift in background load favours neither
+            order = ("plain", "leap") if r % 2 == 0 else ("leap", "plain")
+            for name in order:
+                times[name].append(_one_run(args, cfg, leap=name == "leap"))
+    finally:
+        torch.set_num_threads(threads)
+    plain, leap = statistics.median(times["plain"]), statistics.median(times["leap"])
+    ratio = leap / plain
+    for name in ("plain", "leap"):
+        spread = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:>6}: {statistics.median(times[name]):.2f} s per {args.steps} env steps  (rounds: {spread})")
+    print(f" ratio: {ratio:.3f} (leap / plain; p=2, encoder only, loss {args.loss})")
+    return {"machine": host, "game": args.game, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
+            "leap_loss": args.loss, "plain_s": round(plain, 3), "leap_s": round(leap, 3),
+            "ratio": round(ratio, 4)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1:])))
