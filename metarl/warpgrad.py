@@ -714,6 +714,11 @@ class WarpGrad(MetaLearner):
         self.meta_steps += 1
         return logs
 
+    def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
+        """Online: sum warp and init accumulators over workers. (The offline replay is sequential in its
+        samples — one φ step per η — so the trainer runs it in one process.)"""
+        super().all_reduce(lambda tensors: reduce([*tensors, *self._warp_acc, self._stats]))
+
     def _init_mean(self) -> list[Tensor]:
         return self.meta_gradient()          # mean over finite tasks of the init gradient
 
@@ -744,7 +749,8 @@ class WarpGrad(MetaLearner):
             logs["meta/init_grad_norm"] = _norm(self._init_mean())
         if not samples:
             return logs
-        order = torch.randperm(len(samples)).tolist()
+        # Sample order from the meta-step count, not the global RNG: a resumed run replays identically.
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.meta_steps)).tolist()
         per_eta_init = self.learns_init and cfg.init_schedule == "eta"
         total = [torch.zeros_like(p) for p in self.warp_params]
         g_phi = [torch.zeros_like(p) for p in self.warp_params]

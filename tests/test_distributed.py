@@ -30,3 +30,18 @@ def test_two_ranks_match_one_for_leap(tmp_path):
     for k, v in one["meta"]["init"].items():
         torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
     assert len(list((tmp_path / "two").glob("checkpoint-*.pt"))) >= 1
+
+
+def test_two_ranks_match_one_for_online_warpgrad(tmp_path):
+    from train.tasks.tiered import make_tiny_tiered
+    root = make_tiny_tiered(tmp_path / "data", seed=0, images_per_class=30)
+    cfg = str(ROOT / "configs" / "tiered_leap_tiny.yaml")
+    extra = ["method=warpgrad", "tiered.warp=linear", "warpgrad.algorithm=online", f"tiered.root={root}",
+             "meta.steps=2", "meta.meta_batch=2", "inner.steps=3"]
+    launch(1, tmp_path / "one", cfg, *extra)
+    launch(2, tmp_path / "two", cfg, *extra)
+    one, _ = load_latest(tmp_path / "one")
+    two, _ = load_latest(tmp_path / "two")
+    assert any(k.startswith("warps.") for k in one["meta"]["init"])
+    for k, v in one["meta"]["init"].items():
+        torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)

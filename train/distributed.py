@@ -69,5 +69,8 @@ def init_world() -> World:
 
 
 def shutdown(world: World) -> None:
+    """Leave the group together: rank 0 may still be evaluating, and a peer that disconnects while
+    another still holds the group can abort it."""
     if world.size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -231,6 +231,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     world = world or World()
     if cfg.meta.every and world.size > 1:
         raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
+    if world.size > 1 and cfg.method == "warpgrad" and cfg.method_config.algorithm == "offline":
+        raise ConfigError("warpgrad.algorithm: offline replays samples in sequence: use online with torchrun")
     adapter, meta = setup(cfg)          # bad data paths fail here, before anything is written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
