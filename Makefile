@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/metarl train $(CONFIG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs
