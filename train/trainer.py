@@ -159,11 +159,12 @@ class NullLogger:
         pass
 
 
-def setup(cfg: Config) -> tuple[Any, MetaLearner]:
+def setup(cfg: Config, adapter: Any = None) -> tuple[Any, MetaLearner]:
+    """The task adapter and the meta-learner over its model, both from ``cfg``."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.seed)
-    adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)
+    adapter = adapter or build_adapter(cfg.task, cfg.task_config, cfg.seed)
     _, generator = step_generators(cfg.seed, FIXED, 0)
     template = adapter.make_model(generator)
     return adapter, build_meta_learner(cfg, template, adapter)
@@ -233,7 +234,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
     if world.size > 1 and cfg.method == "warpgrad" and cfg.method_config.algorithm == "offline":
         raise ConfigError("warpgrad.algorithm: offline replays samples in sequence: use online with torchrun")
-    adapter, meta = setup(cfg)          # bad data paths fail here, before anything is written
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)   # bad data paths fail here, before any write
+    if hasattr(adapter, "run"):         # task families with a loop of their own (the never-reset maze learner)
+        if world.size > 1:
+            raise ConfigError(f"task {cfg.task!r} runs in one process: launch it without torchrun")
+        return adapter.run(cfg, Path(run_dir), resume=resume, stop_after=stop_after)
+    adapter, meta = setup(cfg, adapter)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:

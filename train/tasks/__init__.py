@@ -13,6 +13,7 @@ TASKS: dict[str, tuple[str, str, str]] = {
     "omniglot": ("train.tasks.omniglot", "OmniglotConfig", "OmniglotAdapter"),
     "tiered": ("train.tasks.tiered", "TieredConfig", "TieredAdapter"),
     "atari": ("train.tasks.atari", "AtariTaskConfig", "AtariAdapter"),
+    "maze": ("train.tasks.maze", "MazeTaskConfig", "MazeAdapter"),
 }
 
 

@@ -1,0 +1,78 @@
+"""Nature-CNN actor-critic with one encoder shared by a policy head and a value head.
+
+Parameter names are part of the contract with the meta-learners: everything under ``encoder.`` is the
+game-independent trunk (what Leap meta-learns on Atari, ``include=["encoder."]``), while ``policy.`` and
+``value.`` are the per-game heads (``head = ("policy.", "value.")`` in the task adapter).
+
+Initialisation follows SB3's ``ActorCriticPolicy(ortho_init=True)``: orthogonal weights with gain √2 in the
+encoder, 0.01 for the policy logits and 1 for the value, all biases zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def _ortho_(module: nn.Module, gain: float, generator: torch.Generator | None) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(m.weight, gain=gain, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+class NatureEncoder(nn.Module):
+    """(N, 4, 84, 84) uint8 frames → (N, 512) features; the /255 scaling happens here, on the small batch."""
+
+    def __init__(self, in_channels: int = 4, features: int = 512) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Sequential(nn.Linear(64 * 7 * 7, features), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        # Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on
+        # CPU (forward + backward on 80 frames: ~43 → ~35 ms, one thread). Transposing the uint8 frames
+        # before the float conversion moves a quarter of the bytes.
+        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+        return self.fc(self.conv(x))
+
+
+class ActorCritic(nn.Module):
+    """``forward(obs) -> (logits (N, A), value (N,))``."""
+
+    def __init__(self, num_actions: int, in_channels: int = 4, features: int = 512,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+        self.encoder = NatureEncoder(in_channels, features)
+        self.policy = nn.Linear(features, num_actions)
+        self.value = nn.Linear(features, 1)
+        _ortho_(self.encoder, math.sqrt(2.0), generator)
+        _ortho_(self.policy, 0.01, generator)
+        _ortho_(self.value, 1.0, generator)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(obs)
+        # Heads always run in float32, also under a bfloat16 autocast of the encoder: they are tiny, and
+        # logits and values are what the loss is made of.
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.float()
+            return self.policy(h), self.value(h).squeeze(-1)
+
+    @torch.no_grad()
+    def reset_heads(self, num_actions: int, generator: torch.Generator | None = None) -> None:
+        """Fresh policy/value heads (sized for ``num_actions``) on the same encoder, e.g. for a new game."""
+        features = self.policy.in_features
+        device = self.policy.weight.device
+        self.num_actions = num_actions
+        self.policy = nn.Linear(features, num_actions, device=device)
+        self.value = nn.Linear(features, 1, device=device)
+        _ortho_(self.policy, 0.01, generator)
+        _ortho_(self.value, 1.0, generator)
