@@ -8,6 +8,7 @@ from typing import Any
 from .base import MetaLearner, MetaOptimizerConfig
 from .finetune import FineTuning
 from .fomaml import FOMAML
+from .lazy import Lazy, LazyConfig
 from .leap import Leap, LeapConfig, LeapObjective
 from .maml import MAML
 from .nopretrain import NoPretraining
@@ -15,7 +16,7 @@ from .reptile import Reptile
 from .seam import NULL_WATCH, OptimizerWatch, StepObserver
 
 # Methods whose options live in a config section of their own, imported lazily.
-_METHOD_CONFIGS = {"warpgrad": ("metarl.warpgrad", "WarpGradConfig")}
+_METHOD_CONFIGS = {"warpgrad": ("metarl.warpgrad", "WarpGradConfig"), "lazy": ("metarl.lazy", "LazyConfig")}
 
 
 def method_config_class(method: str) -> Any:
@@ -26,5 +27,5 @@ def method_config_class(method: str) -> Any:
 
 
 __all__ = ["MetaLearner", "MetaOptimizerConfig", "Leap", "LeapConfig", "LeapObjective", "Reptile", "FOMAML",
-           "MAML", "FineTuning", "NoPretraining", "OptimizerWatch", "StepObserver", "NULL_WATCH",
+           "MAML", "Lazy", "LazyConfig", "FineTuning", "NoPretraining", "OptimizerWatch", "StepObserver", "NULL_WATCH",
            "method_config_class"]

@@ -32,6 +32,7 @@ class MetaOptimizerConfig:
     momentum: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    clip_grad_norm: float = 0.0     # > 0: clip the meta-gradient's global norm (guards against finite blow-ups)
 
 
 def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.optim.Optimizer:
@@ -95,7 +96,8 @@ class MetaLearner:
             self.init_state[n] = p.data
         self._task_acc = [torch.zeros_like(p) for p in self.params]
         self._acc = [torch.zeros_like(p) for p in self.params]
-        self.meta_optimizer = make_optimizer(self.params, meta_optimizer or MetaOptimizerConfig())
+        self.meta_optimizer_config = meta_optimizer or MetaOptimizerConfig()
+        self.meta_optimizer = make_optimizer(self.params, self.meta_optimizer_config)
         self.tasks = 0            # finite tasks merged since the last meta-step
         self.skipped = 0          # tasks dropped for a non-finite meta-gradient, since the last meta-step
         self.meta_steps = 0
@@ -156,6 +158,8 @@ class MetaLearner:
             logs["meta/grad_norm"] = float(torch.stack([g.norm() for g in grads]).norm())
             for p, g in zip(self.params, grads):
                 p.grad = g
+            if self.meta_optimizer_config.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.meta_optimizer_config.clip_grad_norm)
             self.meta_optimizer.step()
             self.meta_optimizer.zero_grad(set_to_none=True)
         torch._foreach_zero_(self._acc)

@@ -20,7 +20,7 @@ from metarl.leap import LeapConfig
 
 from .errors import ConfigError
 
-METHODS = ("leap", "reptile", "fomaml", "maml", "finetune", "no_pretraining", "warpgrad")
+METHODS = ("leap", "reptile", "fomaml", "maml", "finetune", "no_pretraining", "warpgrad", "lazy")
 
 
 @dataclass

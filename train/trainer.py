@@ -52,6 +52,9 @@ def build_meta_learner(cfg: Config, model: nn.Module, adapter: Any) -> MetaLearn
     if cfg.method == "warpgrad":
         from metarl.warpgrad import WarpGrad
         return WarpGrad(model, cfg.method_config, leap=cfg.leap, **common)
+    if cfg.method == "lazy":
+        from metarl.lazy import Lazy
+        return Lazy(model, cfg.method_config, **common)
     raise ValueError(f"unknown method {cfg.method!r}")
 
 
