@@ -32,9 +32,10 @@ same convention for real episode ends) but reports a life loss by watching ``liv
 anything, so there a life-loss ``done`` is followed by an ordinary step. ``info["autoreset"]`` makes the
 difference explicit, so learners never have to guess.
 
-Differences of the gymnasium fallback from EnvPool: no FIRE press at reset or after a lost life, the frame
-stack is padded with the first frame by gymnasium's rule, resizing by gymnasium's OpenCV call. Observation
-shape, dtype and the signals above are the same.
+Differences of the gymnasium fallback from EnvPool: no FIRE press at reset or after a lost life, and no
+no-ops after a lost life (EnvPool's soft reset runs them). Observation shape, dtype, the stack padded with
+the first frame (the reset observations of both backends are identical for Pong) and the signals above
+are the same.
 """
 
 from __future__ import annotations

@@ -84,7 +84,14 @@ class MetaLearner:
 
     def __init__(self, model: nn.Module, meta_optimizer: MetaOptimizerConfig | None = None,
                  include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
-        self.init_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # Entries that share storage (e.g. an SB3 policy lists its features extractor under several
+        # names) share one tensor here too, so a meta-step moves all of them and load_init writes one value.
+        self.init_state: dict[str, Tensor] = {}
+        first: dict[tuple, str] = {}
+        for k, v in model.state_dict().items():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            self.init_state[k] = self.init_state[first[key]] if key in first else v.detach().clone()
+            first.setdefault(key, k)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.names = select(trainable, include, exclude)
         if not self.names:
@@ -92,8 +99,8 @@ class MetaLearner:
                              f"exclude={list(exclude)})")
         # The meta-parameters share storage with init_state: stepping them moves the initialisation.
         self.params = [nn.Parameter(self.init_state[n]) for n in self.names]
-        for n, p in zip(self.names, self.params):
-            self.init_state[n] = p.data
+        aliases = {id(self.init_state[n]): p.data for n, p in zip(self.names, self.params)}
+        self.init_state = {k: aliases.get(id(v), v) for k, v in self.init_state.items()}
         self._task_acc = [torch.zeros_like(p) for p in self.params]
         self._acc = [torch.zeros_like(p) for p in self.params]
         self.meta_optimizer_config = meta_optimizer or MetaOptimizerConfig()

@@ -39,17 +39,32 @@ class LeapConfig:
             raise ValueError(f"leap.eps must be >= 0, got {self.eps}")
 
 
+def _axpy(acc: list[Tensor], xs: list[Tensor], scale: Tensor) -> None:
+    """acc += scale·xs in one pass; on CPU the scalar is read directly, on GPU it stays on the device."""
+    if scale.device.type == "cpu":
+        torch._foreach_add_(acc, xs, alpha=float(scale))
+    else:
+        torch._foreach_add_(acc, torch._foreach_mul(xs, scale))
+
+
 class LeapObjective:
-    """Step observer that adds Σ_i δ_i of one task into ``acc`` (aligned with the watched params)."""
+    """Step observer that adds Σ_i δ_i of one task into ``acc`` (aligned with the watched params).
+
+    Work per step is kept to what the metric needs. Under p = 2 the parameter part of δ_i has
+    coefficient 1, so Σ_i (θ_i − θ_{i+1}) telescopes to θ_0 − θ_K and is added once per task; only the
+    loss term −Δf̃_i g_i is per-step work (one copy and one add). Under p = 1 every segment is divided by
+    its own length, so θ_i is kept for the norm of Δθ_i."""
 
     def __init__(self, config: LeapConfig, acc: Sequence[Tensor]) -> None:
         self.config = config
         self.acc = list(acc)
-        self._theta: list[Tensor] | None = None   # θ_i, later overwritten by θ_i − θ_{i+1}
+        self._theta: list[Tensor] | None = None   # p = 1: θ_i; p = 2: the telescoping anchor θ_0
         self._grad: list[Tensor] | None = None    # g_i
         self._loss: Tensor | None = None          # f(θ_i)
+        self._live: list[Tensor] = []             # the watched tensors of the running task
         self._open = False
-        # path statistics summed over the tasks of the meta-batch, for logging
+        # path statistics summed over the tasks of the meta-batch, for logging (p = 1: length of the path
+        # on the manifold; p = 2 tracks only the segment count, since lengths would cost a copy per step)
         self.path_length = torch.zeros(())
         self.segments = 0
 
@@ -57,15 +72,20 @@ class LeapObjective:
         if self._theta is None:
             self._theta = [p.detach().clone() for p in params]
             self._grad = [torch.zeros_like(p) for p in params]
+        self._live = [p.detach() for p in params]
+        if self.config.p == 2:
+            with torch.no_grad():
+                torch._foreach_copy_(self._theta, self._live)
         self._open = False
 
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         if self.config.loss and loss is None:
             raise RuntimeError("Leap with the loss term needs watch.report(loss) before optimizer.step()")
         if self._open:  # θ_i is the forward point of the previous segment
-            self._close(params, loss)
+            self._close(loss)
         with torch.no_grad():
-            torch._foreach_copy_(self._theta, [p.detach() for p in params])
+            if self.config.p == 1:
+                torch._foreach_copy_(self._theta, self._live)
             if self.config.loss:
                 torch._foreach_copy_(self._grad, list(grads))
         self._loss = loss
@@ -79,30 +99,41 @@ class LeapObjective:
         if self._open:
             if self.config.loss and final_loss is None:
                 raise RuntimeError("Leap with the loss term needs watch.finish(final_loss) to close the last segment")
-            self._close(params, final_loss)
+            self._close(final_loss)
+        self.flush()
         self._open = False
 
     @torch.no_grad()
-    def _close(self, params: Sequence[Tensor], next_loss: Tensor | None) -> None:
+    def flush(self) -> None:
+        """Add the telescoped parameter part (p = 2) up to the current point; continual meta-steps call
+        this inside a task."""
+        if self.config.p == 2 and self._live:
+            torch._foreach_add_(self.acc, self._theta)
+            torch._foreach_sub_(self.acc, self._live)
+            torch._foreach_copy_(self._theta, self._live)
+
+    @torch.no_grad()
+    def _close(self, next_loss: Tensor | None) -> None:
         cfg = self.config
-        neg_step = self._theta
-        torch._foreach_sub_(neg_step, [p.detach() for p in params])          # θ_i − θ_{i+1} = −Δθ_i
-        sq = torch.stack(torch._foreach_norm(neg_step)).square().sum() if neg_step else torch.zeros(())
-        if cfg.loss:
-            d_loss = next_loss.to(sq.dtype) - self._loss.to(sq.dtype)        # Δf_i
-            sq = sq + d_loss.square()                                       # the stabilizer keeps Δf² (leap.md §3)
-            d_loss_t = -d_loss.abs() if cfg.stabilizer else d_loss            # Δf̃_i
-        length = (sq + cfg.eps ** 2).sqrt()
-        self.path_length = self.path_length + length
         self.segments += 1
-        scale = 1.0 / length if cfg.p == 1 else torch.ones_like(length)     # ℓ_i^{p−2}
-        # δ_i = scale·(θ_i − θ_{i+1}) − scale·Δf̃_i·g_i ; `scale` stays a tensor: no host sync on GPU.
-        if cfg.p == 1:
-            torch._foreach_mul_(neg_step, scale)
-        torch._foreach_add_(self.acc, neg_step)
         if cfg.loss:
-            torch._foreach_mul_(self._grad, -scale * d_loss_t)
-            torch._foreach_add_(self.acc, self._grad)
+            d_loss = (next_loss - self._loss).double()                       # Δf_i
+            d_loss_t = -d_loss.abs() if cfg.stabilizer else d_loss           # Δf̃_i
+        if cfg.p == 2:
+            if cfg.loss:
+                _axpy(self.acc, self._grad, -d_loss_t)                       # −Δf̃_i·g_i
+            return
+        neg_step = self._theta
+        torch._foreach_sub_(neg_step, self._live)                            # θ_i − θ_{i+1} = −Δθ_i
+        sq = torch.stack(torch._foreach_norm(neg_step)).double().square().sum() if neg_step else torch.zeros(())
+        if cfg.loss:
+            sq = sq + d_loss.square()                                        # the stabilizer keeps Δf² (leap.md §3)
+        length = (sq + cfg.eps ** 2).sqrt()                                  # ℓ_i
+        self.path_length = self.path_length + length
+        # δ_i = (θ_i − θ_{i+1})/ℓ_i − (Δf̃_i/ℓ_i)·g_i
+        _axpy(self.acc, neg_step, 1.0 / length)
+        if cfg.loss:
+            _axpy(self.acc, self._grad, -d_loss_t / length)
 
 
 class Leap(MetaLearner):
@@ -118,6 +149,10 @@ class Leap(MetaLearner):
     def observers(self, task=None) -> list:
         return [self.objective]
 
+    def flush(self) -> None:
+        self.objective.flush()
+        super().flush()
+
     def all_reduce(self, reduce) -> None:
         stats = torch.stack([self.objective.path_length.double(), torch.tensor(float(self.objective.segments))])
         super().all_reduce(lambda tensors: reduce([*tensors, stats]))
@@ -125,8 +160,9 @@ class Leap(MetaLearner):
 
     def meta_step(self) -> dict[str, float]:
         tasks = max(self.tasks + self.skipped, 1)
-        logs = {"meta/path_length": float(self.objective.path_length) / tasks,
-                "meta/segments": self.objective.segments / tasks}
+        logs = {"meta/segments": self.objective.segments / tasks}
+        if self.config.p == 1:
+            logs["meta/path_length"] = float(self.objective.path_length) / tasks
         self.objective.path_length = torch.zeros(())
         self.objective.segments = 0
         return {**super().meta_step(), **logs}

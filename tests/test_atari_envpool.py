@@ -70,18 +70,42 @@ def test_envpool_life_loss_is_done_but_not_game_over():
     assert info["autoreset"][0] and not done[0]
 
 
-def test_short_pong_run_trains_end_to_end():
-    cfg = A2CConfig(num_envs=4, n_steps=5, groups=2)
-    envs = make_atari_groups("Pong", cfg.num_envs, seed=1, groups=2, backend="envpool")
+def _pong_run(groups: int):
+    cfg = A2CConfig(num_envs=4, n_steps=5, groups=groups)
+    envs = make_atari_groups("Pong", cfg.num_envs, seed=1, groups=groups, backend="envpool")
     model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]
     result = train_agent(envs, model, make_optimizer(model, cfg), total_steps=200, cfg=cfg, final_loss=True,
                          generator=torch.Generator().manual_seed(0))
+    return result, before, model
+
+
+def test_short_pong_run_trains_end_to_end():
+    result, before, model = _pong_run(groups=1)
     assert result.updates == 10 and result.env_steps == 220
     assert len(result.losses) == 11 and all(np.isfinite(result.losses))
     assert all(np.isfinite(list(log.values())).all() for log in result.logs)
     assert result.logs[0]["losses/entropy"] == pytest.approx(np.log(6), abs=0.01)   # near-uniform policy at init
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    # stepping two env groups in turn (overlap) is the same computation: same seeds, same run
+    grouped, _, grouped_model = _pong_run(groups=2)
+    assert grouped.losses == pytest.approx(result.losses, rel=1e-4, abs=1e-6)
+    for a, b in zip(model.parameters(), grouped_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_encoder_gives_nearly_the_fp32_loss():
+    from agents.a2c import RolloutCollector, a2c_loss
+
+    envs = make_atari_groups("Pong", 4, seed=3, groups=1, backend="envpool")
+    model = ActorCritic(6, generator=torch.Generator().manual_seed(0))
+    ro = RolloutCollector(envs, model, n_steps=5, generator=torch.Generator().manual_seed(0),
+                          precision="bf16").collect()
+    fp32 = a2c_loss(model, ro, A2CConfig(num_envs=4, precision="fp32"), 6)[1]
+    bf16 = a2c_loss(model, ro, A2CConfig(num_envs=4, precision="bf16"), 6)[1]
+    assert bf16["entropy"].dtype == torch.float32
+    for k in ("entropy", "value_loss"):
+        assert bf16[k].item() == pytest.approx(fp32[k].item(), rel=0.05, abs=1e-3), k
 
 
 def test_adapter_with_leap_on_the_encoder_only():

@@ -72,8 +72,6 @@ def test_meta_step_moves_the_encoder_init_only(sb3_run):
         assert not torch.equal(final[name], init[name])
 
 
-@pytest.mark.xfail(strict=True, reason="metarl.base.MetaLearner.load_init also copies its stale clones of "
-                   "the aliased state_dict keys pi_/vf_features_extractor.* over the meta-learned encoder")
 def test_load_init_puts_the_moved_init_into_the_sb3_policy(sb3_run):
     meta, policy, *_ = sb3_run
     if meta.meta_steps == 0:

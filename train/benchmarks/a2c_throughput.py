@@ -3,8 +3,9 @@
 Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; env steps per second):
 
 - ``envpool_random``  raw EnvPool stepping with random actions — the bound for any learner here;
-- ``ours``            ``agents.a2c.train_agent`` on EnvPool, env groups stepped while the network computes;
-- ``ours_sync``       the same with a single group (no overlap of stepping and compute);
+- ``ours``            ``agents.a2c.train_agent`` on EnvPool with the default ``A2CConfig`` (one env group);
+- ``ours_overlap``    the same with ``--groups`` env groups: EnvPool steps one while the network computes;
+- ``ours_bf16``       ``ours`` with the encoder autocast to bfloat16 (``A2CConfig.precision="bf16"``);
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
 
@@ -28,7 +29,7 @@ import torch
 
 from ._common import machine, parser
 
-VARIANTS = ("envpool_random", "ours", "ours_sync", "sb3_envpool", "sb3_gym")
+VARIANTS = ("envpool_random", "ours", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--n-steps", type=int, default=5)
     p.add_argument("--steps", type=int, default=4000, help="env steps per variant per round")
     p.add_argument("--env-threads", type=int, default=None, help="EnvPool threads (default: min(envs, cores))")
-    p.add_argument("--groups", type=int, default=2, help="env groups for `ours`")
+    p.add_argument("--groups", type=int, default=2, help="env groups for `ours_overlap`")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -65,12 +66,12 @@ def _envpool_random(args) -> Callable[[], float]:
     return measure
 
 
-def _ours(args, groups: int) -> Callable[[], float]:
+def _ours(args, groups: int, precision: str = "fp32") -> Callable[[], float]:
     from agents.a2c import A2CConfig, make_optimizer, train_agent
     from agents.nets import ActorCritic
     from envs.atari import make_atari_groups
 
-    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups)
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups, precision=precision)
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
                              num_threads=args.env_threads)
     model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
@@ -123,8 +124,9 @@ def run(argv: list[str]) -> dict:
     torch.set_num_threads(args.threads)
     host = machine()
     try:
-        makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, args.groups),
-                  "ours_sync": lambda: _ours(args, 1), "sb3_envpool": lambda: _sb3(args, "envpool"),
+        makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
+                  "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
+                  "sb3_envpool": lambda: _sb3(args, "envpool"),
                   "sb3_gym": lambda: _sb3(args, "gymnasium")}
         measures = {v: makers[v]() for v in variants}
         samples: dict[str, list[float]] = {v: [] for v in variants}
@@ -133,20 +135,23 @@ def run(argv: list[str]) -> dict:
                 samples[v].append(measures[v]())
     finally:
         torch.set_num_threads(threads)
-    result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": args.threads,
+    result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps,
+              "threads": args.threads,
               "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
     for v in variants:
         sps = statistics.median(samples[v])
         result[f"{v}_sps"] = round(sps, 1)
         spread = ", ".join(f"{s:.0f}" for s in samples[v])
         print(f"{v:>15}: {sps:7.0f} env steps/s  (rounds: {spread})")
-    for ref in ("sb3_envpool", "sb3_gym"):
-        if "ours" in variants and ref in variants:
-            result[f"ratio_ours_{ref}"] = round(result["ours_sps"] / result[f"{ref}_sps"], 3)
-            print(f"{'ours / ' + ref:>15}: {result[f'ratio_ours_{ref}']:.2f}x")
-    if "ours" in variants and "ours_sync" in variants:
-        result["ratio_overlap"] = round(result["ours_sps"] / result["ours_sync_sps"], 3)
-        print(f"{'overlap gain':>15}: {result['ratio_overlap']:.2f}x (ours / ours_sync)")
+    for ours in ("ours", "ours_bf16"):
+        for ref in ("sb3_envpool", "sb3_gym"):
+            if ours in variants and ref in variants:
+                key = f"ratio_{ours}_{ref}"
+                result[key] = round(result[f"{ours}_sps"] / result[f"{ref}_sps"], 3)
+                print(f"{ours + ' / ' + ref:>22}: {result[key]:.2f}x")
+    if "ours" in variants and "ours_overlap" in variants:
+        result["ratio_overlap"] = round(result["ours_overlap_sps"] / result["ours_sps"], 3)
+        print(f"{'overlap gain':>22}: {result['ratio_overlap']:.2f}x (ours_overlap / ours)")
     return result
 
 

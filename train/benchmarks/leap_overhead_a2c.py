@@ -37,13 +37,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--n-steps", type=int, default=5)
     p.add_argument("--steps", type=int, default=4000, help="env steps per run")
     p.add_argument("--env-threads", type=int, default=None)
-    p.add_argument("--groups", type=int, default=2)
+    p.add_argument("--groups", type=int, default=1)
     p.add_argument("--loss", choices=("on", "off"), default="on", help="Leap's loss term on the manifold")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def _one_run(args, cfg: A2CConfig, leap: bool) -> float:
+def _one_run(args, cfg: A2CConfig, leap: bool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process — every thread, EnvPool's included) of one run."""
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=args.groups, backend="envpool",
                              num_threads=args.env_threads)
     try:
@@ -54,16 +55,16 @@ def _one_run(args, cfg: A2CConfig, leap: bool) -> float:
             meta = Leap(model, LeapConfig(p=2, loss=args.loss == "on"), include=["encoder."],
                         meta_optimizer=MetaOptimizerConfig(name="sgd", lr=1e-4))
             meta.load_init(model)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             with meta.watch(model, optimizer, args.game) as watch:
                 train_agent(envs, model, optimizer, args.steps, watch=watch, cfg=cfg, generator=gen,
                             final_loss=True)
             meta.meta_step()
         else:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             train_agent(envs, model, optimizer, args.steps, watch=NULL_WATCH, cfg=cfg, generator=gen,
                         final_loss=True)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
     finally:
         close_all(envs)
 
@@ -75,24 +76,30 @@ def run(argv: list[str]) -> dict:
     torch.set_num_threads(args.threads)
     host = machine()
     times: dict[str, list[float]] = {"plain": [], "leap": []}
+    cpu: dict[str, list[float]] = {"plain": [], "leap": []}
     try:
         _one_run(args, cfg, leap=False)                                   # warm-up: imports, allocator
         for r in range(args.rounds):
             # alternate which goes first, so a drift in background load favours neither
             order = ("plain", "leap") if r % 2 == 0 else ("leap", "plain")
             for name in order:
-                times[name].append(_one_run(args, cfg, leap=name == "leap"))
+                wall, busy = _one_run(args, cfg, leap=name == "leap")
+                times[name].append(wall)
+                cpu[name].append(busy)
     finally:
         torch.set_num_threads(threads)
-    plain, leap = statistics.median(times["plain"]), statistics.median(times["leap"])
-    ratio = leap / plain
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    ratio, cpu_ratio = med["leap"] / med["plain"], med_cpu["leap"] / med_cpu["plain"]
     for name in ("plain", "leap"):
         spread = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{name:>6}: {statistics.median(times[name]):.2f} s per {args.steps} env steps  (rounds: {spread})")
-    print(f" ratio: {ratio:.3f} (leap / plain; p=2, encoder only, loss {args.loss})")
-    return {"machine": host, "game": args.game, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-            "leap_loss": args.loss, "plain_s": round(plain, 3), "leap_s": round(leap, 3),
-            "ratio": round(ratio, 4)}
+        print(f"{name:>6}: {med[name]:.2f} s wall, {med_cpu[name]:.2f} s CPU per {args.steps} env steps"
+              f"  (wall rounds: {spread})")
+    print(f" ratio: {ratio:.3f} wall, {cpu_ratio:.3f} CPU (leap / plain; p=2, encoder only, loss {args.loss})")
+    return {"machine": host, "game": args.game, "steps": args.steps, "rounds": args.rounds,
+            "threads": args.threads, "leap_loss": args.loss, "plain_s": round(med["plain"], 3),
+            "leap_s": round(med["leap"], 3), "ratio": round(ratio, 4), "plain_cpu_s": round(med_cpu["plain"], 3),
+            "leap_cpu_s": round(med_cpu["leap"], 3), "cpu_ratio": round(cpu_ratio, 4)}
 
 
 if __name__ == "__main__":

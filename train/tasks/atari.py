@@ -41,6 +41,8 @@ from agents.nets import ActorCritic
 from envs.atari import canonical_game, close_all, make_atari_groups, num_actions
 from metarl.seam import NULL_WATCH
 
+from ..errors import ConfigError
+
 
 def _default_train_games() -> list[str]:
     return ["Pong", "Breakout", "Qbert", "BeamRider", "AirRaid", "Atlantis"]
@@ -73,6 +75,8 @@ class AtariTaskConfig:
         # Unknown names fail here, at config time, with one line listing the valid names.
         for split in ("train_games", "val_games", "test_games"):
             setattr(self, split, [canonical_game(g, self.backend) for g in getattr(self, split)])
+        if not (self.train_games or self.val_games or self.test_games):
+            raise ValueError("atari: no games configured (train_games, val_games and test_games are all empty)")
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,6 @@ class AtariAdapter:
         cfg = self.config
         self.games = dict(zip(self.splits, (cfg.train_games, cfg.val_games, cfg.test_games)))
         every = sorted({g for names in self.games.values() for g in names})
-        if not every:
-            raise ValueError("atari: no games configured (train_games, val_games, test_games are all empty)")
         self.actions = {g: num_actions(g, cfg.backend) for g in every}
         self.max_actions = max(self.actions.values())
         self.global_step = 0
@@ -130,10 +132,10 @@ class AtariAdapter:
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Game]:
         if split not in self.games:
-            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(self.splits)}")
+            raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(self.splits)}")
         games = self.games[split]
         if not games:
-            raise ValueError(f"atari: no {split} games configured ({split}_games is empty)")
+            raise ConfigError(f"atari: no {split} games configured ({split}_games is empty)")
         picks = rng.choice(len(games), size=n, replace=n > len(games))
         seeds = rng.integers(0, 2**31 - 1, size=n)
         return [Game(games[i], self.actions[games[i]], int(s)) for i, s in zip(picks, seeds)]
@@ -195,8 +197,7 @@ class AtariAdapter:
 
     def _envs(self, task: Game, train: bool) -> list:
         a2c = self.config.a2c
-        groups = a2c.groups if a2c.num_envs % a2c.groups == 0 else 1
-        return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=groups, backend=self.config.backend,
+        return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=a2c.groups, backend=self.config.backend,
                                  train=train, num_threads=self.config.env_threads,
                                  max_episode_steps=self.config.max_episode_steps)
 
@@ -205,7 +206,8 @@ class AtariAdapter:
         envs = self._envs(task, train=False)
         try:
             collector = RolloutCollector(envs, model, self.config.a2c.n_steps,
-                                         torch.Generator().manual_seed(task.seed + 1))
+                                         torch.Generator().manual_seed(task.seed + 1),
+                                         precision=self.config.a2c.precision)
             while collector.global_step < self.config.eval_steps:
                 collector.collect()
         finally:
