@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-CONFIG  ?= configs/sine_leap.yaml
+CONFIG  ?= configs/atari_leap.yaml
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup run test clean

@@ -22,11 +22,13 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
         raise UserError(f"run directory {run_dir} has no readable checkpoint")
     state, path = loaded
     meta.load_state_dict(state["meta"])
-    step = int(state["step"])
-    if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)
-        return adapter.evaluate_run(cfg, meta, run_dir, step)
-    result, curve = evaluate(cfg, adapter, meta)
+    step = meta.meta_steps
     logger = Logger(run_dir, purge_step=None)
+    if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)
+        out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)
+        logger.close()
+        return out
+    result, curve = evaluate(cfg, adapter, meta)
     logger.scalars({f"eval/{cfg.eval.split}/meta_init/{k}": v for k, v in result.items()}, step)
     logger.close()
     out = {"checkpoint": path.name, "split": cfg.eval.split, **result, "curve": curve}

@@ -93,6 +93,13 @@ def inner_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Opti
     return make_optimizer(params, MetaOptimizerConfig(name=inner.optimizer, lr=inner.lr, momentum=inner.momentum))
 
 
+def make_task_optimizer(adapter: Any, model: nn.Module, meta: MetaLearner, cfg: Config) -> torch.optim.Optimizer:
+    """The adapter's own optimiser where it has one (A2C's RMSprop), else ``inner.*`` over the task params."""
+    if hasattr(adapter, "make_optimizer") and not hasattr(meta, "task_parameters"):
+        return adapter.make_optimizer(model)
+    return inner_optimizer(task_parameters(model, meta), cfg)
+
+
 def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator,
              steps: int, watched: bool = True) -> tuple[nn.Module, list[float]]:
     """Adapt one task from the current initialisation; the meta-learner observes it when ``watched``."""
@@ -100,7 +107,7 @@ def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator:
     clip = cfg.inner.clip_grad_norm or None
     if watched and getattr(meta, "differentiable", False):      # MAML: backprop through the inner loop
         return model, meta.accumulate(model, lambda m, split: task.loss(m, task.batch(split)))
-    optimizer = inner_optimizer(task_parameters(model, meta), cfg)
+    optimizer = make_task_optimizer(adapter, model, meta, cfg)
     if not watched:
         return model, adapter.adapt(task, model, optimizer, steps, clip_grad_norm=clip)
     with meta.watch(model, optimizer, task) as watch:
@@ -208,6 +215,7 @@ def episodic_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, un
     meta.all_reduce(world.all_reduce)
     logs = meta.meta_step()
     log({**logs, "losses/train_auc": float(stats[0] / stats[2]), "losses/train_final": float(stats[1] / stats[2])})
+    log_games(adapter, log)
 
 
 def continual_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,
@@ -217,12 +225,20 @@ def continual_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, u
     rng, generator = step_generators(cfg.seed, unit)
     task = adapter.sample_tasks("train", 1, rng)[0]
     model = task_model(adapter, meta, task, generator, cfg.meta.head)
-    optimizer = inner_optimizer(task_parameters(model, meta), cfg)
+    optimizer = make_task_optimizer(adapter, model, meta, cfg)
     with meta.watch(model, optimizer, task) as watch:
         watch.observers.insert(len(watch.observers) - 1, MetaEvery(meta, cfg.meta.every, log))
         curve = adapter.adapt(task, model, optimizer, cfg.inner.steps, watch,
                               clip_grad_norm=cfg.inner.clip_grad_norm or None)
     log({"losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]})
+    log_games(adapter, log)
+
+
+def log_games(adapter: Any, log: Callable[..., None]) -> None:
+    """RL tasks: finished games, at the env step they ended (``charts/*``; x-axis: env steps)."""
+    for game in adapter.drain_games() if hasattr(adapter, "drain_games") else ():
+        log({"charts/episodic_return": game.episodic_return, "charts/episodic_length": game.length},
+            step=game.global_step)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
@@ -255,6 +271,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     loaded = load_latest(run_dir) if resume else None
     if loaded is not None:
         meta.load_state_dict(loaded[0]["meta"])
+        if "adapter" in loaded[0]:
+            adapter.load_state_dict(loaded[0]["adapter"])
         unit = int(loaded[0]["step"])
     start_meta = meta.meta_steps
     logger = Logger(run_dir, purge_step=start_meta + 1 if resume else None) if world.is_main else NullLogger()
@@ -264,15 +282,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
     t0 = time.time()
 
-    def log(values: dict[str, float]) -> None:
+    def log(values: dict[str, float], step: int | None = None) -> None:
         # meta-step logs come from meta_step(); task-level logs land on the latest meta-step
+        if step is not None:
+            logger.scalars(values, step)
+            return
         step = meta.meta_steps
         logger.scalars(values, step)
         if "meta/tasks" in values:
             logger.scalars({"charts/meta_steps_per_s": (step - start_meta) / (time.time() - t0)}, step)
             if bar is not None:
                 bar.update(1)
-            if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps:
+            if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps \
+                    and not hasattr(adapter, "evaluate_run"):      # whole-protocol evaluations run at the end
                 logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta)[0].items()}, step)
             if progress is not None:
                 progress(step, values)
@@ -286,13 +308,19 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         every = cfg.run.checkpoint_every
         if world.is_main and ((every and before // every != meta.meta_steps // every)
                               or meta.meta_steps >= cfg.meta.steps):
-            save_checkpoint(run_dir, unit, {"step": unit, "meta": meta.state_dict()}, cfg.run.keep)
+            state = {"step": unit, "meta": meta.state_dict()}
+            if hasattr(adapter, "state_dict"):
+                state["adapter"] = adapter.state_dict()
+            save_checkpoint(run_dir, unit, state, cfg.run.keep)
     if bar is not None:
         bar.close()
     result: dict[str, float] = {}
     finished = meta.meta_steps >= cfg.meta.steps
     if world.is_main and finished and done == 0 and (run_dir / "eval.json").exists():   # resumed a finished run
         result = {k: v for k, v in json.loads((run_dir / "eval.json").read_text()).items() if k != "curve"}
+    elif world.is_main and finished and hasattr(adapter, "evaluate_run"):
+        result = adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps, logger)
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     elif world.is_main and finished:
         result, curve = evaluate(cfg, adapter, meta)
         logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)

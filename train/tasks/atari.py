@@ -189,6 +189,17 @@ class AtariAdapter:
         return {"score": float(np.mean([g.episodic_return for g in games])),
                 "length": float(np.mean([g.length for g in games])), "games": float(len(games))}
 
+    def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None) -> dict:
+        """The held-out protocol: each held-out game from the meta-learned and from a random init."""
+        from .atari_eval import evaluate_atari
+        return evaluate_atari(cfg, self, meta, run_dir, step, logger)
+
+    def state_dict(self) -> dict:
+        return {"global_step": torch.tensor(self.global_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+
     # -- helpers ---------------------------------------------------------------------------------------------
     def drain_games(self) -> list[GameRecord]:
         """Finished games since the last call, oldest first."""
