@@ -719,6 +719,16 @@ class WarpGrad(MetaLearner):
         samples — one φ step per η — so the trainer runs it in one process.)"""
         super().all_reduce(lambda tensors: reduce([*tensors, *self._warp_acc, self._stats]))
 
+    def flush(self) -> None:
+        """Algorithm 3 timing (``meta.every``): φ steps every η task updates *inside* a running task, so
+        merge everything the running task accumulated since its start or last flush — warp gradient, loss
+        statistics, init gradient — into the meta-step's sums; the remainder merges at the task's end.
+        Each flushed chunk counts as one task. Online only: offline replay has nothing to flush."""
+        if self.config.algorithm != "online":
+            raise ValueError("continual WarpGrad (Algorithm 3) accumulates online: set warpgrad.algorithm: online")
+        self._end_task(None)
+        self._begin_task()
+
     def _init_mean(self) -> list[Tensor]:
         return self.meta_gradient()          # mean over finite tasks of the init gradient
 
@@ -830,3 +840,7 @@ class WarpGrad(MetaLearner):
 
 def _norm(xs: Sequence[Tensor]) -> float:
     return float(torch.stack([x.norm() for x in xs]).norm()) if xs else 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Algorithm 3 (continual meta-training)

@@ -12,6 +12,7 @@ TASKS: dict[str, tuple[str, str, str]] = {
     "sine": ("train.tasks.sine", "SineConfig", "SineAdapter"),
     "omniglot": ("train.tasks.omniglot", "OmniglotConfig", "OmniglotAdapter"),
     "tiered": ("train.tasks.tiered", "TieredConfig", "TieredAdapter"),
+    "continual_sine": ("train.tasks.continual_sine", "ContinualSineConfig", "ContinualSineAdapter"),
     "atari": ("train.tasks.atari", "AtariTaskConfig", "AtariAdapter"),
     "maze": ("train.tasks.maze", "MazeTaskConfig", "MazeAdapter"),
 }

@@ -45,14 +45,18 @@ validation points of sub-tasks 1…t with per-point weights w_{t,i}/(2m)) and ``
 weighted sum above in one forward pass. Run it with ``metarl.warpgrad.WarpGrad`` online (Algorithm 1: one φ
 step per meta-batch of sequences, as the paper trains this experiment), ``init_objective: none``,
 ``final_point: false``, ``meta_split: meta`` — see ``configs/continual_sine_warp.yaml`` — or with
-``ContinualWarpGrad`` and ``meta.every`` for Algorithm 3's timing.
+``WarpGrad`` (online) with ``meta.every`` for Algorithm 3's timing.
 
 Evaluation: after each sub-task the loss on every sub-task (an evenly spaced grid of ``test_points`` points
 per sub-interval) is recorded, giving per sequence a T×T matrix M[i, r] = loss on the r-th presented
 sub-task after finishing the i-th; its lower triangle (r ≤ i) is the forgetting matrix. ``evaluate_run``
-(``metarl eval RUN_DIR``) runs the protocol — warps vs plain SGD from the same θ⁰, in training order and in
-the random order [1, 3, 4, 2, 0] — and writes ``forgetting.json``; ``python -m train.tasks.continual_sine
-table RUN_DIR …`` tabulates several runs (seeds) as mean ± std.
+(the trainer's end-of-run evaluation, and ``metarl eval RUN_DIR``) runs the protocol — warps vs plain SGD
+from the same θ⁰, in training order and in the random order [1, 3, 4, 2, 0] — and writes
+``forgetting.json``. The SGD baseline is the same MLP with the warp blocks removed, from the same task-layer
+θ⁰, on the same batches; with ``warp_init: identity`` it is exactly the warp learner before meta-training.
+
+    python -m train.tasks.continual_sine reproduce CONFIG [key=value …] --seeds 0 1 2 --out DIR
+    python -m train.tasks.continual_sine table RUN_DIR …      # mean ± std over runs (seeds)
 """
 
 from __future__ import annotations
@@ -389,21 +393,21 @@ class ContinualSineAdapter:
         return out
 
     # -- the full protocol: `metarl eval RUN_DIR` ---------------------------------------------------------
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int) -> dict[str, Any]:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict[str, Any]:
         """Warp vs SGD from the same θ⁰, training order and the random order, on ``cfg.eval.tasks`` held-out
-        sequences of ``cfg.eval.split``; writes ``forgetting.json`` and returns its summary."""
+        sequences of ``cfg.eval.split``. Writes ``forgetting.json`` (with the mean and std matrices), logs the
+        mean matrices to ``logger`` (tag ``eval/continual_sine/<method>/<order>/pos<r>``, x-axis: the
+        sub-task just finished) and returns the summary (JSON-serialisable)."""
         tasks = self.sample_tasks(cfg.eval.split, cfg.eval.tasks, np.random.default_rng(0),
                                   order=tuple(range(self.config.subtasks)))
         result = forgetting_protocol(self, meta.init_state, tasks, lr=cfg.inner.lr, momentum=cfg.inner.momentum)
         result.update({"step": step, "split": cfg.eval.split, "tasks": len(tasks)})
         (Path(run_dir) / "forgetting.json").write_text(json.dumps(result, indent=2))
-        from ..trainer import Logger         # the mean matrices as curves over the sub-task switches
-        logger = Logger(Path(run_dir), purge_step=None)
-        for key, mats in result["matrices"].items():
-            for i, row in enumerate(mats["mean"]):
-                logger.scalars({f"eval/continual_sine/{key}/pos{r}": v for r, v in enumerate(row)
-                                if v is not None}, i)
-        logger.close()
+        if logger is not None:
+            for key, mats in result["matrices"].items():
+                for i, row in enumerate(mats["mean"]):
+                    logger.scalars({f"eval/continual_sine/{key}/pos{r}": v for r, v in enumerate(row)
+                                    if v is not None}, i)
         return {k: v for k, v in result.items() if k != "matrices"}
 
 
@@ -524,8 +528,9 @@ def reproduce(config: Path, seeds: Sequence[int], out_dir: Path, overrides: Sequ
     for seed in seeds:
         cfg = load_config(config, [f"seed={seed}", *overrides])
         run_dir = Path(out_dir) / f"{cfg.name}__{seed}"
-        train(cfg, run_dir, resume=True)
-        evaluate_run(run_dir)
+        train(cfg, run_dir, resume=True)        # ends with adapter.evaluate_run → forgetting.json
+        if not (run_dir / "forgetting.json").is_file():
+            evaluate_run(run_dir)
         dirs.append(run_dir)
     summary = table(dirs)
     (Path(out_dir) / "table.json").write_text(json.dumps(summary, indent=2))
