@@ -11,6 +11,8 @@ from train.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 CFG = str(ROOT / "configs" / "sine_leap.yaml")
 TINY = str(ROOT / "configs" / "tiered_leap_tiny.yaml")
+ATARI = str(ROOT / "configs" / "atari_leap.yaml")
+OMNI = str(ROOT / "configs" / "omniglot_dev_leap.yaml")
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -74,6 +76,12 @@ CASES = [
     (["train", CFG, "leap.eps=-1"], "leap.eps must be >= 0"),
     (["train", CFG, "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["plot", "/nonexistent/run"], "not a directory"),
+    (["train", ATARI, "atari.train_games=[Pongo]"], "unknown Atari game 'Pongo'"),
+    (["train", ATARI, "atari.train_games=[]", "atari.test_games=[]"], "no games configured"),
+    (["train", ATARI, "atari.train_games=Pong"], "'atari.train_games' must be a list"),
+    (["train", ATARI, "atari.a2c.num_envs=0"], "num_envs"),
+    (["train", OMNI, "omniglot.root=/nonexistent/omniglot"], "/nonexistent/omniglot"),
+    (["train", OMNI, "omniglot.ways=0"], "ways"),
     (["frobnicate"], "invalid choice"),
 ]
 
