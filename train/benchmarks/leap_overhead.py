@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from metarl import NULL_WATCH, Leap, LeapConfig
 from train.tasks.omniglot import OmniConv
 
-from ._common import median, parser, timed
+from ._common import median, parser, timed_both
 
 
 def inner_loop(model: torch.nn.Module, steps: int, x: torch.Tensor, y: torch.Tensor, meta: Leap | None) -> None:
@@ -42,12 +42,16 @@ def run(argv: list[str]) -> dict:
     inner_loop(model, 50, x, y, meta)
     plain, leap = [], []
     for r in range(args.rounds):
-        plain.append(timed(lambda: inner_loop(model, args.steps, x, y, None)))
-        leap.append(timed(lambda: inner_loop(model, args.steps, x, y, meta)))
-        print(f"round {r}: without Leap {plain[-1]:.3f} s, with Leap {leap[-1]:.3f} s")
+        plain.append(timed_both(lambda: inner_loop(model, args.steps, x, y, None)))
+        leap.append(timed_both(lambda: inner_loop(model, args.steps, x, y, meta)))
+        print(f"round {r}: without Leap {plain[-1][0]:.3f} s ({plain[-1][1]:.3f} s CPU), "
+              f"with Leap {leap[-1][0]:.3f} s ({leap[-1][1]:.3f} s CPU)")
     params = sum(p.numel() for p in model.parameters())
+    wall = [median([t[0] for t in xs]) for xs in (plain, leap)]
+    cpu = [median([t[1] for t in xs]) for xs in (plain, leap)]
     out = {"steps": args.steps, "batch": args.batch, "params": params, "threads": args.threads,
-           "without_leap_s": median(plain), "with_leap_s": median(leap),
-           "ratio": median(leap) / median(plain)}
-    print(f"Leap overhead: {out['ratio']:.4f}x over {args.steps} steps ({params} parameters)")
+           "without_leap_s": wall[0], "with_leap_s": wall[1], "ratio": wall[1] / wall[0],
+           "without_leap_cpu_s": cpu[0], "with_leap_cpu_s": cpu[1], "cpu_ratio": cpu[1] / cpu[0]}
+    print(f"Leap overhead: {out['ratio']:.4f}x wall, {out['cpu_ratio']:.4f}x CPU over {args.steps} steps "
+          f"({params} parameters)")
     return out

@@ -19,7 +19,8 @@ Speed options (all off by default = the trainer as it is):
   --mallopt        glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): freed activation buffers stay
                    in the heap instead of being unmapped and page-faulted back in at every step
   --bf16           bf16 autocast around the task loss (forward convs/linear in bf16; weights stay fp32)
-  --threads T      torch threads per process
+  --threads T      torch threads per process. On a loaded machine 2 threads spin in OpenMP's barriers
+                   (≈ 8× slower here); run with OMP_WAIT_POLICY=PASSIVE in the environment to compare fairly
   --ranks R        R gloo processes on this host, the meta-batch's tasks split over them exactly as
                    train/distributed.py does under torchrun (T threads each)
   --sweep A,B,...  run several variants (``base`` or '+'-joined tokens of cl, mallopt, bf16, threadsN,
