@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .seam import OptimizerWatch, StepObserver
+from .seam import Observer, OptimizerWatch, StepObserver
 
 
 @dataclass
@@ -53,20 +53,11 @@ def select(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[
             and not any(n.startswith(p) for p in exclude)]
 
 
-class _TaskMerge:
+class _TaskMerge(Observer):
     """Last observer of every watch: adds the task's meta-gradient to the meta-batch sum if finite."""
 
     def __init__(self, meta: "MetaLearner") -> None:
         self.meta = meta
-
-    def task_start(self, params: Sequence[Tensor]) -> None:
-        pass
-
-    def before_step(self, params, grads, loss) -> None:
-        pass
-
-    def after_step(self, params) -> None:
-        pass
 
     def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
         self.meta._merge_task()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import MetaLearner, select
-from .seam import OptimizerWatch
+from .seam import Observer, OptimizerWatch
 
 
 class FineTuning(MetaLearner):
@@ -55,20 +55,11 @@ class FineTuning(MetaLearner):
         self.heads = dict(zip(state["head_keys"], state["heads"]))
 
 
-class _Continue:
+class _Continue(Observer):
     """θ⁰ ← θ^K for the trunk (and the learned head); the task's head goes to the bank."""
 
     def __init__(self, ft: FineTuning, model: nn.Module, task_key: str | None) -> None:
         self.ft, self.model, self.task_key = ft, model, task_key
-
-    def task_start(self, params) -> None:
-        pass
-
-    def before_step(self, params, grads, loss) -> None:
-        pass
-
-    def after_step(self, params) -> None:
-        pass
 
     @torch.no_grad()
     def task_end(self, params, final_loss) -> None:

@@ -12,24 +12,18 @@ import torch
 from torch import Tensor
 
 from .base import MetaLearner
+from .seam import Observer
 
 
-class FOMAMLObjective:
+class FOMAMLObjective(Observer):
     def __init__(self, acc: Sequence[Tensor]) -> None:
         self.acc = list(acc)
-
-    def task_start(self, params: Sequence[Tensor]) -> None:
-        pass
 
     def before_step(self, params, grads: Sequence[Tensor], loss) -> None:
         with torch.no_grad():   # keep only the latest gradient: the task accumulator holds g_i
             torch._foreach_copy_(self.acc, list(grads))
 
-    def after_step(self, params) -> None:
-        pass
 
-    def task_end(self, params, final_loss) -> None:
-        pass
 
 
 class FOMAML(MetaLearner):

@@ -12,21 +12,16 @@ import torch
 from torch import Tensor
 
 from .base import MetaLearner
+from .seam import Observer
 
 
-class ReptileObjective:
+class ReptileObjective(Observer):
     def __init__(self, acc: Sequence[Tensor]) -> None:
         self.acc = list(acc)
 
     def task_start(self, params: Sequence[Tensor]) -> None:
         with torch.no_grad():
             torch._foreach_add_(self.acc, [p.detach() for p in params])      # + θ⁰
-
-    def before_step(self, params, grads, loss) -> None:
-        pass
-
-    def after_step(self, params) -> None:
-        pass
 
     def task_end(self, params: Sequence[Tensor], final_loss) -> None:
         with torch.no_grad():

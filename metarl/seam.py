@@ -41,6 +41,22 @@ class StepObserver(Protocol):
     def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None: ...
 
 
+class Observer:
+    """A step observer whose hooks do nothing: subclass and override the events you need."""
+
+    def task_start(self, params: Sequence[Tensor]) -> None:
+        pass
+
+    def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
+        pass
+
+    def after_step(self, params: Sequence[Tensor]) -> None:
+        pass
+
+    def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
+        pass
+
+
 def _loss_value(loss: Tensor | float | None) -> Tensor | None:
     """Losses are detached: the meta-gradient never carries the task graph (Leap defect #3)."""
     if loss is None:

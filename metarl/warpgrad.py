@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from .base import MetaLearner, MetaOptimizerConfig, make_optimizer, select
 from .leap import LeapConfig, LeapObjective
 from .maml import _Functional
-from .seam import OptimizerWatch
+from .seam import Observer, OptimizerWatch
 
 OBJECTIVES = ("full", "first_order")
 ALGORITHMS = ("online", "offline")
@@ -309,21 +309,8 @@ class _Subset:
         self.observer.task_end(self._pick(params), final_loss)
 
 
-class _Observer:
-    def task_start(self, params) -> None:
-        pass
 
-    def before_step(self, params, grads, loss) -> None:
-        pass
-
-    def after_step(self, params) -> None:
-        pass
-
-    def task_end(self, params, final_loss) -> None:
-        pass
-
-
-class _MAMLObserver(_Observer):
+class _MAMLObserver(Observer):
     def __init__(self, init: MAMLInit, wg: "WarpGrad", model: nn.Module, task: Any, task_names: list[str],
                  inner: "InnerSGD") -> None:
         self.init, self.wg, self.model, self.task, self.names = init, wg, model, task, task_names
@@ -449,7 +436,7 @@ def _flat(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -
 # observers
 
 
-class _Begin(_Observer):
+class _Begin(Observer):
     def __init__(self, wg: "WarpGrad") -> None:
         self.wg = wg
 
@@ -457,7 +444,7 @@ class _Begin(_Observer):
         self.wg._begin_task()
 
 
-class _End(_Observer):
+class _End(Observer):
     def __init__(self, wg: "WarpGrad", trajectory: _Trajectory | None) -> None:
         self.wg, self.trajectory = wg, trajectory
 
@@ -465,7 +452,7 @@ class _End(_Observer):
         self.wg._end_task(self.trajectory)
 
 
-class _PointSelector(_Observer):
+class _PointSelector(Observer):
     """Calls ``visit(params, k)`` at the selected points θ_k: every stride-th step and θ_K."""
 
     def __init__(self, wg: "WarpGrad") -> None:

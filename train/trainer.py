@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from metarl import FOMAML, MAML, FineTuning, Leap, MetaLearner, NoPretraining, Reptile
-from metarl.base import make_optimizer, MetaOptimizerConfig
+from metarl.base import MetaOptimizerConfig, make_optimizer
+from metarl.seam import Observer
 
 from .checkpoint import load_latest, save_checkpoint
 from .config import Config, config_to_yaml
@@ -180,26 +181,17 @@ def setup(cfg: Config, adapter: Any = None) -> tuple[Any, MetaLearner]:
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
-class MetaEvery:
+class MetaEvery(Observer):
     """Continual mode: a meta-step every ``every`` task updates, inside the running task (Alg. 3 timing)."""
 
     def __init__(self, meta: MetaLearner, every: int, on_step: Callable[[dict[str, float]], None]) -> None:
         self.meta, self.every, self.on_step, self.updates = meta, every, on_step, 0
-
-    def task_start(self, params) -> None:
-        pass
-
-    def before_step(self, params, grads, loss) -> None:
-        pass
 
     def after_step(self, params) -> None:
         self.updates += 1
         if self.updates % self.every == 0:
             self.meta.flush()
             self.on_step(self.meta.meta_step())
-
-    def task_end(self, params, final_loss) -> None:
-        pass
 
 
 def episodic_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,

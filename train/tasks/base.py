@@ -14,6 +14,7 @@ Adapters own data and the inner loop; they own no logging, checkpoints or meta-l
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -47,30 +48,47 @@ class TaskAdapter(Protocol):
     def evaluate(self, task: Task, model: nn.Module) -> dict[str, float]: ...
 
 
+def supervised_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, watch=NULL_WATCH,
+                    clip_grad_norm: float | None = None) -> Tensor:
+    """One inner step on a fresh training batch, reported through the seam; returns the detached loss."""
+    loss = task.loss(model, task.batch("train"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm:
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm)
+    watch.report(loss)
+    optimizer.step()
+    return loss.detach()
+
+
+def finish_task(task: Task, model: nn.Module, watch=NULL_WATCH) -> Tensor:
+    """f(θ_K) on one more training batch; it closes the final segment for the meta-learner."""
+    with torch.no_grad():
+        final = task.loss(model, task.batch("train"))
+    watch.finish(final)
+    return final
+
+
 def supervised_adapt(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
                      watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
     """The supervised inner loop: ``steps`` optimiser steps on fresh training batches.
 
-    Returns the training-loss curve f(θ_0), …, f(θ_{K−1}), f(θ_K); the last point is evaluated on one
-    more batch and closes the final segment for the meta-learner (watch.finish).
+    Returns the training-loss curve f(θ_0), …, f(θ_{K−1}), f(θ_K).
     """
     model.train()
-    curve: list[Tensor] = []
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for _ in range(steps):
-        loss = task.loss(model, task.batch("train"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm:
-            nn.utils.clip_grad_norm_(params, clip_grad_norm)
-        watch.report(loss)
-        optimizer.step()
-        curve.append(loss.detach())
-    with torch.no_grad():
-        final = task.loss(model, task.batch("train"))
-    watch.finish(final)
-    curve.append(final)
+    curve = [supervised_step(task, model, optimizer, watch, clip_grad_norm) for _ in range(steps)]
+    curve.append(finish_task(task, model, watch))
     return torch.stack(curve).tolist()
+
+
+def seeded_default_init(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default conv / linear initialisation (kaiming-uniform with a = √5, bias U(±1/√fan_in)),
+    every draw taken from ``generator`` so a model is a function of its seed."""
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+        if module.bias is not None:
+            bound = 1.0 / math.sqrt(module.weight[0].numel())
+            module.bias.uniform_(-bound, bound, generator=generator)
 
 
 def curve_auc(curve: Sequence[float]) -> float:

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from metarl.warp_layers import make_warp
 
-from .base import NULL_WATCH
+from .base import NULL_WATCH, finish_task, supervised_step
 
 WEIGHTINGS = ("eq19", "eq19_literal", "mean")
 WARPS = ("residual_mlp", "none")
@@ -360,24 +360,14 @@ class ContinualSineAdapter:
             raise ValueError(f"continual sine runs {c.subtasks} sub-tasks × {c.steps_per_subtask} steps: "
                              f"inner.steps must be {c.steps}, got {steps}")
         model.train()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         curve: list[Tensor] = []
         rows = []
         for position in range(c.subtasks):
             task.position = position
-            for _ in range(c.steps_per_subtask):
-                loss = task.loss(model, task.batch("train"))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_grad_norm:
-                    nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                watch.report(loss)
-                optimizer.step()
-                curve.append(loss.detach())
+            curve += [supervised_step(task, model, optimizer, watch, clip_grad_norm)
+                      for _ in range(c.steps_per_subtask)]
             rows.append(task.losses(model))
-        with torch.no_grad():
-            final = task.loss(model, task.batch("train"))
-        watch.finish(final)
+        final = finish_task(task, model, watch)
         curve.append(final)
         task.matrix = np.asarray(rows, dtype=np.float64)
         return torch.stack(curve).tolist()

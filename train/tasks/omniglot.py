@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from .base import NULL_WATCH, supervised_adapt
+from .base import NULL_WATCH, seeded_default_init, supervised_adapt
 
 SPLITS = ("images_background", "images_evaluation")
 DEFAULT_CACHE_DIR = "~/.cache/metarl"
@@ -402,15 +402,6 @@ class ConvBlock(nn.Module):
         return self.relu(self.bn(self.pool(self.conv(x))))
 
 
-def _default_init(module: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default Conv/Linear init (kaiming-uniform a=√5, bias U(±1/√fan_in)), drawn from ``generator``."""
-    with torch.no_grad():
-        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-        if module.bias is not None:
-            bound = 1.0 / math.sqrt(module.weight[0].numel())
-            module.bias.uniform_(-bound, bound, generator=generator)
-
-
 class OmniConv(nn.Module):
     """The Omniglot classifier: 28 → 14 → 7 → 3 → 1 over four blocks, then ``head`` Linear(filters → classes).
 
@@ -440,7 +431,7 @@ class OmniConv(nn.Module):
         if generator is not None:
             for m in [*self.blocks.modules(), self.head]:
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    _default_init(m, generator)
+                    seeded_default_init(m, generator)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import NULL_WATCH, supervised_adapt
+from .base import NULL_WATCH, seeded_default_init, supervised_adapt
 
 
 @dataclass
@@ -69,13 +69,10 @@ class SineMLP(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
-        if generator is not None:   # seeded init (PyTorch's default Linear scheme, drawn from `generator`)
+        if generator is not None:
             for m in self.modules():
                 if isinstance(m, nn.Linear):
-                    bound = 1.0 / math.sqrt(m.in_features)
-                    with torch.no_grad():
-                        m.weight.uniform_(-bound, bound, generator=generator)
-                        m.bias.uniform_(-bound, bound, generator=generator)
+                    seeded_default_init(m, generator)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))

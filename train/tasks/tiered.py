@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from metarl.warp_layers import make_warp
 
 from ..errors import ConfigError, DataError
-from .base import NULL_WATCH, supervised_adapt
+from .base import NULL_WATCH, seeded_default_init, supervised_adapt
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
@@ -451,16 +451,6 @@ class TieredBlock(nn.Module):
         return self.pool(self.relu(self.bn(self.conv(x))))
 
 
-def _seeded_default_init(module: nn.Conv2d | nn.Linear, generator: torch.Generator) -> None:
-    """PyTorch's default scheme for conv / linear layers (kaiming-uniform with a = √5, bias U(±1/√fan_in)),
-    with every draw taken from ``generator``."""
-    with torch.no_grad():
-        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-        if module.bias is not None:
-            bound = 1.0 / math.sqrt(module.weight[0].numel())
-            module.bias.uniform_(-bound, bound, generator=generator)
-
-
 class TieredConv(nn.Module):
     """The multi-shot tieredImageNet classifier (see the module docstring).
 
@@ -506,7 +496,7 @@ class TieredConv(nn.Module):
         if generator is not None:
             for m in [*self.blocks.modules(), self.head]:
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    _seeded_default_init(m, generator)
+                    seeded_default_init(m, generator)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, block in enumerate(self.blocks):
