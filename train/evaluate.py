@@ -8,6 +8,7 @@ from pathlib import Path
 from .checkpoint import load_latest
 from .config import load_config
 from .errors import UserError
+from .tasks import build_adapter
 from .trainer import Logger, evaluate, setup
 
 
@@ -16,7 +17,11 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
     overrides = [f"eval.split={split}"] if split else []
     cfg = load_config(run_dir / "config.yaml", overrides)
-    adapter, meta = setup(cfg)
+    adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)
+    if hasattr(adapter, "run"):
+        raise UserError(f"task {cfg.task!r} has no held-out initialisation to evaluate: its results are in "
+                        f"{run_dir / 'result.json'} and its TensorBoard curves")
+    adapter, meta = setup(cfg, adapter)
     loaded = load_latest(run_dir)
     if loaded is None:
         raise UserError(f"run directory {run_dir} has no readable checkpoint")
