@@ -39,14 +39,6 @@ class LeapConfig:
             raise ValueError(f"leap.eps must be >= 0, got {self.eps}")
 
 
-def _axpy(acc: list[Tensor], xs: list[Tensor], scale: Tensor) -> None:
-    """acc += scale·xs in one pass; on CPU the scalar is read directly, on GPU it stays on the device."""
-    if scale.device.type == "cpu":
-        torch._foreach_add_(acc, xs, alpha=float(scale))
-    else:
-        torch._foreach_add_(acc, torch._foreach_mul(xs, scale))
-
-
 class LeapObjective:
     """Step observer that adds Σ_i δ_i of one task into ``acc`` (aligned with the watched params).
 
@@ -58,8 +50,12 @@ class LeapObjective:
     def __init__(self, config: LeapConfig, acc: Sequence[Tensor]) -> None:
         self.config = config
         self.acc = list(acc)
-        self._theta: list[Tensor] | None = None   # p = 1: θ_i; p = 2: the telescoping anchor θ_0
-        self._grad: list[Tensor] | None = None    # g_i
+        # Flat buffers (one tensor each), viewed per parameter: after the copies in, every per-step op is a
+        # single-tensor op instead of one op per parameter tensor.
+        self._theta: Tensor | None = None         # p = 1: θ_i; p = 2: the telescoping anchor θ_0
+        self._grad: Tensor | None = None          # g_i
+        self._sum: Tensor | None = None           # Σ δ_i of the running task, added to ``acc`` at flush
+        self._views: dict[str, list[Tensor]] = {}
         self._loss: Tensor | None = None          # f(θ_i)
         self._live: list[Tensor] = []             # the watched tensors of the running task
         self._open = False
@@ -68,26 +64,38 @@ class LeapObjective:
         self.path_length = torch.zeros(())
         self.segments = 0
 
+    def _buffers(self, params: Sequence[Tensor]) -> None:
+        n = sum(p.numel() for p in params)
+        ref = params[0]
+        for name in ("_theta", "_grad", "_sum"):
+            flat = torch.zeros(n, dtype=ref.dtype, device=ref.device)
+            setattr(self, name, flat)
+            views, offset = [], 0
+            for p in params:
+                views.append(flat[offset:offset + p.numel()].view(p.shape))
+                offset += p.numel()
+            self._views[name] = views
+
     def task_start(self, params: Sequence[Tensor]) -> None:
         if self._theta is None:
-            self._theta = [p.detach().clone() for p in params]
-            self._grad = [torch.zeros_like(p) for p in params]
+            self._buffers(params)
         self._live = [p.detach() for p in params]
-        if self.config.p == 2:
-            with torch.no_grad():
-                torch._foreach_copy_(self._theta, self._live)
+        with torch.no_grad():
+            self._sum.zero_()
+            if self.config.p == 2:
+                torch._foreach_copy_(self._views["_theta"], self._live)
         self._open = False
 
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         if self.config.loss and loss is None:
             raise RuntimeError("Leap with the loss term needs watch.report(loss) before optimizer.step()")
-        if self._open:  # θ_i is the forward point of the previous segment
-            self._close(loss)
         with torch.no_grad():
+            if self._open:  # θ_i is the forward point of the previous segment
+                self._close(loss)
             if self.config.p == 1:
-                torch._foreach_copy_(self._theta, self._live)
+                torch._foreach_copy_(self._views["_theta"], self._live)
             if self.config.loss:
-                torch._foreach_copy_(self._grad, list(grads))
+                torch._foreach_copy_(self._views["_grad"], list(grads))
         self._loss = loss
         self._open = True
 
@@ -99,20 +107,24 @@ class LeapObjective:
         if self._open:
             if self.config.loss and final_loss is None:
                 raise RuntimeError("Leap with the loss term needs watch.finish(final_loss) to close the last segment")
-            self._close(final_loss)
+            with torch.no_grad():
+                self._close(final_loss)
         self.flush()
         self._open = False
 
     @torch.no_grad()
     def flush(self) -> None:
-        """Add the telescoped parameter part (p = 2) up to the current point; continual meta-steps call
-        this inside a task."""
-        if self.config.p == 2 and self._live:
-            torch._foreach_add_(self.acc, self._theta)
-            torch._foreach_sub_(self.acc, self._live)
-            torch._foreach_copy_(self._theta, self._live)
+        """Move the running task's Σ δ_i into ``acc`` (plus, under p = 2, the telescoped parameter part up to
+        the current point); continual meta-steps call this inside a task."""
+        if not self._live:
+            return
+        if self.config.p == 2:
+            flat_now = torch.cat([p.reshape(-1) for p in self._live])
+            self._sum += self._theta - flat_now                              # Σ_i (θ_i − θ_{i+1})
+            self._theta.copy_(flat_now)
+        torch._foreach_add_(self.acc, self._views["_sum"])
+        self._sum.zero_()
 
-    @torch.no_grad()
     def _close(self, next_loss: Tensor | None) -> None:
         cfg = self.config
         self.segments += 1
@@ -121,19 +133,25 @@ class LeapObjective:
             d_loss_t = -d_loss.abs() if cfg.stabilizer else d_loss           # Δf̃_i
         if cfg.p == 2:
             if cfg.loss:
-                _axpy(self.acc, self._grad, -d_loss_t)                       # −Δf̃_i·g_i
+                self._sum.add_(self._grad, alpha=float(-d_loss_t)) if self._sum.device.type == "cpu" \
+                    else self._sum.add_(self._grad * -d_loss_t)              # −Δf̃_i·g_i
             return
         neg_step = self._theta
-        torch._foreach_sub_(neg_step, self._live)                            # θ_i − θ_{i+1} = −Δθ_i
-        sq = torch.stack(torch._foreach_norm(neg_step)).double().square().sum() if neg_step else torch.zeros(())
+        torch._foreach_sub_(self._views["_theta"], self._live)               # θ_i − θ_{i+1} = −Δθ_i
+        sq = neg_step.norm().double().square()
         if cfg.loss:
             sq = sq + d_loss.square()                                        # the stabilizer keeps Δf² (leap.md §3)
         length = (sq + cfg.eps ** 2).sqrt()                                  # ℓ_i
         self.path_length = self.path_length + length
         # δ_i = (θ_i − θ_{i+1})/ℓ_i − (Δf̃_i/ℓ_i)·g_i
-        _axpy(self.acc, neg_step, 1.0 / length)
-        if cfg.loss:
-            _axpy(self.acc, self._grad, -d_loss_t / length)
+        if self._sum.device.type == "cpu":
+            self._sum.add_(neg_step, alpha=float(1.0 / length))
+            if cfg.loss:
+                self._sum.add_(self._grad, alpha=float(-d_loss_t / length))
+        else:
+            self._sum.add_(neg_step * (1.0 / length).to(neg_step.dtype))
+            if cfg.loss:
+                self._sum.add_(self._grad * (-d_loss_t / length).to(neg_step.dtype))
 
 
 class Leap(MetaLearner):
