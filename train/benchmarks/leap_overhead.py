@@ -34,7 +34,7 @@ def run(argv: list[str]) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    model = OmniConv(num_classes=20, generator=g)
+    model = OmniConv(num_classes=20, generator=g).to(memory_format=torch.channels_last)   # as the adapter builds it
     x = torch.rand(16, args.batch, 1, 28, 28, generator=g)
     y = torch.randint(0, 20, (16, args.batch), generator=g)
     meta = Leap(model, LeapConfig(p=1, loss=True, stabilizer=True))

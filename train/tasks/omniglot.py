@@ -472,6 +472,7 @@ class OmniglotConfig:
     seed: int | None = None         # alphabet-split seed; null: the run seed
     filters: int = 64
     warp: str = "none"              # none | conv (linear 3×3 conv after each block, WarpGrad Omniglot)
+    channels_last: bool = True      # CPU max-pool and conv are ~2× faster in channels_last (bench omniglot-meta-step)
 
     def __post_init__(self) -> None:
         for name in ("num_pretrain", "num_test", "ways", "train_per_class", "test_per_class", "batch_size",
@@ -512,7 +513,8 @@ class OmniglotAdapter:
 
     def make_model(self, generator: torch.Generator) -> OmniConv:
         c = self.config
-        return OmniConv(c.ways, c.filters, warp=self.warp, generator=generator)
+        model = OmniConv(c.ways, c.filters, warp=self.warp, generator=generator)
+        return model.to(memory_format=torch.channels_last) if c.channels_last else model
 
     def make_task(self, alphabet: str, rng: np.random.Generator) -> OmniglotTask:
         """One task of ``alphabet``; characters (and so labels) and the task seed come from ``rng``."""
