@@ -72,7 +72,10 @@ class LeapObjective:
             setattr(self, name, flat)
             views, offset = [], 0
             for p in params:
-                views.append(flat[offset:offset + p.numel()].view(p.shape))
+                chunk = flat[offset:offset + p.numel()]
+                # Same strides as the parameter (e.g. channels_last), so copies in and out need no transpose.
+                dense = p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+                views.append(chunk.as_strided(p.shape, p.stride()) if dense else chunk.view(p.shape))
                 offset += p.numel()
             self._views[name] = views
 
@@ -118,10 +121,10 @@ class LeapObjective:
         the current point); continual meta-steps call this inside a task."""
         if not self._live:
             return
-        if self.config.p == 2:
-            flat_now = torch.cat([p.reshape(-1) for p in self._live])
-            self._sum += self._theta - flat_now                              # Σ_i (θ_i − θ_{i+1})
-            self._theta.copy_(flat_now)
+        if self.config.p == 2:                                               # Σ_i (θ_i − θ_{i+1}) = θ_0 − θ_now
+            self._sum += self._theta
+            torch._foreach_sub_(self._views["_sum"], self._live)
+            torch._foreach_copy_(self._views["_theta"], self._live)
         torch._foreach_add_(self.acc, self._views["_sum"])
         self._sum.zero_()
 

@@ -263,3 +263,32 @@ def test_memory_independent_of_steps():
                              check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
         peaks[steps] = int(out.stdout.strip())
     assert abs(peaks[10_000] - peaks[100]) <= 0.05 * peaks[100], peaks
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_channels_last_parameters(p):
+    """Leap's flat buffers follow each parameter's memory layout (channels_last convs)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 1)).double()
+    model = model.to(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    leap = Leap(model, LeapConfig(p=p, loss=False))
+    leap.load_init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    traj = [[q.detach().clone() for q in model.parameters()]]
+    x = torch.randn(3, 5, 2, 6, 6, dtype=torch.float64)
+    with leap.watch(model, opt) as watch:
+        for i in range(3):
+            loss = model(x[i]).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            watch.report(loss)
+            opt.step()
+            traj.append([q.detach().clone() for q in model.parameters()])
+    want = [torch.zeros_like(t) for t in traj[0]]
+    for i in range(3):
+        d = [a - b for a, b in zip(traj[i], traj[i + 1])]
+        n = torch.sqrt(sum((t ** 2).sum() for t in d) + 1e-18) if p == 1 else 1.0
+        want = [w + t / n for w, t in zip(want, d)]
+    for got, w in zip(leap.meta_gradient(), want):
+        torch.testing.assert_close(got, w, atol=1e-12, rtol=1e-9)
