@@ -27,13 +27,7 @@ DROPPED = {"Blackfoot_(Canadian_Aboriginal_Syllabics)": 14, "Ojibwe_(Canadian_Ab
            "Inuktitut_(Canadian_Aboriginal_Syllabics)": 16, "Tagalog": 17}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared: one torch thread keeps these small convolutions predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from train.tasks.tiered import (TieredAdapter, TieredConfig, TieredConv, TieredS
 SMALL = dict(shots=12, test_per_class=6, batch_size=20, filters=(8, 8, 16, 16, 16, 16), cache_images=256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's 2 cores are shared: one torch thread keeps these small convolutions predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

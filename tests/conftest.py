@@ -1,0 +1,11 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The machine's 2 cores are shared: one torch thread keeps small convolutions predictable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
