@@ -165,7 +165,7 @@ def _warped_preactivation(
     return torch.addcmul(pre, F.linear(h * p_h, w_hh), p_hh)
 
 
-class WarpRNN(RecurrentActorCritic):
+class WarpRNN(TanhRNN):
     """Warp-RNN (WarpGrad App. I, Eq. 16; code architecture in warpgrad.md §9).
 
     Base (task) cell: h_t = tanh((W_ih (x_t ⊙ p_x)) ⊙ p_i + (W_hh (h_{t−1} ⊙ p_h)) ⊙ p_hh + b ⊙ p_b), W_ih and
@@ -175,11 +175,8 @@ class WarpRNN(RecurrentActorCritic):
     """
 
     def __init__(self, config: RecurrentConfig | None = None) -> None:
-        super().__init__(config)
+        super().__init__(config)            # the base cell's W_ih, W_hh, b: the plain RNN's task parameters
         c = self.config
-        self.weight_ih = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.obs_dim)))
-        self.weight_hh = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.hidden_size)))
-        self.bias = nn.Parameter(torch.zeros(c.hidden_size))
         H = c.hidden_size
         self.warp = _WarpGates(c.obs_dim + H, c.warp_hidden_size, [c.obs_dim, H, H, H, H])
         self._fused_slot = WorkspaceSlot()  # buffers reused by successive fused unrolls (not model state)
@@ -200,9 +197,6 @@ class WarpRNN(RecurrentActorCritic):
         if w.dtype != torch.float32 or w.device.type != "cpu":
             return None
         return WarpRNNUnroll(self, batch, steps)
-
-    def cell_parameters(self) -> list[nn.Parameter]:
-        return [self.weight_ih, self.weight_hh, self.bias]
 
     def warp_parameters(self) -> list[nn.Parameter]:
         return list(self.warp.parameters())

@@ -21,12 +21,6 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def timed_both(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process). On a shared machine CPU time is the steadier figure."""
     t0, c0 = time.perf_counter(), time.process_time()
