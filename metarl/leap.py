@@ -42,68 +42,94 @@ class LeapConfig:
 class LeapObjective:
     """Step observer that adds Σ_i δ_i of one task into ``acc`` (aligned with the watched params).
 
-    Work per step is kept to what the metric needs. Under p = 2 the parameter part of δ_i has
-    coefficient 1, so Σ_i (θ_i − θ_{i+1}) telescopes to θ_0 − θ_K and is added once per task; only the
-    loss term −Δf̃_i g_i is per-step work (one copy and one add). Under p = 1 every segment is divided by
-    its own length, so θ_i is kept for the norm of Δθ_i."""
+    This runs inside every inner step, so the per-step work is what the metric needs and no more:
+
+    * p = 2: the parameter part of δ_i has coefficient 1, so Σ_i (θ_i − θ_{i+1}) telescopes to θ_0 − θ_K
+      and is added once per task; only the loss term −Δf̃_i·g_i is per-step work.
+    * p = 1: each segment is divided by its own length. Right after step i, while the optimiser has just
+      touched θ_{i+1}, one copy keeps θ_{i+1} and one flat subtraction turns the kept θ_i into
+      θ_i − θ_{i+1} (and its norm); Δf_i, and with it ℓ_i, is known only at the next step, which adds the
+      segment. Two flat θ buffers alternate, so nothing else is copied.
+    * g_i is held by reference, not copied, while the optimiser frees gradients between steps
+      (``zero_grad(set_to_none=True)``, torch's default): version counters prove a held gradient unchanged
+      when it is used. The first step copies; an optimiser that hands back the same gradient tensors on
+      the second step (zeroing in place) keeps getting copies.
+    * On CPU the scalar maths (Δf, ℓ_i, coefficients) is done in Python floats (float64); a handful of
+      0-d tensor ops per step would cost more than the vector work. On accelerators it stays on device.
+    """
 
     def __init__(self, config: LeapConfig, acc: Sequence[Tensor]) -> None:
         self.config = config
         self.acc = list(acc)
-        # Flat buffers (one tensor each), viewed per parameter: after the copies in, every per-step op is a
-        # single-tensor op instead of one op per parameter tensor.
-        self._theta: Tensor | None = None         # p = 1: θ_i; p = 2: the telescoping anchor θ_0
-        self._grad: Tensor | None = None          # g_i
-        self._sum: Tensor | None = None           # Σ δ_i of the running task, added to ``acc`` at flush
-        self._views: dict[str, list[Tensor]] = {}
-        self._loss: Tensor | None = None          # f(θ_i)
-        self._live: list[Tensor] = []             # the watched tensors of the running task
-        self._open = False
+        self._flat: dict[str, Tensor] = {}         # flat buffers: "a", "b" (θ, alternating), "grad", "sum"
+        self._views: dict[str, list[Tensor]] = {}  # the same, viewed with each parameter's shape and strides
+        self._prev = "a"                           # p = 1: θ_i, then θ_i − θ_{i+1}; p = 2: the anchor θ_0
+        self._next = "b"                           # p = 1: θ_{i+1}, kept after the step
+        self._sq = None                            # ‖θ_i − θ_{i+1}‖² of the open segment
+        self._live: list[Tensor] = []              # the watched tensors of the running task
+        self._grad: list[Tensor] = []              # g_i: held references, or views of the "grad" buffer
+        self._versions: list[int] = []             # version counters of held references when they were taken
+        self._first: list[Tensor] = []             # the task's first gradient tensors, to tell the modes apart
+        self._grad_mode: str | None = None         # "hold" | "copy"; None until the task's second step
+        self._loss = None                          # f(θ_i)
+        self._open = False                         # a segment θ_i → θ_{i+1} awaits f(θ_{i+1})
+        self._on_cpu = True
         # path statistics summed over the tasks of the meta-batch, for logging (p = 1: length of the path
-        # on the manifold; p = 2 tracks only the segment count, since lengths would cost a copy per step)
-        self.path_length = torch.zeros(())
+        # on the manifold; p = 2 counts only segments, since lengths would cost a pass per step)
+        self.path_length: float | Tensor = 0.0
         self.segments = 0
 
-    def _buffers(self, params: Sequence[Tensor]) -> None:
-        n = sum(p.numel() for p in params)
+    def _buffer(self, name: str, params: Sequence[Tensor]) -> None:
         ref = params[0]
-        for name in ("_theta", "_grad", "_sum"):
-            flat = torch.zeros(n, dtype=ref.dtype, device=ref.device)
-            setattr(self, name, flat)
-            views, offset = [], 0
-            for p in params:
-                chunk = flat[offset:offset + p.numel()]
-                # Same strides as the parameter (e.g. channels_last), so copies in and out need no transpose.
-                dense = p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
-                views.append(chunk.as_strided(p.shape, p.stride()) if dense else chunk.view(p.shape))
-                offset += p.numel()
-            self._views[name] = views
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=ref.dtype, device=ref.device)
+        views, offset = [], 0
+        for p in params:
+            chunk = flat[offset:offset + p.numel()]
+            # Same strides as the parameter (e.g. channels_last), so copies in and out need no transpose.
+            dense = p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+            views.append(chunk.as_strided(p.shape, p.stride()) if dense else chunk.view(p.shape))
+            offset += p.numel()
+        self._flat[name], self._views[name] = flat, views
 
+    def _scalar(self, x: Tensor):
+        return float(x) if self._on_cpu else x.detach().double()
+
+    # -- seam events -------------------------------------------------------------------------------------
     def task_start(self, params: Sequence[Tensor]) -> None:
-        if self._theta is None:
-            self._buffers(params)
+        if not self._flat:
+            for name in ("a", "b", "grad", "sum") if self.config.p == 1 else ("a", "grad", "sum"):
+                self._buffer(name, params)
+            self._on_cpu = params[0].device.type == "cpu"
         self._live = [p.detach() for p in params]
         with torch.no_grad():
-            self._sum.zero_()
+            self._flat["sum"].zero_()
             if self.config.p == 2:
-                torch._foreach_copy_(self._views["_theta"], self._live)
+                torch._foreach_copy_(self._views[self._prev], self._live)
+        self._grad, self._versions, self._first, self._grad_mode = [], [], [], None
         self._open = False
 
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
-        if self.config.loss and loss is None:
+        cfg = self.config
+        if cfg.loss and loss is None:
             raise RuntimeError("Leap with the loss term needs watch.report(loss) before optimizer.step()")
+        loss = None if loss is None else self._scalar(loss)
         with torch.no_grad():
-            if self._open:  # θ_i is the forward point of the previous segment
+            if self._open:
                 self._close(loss)
-            if self.config.p == 1:
-                torch._foreach_copy_(self._views["_theta"], self._live)
-            if self.config.loss:
-                torch._foreach_copy_(self._views["_grad"], list(grads))
+            elif cfg.p == 1:                                                 # the task's first point θ_0
+                torch._foreach_copy_(self._views[self._prev], self._live)
+            if cfg.loss:
+                self._hold(grads if isinstance(grads, list) else list(grads))
         self._loss = loss
         self._open = True
 
+    @torch.no_grad()
     def after_step(self, params: Sequence[Tensor]) -> None:
-        pass
+        if self.config.p == 1:
+            prev, nxt = self._flat[self._prev], self._flat[self._next]
+            torch._foreach_copy_(self._views[self._next], self._live)         # θ_{i+1}
+            prev.sub_(nxt)                                                   # θ_i − θ_{i+1} = −Δθ_i
+            self._sq = self._scalar(torch.linalg.vector_norm(prev)) ** 2
 
     def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
         # The final segment θ^{K−1} → θ^K is counted (original-code defect #1).
@@ -111,9 +137,10 @@ class LeapObjective:
             if self.config.loss and final_loss is None:
                 raise RuntimeError("Leap with the loss term needs watch.finish(final_loss) to close the last segment")
             with torch.no_grad():
-                self._close(final_loss)
+                self._close(self._scalar(final_loss) if final_loss is not None else None)
         self.flush()
         self._open = False
+        self._grad, self._versions, self._first = [], [], []
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -121,40 +148,67 @@ class LeapObjective:
         the current point); continual meta-steps call this inside a task."""
         if not self._live:
             return
+        total = self._flat["sum"]
         if self.config.p == 2:                                               # Σ_i (θ_i − θ_{i+1}) = θ_0 − θ_now
-            self._sum += self._theta
-            torch._foreach_sub_(self._views["_sum"], self._live)
-            torch._foreach_copy_(self._views["_theta"], self._live)
-        torch._foreach_add_(self.acc, self._views["_sum"])
-        self._sum.zero_()
+            total += self._flat[self._prev]
+            torch._foreach_sub_(self._views["sum"], self._live)
+            torch._foreach_copy_(self._views[self._prev], self._live)
+        torch._foreach_add_(self.acc, self._views["sum"])
+        total.zero_()
 
-    def _close(self, next_loss: Tensor | None) -> None:
+    def reset_stats(self) -> tuple[float, int]:
+        """(path length, segments) summed since the last reset, for logging; then zero them."""
+        stats = float(self.path_length), self.segments
+        self.path_length, self.segments = 0.0, 0
+        return stats
+
+    # -- the maths -----------------------------------------------------------------------------------------
+    def _hold(self, grads: list[Tensor]) -> None:
+        if self._grad_mode is None and self._first:      # second step: did the optimiser free or reuse g_0?
+            self._grad_mode = "copy" if any(g is h for g, h in zip(grads, self._first)) else "hold"
+            self._first = []
+        if self._grad_mode == "hold":
+            self._grad, self._versions = grads, [g._version for g in grads]
+            return
+        if self._grad_mode is None:                      # first step: copy, and remember which tensors they were
+            self._first = grads
+        torch._foreach_copy_(self._views["grad"], grads)
+        self._grad = self._views["grad"]
+
+    def _held_grad(self) -> list[Tensor]:
+        if self._grad_mode == "hold" and [g._version for g in self._grad] != self._versions:
+            raise RuntimeError("a gradient Leap holds from the previous step was changed in place before the "
+                               "next step; zero gradients with set_to_none=True, or in place on every step")
+        return self._grad
+
+    def _add(self, target: list[Tensor] | Tensor, source: list[Tensor] | Tensor, coef) -> None:
+        """target += coef·source, coef a float (CPU) or a 0-d device tensor (no host sync)."""
+        if isinstance(target, Tensor):
+            target.add_(source, alpha=coef) if isinstance(coef, float) else target.add_(source * coef.to(source.dtype))
+        elif isinstance(coef, float):
+            torch._foreach_add_(target, source, alpha=coef)
+        else:
+            torch._foreach_add_(target, torch._foreach_mul(source, coef.to(source[0].dtype)))
+
+    def _close(self, next_loss) -> None:
+        """Add δ_i of the open segment θ_i → θ_{i+1}, now that f(θ_{i+1}) is known."""
         cfg = self.config
         self.segments += 1
         if cfg.loss:
-            d_loss = (next_loss - self._loss).double()                       # Δf_i
-            d_loss_t = -d_loss.abs() if cfg.stabilizer else d_loss           # Δf̃_i
+            d_loss = next_loss - self._loss                                  # Δf_i
+            d_loss_t = -abs(d_loss) if cfg.stabilizer else d_loss            # Δf̃_i
         if cfg.p == 2:
             if cfg.loss:
-                self._sum.add_(self._grad, alpha=float(-d_loss_t)) if self._sum.device.type == "cpu" \
-                    else self._sum.add_(self._grad * -d_loss_t)              # −Δf̃_i·g_i
+                self._add(self._views["sum"], self._held_grad(), -d_loss_t)  # −Δf̃_i·g_i
             return
-        neg_step = self._theta
-        torch._foreach_sub_(self._views["_theta"], self._live)               # θ_i − θ_{i+1} = −Δθ_i
-        sq = neg_step.norm().double().square()
-        if cfg.loss:
-            sq = sq + d_loss.square()                                        # the stabilizer keeps Δf² (leap.md §3)
-        length = (sq + cfg.eps ** 2).sqrt()                                  # ℓ_i
+        sq = self._sq + d_loss ** 2 if cfg.loss else self._sq                # the stabilizer keeps Δf² (leap.md §3)
+        length = (sq + cfg.eps ** 2) ** 0.5                                  # ℓ_i
         self.path_length = self.path_length + length
         # δ_i = (θ_i − θ_{i+1})/ℓ_i − (Δf̃_i/ℓ_i)·g_i
-        if self._sum.device.type == "cpu":
-            self._sum.add_(neg_step, alpha=float(1.0 / length))
-            if cfg.loss:
-                self._sum.add_(self._grad, alpha=float(-d_loss_t / length))
-        else:
-            self._sum.add_(neg_step * (1.0 / length).to(neg_step.dtype))
-            if cfg.loss:
-                self._sum.add_(self._grad * (-d_loss_t / length).to(neg_step.dtype))
+        self._add(self._flat["sum"], self._flat[self._prev], 1.0 / length)
+        if cfg.loss:
+            self._add(self._views["sum"], self._held_grad(), -d_loss_t / length)
+        self._prev, self._next = self._next, self._prev                      # θ_{i+1} is the next segment's start
 
 
 class Leap(MetaLearner):
@@ -175,15 +229,14 @@ class Leap(MetaLearner):
         super().flush()
 
     def all_reduce(self, reduce) -> None:
-        stats = torch.stack([self.objective.path_length.double(), torch.tensor(float(self.objective.segments))])
+        stats = torch.tensor(self.objective.reset_stats(), dtype=torch.float64)
         super().all_reduce(lambda tensors: reduce([*tensors, stats]))
-        self.objective.path_length, self.objective.segments = stats[0].clone(), int(stats[1])
+        self.objective.path_length, self.objective.segments = float(stats[0]), int(stats[1])
 
     def meta_step(self) -> dict[str, float]:
         tasks = max(self.tasks + self.skipped, 1)
-        logs = {"meta/segments": self.objective.segments / tasks}
+        path_length, segments = self.objective.reset_stats()
+        logs = {"meta/segments": segments / tasks}
         if self.config.p == 1:
-            logs["meta/path_length"] = float(self.objective.path_length) / tasks
-        self.objective.path_length = torch.zeros(())
-        self.objective.segments = 0
+            logs["meta/path_length"] = path_length / tasks
         return {**super().meta_step(), **logs}

@@ -100,7 +100,7 @@ class OptimizerWatch:
     # -- hooks ---------------------------------------------------------------------------------------
     def _grads(self) -> list[Tensor]:
         # set_to_none=True leaves .grad None for a parameter that received no gradient this step.
-        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        return [g if (g := p.grad) is not None else torch.zeros_like(p) for p in self.params]
 
     def _pre(self, optimizer, args, kwargs) -> None:
         loss, self._loss = self._loss, None

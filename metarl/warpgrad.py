@@ -267,10 +267,8 @@ class LeapInit:
         obs = self._objective
         if obs is None:
             return {}
-        logs = {"meta/path_length": float(obs.path_length), "meta/segments": float(obs.segments)}
-        obs.path_length = torch.zeros(())
-        obs.segments = 0
-        return logs
+        path_length, segments = obs.reset_stats()
+        return {"meta/path_length": path_length, "meta/segments": float(segments)}
 
 
 class MAMLInit:

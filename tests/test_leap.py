@@ -34,7 +34,7 @@ def loss_of(model: nn.Module, batch) -> torch.Tensor:
     return ((model(x) - y) ** 2).mean()
 
 
-def inner_loop(meta, model, data, opt_name="sgd", lr=0.1, clip=None):
+def inner_loop(meta, model, data, opt_name="sgd", lr=0.1, clip=None, set_to_none=True):
     """K = len(data) - 1 steps; the last batch gives f(θ_K)."""
     meta.load_init(model)
     params = list(model.parameters())
@@ -46,7 +46,7 @@ def inner_loop(meta, model, data, opt_name="sgd", lr=0.1, clip=None):
     with meta.watch(model, opt) as watch:
         for batch in data[:-1]:
             loss = loss_of(model, batch)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=set_to_none)
             loss.backward()
             if clip:
                 nn.utils.clip_grad_norm_(params, clip)
@@ -101,6 +101,39 @@ def test_leap_matches_autograd_surrogate(p, loss, stabilizer, opt_name):
     for got, want in zip(meta.meta_gradient(), expected):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     assert meta.meta_step()["meta/tasks"] == 3
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_gradients_zeroed_in_place(p):
+    """Leap holds g_i by reference only while the optimiser frees gradients; zeroing in place
+    (set_to_none=False) is detected and gives the same meta-gradient."""
+    cfg = LeapConfig(p=p, loss=True, stabilizer=True)
+    grads = {}
+    for set_to_none in (True, False):
+        model = mlp()
+        meta = Leap(model, cfg)
+        for task in range(2):
+            inner_loop(meta, model, batches(task, steps=5), "adam", lr=0.05, set_to_none=set_to_none)
+        grads[set_to_none] = meta.meta_gradient()
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_held_gradient_changed_in_place_is_an_error():
+    """A gradient Leap holds by reference that is then zeroed in place cannot give a silent wrong answer."""
+    model = mlp()
+    meta = Leap(model, LeapConfig(p=1, loss=True))
+    meta.load_init(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = batches(0, steps=4)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        with meta.watch(model, opt) as watch:
+            for i, batch in enumerate(data[:-1]):
+                loss = loss_of(model, batch)
+                opt.zero_grad(set_to_none=i < 2)       # frees g for two steps, then zeroes the held one
+                loss.backward()
+                watch.report(loss)
+                opt.step()
 
 
 def test_leap_energy_without_loss_is_reptile():
@@ -223,7 +256,7 @@ def test_pull_forward_on_quadratics_shortens_paths():
 
     history = []
     for _ in range(40):
-        meta.objective.path_length.zero_()
+        meta.objective.reset_stats()
         finals = [run(t)[0] for t in range(8)]
         history.append((float(meta.objective.path_length) / 8, sum(finals) / 8))
         meta.meta_step()

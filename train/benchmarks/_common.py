@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, rounds: int = 3) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metarl bench", description=description)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 cores)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; figures are medians")
+    p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds; figures are medians")
     return p
 
 
