@@ -52,6 +52,9 @@ class A2CConfig:
     # twice the calls, no idle core to overlap into), so one group is the default.
     groups: int = 1
     precision: str = "fp32"          # fp32 | bf16: autocast the encoder to bfloat16 (heads, loss, optimiser fp32)
+    # The loss reuses the acting passes' outputs (autograd on while acting) instead of a second forward
+    # pass over the rollout: the same numbers, since θ is fixed during a rollout.
+    reuse_forward: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -162,6 +165,17 @@ class Rollout:
         self.dones = z(n_steps, num_envs, dtype=torch.bool)            # the training episode ended at t
         self.truncated = z(n_steps, num_envs, dtype=torch.bool)        # … because of the time limit
         self.valid = z(n_steps, num_envs, dtype=torch.bool)            # t was not an auto-reset step
+        # With a collector that keeps the graph: the acting forward passes' outputs, [t][group], still
+        # attached to θ. The loss reuses them instead of running the network over the rollout again.
+        self.logits: list[list[Tensor]] | None = None
+        self.value_pred: list[list[Tensor]] | None = None
+
+    def forward_outputs(self) -> tuple[Tensor, Tensor] | None:
+        """(logits (n·N, A), values (n·N,)) from the acting passes, row-major like ``obs``; None if not kept."""
+        if self.logits is None:
+            return None
+        return (torch.cat([torch.cat(row) for row in self.logits]),
+                torch.cat([torch.cat(row) for row in self.value_pred]))
 
 
 def compute_returns(rewards: Tensor, values: Tensor, dones: Tensor, truncated: Tensor, gamma: float,
@@ -198,14 +212,21 @@ def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> 
 
 
 class RolloutCollector:
-    """Steps env groups in turn and fills a :class:`Rollout`; keeps game statistics across rollouts."""
+    """Steps env groups in turn and fills a :class:`Rollout`; keeps game statistics across rollouts.
+
+    ``keep_graph=True`` runs the acting forward passes with autograd on and keeps their outputs in the
+    rollout: θ does not change during a rollout, so they are exactly the forward pass the A2C loss needs,
+    and the update skips a second forward over all n·N observations (about a fifth of an update's compute).
+    """
 
     def __init__(self, envs: Sequence, model: nn.Module, n_steps: int,
                  generator: torch.Generator | None = None,
-                 on_episode: Callable[[Episode], None] | None = None, precision: str = "fp32") -> None:
+                 on_episode: Callable[[Episode], None] | None = None, precision: str = "fp32",
+                 keep_graph: bool = False) -> None:
         self.envs = list(envs)
         self.model = model
         self.precision = precision
+        self.keep_graph = keep_graph
         self.n_steps = n_steps
         self.generator = generator
         self.on_episode = on_episode
@@ -222,11 +243,14 @@ class RolloutCollector:
         for env, sl in zip(self.envs, self.slices):
             self.rollout.last_obs[sl] = torch.from_numpy(env.reset())
 
-    @torch.no_grad()
     def _act(self, t: int, sl: slice) -> np.ndarray:
         ro = self.rollout
-        with autocast(self.model, self.precision):
+        with torch.set_grad_enabled(self.keep_graph), autocast(self.model, self.precision):
             logits, value = self.model(ro.obs[t, sl])
+        if self.keep_graph:
+            ro.logits[t].append(logits)
+            ro.value_pred[t].append(value)
+        logits, value = logits.detach(), value.detach()
         actions = sample_actions(logits[:, : self.num_actions], self.generator)
         ro.values[t, sl] = value
         ro.actions[t, sl] = actions
@@ -252,6 +276,8 @@ class RolloutCollector:
         """One rollout under the current parameters. Group g+1's actions are computed while g steps."""
         ro, n = self.rollout, self.n_steps
         ro.obs[0].copy_(ro.last_obs)
+        ro.logits = [[] for _ in range(n)] if self.keep_graph else None
+        ro.value_pred = [[] for _ in range(n)] if self.keep_graph else None
         for t in range(n):
             for g, (env, sl) in enumerate(zip(self.envs, self.slices)):
                 if t > 0:
@@ -267,12 +293,16 @@ class RolloutCollector:
 # -- the update ------------------------------------------------------------------------------------------------
 
 def a2c_loss(model: nn.Module, ro: Rollout, cfg: A2CConfig, num_actions: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """The A2C loss of a rollout; means run over valid (non-reset) transitions only."""
+    """The A2C loss of a rollout; means run over valid (non-reset) transitions only. The network's outputs
+    come from the acting passes when the collector kept them, else from one forward pass over the rollout."""
     n, N = ro.actions.shape
     returns, advantages = compute_returns(ro.rewards, ro.values, ro.dones, ro.truncated, cfg.gamma,
                                           cfg.gae_lambda)
-    with autocast(model, cfg.precision):
-        logits, values = model(ro.obs.view(n * N, *ro.obs.shape[2:]))
+    outputs = ro.forward_outputs()
+    if outputs is None:
+        with autocast(model, cfg.precision):
+            outputs = model(ro.obs.view(n * N, *ro.obs.shape[2:]))
+    logits, values = outputs
     log_probs = F.log_softmax(logits[:, :num_actions], dim=-1)
     log_prob = log_probs.gather(1, ro.actions.view(-1, 1)).squeeze(1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
@@ -337,7 +367,8 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     """
     envs = list(envs) if isinstance(envs, (list, tuple)) else [envs]
     cfg = cfg or A2CConfig(num_envs=sum(e.num_envs for e in envs))
-    collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision)
+    collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
+                                 keep_graph=cfg.reuse_forward)
     steps_per_update = collector.num_envs * cfg.n_steps
     updates = max(1, total_steps // steps_per_update)
     losses, logs = [], []
@@ -351,6 +382,7 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
             on_update(collector.global_step, out)
     last = None
     if final_loss:
+        collector.keep_graph = False
         ro = collector.collect()
         with torch.no_grad():
             last = float(a2c_loss(model, ro, cfg, collector.num_actions)[0])

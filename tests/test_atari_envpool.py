@@ -94,6 +94,30 @@ def test_short_pong_run_trains_end_to_end():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_kept_acting_graph_gives_the_recomputed_loss_and_gradient(groups):
+    """The loss built on the acting passes' outputs equals one forward over the rollout, with its gradient."""
+    from agents.a2c import RolloutCollector, a2c_loss
+
+    envs = make_atari_groups("Pong", 4, seed=3, groups=groups, backend="envpool")
+    model = ActorCritic(6, generator=torch.Generator().manual_seed(0))
+    cfg = A2CConfig(num_envs=4, n_steps=5, groups=groups)
+    ro = RolloutCollector(envs, model, n_steps=5, generator=torch.Generator().manual_seed(0),
+                          keep_graph=True).collect()
+    results = []
+    for keep in (True, False):
+        if not keep:
+            ro.logits = ro.value_pred = None          # forces the second forward pass
+        loss, parts = a2c_loss(model, ro, cfg, 6)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        results.append((loss, parts, grads))
+    (l1, p1, g1), (l2, p2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p1["entropy"], p2["entropy"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_encoder_gives_nearly_the_fp32_loss():
     from agents.a2c import RolloutCollector, a2c_loss
 

@@ -4,6 +4,7 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 
 - ``envpool_random``  raw EnvPool stepping with random actions — the bound for any learner here;
 - ``ours``            ``agents.a2c.train_agent`` on EnvPool with the default ``A2CConfig`` (one env group);
+- ``ours_no_reuse``   ``ours`` with ``reuse_forward=False``: a second forward pass over the rollout, as SB3 does;
 - ``ours_overlap``    the same with ``--groups`` env groups: EnvPool steps one while the network computes;
 - ``ours_bf16``       ``ours`` with the encoder autocast to bfloat16 (``A2CConfig.precision="bf16"``);
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
@@ -29,7 +30,7 @@ import torch
 
 from ._common import machine, parser
 
-VARIANTS = ("envpool_random", "ours", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
+VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -66,12 +67,13 @@ def _envpool_random(args) -> Callable[[], float]:
     return measure
 
 
-def _ours(args, groups: int, precision: str = "fp32") -> Callable[[], float]:
+def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True) -> Callable[[], float]:
     from agents.a2c import A2CConfig, make_optimizer, train_agent
     from agents.nets import ActorCritic
     from envs.atari import make_atari_groups
 
-    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups, precision=precision)
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups, precision=precision,
+                    reuse_forward=reuse_forward)
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
                              num_threads=args.env_threads)
     model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
@@ -125,6 +127,7 @@ def run(argv: list[str]) -> dict:
     host = machine()
     try:
         makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
+                  "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
                   "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
                   "sb3_envpool": lambda: _sb3(args, "envpool"),
                   "sb3_gym": lambda: _sb3(args, "gymnasium")}
@@ -149,6 +152,9 @@ def run(argv: list[str]) -> dict:
                 key = f"ratio_{ours}_{ref}"
                 result[key] = round(result[f"{ours}_sps"] / result[f"{ref}_sps"], 3)
                 print(f"{ours + ' / ' + ref:>22}: {result[key]:.2f}x")
+    if "ours" in variants and "ours_no_reuse" in variants:
+        result["ratio_reuse"] = round(result["ours_sps"] / result["ours_no_reuse_sps"], 3)
+        print(f"{'forward reuse gain':>22}: {result['ratio_reuse']:.2f}x (ours / ours_no_reuse)")
     if "ours" in variants and "ours_overlap" in variants:
         result["ratio_overlap"] = round(result["ours_overlap_sps"] / result["ours_sps"], 3)
         print(f"{'overlap gain':>22}: {result['ratio_overlap']:.2f}x (ours_overlap / ours)")
