@@ -97,8 +97,10 @@ class LeapObjective:
     # -- seam events -------------------------------------------------------------------------------------
     def task_start(self, params: Sequence[Tensor]) -> None:
         if not self._flat:
-            for name in ("a", "b", "grad", "sum") if self.config.p == 1 else ("a", "grad", "sum"):
-                self._buffer(name, params)
+            cfg = self.config
+            for name in ("a", "b" if cfg.p == 1 else None, "grad" if cfg.loss else None, "sum"):
+                if name is not None:
+                    self._buffer(name, params)
             self._on_cpu = params[0].device.type == "cpu"
         self._live = [p.detach() for p in params]
         with torch.no_grad():

@@ -13,9 +13,11 @@ Figures per timed meta-step: wall-clock seconds (what a run pays, inflated when 
 cores) and process CPU seconds summed over ranks (≈ the wall time of an undisturbed single-thread run).
 The machine's load average (``uptime``) is recorded before and after.
 
-Speed options (all off by default = the trainer as it is):
+Speed options (off by default). The trainer itself builds OmniConv in channels_last (``omniglot.channels_last``)
+and sets mallopt in the CLI, so `--mallopt` (plus the adapter's default layout) is what `metarl train` runs:
   --channels-last  model (and so θ⁰ and the task copies) in channels_last memory format: oneDNN convs and,
-                   above all, max-pool run in NHWC; CPU max-pool on NCHW is ~20× slower here
+                   above all, max-pool run in NHWC; CPU max-pool on NCHW is ~20× slower here (now the
+                   adapter's default, so the flag changes nothing unless that default is turned off)
   --mallopt        glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): freed activation buffers stay
                    in the heap instead of being unmapped and page-faulted back in at every step
   --bf16           bf16 autocast around the task loss (forward convs/linear in bf16; weights stay fp32)
