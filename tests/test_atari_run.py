@@ -24,11 +24,15 @@ def test_atari_run_writes_training_and_eval_curves(tmp_path):
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"meta/grad_norm", "meta/segments", "charts/episodic_return", "charts/episodic_length",
+    assert {"meta/grad_norm", "meta/segments",
             "eval/Breakout/meta_init/episodic_return", "eval/Breakout/random_init/episodic_return"} <= tags
     assert [e.step for e in acc.Scalars("meta/grad_norm")] == [1, 2]
-    # finished games are logged at the env step they ended, over both tasks (2 × ~1,200 + final rollouts)
-    game_steps = [e.step for e in acc.Scalars("charts/episodic_return")]
+    # finished games are logged at the env step they ended, over both tasks (2 × ~1,200 + final rollouts),
+    # in games/ (their own TensorBoard run: another x-axis, purged on its own on resume)
+    games = EventAccumulator(str(tmp_path / "games"), size_guidance={"scalars": 0})
+    games.Reload()
+    assert {"charts/episodic_return", "charts/episodic_length"} <= set(games.Tags()["scalars"])
+    game_steps = [e.step for e in games.Scalars("charts/episodic_return")]
     assert game_steps == sorted(game_steps) and 0 < game_steps[-1] <= 2 * (1200 + 20)
     grid = set(int(x) for x in np.linspace(1200 / 50, 1200, 50))
     eval_steps = {e.step for e in acc.Scalars("eval/Breakout/meta_init/episodic_return")}

@@ -65,3 +65,31 @@ def test_non_finite_tasks_are_skipped_and_counted(tmp_path):
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert sum(e.value for e in acc.Scalars("meta/skipped_tasks")) > 0
+
+
+def test_resume_purges_each_axis_at_its_own_checkpoint(tmp_path):
+    """Meta-step curves and env-step game curves are purged separately on resume (one purge step for both
+    would wipe every game logged past meta-step k, i.e. all of them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.trainer import Logger
+    log = Logger(tmp_path, None)
+    for k in range(1, 6):
+        log.scalars({"meta/x": float(k)}, k)
+    for s in (100, 200, 300, 400):
+        log.games({"charts/episodic_return": float(s)}, s)
+    log.close()
+    log = Logger(tmp_path, purge_step=4, games_purge_step=251)     # checkpoint: meta-step 3, env step 250
+    log.scalars({"meta/x": 40.0}, 4)
+    log.games({"charts/episodic_return": 260.0}, 260)
+    log.close()
+    runs = {}
+    for name, d in (("meta/x", tmp_path), ("charts/episodic_return", tmp_path / "games")):
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        runs[name] = [(e.step, e.value) for e in acc.Scalars(name)]
+    assert runs["meta/x"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert runs["charts/episodic_return"] == [(100, 100.0), (200, 200.0), (260, 260.0)]
+    from train.plot import read_scalars
+    tag, steps, _ = read_scalars(tmp_path, None)            # `metarl plot` finds the games run by itself
+    assert tag == "charts/episodic_return" and steps.tolist() == [100, 200, 260]

@@ -20,13 +20,17 @@ def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.nd
 
     if not run_dir.is_dir():
         raise UserError(f"not a directory: {run_dir}")
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags().get("scalars", [])
+    accs = []
+    for d in (run_dir, run_dir / "games"):      # games/: training games on the env-step axis (RL runs)
+        if d.is_dir():
+            acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+            acc.Reload()
+            accs.append(acc)
+    tags = [t for acc in accs for t in acc.Tags().get("scalars", [])]
     chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen is None or chosen not in tags:
         raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} (has: {', '.join(sorted(tags)) or 'none'})")
-    events = acc.Scalars(chosen)
+    events = next(acc for acc in accs if chosen in acc.Tags().get("scalars", [])).Scalars(chosen)
     return chosen, np.array([e.step for e in events]), np.array([e.value for e in events])
 
 

@@ -148,22 +148,40 @@ def evaluate(cfg: Config, adapter: Any, meta: MetaLearner,
 
 
 class Logger:
-    """TensorBoard scalars; resumed runs purge events past the checkpoint so curves continue."""
+    """TensorBoard scalars on two x-axes: meta-steps (in ``run_dir``) and the env steps at which training
+    games ended (RL adapters; in ``run_dir/games``, a run of its own in TensorBoard). TensorBoard purges by
+    step across a whole run, so each axis has its own writer: a resumed run purges each past its own
+    checkpointed step, and curves continue without the events written after that checkpoint."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None, games_purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
+        self._writer_class = SummaryWriter
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        self.games_dir = Path(run_dir) / "games"
+        self.games_purge_step = games_purge_step
+        self._games = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
 
+    def games(self, values: dict[str, float], step: int) -> None:
+        if self._games is None:     # created on first use: supervised runs get no empty folder
+            self._games = self._writer_class(str(self.games_dir), purge_step=self.games_purge_step)
+        for k, v in values.items():
+            self._games.add_scalar(k, v, step)
+
     def close(self) -> None:
         self.writer.close()
+        if self._games is not None:
+            self._games.close()
 
 
 class NullLogger:
     def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def games(self, values: dict[str, float], step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -227,7 +245,7 @@ def continual_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, u
 
 
 def log_games(adapter: Any, log: Callable[..., None]) -> None:
-    """RL tasks: finished games, at the env step they ended (``charts/*``; x-axis: env steps)."""
+    """RL tasks: finished games, at the env step they ended (``charts/*`` in ``run_dir/games``)."""
     for game in adapter.drain_games() if hasattr(adapter, "drain_games") else ():
         log({"charts/episodic_return": game.episodic_return, "charts/episodic_length": game.length},
             step=game.global_step)
@@ -267,7 +285,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
             adapter.load_state_dict(loaded[0]["adapter"])
         unit = int(loaded[0]["step"])
     start_meta = meta.meta_steps
-    logger = Logger(run_dir, purge_step=start_meta + 1 if resume else None) if world.is_main else NullLogger()
+    # Purge only when training continues: a finished run's evaluation curves sit past its last meta-step.
+    continuing = loaded is not None and start_meta < cfg.meta.steps
+    games_step = getattr(adapter, "global_step", None)
+    logger = Logger(run_dir, purge_step=start_meta + 1 if continuing else None,
+                    games_purge_step=games_step + 1 if continuing and games_step is not None else None) \
+        if world.is_main else NullLogger()
     bar = None
     if cfg.run.progress and world.is_main:
         from tqdm import tqdm
@@ -275,9 +298,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     t0 = time.time()
 
     def log(values: dict[str, float], step: int | None = None) -> None:
-        # meta-step logs come from meta_step(); task-level logs land on the latest meta-step
+        # meta-step logs come from meta_step(); task-level logs land on the latest meta-step; logs with
+        # their own ``step`` are training games at the env step they ended
         if step is not None:
-            logger.scalars(values, step)
+            logger.games(values, step)
             return
         step = meta.meta_steps
         logger.scalars(values, step)
