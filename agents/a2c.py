@@ -52,8 +52,8 @@ class A2CConfig:
     # twice the calls, no idle core to overlap into), so one group is the default.
     groups: int = 1
     precision: str = "fp32"          # fp32 | bf16: autocast the encoder to bfloat16 (heads, loss, optimiser fp32)
-    # The loss reuses the acting passes' outputs (autograd on while acting) instead of a second forward
-    # pass over the rollout: the same numbers, since θ is fixed during a rollout.
+    # The loss reuses the acting passes' trunk outputs (autograd on while acting) instead of a second pass
+    # over the rollout: the same numbers, since θ is fixed during a rollout.
     reuse_forward: bool = True
 
     def __post_init__(self) -> None:
@@ -165,17 +165,13 @@ class Rollout:
         self.dones = z(n_steps, num_envs, dtype=torch.bool)            # the training episode ended at t
         self.truncated = z(n_steps, num_envs, dtype=torch.bool)        # … because of the time limit
         self.valid = z(n_steps, num_envs, dtype=torch.bool)            # t was not an auto-reset step
-        # With a collector that keeps the graph: the acting forward passes' outputs, [t][group], still
-        # attached to θ. The loss reuses them instead of running the network over the rollout again.
-        self.logits: list[list[Tensor]] | None = None
-        self.value_pred: list[list[Tensor]] | None = None
+        # With a collector that keeps the graph: the acting passes' trunk outputs, [t][group], still
+        # attached to θ. The loss runs only the network's head on them instead of the whole network again.
+        self.features: list[list[Tensor]] | None = None
 
-    def forward_outputs(self) -> tuple[Tensor, Tensor] | None:
-        """(logits (n·N, A), values (n·N,)) from the acting passes, row-major like ``obs``; None if not kept."""
-        if self.logits is None:
-            return None
-        return (torch.cat([torch.cat(row) for row in self.logits]),
-                torch.cat([torch.cat(row) for row in self.value_pred]))
+    def kept_features(self) -> Tensor:
+        """The acting passes' trunk outputs, (n·N, ...) row-major like ``obs``."""
+        return torch.cat([torch.cat(row) for row in self.features])
 
 
 def compute_returns(rewards: Tensor, values: Tensor, dones: Tensor, truncated: Tensor, gamma: float,
@@ -207,6 +203,15 @@ def autocast(model: nn.Module, precision: str) -> torch.autocast:
     return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def split(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], tuple[Tensor, Tensor]]]:
+    """(trunk, head) with ``model(obs) == head(trunk(obs))``: acting passes keep the trunk's graph and the
+    loss runs the head once over the rollout (``ActorCritic`` splits before its big linear layer). A model
+    without ``trunk``/``head`` methods is all head: the loss then runs it over the rollout's frames."""
+    if hasattr(model, "trunk") and hasattr(model, "head"):
+        return model.trunk, model.head
+    return (lambda obs: obs), model
+
+
 def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
 
@@ -214,9 +219,9 @@ def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> 
 class RolloutCollector:
     """Steps env groups in turn and fills a :class:`Rollout`; keeps game statistics across rollouts.
 
-    ``keep_graph=True`` runs the acting forward passes with autograd on and keeps their outputs in the
-    rollout: θ does not change during a rollout, so they are exactly the forward pass the A2C loss needs,
-    and the update skips a second forward over all n·N observations (about a fifth of an update's compute).
+    ``keep_graph=True`` runs the trunk of the acting forward passes (see :func:`split`) with autograd on and
+    keeps its outputs in the rollout: θ does not change during a rollout, so they are exactly the trunk
+    outputs the A2C loss needs, and the update skips a second pass over all n·N frames.
     """
 
     def __init__(self, envs: Sequence, model: nn.Module, n_steps: int,
@@ -245,12 +250,14 @@ class RolloutCollector:
 
     def _act(self, t: int, sl: slice) -> np.ndarray:
         ro = self.rollout
-        with torch.set_grad_enabled(self.keep_graph), autocast(self.model, self.precision):
-            logits, value = self.model(ro.obs[t, sl])
+        trunk, head = split(self.model)
+        with autocast(self.model, self.precision):
+            with torch.set_grad_enabled(self.keep_graph):
+                features = trunk(ro.obs[t, sl])
+            with torch.no_grad():
+                logits, value = head(features)
         if self.keep_graph:
-            ro.logits[t].append(logits)
-            ro.value_pred[t].append(value)
-        logits, value = logits.detach(), value.detach()
+            ro.features[t].append(features)
         actions = sample_actions(logits[:, : self.num_actions], self.generator)
         ro.values[t, sl] = value
         ro.actions[t, sl] = actions
@@ -276,8 +283,7 @@ class RolloutCollector:
         """One rollout under the current parameters. Group g+1's actions are computed while g steps."""
         ro, n = self.rollout, self.n_steps
         ro.obs[0].copy_(ro.last_obs)
-        ro.logits = [[] for _ in range(n)] if self.keep_graph else None
-        ro.value_pred = [[] for _ in range(n)] if self.keep_graph else None
+        ro.features = [[] for _ in range(n)] if self.keep_graph else None
         for t in range(n):
             for g, (env, sl) in enumerate(zip(self.envs, self.slices)):
                 if t > 0:
@@ -293,16 +299,15 @@ class RolloutCollector:
 # -- the update ------------------------------------------------------------------------------------------------
 
 def a2c_loss(model: nn.Module, ro: Rollout, cfg: A2CConfig, num_actions: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """The A2C loss of a rollout; means run over valid (non-reset) transitions only. The network's outputs
-    come from the acting passes when the collector kept them, else from one forward pass over the rollout."""
+    """The A2C loss of a rollout; means run over valid (non-reset) transitions only. The trunk's outputs
+    come from the acting passes when the collector kept them, else from one pass over the rollout."""
     n, N = ro.actions.shape
     returns, advantages = compute_returns(ro.rewards, ro.values, ro.dones, ro.truncated, cfg.gamma,
                                           cfg.gae_lambda)
-    outputs = ro.forward_outputs()
-    if outputs is None:
-        with autocast(model, cfg.precision):
-            outputs = model(ro.obs.view(n * N, *ro.obs.shape[2:]))
-    logits, values = outputs
+    trunk, head = split(model)
+    with autocast(model, cfg.precision):
+        features = ro.kept_features() if ro.features is not None else trunk(ro.obs.view(n * N, *ro.obs.shape[2:]))
+        logits, values = head(features)
     log_probs = F.log_softmax(logits[:, :num_actions], dim=-1)
     log_prob = log_probs.gather(1, ro.actions.view(-1, 1)).squeeze(1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)

@@ -107,7 +107,7 @@ def test_kept_acting_graph_gives_the_recomputed_loss_and_gradient(groups):
     results = []
     for keep in (True, False):
         if not keep:
-            ro.logits = ro.value_pred = None          # forces the second forward pass
+            ro.features = None                        # forces the second forward pass
         loss, parts = a2c_loss(model, ro, cfg, 6)
         grads = torch.autograd.grad(loss, list(model.parameters()))
         results.append((loss, parts, grads))
