@@ -16,6 +16,9 @@ Episode bookkeeping (see ``envs/atari.py`` for the env signals):
 - game statistics sum the *raw* reward over a whole game — across lives — and restart on a real game
   over *or* a truncation (never only on ``terminated``: cleanrl #454).
 
+The convolutional trunk runs once per frame: the acting passes keep its graph, and the loss
+runs only the rest (linear layer and heads) over the whole rollout (:func:`split`, ``reuse_forward``).
+
 Compute and stepping can overlap when the envs come in groups (``envs.atari.make_atari_groups``): the
 network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``).
 """
