@@ -79,6 +79,7 @@ def test_resume_purges_each_axis_at_its_own_checkpoint(tmp_path):
     for s in (100, 200, 300, 400):
         log.games({"charts/episodic_return": float(s)}, s)
     log.close()
+    time.sleep(1.1)     # TensorBoard orders event files by name, i.e. by creation second, as real resumes are
     log = Logger(tmp_path, purge_step=4, games_purge_step=251)     # checkpoint: meta-step 3, env step 250
     log.scalars({"meta/x": 40.0}, 4)
     log.games({"charts/episodic_return": 260.0}, 260)
