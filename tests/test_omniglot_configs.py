@@ -46,3 +46,22 @@ def test_meta_step_benchmark_runs_on_synthetic_data():
         torch.set_num_threads(threads)
     assert out["extrapolated"] and out["extrapolation_factor"] == 1000.0
     assert out["seconds_per_meta_step"] > 0 and len(out["measured_wall_s"]) == 1
+
+
+def test_batch_norm_diagnostic_replays_the_evaluation(tmp_path):
+    """train.diagnostics adapts the same held-out tasks as the run's own evaluation: its running-statistics
+    figures equal eval.json's; the batch-statistics ones are extra."""
+    import json
+
+    from train.diagnostics import batch_norm_gap
+    from train.trainer import train
+    cfg = load_config(ROOT / "configs" / "omniglot_dev_leap.yaml", [
+        "run.progress=false", "meta.steps=1", "meta.meta_batch=1", "inner.steps=3", "eval.steps=3",
+        "eval.tasks=2", "omniglot.filters=8"])
+    train(cfg, tmp_path)
+    out = batch_norm_gap(tmp_path)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert out["loss_running"] == pytest.approx(saved["test_loss"], rel=1e-6)
+    assert out["acc_running"] == pytest.approx(saved["test_accuracy"], rel=1e-6)
+    assert out["final_train_loss"] == pytest.approx(saved["final_loss"], rel=1e-6)
+    assert 0.0 <= out["acc_batch"] <= 1.0 and out["loss_batch"] > 0
