@@ -65,3 +65,4 @@ def test_batch_norm_diagnostic_replays_the_evaluation(tmp_path):
     assert out["acc_running"] == pytest.approx(saved["test_accuracy"], rel=1e-6)
     assert out["final_train_loss"] == pytest.approx(saved["final_loss"], rel=1e-6)
     assert 0.0 <= out["acc_batch"] <= 1.0 and out["loss_batch"] > 0
+    assert 0.0 <= out["acc_refreshed"] <= 1.0 and out["loss_refreshed"] > 0

@@ -1,5 +1,6 @@
-"""`python -m train.diagnostics RUN_DIR`: held-out metrics of a supervised run with BatchNorm's running
-statistics (the protocol: eval() mode, statistics gathered during the task's own training) and with the
+"""`python -m train.diagnostics RUN_DIR`: held-out metrics of an Omniglot run with BatchNorm's running
+statistics (the protocol: eval() mode, statistics gathered during the task's own training), with
+statistics re-estimated after adaptation on the task's training images (not transductive), and with the
 held-out batch's own statistics (train() mode; transductive, so a diagnostic only, never a reported
 result). A large gap means the running statistics lag the adapted network, e.g. when the inner loop is
 cut short while it is still moving fast (the Omniglot dev protocol's 40 steps).
@@ -9,6 +10,7 @@ Same held-out tasks, head draws and adaptation as ``metarl eval``; one line per 
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -21,6 +23,22 @@ from .config import load_config
 from .errors import UserError
 from .tasks import build_adapter
 from .trainer import FIXED, run_task, setup, step_generators
+
+
+def refreshed(model: torch.nn.Module, task, generator: torch.Generator) -> torch.nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are the average over one augmented pass of the
+    task's training images (batches of the task's size), the parameters untouched."""
+    model = copy.deepcopy(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                       # cumulative average over the pass
+    model.train()
+    order = torch.randperm(len(task.train_labels), generator=generator)
+    with torch.no_grad():
+        for idx in order.split(task.batch_size):
+            model(task._images(task.train_images[idx], generator))
+    return model
 
 
 def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
@@ -37,12 +55,14 @@ def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
         model, curve = run_task(cfg, adapter, meta, task, generator, cfg.eval.steps or cfg.inner.steps,
                                 watched=False)
         running = adapter.evaluate(task, model)
+        refresh = adapter.evaluate(task, refreshed(model, task, torch.Generator().manual_seed(i)))
         x, y = task.batch("test")
         model.train()
         with torch.no_grad():
             logits = model(x)
         row = {"final_train_loss": curve[-1], "loss_running": running["test_loss"],
-               "acc_running": running["test_accuracy"], "loss_batch": float(F.cross_entropy(logits, y)),
+               "acc_running": running["test_accuracy"], "loss_refreshed": refresh["test_loss"],
+               "acc_refreshed": refresh["test_accuracy"], "loss_batch": float(F.cross_entropy(logits, y)),
                "acc_batch": float((logits.argmax(-1) == y).float().mean())}
         rows.append(row)
         print(f"task {i}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
