@@ -73,4 +73,10 @@ def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    batch_norm_gap(Path(sys.argv[1]))
+    try:
+        if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "config.yaml").is_file():
+            raise UserError("usage: python -m train.diagnostics RUN_DIR (a run directory with config.yaml)")
+        batch_norm_gap(Path(sys.argv[1]))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
