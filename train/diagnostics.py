@@ -10,7 +10,6 @@ Same held-out tasks, head draws and adaptation as ``metarl eval``; one line per 
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -22,27 +21,12 @@ from .checkpoint import load_latest
 from .config import load_config
 from .errors import UserError
 from .tasks import build_adapter
+from .tasks.omniglot import refit_batch_norm
 from .trainer import FIXED, run_task, setup, step_generators
 
 
-def refreshed(model: torch.nn.Module, task, generator: torch.Generator) -> torch.nn.Module:
-    """A copy of ``model`` whose BatchNorm running statistics are the average over one augmented pass of the
-    task's training images (batches of the task's size), the parameters untouched."""
-    model = copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None                       # cumulative average over the pass
-    model.train()
-    order = torch.randperm(len(task.train_labels), generator=generator)
-    with torch.no_grad():
-        for idx in order.split(task.batch_size):
-            model(task._images(task.train_images[idx], generator))
-    return model
-
-
 def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
-    cfg = load_config(run_dir / "config.yaml", [])
+    cfg = load_config(run_dir / "config.yaml", ["omniglot.batch_norm_eval=running"])   # (a) as the protocol
     adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
     loaded = load_latest(run_dir)
     if loaded is None:
@@ -55,7 +39,7 @@ def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
         model, curve = run_task(cfg, adapter, meta, task, generator, cfg.eval.steps or cfg.inner.steps,
                                 watched=False)
         running = adapter.evaluate(task, model)
-        refresh = adapter.evaluate(task, refreshed(model, task, torch.Generator().manual_seed(i)))
+        refresh = adapter.evaluate(task, refit_batch_norm(model, task))
         x, y = task.batch("test")
         model.train()
         with torch.no_grad():
