@@ -46,6 +46,16 @@ def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of sgd, adam, rmsprop")
 
 
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """True when every entry of every tensor is finite (an empty list is finite); one host sync."""
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
+def global_norm(tensors: Sequence[Tensor]) -> float:
+    """‖(t_1, …, t_n)‖₂ over all entries, as clip_grad_norm_ computes it (0 for an empty list)."""
+    return float(torch.stack([t.norm() for t in tensors]).norm()) if tensors else 0.0
+
+
 def select(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
     """Parameter names matching any ``include`` prefix (all when empty) and no ``exclude`` prefix."""
     return [n for n in names
@@ -126,8 +136,7 @@ class MetaLearner:
         return OptimizerWatch(optimizer, self.watched(model), [*self.observers(task), _TaskMerge(self)])
 
     def _merge_task(self) -> None:
-        finite = torch.stack([t.isfinite().all() for t in self._task_acc]).all() if self._task_acc else True
-        if bool(finite):
+        if all_finite(self._task_acc):
             torch._foreach_add_(self._acc, self._task_acc)
             self.tasks += 1
         else:
@@ -153,7 +162,7 @@ class MetaLearner:
         logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
         if self.tasks > 0:
             grads = self.meta_gradient()
-            logs["meta/grad_norm"] = float(torch.stack([g.norm() for g in grads]).norm())
+            logs["meta/grad_norm"] = global_norm(grads)
             for p, g in zip(self.params, grads):
                 p.grad = g
             if self.meta_optimizer_config.clip_grad_norm > 0:

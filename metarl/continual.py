@@ -59,8 +59,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MetaOptimizerConfig, make_optimizer
-from .seam import OptimizerWatch
+from .base import MetaOptimizerConfig, all_finite, global_norm, make_optimizer
+from .seam import Observer, OptimizerWatch
 
 WARP_OBJECTIVES = ("same_loss", "meta_batch")
 
@@ -79,11 +79,7 @@ class ContinualWarpConfig:
             raise ValueError(f"warp_every must be >= 1, got {self.warp_every}")
 
 
-def _finite(tensors: Sequence[Tensor]) -> bool:
-    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
-
-
-class ContinualWarp:
+class ContinualWarp(Observer):
     """Algorithm 3's warp side, observing the task optimiser's steps (module docstring).
 
     ``warp_params``: φ (must not be stepped by the task optimiser). ``meta_loss``: for ``meta_batch``, a
@@ -134,7 +130,7 @@ class ContinualWarp:
 
     def add(self, grads: Sequence[Tensor]) -> bool:
         """Accumulate one contribution; False (and counted) if it has a non-finite entry."""
-        if not _finite(grads):
+        if not all_finite(grads):
             self.skipped += 1
             return False
         torch._foreach_add_(self._acc, list(grads))
@@ -146,9 +142,6 @@ class ContinualWarp:
         return [a.clone() for a in self._acc]
 
     # -- StepObserver --------------------------------------------------------------------------------------
-    def task_start(self, params: Sequence[Tensor]) -> None:
-        pass
-
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         warp_grads = self._take_warp_grads()        # cleared in both modes: never left for the next backward
         if self.config.objective == "same_loss":
@@ -161,16 +154,13 @@ class ContinualWarp:
         if self.task_steps % self.config.warp_every == 0:
             self.meta_step()
 
-    def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
-        pass
-
     # -- meta-step -------------------------------------------------------------------------------------
     def meta_step(self) -> dict[str, float]:
         """Step φ with the mean of the window's finite contributions; reset the accumulator."""
         logs = {"meta/warp_contributions": float(self.window), "meta/skipped_contributions": float(self.skipped)}
         if self.window > 0:
             grads = [a / self.window for a in self._acc]
-            logs["meta/warp_grad_norm"] = float(torch.stack([g.norm() for g in grads]).norm())
+            logs["meta/warp_grad_norm"] = global_norm(grads)
             for p, g in zip(self.params, grads):
                 p.grad = g
             self.optimizer.step()
@@ -214,7 +204,7 @@ def continual_update(loss: Tensor, optimizer: torch.optim.Optimizer, watch: Any,
         return "non_finite"
     loss.backward()
     task = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if not _finite([p.grad for p in task]):
+    if not all_finite([p.grad for p in task]):
         for p in params:
             p.grad = None
         return "non_finite"

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner, select
+from .base import MetaLearner, all_finite, select
 from .seam import Observer, OptimizerWatch
 
 
@@ -64,7 +64,7 @@ class _Continue(Observer):
     @torch.no_grad()
     def task_end(self, params, final_loss) -> None:
         state = self.model.state_dict()
-        finite = all(state[n].isfinite().all() for n in self.ft.names)
+        finite = all_finite([state[n] for n in self.ft.names])
         if not finite:
             self.ft.skipped += 1
             return

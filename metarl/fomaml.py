@@ -25,7 +25,6 @@ class FOMAMLObjective(Observer):
 
 
 
-
 class FOMAML(MetaLearner):
     name = "fomaml"
 

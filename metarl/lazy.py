@@ -53,7 +53,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner
+from .base import MetaLearner, all_finite, global_norm
 from .maml import _Functional
 
 READINGS = ("A", "B", "C")
@@ -177,7 +177,7 @@ class Lazy(MetaLearner):
                 break
             grads = torch.autograd.grad(loss, stepped, allow_unused=True)
             grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, stepped)]
-            if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            if not all_finite(grads):
                 finite = False
                 break
             with torch.no_grad():
@@ -242,7 +242,7 @@ class Lazy(MetaLearner):
 
     def _merge_task(self) -> None:
         tensors = self._task_acc + self._lr_task_acc
-        if bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+        if all_finite(tensors):
             torch._foreach_add_(self._acc, self._task_acc)
             if self._lr_acc:
                 torch._foreach_add_(self._lr_acc, self._lr_task_acc)
@@ -279,7 +279,7 @@ class Lazy(MetaLearner):
             logs["meta/student_loss"] = float(stats[0])
             logs["meta/teacher_loss"] = float(stats[1])
             if self.lr_params:
-                logs["meta/lr_grad_norm"] = float(torch.stack([g.norm() for g in lr_grads]).norm())
+                logs["meta/lr_grad_norm"] = global_norm(lr_grads)
         if self.lr_params:
             logs["meta/student_lr"] = float(torch.stack([p.detach().exp() for p in self.lr_params]).mean())
         if self._lr_acc:

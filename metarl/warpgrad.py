@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner, MetaOptimizerConfig, make_optimizer, select
+from .base import MetaLearner, MetaOptimizerConfig, all_finite, global_norm, make_optimizer, select
 from .leap import LeapConfig, LeapObjective
 from .maml import _Functional
 from .seam import Observer, OptimizerWatch
@@ -305,7 +305,6 @@ class _Subset:
 
     def task_end(self, params, final_loss) -> None:
         self.observer.task_end(self._pick(params), final_loss)
-
 
 
 class _MAMLObserver(Observer):
@@ -724,7 +723,7 @@ class WarpGrad(MetaLearner):
         if points > 0:
             g = [a / points for a in self._warp_acc]
             self.last_warp_grad = [x.clone() for x in g]
-            logs["meta/warp_grad_norm"] = _norm(g)
+            logs["meta/warp_grad_norm"] = global_norm(g)
             logs["meta/warp_loss"] = float(self._stats[1]) / points
             logs["meta/warp_task_loss"] = float(self._stats[2]) / points
             self._apply(self.warp_optimizer, self.warp_params, g)
@@ -732,7 +731,7 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_steps"] = 1.0
         if self.tasks > 0 and self.learns_init:
             g0 = self._init_mean()
-            logs["meta/init_grad_norm"] = _norm(g0)
+            logs["meta/init_grad_norm"] = global_norm(g0)
             self._apply(self.meta_optimizer, self.params, g0)
         return logs
 
@@ -741,7 +740,7 @@ class WarpGrad(MetaLearner):
         samples = [(t, j) for t, traj in enumerate(self._replay) for j in range(len(traj.points))]
         logs: dict[str, float] = {"meta/warp_points": float(len(samples))}
         if self.tasks > 0 and self.learns_init:
-            logs["meta/init_grad_norm"] = _norm(self._init_mean())
+            logs["meta/init_grad_norm"] = global_norm(self._init_mean())
         if not samples:
             return logs
         # Sample order from the meta-step count, not the global RNG: a resumed run replays identically.
@@ -757,7 +756,7 @@ class WarpGrad(MetaLearner):
             traj = self._replay[t]
             value = self._replay_value(traj, traj.points[j])
             in_chunk += 1
-            if bool(torch.stack([g.isfinite().all() for g in value.grads] + [value.meta_loss.isfinite()]).all()):
+            if all_finite([*value.grads, value.meta_loss]):
                 torch._foreach_add_(g_phi, value.grads)
                 finite_in_chunk += 1
                 used += 1
@@ -783,7 +782,7 @@ class WarpGrad(MetaLearner):
             self._apply(self.meta_optimizer, self.params, self._init_mean())
         self.last_warp_grad = [x / max(used, 1) for x in total]
         logs.update({"meta/warp_steps": float(steps), "meta/skipped_points": float(skipped),
-                     "meta/warp_grad_norm": _norm(self.last_warp_grad)})
+                     "meta/warp_grad_norm": global_norm(self.last_warp_grad)})
         if used:
             logs["meta/warp_loss"] = loss_sum / used
             logs["meta/warp_task_loss"] = task_loss_sum / used
@@ -822,10 +821,3 @@ class WarpGrad(MetaLearner):
         """Warp-MAML (few-shot): ``warp_maml_config()``; extra keywords go to the constructor."""
         return cls(model, kwargs.pop("config", None) or warp_maml_config(), **kwargs)
 
-
-def _norm(xs: Sequence[Tensor]) -> float:
-    return float(torch.stack([x.norm() for x in xs]).norm()) if xs else 0.0
-
-
-# ------------------------------------------------------------------------------------------------
-# Algorithm 3 (continual meta-training)
