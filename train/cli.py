@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .errors import UserError
 
 
@@ -101,22 +102,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_allocator() -> None:
-    """Keep freed activation memory in the process: without it ~18 % of a CPU run is the kernel re-faulting
-    freed pages (measured by `metarl bench omniglot-meta-step --mallopt`). Linux glibc only."""
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    _tune_allocator()
+    keep_freed_memory()
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`train CONFIG --run-dir D key=value`): argparse leaves them over.

@@ -155,7 +155,6 @@ class Logger:
 
     def __init__(self, run_dir: Path, purge_step: int | None, games_purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        self._writer_class = SummaryWriter
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
         self.games_dir = Path(run_dir) / "games"
         self.games_purge_step = games_purge_step
@@ -167,7 +166,8 @@ class Logger:
 
     def games(self, values: dict[str, float], step: int) -> None:
         if self._games is None:     # created on first use: supervised runs get no empty folder
-            self._games = self._writer_class(str(self.games_dir), purge_step=self.games_purge_step)
+            from torch.utils.tensorboard import SummaryWriter
+            self._games = SummaryWriter(str(self.games_dir), purge_step=self.games_purge_step)
         for k, v in values.items():
             self._games.add_scalar(k, v, step)
 

@@ -31,7 +31,6 @@ and sets mallopt in the CLI, so `--mallopt` (plus the adapter's default layout) 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import socket
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..allocator import keep_freed_memory
 from ._common import median, parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,16 +57,6 @@ def load() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
-
-
-def set_mallopt() -> bool:
-    """Keep freed buffers in glibc's heap: no mmap/munmap (and page faults) per activation per step."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def synthetic_data(alphabets: int = 46, characters: int = 20, drawings: int = 20, size: int = 28, seed: int = 0):
@@ -139,7 +129,7 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
     from train.trainer import episodic_unit, run_task, step_generators
     torch.set_num_threads(args.threads)
     if args.mallopt:
-        set_mallopt()
+        keep_freed_memory()
     if size > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=size)
