@@ -65,7 +65,7 @@ def test_batch_norm_diagnostic_replays_the_evaluation(tmp_path):
     out = batch_norm_gap(tmp_path / "running")
     assert out["loss_running"] == pytest.approx(saved["running"]["test_loss"], rel=1e-6)
     assert out["acc_running"] == pytest.approx(saved["running"]["test_accuracy"], rel=1e-6)
-    assert out["final_train_loss"] == pytest.approx(saved["running"]["final_loss"], rel=1e-6)
+    assert out["final_loss"] == pytest.approx(saved["running"]["final_loss"], rel=1e-6)
     assert out["loss_refreshed"] == pytest.approx(saved["refit"]["test_loss"], rel=1e-6)
     assert out["loss_refreshed"] != pytest.approx(out["loss_running"], rel=1e-6)
     assert 0.0 <= out["acc_batch"] <= 1.0 and out["loss_batch"] > 0

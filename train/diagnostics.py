@@ -5,7 +5,8 @@ held-out batch's own statistics (train() mode; transductive, so a diagnostic onl
 result). A large gap means the running statistics lag the adapted network, e.g. when the inner loop is
 cut short while it is still moving fast (the Omniglot dev protocol's 40 steps).
 
-Same held-out tasks, head draws and adaptation as ``metarl eval``; one line per task, then the means.
+Same held-out tasks, head draws and adaptation as ``metarl eval`` (``trainer.evaluate`` with other
+per-task metrics); prints means and stds over the tasks.
 """
 
 from __future__ import annotations
@@ -13,53 +14,46 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .checkpoint import load_latest
-from .config import load_config
 from .errors import UserError
-from .tasks import build_adapter
-from .tasks.omniglot import refit_batch_norm
-from .trainer import FIXED, run_task, setup, step_generators
+from .evaluate import load_run
+from .tasks.omniglot import OmniglotAdapter, OmniglotTask, refit_batch_norm
+from .trainer import evaluate
 
 
-def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
-    cfg = load_config(run_dir / "config.yaml", ["omniglot.batch_norm_eval=running"])   # (a) as the protocol
-    adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
-    loaded = load_latest(run_dir)
-    if loaded is None:
-        raise UserError(f"run directory {run_dir} has no readable checkpoint")
-    meta.load_state_dict(loaded[0]["meta"])
-    rng, _ = step_generators(cfg.seed, FIXED, 1)
-    rows = []
-    for i, task in enumerate(adapter.sample_tasks(split, cfg.eval.tasks, rng)):
-        _, generator = step_generators(cfg.seed, FIXED, 100 + i)
-        model, curve = run_task(cfg, adapter, meta, task, generator, cfg.eval.steps or cfg.inner.steps,
-                                watched=False)
+def batch_norm_metrics(adapter: OmniglotAdapter):
+    """Per-task metrics under the three kinds of BatchNorm statistics (module docstring)."""
+    def metrics(task: OmniglotTask, model: nn.Module) -> dict[str, float]:
         running = adapter.evaluate(task, model)
-        refresh = adapter.evaluate(task, refit_batch_norm(model, task))
+        refit = adapter.evaluate(task, refit_batch_norm(model, task))
         x, y = task.batch("test")
         model.train()
         with torch.no_grad():
             logits = model(x)
-        row = {"final_train_loss": curve[-1], "loss_running": running["test_loss"],
-               "acc_running": running["test_accuracy"], "loss_refreshed": refresh["test_loss"],
-               "acc_refreshed": refresh["test_accuracy"], "loss_batch": float(F.cross_entropy(logits, y)),
-               "acc_batch": float((logits.argmax(-1) == y).float().mean())}
-        rows.append(row)
-        print(f"task {i}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    print("mean: " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()))
-    return means
+        return {"loss_running": running["test_loss"], "acc_running": running["test_accuracy"],
+                "loss_refreshed": refit["test_loss"], "acc_refreshed": refit["test_accuracy"],
+                "loss_batch": float(F.cross_entropy(logits, y)),
+                "acc_batch": float((logits.argmax(-1) == y).float().mean())}
+    return metrics
+
+
+def batch_norm_gap(run_dir: Path, split: str = "test") -> dict[str, float]:
+    cfg, adapter, meta, _ = load_run(run_dir, ["omniglot.batch_norm_eval=running"])    # (a) as the protocol
+    if not isinstance(adapter, OmniglotAdapter):
+        raise UserError(f"the BatchNorm diagnostic is for Omniglot runs; {run_dir} is a {cfg.task!r} run")
+    result, _ = evaluate(cfg, adapter, meta, split, metrics=batch_norm_metrics(adapter))
+    print("  ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    return result
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     try:
-        if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "config.yaml").is_file():
-            raise UserError("usage: python -m train.diagnostics RUN_DIR (a run directory with config.yaml)")
+        if len(sys.argv) != 2:
+            raise UserError("usage: python -m train.diagnostics RUN_DIR")
         batch_norm_gap(Path(sys.argv[1]))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

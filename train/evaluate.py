@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Sequence
+
+from metarl import MetaLearner
 
 from .checkpoint import load_latest
-from .config import load_config
+from .config import Config, load_config
 from .errors import UserError
 from .tasks import build_adapter
 from .trainer import Logger, evaluate, setup
 
 
-def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
+def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any, MetaLearner, Path]:
+    """A run's config (with ``overrides``), adapter and meta-learner at its newest readable checkpoint."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
-    overrides = [f"eval.split={split}"] if split else []
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
     adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)
     if hasattr(adapter, "run"):
         raise UserError(f"task {cfg.task!r} has no held-out initialisation to evaluate: its results are in "
@@ -27,6 +30,11 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
         raise UserError(f"run directory {run_dir} has no readable checkpoint")
     state, path = loaded
     meta.load_state_dict(state["meta"])
+    return cfg, adapter, meta, path
+
+
+def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
+    cfg, adapter, meta, path = load_run(run_dir, [f"eval.split={split}"] if split else [])
     step = meta.meta_steps
     logger = Logger(run_dir, purge_step=None)
     if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)

@@ -120,13 +120,15 @@ def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator:
 # evaluation
 
 
-def evaluate(cfg: Config, adapter: Any, meta: MetaLearner,
-             split: str | None = None) -> tuple[dict[str, float], list[float]]:
+def evaluate(cfg: Config, adapter: Any, meta: MetaLearner, split: str | None = None,
+             metrics: Callable[[Any, nn.Module], dict[str, float]] | None = None
+             ) -> tuple[dict[str, float], list[float]]:
     """Adapt fixed held-out tasks from the current initialisation; mean metrics over tasks.
 
     The held-out tasks and their head draws depend only on the seed, so every evaluation of every method
     sees the same tasks. Metrics (mean and std over tasks): AUC of the training-loss curve, final training
-    loss, and the adapter's held-out metrics (e.g. test loss, accuracy); plus the mean loss curve."""
+    loss, and the held-out metrics of ``metrics(task, adapted model)`` (default: the adapter's
+    ``evaluate``, e.g. test loss, accuracy); plus the mean loss curve."""
     split = split or cfg.eval.split
     steps = cfg.eval.steps or cfg.inner.steps
     rng, _ = step_generators(cfg.seed, FIXED, 1)
@@ -137,7 +139,7 @@ def evaluate(cfg: Config, adapter: Any, meta: MetaLearner,
         _, generator = step_generators(cfg.seed, FIXED, 100 + i)
         model, curve = run_task(cfg, adapter, meta, task, generator, steps, watched=False)
         curves.append(curve)
-        rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **adapter.evaluate(task, model)})
+        rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **(metrics or adapter.evaluate)(task, model)})
     metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     metrics.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]})
     return metrics, np.mean(curves, axis=0).tolist()
