@@ -82,7 +82,7 @@ def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[st
     table: dict[str, dict[str, dict[str, float]]] = {}
     for game in games:
         both = np.concatenate([curves[(game, i)][0] for i in INITS])
-        lo, hi = np.nanmin(both) if np.isfinite(both).any() else 0.0, np.nanmax(both) if np.isfinite(both).any() else 1.0
+        lo, hi = (np.nanmin(both), np.nanmax(both)) if np.isfinite(both).any() else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
         table[game] = {}
         for init in INITS:
