@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .allocator import keep_freed_memory
+from .runtime import keep_freed_memory, short_openmp_spin
 from .errors import UserError
 
 
@@ -104,6 +104,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
+    short_openmp_spin()           # before any command imports torch
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`train CONFIG --run-dir D key=value`): argparse leaves them over.

@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 
 
-def parser(description: str, rounds: int = 3) -> argparse.ArgumentParser:
+def parser(description: str, rounds: int = 3, threads: int = 1) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metarl bench", description=description)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 cores)")
+    p.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's default, one per core)")
     p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds; figures are medians")
     return p
 

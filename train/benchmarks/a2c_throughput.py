@@ -10,19 +10,26 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
 
-Variants run in alternating rounds and the median per variant is reported, so a background load that
-comes and goes hits all of them alike. ``torch.set_num_threads(--threads)`` applies to every variant.
+The SB3 variants each run in a child process with OpenMP's default idle spin: the ``metarl`` command shortens
+that spin for our loop (``train.runtime.short_openmp_spin``), and SB3 is measured as its users run it.
 
-    python -m train.benchmarks.a2c_throughput [--steps 4000] [--rounds 3] [--threads 1]
+Variants run in alternating rounds and the median per variant is reported, so a background load that
+comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
+torch's own default, one thread per core, as SB3 users run it and as the Atari configs train.
+
+    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -34,7 +41,7 @@ VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf1
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = parser(__doc__.splitlines()[0])                  # --threads (torch, default 1), --rounds (default 3)
+    p = parser(__doc__.splitlines()[0], threads=0)       # --threads (torch, default: one per core), --rounds
     p.add_argument("--game", default="Pong")
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--n-steps", type=int, default=5)
@@ -43,6 +50,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=2, help="env groups for `ours_overlap`")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve", default=None, help=argparse.SUPPRESS)   # internal: one variant in a child process
     args = p.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
@@ -119,19 +127,54 @@ def _sb3(args, backend: str) -> Callable[[], float]:
     return measure
 
 
+def _maker(args, variant: str) -> Callable[[], float]:
+    return {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
+            "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
+            "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
+            "sb3_envpool": lambda: _sb3(args, "envpool"), "sb3_gym": lambda: _sb3(args, "gymnasium")}[variant]()
+
+
+def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
+    """``variant`` built in a child process without ``GOMP_SPINCOUNT``; each call measures one round there."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    child = subprocess.Popen([sys.executable, "-m", __name__, *argv, "--serve", variant], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(line: str) -> str:
+        child.stdin.write(line + "\n")
+        child.stdin.flush()
+        for answer in child.stdout:                        # skips what the emulator prints on stdout
+            if answer.startswith("sps "):
+                return answer
+        raise RuntimeError(f"benchmark child for {variant} failed (exit {child.wait()})")
+    ask("ready?")
+    weakref.finalize(ask, child.stdin.close)               # EOF ends the child's loop
+    return lambda: float(ask("measure")[4:])
+
+
+def _serve(args) -> None:
+    """Child side of :func:`_in_child`: answer each line on stdin with one round's steps per second."""
+    measure = None
+    for line in sys.stdin:
+        if measure is None:
+            measure = _maker(args, args.serve)
+            print("sps 0", flush=True)
+        else:
+            print(f"sps {measure()}", flush=True)
+
+
 def run(argv: list[str]) -> dict:
     args = _parse(argv)
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.serve:
+        _serve(args)
+        return {}
     host = machine()
     try:
-        makers = {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
-                  "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
-                  "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
-                  "sb3_envpool": lambda: _sb3(args, "envpool"),
-                  "sb3_gym": lambda: _sb3(args, "gymnasium")}
-        measures = {v: makers[v]() for v in variants}
+        measures = {v: _in_child(argv, v) if v.startswith("sb3") else _maker(args, v) for v in variants}
         samples: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
@@ -139,7 +182,7 @@ def run(argv: list[str]) -> dict:
     finally:
         torch.set_num_threads(threads)
     result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps,
-              "threads": args.threads,
+              "threads": args.threads or threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
               "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
     for v in variants:
         sps = statistics.median(samples[v])
@@ -162,4 +205,6 @@ def run(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1:])))
+    result = run(sys.argv[1:])
+    if result:
+        print(json.dumps(result))

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..allocator import keep_freed_memory
+from ..runtime import keep_freed_memory
 from ._common import median, parser
 
 ROOT = Path(__file__).resolve().parents[2]
