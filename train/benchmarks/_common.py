@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -15,6 +16,18 @@ def parser(description: str, rounds: int = 3, threads: int = 1) -> argparse.Argu
     p.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's default, one per core)")
     p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds; figures are medians")
     return p
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """Run with ``threads`` torch threads (0: torch's default, one per core); yields the number in use."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine() -> str:

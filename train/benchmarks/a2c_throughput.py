@@ -10,8 +10,9 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
 
-The SB3 variants each run in a child process with OpenMP's default idle spin: the ``metarl`` command shortens
-that spin for our loop (``train.runtime.short_openmp_spin``), and SB3 is measured as its users run it.
+Each variant runs in its own child process, so none pays for another's objects and threads (SB3 built in
+the same process cost our loop ≈ 10 %). The SB3 children get OpenMP's default idle spin, as SB3's users run
+it; ours get the short spin the ``metarl`` command sets (``train.runtime.short_openmp_spin``).
 
 Variants run in alternating rounds and the median per variant is reported, so a background load that
 comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
@@ -35,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import machine, parser
+from ._common import machine, parser, torch_threads
 
 VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
 
@@ -135,8 +136,10 @@ def _maker(args, variant: str) -> Callable[[], float]:
 
 
 def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
-    """``variant`` built in a child process without ``GOMP_SPINCOUNT``; each call measures one round there."""
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    """``variant`` built in a child process; each call measures one round there."""
+    env = dict(os.environ)
+    if variant.startswith("sb3"):
+        env.pop("GOMP_SPINCOUNT", None)
     child = subprocess.Popen([sys.executable, "-m", __name__, *argv, "--serve", variant], env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -166,23 +169,18 @@ def _serve(args) -> None:
 def run(argv: list[str]) -> dict:
     args = _parse(argv)
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.serve:
-        _serve(args)
-        return {}
-    host = machine()
-    try:
-        measures = {v: _in_child(argv, v) if v.startswith("sb3") else _maker(args, v) for v in variants}
+    with torch_threads(args.threads) as threads:
+        if args.serve:
+            _serve(args)
+            return {}
+        host = machine()
+        measures = {v: _in_child(argv, v) for v in variants}
         samples: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
                 samples[v].append(measures[v]())
-    finally:
-        torch.set_num_threads(threads)
     result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps,
-              "threads": args.threads or threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+              "threads": threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
               "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
     for v in variants:
         sps = statistics.median(samples[v])

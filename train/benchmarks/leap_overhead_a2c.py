@@ -4,9 +4,10 @@ Both variants start from the same initialisation, env seeds and sampling seed, s
 apart from Leap's observer (Leap only reads the parameters). They alternate round by round, and the
 median wall time of each is compared:
 
-    python -m train.benchmarks.leap_overhead_a2c [--steps 4000] [--rounds 5] [--loss on|off]
+    metarl bench leap-overhead-a2c [--steps 12000] [--rounds 7] [--loss on|off] [--threads 0]
 
-Leap is the Atari configuration: encoder only (``include=["encoder."]``), energy metric p = 2.
+Leap is the Atari configuration: encoder only (``include=["encoder."]``), energy metric p = 2; torch threads
+as the Atari configs train (``--threads 0``: torch's default, one per core).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from metarl.base import MetaOptimizerConfig
 from metarl.leap import Leap, LeapConfig
 from metarl.seam import NULL_WATCH
 
-from ._common import machine, parser
+from ._common import machine, parser, torch_threads
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    # --threads (torch, default 1), --rounds: 7, since the first rounds run slow for both arms here
-    p = parser(__doc__.splitlines()[0], rounds=7)
+    # --rounds 7: the first rounds of a process run slow for both arms here
+    p = parser(__doc__.splitlines()[0], rounds=7, threads=0)
     p.add_argument("--game", default="Pong")
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--n-steps", type=int, default=5)
@@ -72,12 +73,10 @@ def _one_run(args, cfg: A2CConfig, leap: bool) -> tuple[float, float]:
 def run(argv: list[str]) -> dict:
     args = _parse(argv)
     cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=args.groups)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    host = machine()
     times: dict[str, list[float]] = {"plain": [], "leap": []}
     cpu: dict[str, list[float]] = {"plain": [], "leap": []}
-    try:
+    with torch_threads(args.threads) as threads:
+        host = machine()
         _one_run(args, cfg, leap=False)                                   # warm-up: imports, allocator
         for r in range(args.rounds):
             # alternate which goes first, so a drift in background load favours neither
@@ -86,8 +85,6 @@ def run(argv: list[str]) -> dict:
                 wall, busy = _one_run(args, cfg, leap=name == "leap")
                 times[name].append(wall)
                 cpu[name].append(busy)
-    finally:
-        torch.set_num_threads(threads)
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio, cpu_ratio = med["leap"] / med["plain"], med_cpu["leap"] / med_cpu["plain"]
@@ -97,7 +94,7 @@ def run(argv: list[str]) -> dict:
               f"  (wall rounds: {spread})")
     print(f" ratio: {ratio:.3f} wall, {cpu_ratio:.3f} CPU (leap / plain; p=2, encoder only, loss {args.loss})")
     return {"machine": host, "game": args.game, "steps": args.steps, "rounds": args.rounds,
-            "threads": args.threads, "leap_loss": args.loss, "plain_s": round(med["plain"], 3),
+            "threads": threads, "leap_loss": args.loss, "plain_s": round(med["plain"], 3),
             "leap_s": round(med["leap"], 3), "ratio": round(ratio, 4), "plain_cpu_s": round(med_cpu["plain"], 3),
             "leap_cpu_s": round(med_cpu["leap"], 3), "cpu_ratio": round(cpu_ratio, 4)}
 
