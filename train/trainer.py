@@ -71,15 +71,10 @@ def step_generators(seed: int, step: int, stream: int = 0) -> tuple[np.random.Ge
 def task_model(adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
     """A model at the current initialisation. Under ``head: reset`` every method starts every task from
     a freshly drawn output head (drawn from ``generator``); under ``learned`` the head comes from θ⁰."""
-    model = adapter.make_model(generator, task) if _takes_task(adapter) else adapter.make_model(generator)
+    model = adapter.make_model(generator, task)
     meta.load_init(model, skip=tuple(adapter.head) if head == "reset" else ())
     meta.prepare(model, task)
     return model
-
-
-def _takes_task(adapter: Any) -> bool:
-    import inspect
-    return "task" in inspect.signature(adapter.make_model).parameters
 
 
 def task_parameters(model: nn.Module, meta: MetaLearner) -> list[nn.Parameter]:

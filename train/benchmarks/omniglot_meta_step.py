@@ -80,8 +80,8 @@ def make_adapter(args, seed: int):
     from train.tasks.omniglot import OmniglotAdapter, OmniglotConfig
 
     class Adapter(OmniglotAdapter):
-        def make_model(self, generator):
-            model = super().make_model(generator)
+        def make_model(self, generator, task=None):
+            model = super().make_model(generator, task)
             return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
         def make_task(self, alphabet, rng):

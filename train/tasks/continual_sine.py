@@ -328,7 +328,7 @@ class ContinualSineAdapter:
     def __init__(self, config: ContinualSineConfig, seed: int = 0) -> None:
         self.config = config
 
-    def make_model(self, generator: torch.Generator, warp: str | None = None) -> ContinualMLP:
+    def make_model(self, generator: torch.Generator, task: Any = None, *, warp: str | None = None) -> ContinualMLP:
         c = self.config
         return ContinualMLP(c.hidden, warp or c.warp, c.warp_hidden, c.warp_activation, c.warp_init, generator)
 

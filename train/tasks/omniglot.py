@@ -537,7 +537,7 @@ class OmniglotAdapter:
         p, t = c.num_pretrain, c.num_pretrain + c.num_test
         self.alphabets: dict[str, list[str]] = {"train": order[:p], "test": order[p:t], "val": order[t:]}
 
-    def make_model(self, generator: torch.Generator) -> OmniConv:
+    def make_model(self, generator: torch.Generator, task: Any = None) -> OmniConv:    # same for every task
         c = self.config
         model = OmniConv(c.ways, c.filters, warp=self.warp, generator=generator)
         return model.to(memory_format=torch.channels_last) if c.channels_last else model

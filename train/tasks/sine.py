@@ -85,7 +85,7 @@ class SineAdapter:
     def __init__(self, config: SineConfig, seed: int = 0) -> None:
         self.config = config
 
-    def make_model(self, generator: torch.Generator) -> nn.Module:
+    def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:   # same for every task
         return SineMLP(self.config.hidden, generator)
 
     def _task(self, rng: np.random.Generator, key: str) -> SineTask:

@@ -612,7 +612,7 @@ class TieredAdapter:
             self._eligible[split] = ok
         return self._eligible[split]
 
-    def make_model(self, generator: torch.Generator) -> TieredConv:
+    def make_model(self, generator: torch.Generator, task: Any = None) -> TieredConv:   # same for every task
         c = self.config
         return TieredConv(c.ways, c.filters, warp=self.warp, warp_blocks=c.warp_blocks or None,
                           generator=generator)
