@@ -10,9 +10,16 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..errors import UserError
+
+
+class BenchParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line and exit code 2 through the CLI, no usage dump
+        raise UserError(f"{self.prog}: {message}")
+
 
 def parser(description: str, rounds: int = 3, threads: int = 1) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metarl bench", description=description)
+    p = BenchParser(prog="metarl bench", description=description)
     p.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's default, one per core)")
     p.add_argument("--rounds", type=int, default=rounds, help="alternating rounds; figures are medians")
     return p
@@ -28,6 +35,15 @@ def torch_threads(threads: int) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def atari_game(name: str) -> str:
+    """The canonical EnvPool name of ``name``; an unknown game is a user error listing the valid ones."""
+    from envs.atari import canonical_game
+    try:
+        return canonical_game(name, "envpool")
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def machine() -> str:

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._common import machine, parser, torch_threads
+from ._common import atari_game, machine, parser, torch_threads
 
 VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
 
@@ -56,6 +56,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    args.game = atari_game(args.game)
     return args
 
 

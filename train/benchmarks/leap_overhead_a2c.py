@@ -27,7 +27,7 @@ from metarl.base import MetaOptimizerConfig
 from metarl.leap import Leap, LeapConfig
 from metarl.seam import NULL_WATCH
 
-from ._common import machine, parser, torch_threads
+from ._common import atari_game, machine, parser, torch_threads
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -41,7 +41,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=1)
     p.add_argument("--loss", choices=("on", "off"), default="on", help="Leap's loss term on the manifold")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.game = atari_game(args.game)
+    return args
 
 
 def _one_run(args, cfg: A2CConfig, leap: bool) -> tuple[float, float]:

@@ -7,7 +7,6 @@ costs in the maze experiment. A few warm-up iterations, then the median of the t
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
 from agents.recurrent import MODELS, build_model
 from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch
+
+from ._common import BenchParser
 
 DEFAULT_MODELS = "rnn,lstm,warp-rnn"
 
@@ -60,7 +61,7 @@ def time_iterations(
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="metarl bench maze-iteration", description=__doc__.splitlines()[0])
+    parser = BenchParser(prog="metarl bench maze-iteration", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {sorted(MODELS)}")
     parser.add_argument("--mazes", type=int, default=30, help="mazes (episodes) per batch")
     parser.add_argument("--steps", type=int, default=200, help="episode length T")
