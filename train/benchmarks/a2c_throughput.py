@@ -1,4 +1,4 @@
-"""A2C throughput on Atari: our loop vs Stable-Baselines3 ``A2C("CnnPolicy")``, in one process.
+"""A2C throughput on Atari: our loop vs Stable-Baselines3 ``A2C("CnnPolicy")``, in one run.
 
 Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; env steps per second):
 
@@ -18,7 +18,7 @@ Variants run in alternating rounds and the median per variant is reported, so a 
 comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
 torch's own default, one thread per core, as SB3 users run it and as the Atari configs train.
 
-    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]
+    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]    (through `metarl`: see above)
 """
 
 from __future__ import annotations
