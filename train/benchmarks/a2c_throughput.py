@@ -10,15 +10,15 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
 
-Each variant runs in its own child process, so none pays for another's objects and threads (SB3 built in
-the same process cost our loop ≈ 10 %). The SB3 children get OpenMP's default idle spin, as SB3's users run
-it; ours get the short spin the ``metarl`` command sets (``train.runtime.short_openmp_spin``).
+Each variant runs in its own child process, set up as its users run it: SB3 with glibc's and OpenMP's
+defaults, ours with what the ``metarl`` command sets (``train/runtime.py``: freed memory kept in the heap, a
+short OpenMP idle spin). Run it through ``metarl bench``, which sets the spin before torch loads.
 
 Variants run in alternating rounds and the median per variant is reported, so a background load that
 comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
 torch's own default, one thread per core, as SB3 users run it and as the Atari configs train.
 
-    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]    (through `metarl`: see above)
+    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..runtime import keep_freed_memory
 from ._common import atari_game, machine, parser, torch_threads
 
 VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
@@ -158,6 +159,8 @@ def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
 
 def _serve(args) -> None:
     """Child side of :func:`_in_child`: answer each line on stdin with one round's steps per second."""
+    if not args.serve.startswith("sb3"):
+        keep_freed_memory()                                # as `metarl train` runs our loop
     measure = None
     for line in sys.stdin:
         if measure is None:
