@@ -8,7 +8,8 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``ours_overlap``    the same with ``--groups`` env groups: EnvPool steps one while the network computes;
 - ``ours_bf16``       ``ours`` with the encoder autocast to bfloat16 (``A2CConfig.precision="bf16"``);
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
-- ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py).
+- ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py);
+- ``sb3_gym_tuned``   ``sb3_gym`` with our process settings (below), to separate them from our loop's own gain.
 
 Each variant runs in its own child process, set up as its users run it: SB3 with glibc's and OpenMP's
 defaults, ours with what the ``metarl`` command sets (``train/runtime.py``: freed memory kept in the heap, a
@@ -39,7 +40,8 @@ import torch
 from ..runtime import keep_freed_memory
 from ._common import atari_game, machine, parser, torch_threads
 
-VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym")
+VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym",
+            "sb3_gym_tuned")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -134,13 +136,18 @@ def _maker(args, variant: str) -> Callable[[], float]:
     return {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
             "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
             "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
-            "sb3_envpool": lambda: _sb3(args, "envpool"), "sb3_gym": lambda: _sb3(args, "gymnasium")}[variant]()
+            "sb3_envpool": lambda: _sb3(args, "envpool"), "sb3_gym": lambda: _sb3(args, "gymnasium"),
+            "sb3_gym_tuned": lambda: _sb3(args, "gymnasium")}[variant]()
+
+
+def _as_users_run_sb3(variant: str) -> bool:
+    return variant.startswith("sb3") and not variant.endswith("_tuned")
 
 
 def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
     """``variant`` built in a child process; each call measures one round there."""
     env = dict(os.environ)
-    if variant.startswith("sb3"):
+    if _as_users_run_sb3(variant):
         env.pop("GOMP_SPINCOUNT", None)
     child = subprocess.Popen([sys.executable, "-m", __name__, *argv, "--serve", variant], env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -159,7 +166,7 @@ def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
 
 def _serve(args) -> None:
     """Child side of :func:`_in_child`: answer each line on stdin with one round's steps per second."""
-    if not args.serve.startswith("sb3"):
+    if not _as_users_run_sb3(args.serve):
         keep_freed_memory()                                # as `metarl train` runs our loop
     measure = None
     for line in sys.stdin:
@@ -192,7 +199,7 @@ def run(argv: list[str]) -> dict:
         spread = ", ".join(f"{s:.0f}" for s in samples[v])
         print(f"{v:>15}: {sps:7.0f} env steps/s  (rounds: {spread})")
     for ours in ("ours", "ours_bf16"):
-        for ref in ("sb3_envpool", "sb3_gym"):
+        for ref in ("sb3_envpool", "sb3_gym", "sb3_gym_tuned"):
             if ours in variants and ref in variants:
                 key = f"ratio_{ours}_{ref}"
                 result[key] = round(result[f"{ours}_sps"] / result[f"{ref}_sps"], 3)
