@@ -72,6 +72,7 @@ CASES = [
     (["train", TINY, "tiered.root=/nonexistent/tiered"], "/nonexistent/tiered"),
     (["train", CFG, "task=tiered"], "unknown config key 'sine'"),
     (["train", CFG, "eval.split=train"], "'eval.split' must be val or test"),
+    (["train", CFG, "eval.periodic_split=train"], "'eval.periodic_split' must be val, test or empty"),
     (["train", CFG, "run.keep=0"], "'run.keep' must be positive"),
     (["train", CFG, "seed=-1"], "'seed' must be >= 0"),
     (["train", CFG, "name="], "'name' must be a non-empty name"),

@@ -73,6 +73,24 @@ def test_tensorboard_scalars_and_eval_cli(tmp_path, capsys):
     assert '"auc"' in capsys.readouterr().out
 
 
+def test_periodic_evaluations_on_their_own_split(tmp_path):
+    """eval.periodic_split=val: validation curves while training (eval_val/*), the final test on eval/*; the
+    final evaluation equals `metarl eval --split test` and the periodic one `--split val` at that step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from train.evaluate import evaluate_run
+
+    cfg = cfg_for("leap", "meta.steps=2", "eval.every=1", "eval.tasks=2", "eval.split=test",
+                  "eval.periodic_split=val")
+    result = train(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval_val/auc")] == [1]
+    assert [e.step for e in acc.Scalars("eval/auc")] == [2]
+    assert acc.Scalars("eval/auc")[0].value == pytest.approx(result["auc"])
+    assert evaluate_run(tmp_path, "test")["auc"] == pytest.approx(result["auc"])
+    assert evaluate_run(tmp_path, "val")["auc"] != pytest.approx(result["auc"])     # other tasks
+
+
 def test_every_method_trains(tmp_path):
     for method in ("fomaml", "maml", "finetune"):
         cfg = cfg_for(method, "meta.steps=2", "eval.tasks=1")

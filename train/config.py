@@ -55,7 +55,8 @@ class EvalConfig:
     every: int = 20                 # meta-steps between held-out evaluations (0: only at the end)
     tasks: int = 5
     steps: int = 0                  # adaptation steps at evaluation (0: inner.steps)
-    split: str = "test"
+    split: str = "test"             # the final evaluation's split (also `metarl eval`'s default)
+    periodic_split: str = ""        # the evaluations every `every` meta-steps ("": split); e.g. val while training
 
 
 @dataclass
@@ -283,6 +284,9 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"config key 'meta.head' must be reset or learned, got {cfg.meta.head!r}")
     if cfg.eval.split not in ("val", "test"):
         raise ConfigError(f"config key 'eval.split' must be val or test, got {cfg.eval.split!r}")
+    if cfg.eval.periodic_split not in ("", "val", "test"):
+        raise ConfigError(f"config key 'eval.periodic_split' must be val, test or empty (eval.split), "
+                          f"got {cfg.eval.periodic_split!r}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {cfg.name!r}")
 

@@ -308,7 +308,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
                 bar.update(1)
             if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps \
                     and not hasattr(adapter, "evaluate_run"):      # whole-protocol evaluations run at the end
-                logger.scalars({f"eval/{k}": v for k, v in evaluate(cfg, adapter, meta)[0].items()}, step)
+                split = cfg.eval.periodic_split or cfg.eval.split
+                # a split other than the final evaluation's gets its own curves: eval_val/accuracy, ...
+                prefix = "eval" if split == cfg.eval.split else f"eval_{split}"
+                logger.scalars({f"{prefix}/{k}": v for k, v in evaluate(cfg, adapter, meta, split)[0].items()}, step)
             if progress is not None:
                 progress(step, values)
 
