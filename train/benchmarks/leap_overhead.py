@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from metarl import NULL_WATCH, Leap, LeapConfig
 from train.tasks.omniglot import OmniConv
 
-from ._common import median, parser, timed_both
+from ._common import median, parser, timed_both, torch_threads
 
 
 def inner_loop(model: torch.nn.Module, steps: int, x: torch.Tensor, y: torch.Tensor, meta: Leap | None) -> None:
@@ -32,24 +32,24 @@ def run(argv: list[str]) -> dict:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=20)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    model = OmniConv(num_classes=20, generator=g).to(memory_format=torch.channels_last)   # as the adapter builds it
-    x = torch.rand(16, args.batch, 1, 28, 28, generator=g)
-    y = torch.randint(0, 20, (16, args.batch), generator=g)
-    meta = Leap(model, LeapConfig(p=1, loss=True, stabilizer=True))
-    inner_loop(model, 50, x, y, None)          # warm-up
-    inner_loop(model, 50, x, y, meta)
-    plain, leap = [], []
-    for r in range(args.rounds):
-        plain.append(timed_both(lambda: inner_loop(model, args.steps, x, y, None)))
-        leap.append(timed_both(lambda: inner_loop(model, args.steps, x, y, meta)))
-        print(f"round {r}: without Leap {plain[-1][0]:.3f} s ({plain[-1][1]:.3f} s CPU), "
-              f"with Leap {leap[-1][0]:.3f} s ({leap[-1][1]:.3f} s CPU)")
+    with torch_threads(args.threads) as threads:
+        g = torch.Generator().manual_seed(0)
+        model = OmniConv(num_classes=20, generator=g).to(memory_format=torch.channels_last)   # as the adapter builds it
+        x = torch.rand(16, args.batch, 1, 28, 28, generator=g)
+        y = torch.randint(0, 20, (16, args.batch), generator=g)
+        meta = Leap(model, LeapConfig(p=1, loss=True, stabilizer=True))
+        inner_loop(model, 50, x, y, None)          # warm-up
+        inner_loop(model, 50, x, y, meta)
+        plain, leap = [], []
+        for r in range(args.rounds):
+            plain.append(timed_both(lambda: inner_loop(model, args.steps, x, y, None)))
+            leap.append(timed_both(lambda: inner_loop(model, args.steps, x, y, meta)))
+            print(f"round {r}: without Leap {plain[-1][0]:.3f} s ({plain[-1][1]:.3f} s CPU), "
+                  f"with Leap {leap[-1][0]:.3f} s ({leap[-1][1]:.3f} s CPU)")
     params = sum(p.numel() for p in model.parameters())
     wall = [median([t[0] for t in xs]) for xs in (plain, leap)]
     cpu = [median([t[1] for t in xs]) for xs in (plain, leap)]
-    out = {"steps": args.steps, "batch": args.batch, "params": params, "threads": args.threads, "rounds": args.rounds,
+    out = {"steps": args.steps, "batch": args.batch, "params": params, "threads": threads, "rounds": args.rounds,
            "without_leap_s": wall[0], "with_leap_s": wall[1], "ratio": wall[1] / wall[0],
            "without_leap_cpu_s": cpu[0], "with_leap_cpu_s": cpu[1], "cpu_ratio": cpu[1] / cpu[0]}
     print(f"Leap overhead: {out['ratio']:.4f}x wall, {out['cpu_ratio']:.4f}x CPU over {args.steps} steps "
