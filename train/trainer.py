@@ -135,9 +135,9 @@ def evaluate(cfg: Config, adapter: Any, meta: MetaLearner, split: str | None = N
         model, curve = run_task(cfg, adapter, meta, task, generator, steps, watched=False)
         curves.append(curve)
         rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **(metrics or adapter.evaluate)(task, model)})
-    metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    metrics.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]})
-    return metrics, np.mean(curves, axis=0).tolist()
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    summary.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]})
+    return summary, np.mean(curves, axis=0).tolist()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ Deviations from the original code, on purpose:
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import io
 import math
