@@ -111,11 +111,12 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(model: nn.Module, cfg: A2CConfig) -> torch.optim.Optimizer:
-    """The inner-loop optimiser over every parameter of ``model``."""
+def make_optimizer(params: Iterable[nn.Parameter], cfg: A2CConfig) -> torch.optim.Optimizer:
+    """The inner-loop optimiser over ``params`` (e.g. ``model.parameters()``, or the task parameters the
+    meta-learner lets the task step)."""
     if cfg.optimizer == "rmsprop_tf":
-        return RMSpropTF(model.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
-    return torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+        return RMSpropTF(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
 
 
 # -- episode statistics -----------------------------------------------------------------------------------

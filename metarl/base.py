@@ -1,17 +1,20 @@
 """The MetaLearner protocol shared by every method.
 
 A meta-learner owns an initialisation θ⁰ (parameters and buffers of a task model) and the
-meta-optimiser over the meta-learned part of it. The trainer uses four calls:
+meta-optimiser over the meta-learned part of it. The trainer talks to it only through this protocol:
 
-    meta.load_init(model)                       # a task starts at the current initialisation
-    with meta.watch(model, optimizer, task):    # observe one task's inner loop through the seam
-        ...
-    logs = meta.meta_step()                     # apply the meta-gradient averaged over the meta-batch
-    meta.state_dict() / meta.load_state_dict()  # exact resume
+    meta = Method.build(template, cfg, head=adapter.head, **common)   # from the registry (metarl.registry)
+    meta.load_init(model); meta.prepare(model, task)   # a task starts at the current initialisation
+    params = meta.task_parameters(model)               # what the task's optimiser may step
+    curve = meta.run_task(adapter, task, model, optimizer, steps)   # adapt under the method's watch
+    meta.all_reduce(reduce)                            # sum the meta-batch over workers (torchrun)
+    logs = meta.meta_step()                            # apply the meta-gradient averaged over the meta-batch
+    meta.state_dict() / meta.load_state_dict()         # exact resume
 
-Subclasses supply ``observers()`` — the maths of the method — and nothing else. Meta-gradients are
-accumulated per task and merged into the meta-batch sum only when finite, so a diverged task never
-reaches the initialisation.
+A method observing the optimiser-step seam supplies ``observers()`` — its maths — and nothing else.
+Methods that differentiate through the inner loop instead (MAML, Lazy) override ``run_task``.
+Meta-gradients are accumulated per task and merged into the meta-batch sum only when finite, so a
+diverged task never reaches the initialisation.
 """
 
 from __future__ import annotations
@@ -82,6 +85,13 @@ class MetaLearner:
     """
 
     name = "base"
+    continual = False       # True: can meta-learn over one never-reset task stream (Algorithm 3, meta.every)
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = (), **common: Any) -> "MetaLearner":
+        """The method over ``model`` from a run config ``cfg`` (its ``leap``, ``maml`` or method section);
+        ``head``: the task family's output-head prefixes; ``common``: meta_optimizer, include, exclude."""
+        return cls(model, **common)
 
     def __init__(self, model: nn.Module, meta_optimizer: MetaOptimizerConfig | None = None,
                  include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
@@ -123,6 +133,16 @@ class MetaLearner:
     def prepare(self, model: nn.Module, task: Any = None) -> None:
         """Method-specific set-up of a task model after ``load_init`` (e.g. fine-tuning's task head)."""
 
+    def task_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """What the task's optimiser steps: every trainable parameter (WarpGrad keeps its warps out)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def run_task(self, adapter: Any, task: Any, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
+                 clip_grad_norm: float | None = None) -> list[float]:
+        """Adapt one task under this method's watch, adding its meta-gradient; returns the loss curve."""
+        with self.watch(model, optimizer, task) as watch:
+            return adapter.adapt(task, model, optimizer, steps, watch, clip_grad_norm=clip_grad_norm)
+
     def watched(self, model: nn.Module) -> list[Tensor]:
         named = dict(model.named_parameters())
         return [named[n] for n in self.names]
@@ -141,11 +161,6 @@ class MetaLearner:
             self.tasks += 1
         else:
             self.skipped += 1
-
-    def flush(self) -> None:
-        """Merge the running task's meta-gradient so far (continual mode: meta-steps inside a task)."""
-        self._merge_task()
-        torch._foreach_zero_(self._task_acc)
 
     def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
         """Sum the meta-batch accumulators over workers with ``reduce`` (in place), before ``meta_step``."""

@@ -16,6 +16,10 @@ from .seam import Observer, OptimizerWatch
 class FineTuning(MetaLearner):
     name = "finetune"
 
+    @classmethod
+    def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":
+        return cls(model, head=tuple(head), **common)
+
     def __init__(self, model: nn.Module, head: Sequence[str] = ("head.",), **kwargs: Any) -> None:
         kwargs["exclude"] = tuple(kwargs.get("exclude", ())) + tuple(head)
         super().__init__(model, **kwargs)

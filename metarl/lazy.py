@@ -38,7 +38,7 @@ under ``torch.no_grad``; each step's graph is freed before the next. The teacher
 statistics — φ_K (A) or Σ_k g_k (B) — and its graph has the same size for every K. ``keep_trajectory``
 additionally records every φ_k and g_k (detached) for tests and diagnostics.
 
-Protocol: like :class:`~metarl.maml.MAML`, ``differentiable = True``; the trainer calls
+Protocol: like :class:`~metarl.maml.MAML`, ``run_task`` differentiates through loops of its own; it calls
 ``accumulate(model, loss_fn)`` with ``loss_fn(model, split)`` drawing a batch of ``split`` ("train": the
 student's steps and C's support step; "query": the teacher's outer loss). A task whose student or teacher
 loss is non-finite is skipped (``meta/skipped_tasks``) and never reaches θ or η.
@@ -115,7 +115,10 @@ class Lazy(MetaLearner):
     """Lazy teacher–student leap over ``model``'s parameters (see the module docstring)."""
 
     name = "lazy"
-    differentiable = True      # the trainer calls accumulate() instead of watching an optimiser
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "Lazy":
+        return cls(model, cfg.method_config, **common)
 
     def __init__(self, model: nn.Module, config: LazyConfig | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -139,6 +142,11 @@ class Lazy(MetaLearner):
 
     def observers(self, task: Any = None) -> list:
         return []
+
+    def run_task(self, adapter: Any, task: Any, model: nn.Module, optimizer: Any, steps: int,
+                 clip_grad_norm: float | None = None) -> list[float]:
+        """The student and teacher run their own differentiable loops instead of watching ``optimizer``."""
+        return self.accumulate(model, lambda m, split: task.loss(m, task.batch(split)))
 
     # -- the student ---------------------------------------------------------------------------------------
     def _rates(self, like: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -32,7 +32,11 @@ class _Functional(nn.Module):
 
 class MAML(MetaLearner):
     name = "maml"
-    differentiable = True      # the trainer calls accumulate() instead of watching an optimiser
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "MAML":
+        return cls(model, inner_lr=cfg.maml.inner_lr, inner_steps=cfg.maml.steps,
+                   first_order=cfg.maml.first_order, **common)
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.1, inner_steps: int = 5,
                  first_order: bool = False, **kwargs: Any) -> None:
@@ -43,6 +47,11 @@ class MAML(MetaLearner):
 
     def observers(self, task=None) -> list:
         return []
+
+    def run_task(self, adapter: Any, task: Any, model: nn.Module, optimizer: Any, steps: int,
+                 clip_grad_norm: float | None = None) -> list[float]:
+        """Backpropagates through its own ``inner_steps`` instead of watching ``optimizer``."""
+        return self.accumulate(model, lambda m, split: task.loss(m, task.batch(split)))
 
     def accumulate(self, model: nn.Module, loss_fn: Callable[[nn.Module, str], Tensor]) -> list[float]:
         """Add one task's meta-gradient. ``loss_fn(model, split)`` draws a batch of ``split``

@@ -7,6 +7,7 @@ from .base import MetaLearner
 
 class NoPretraining(MetaLearner):
     name = "no_pretraining"
+    continual = True        # nothing to meta-learn: a never-reset learner simply trains (the maze baselines)
 
     def observers(self, task=None) -> list:
         return []

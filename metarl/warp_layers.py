@@ -35,7 +35,17 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
 }
 
-WARP_KINDS = ("linear", "conv1x1", "scale", "nonlinear", "residual", "linear_mlp", "residual_mlp", "identity")
+# The one registry of warp kinds (what make_warp builds): kind -> what it warps. "conv": a convolution on
+# N×C×H×W feature maps (takes ``batch_norm``); "map": other feature-map warps; "vector": feature vectors;
+# "any": shape-agnostic. Task configs offer the subsets below (plus their own "none": no warp layers).
+WARP_REGISTRY: dict[str, str] = {
+    "linear": "conv", "conv1x1": "conv", "scale": "map", "nonlinear": "conv", "residual": "conv",
+    "linear_mlp": "vector", "residual_mlp": "vector", "identity": "any",
+}
+WARP_KINDS = tuple(WARP_REGISTRY)
+CONV_WARP_KINDS = tuple(k for k, on in WARP_REGISTRY.items() if on == "conv")
+MAP_WARP_KINDS = tuple(k for k, on in WARP_REGISTRY.items() if on in ("conv", "map"))
+VECTOR_WARP_KINDS = tuple(k for k, on in WARP_REGISTRY.items() if on == "vector")
 INITS = ("default", "identity")
 
 
@@ -193,9 +203,8 @@ def make_warp(kind: str, channels: int, out_channels: int | None = None, *, acti
     """
     if kind not in WARP_KINDS:
         raise ValueError(f"unknown warp kind {kind!r}; choose one of {', '.join(WARP_KINDS)}")
-    conv_kinds = ("linear", "conv1x1", "nonlinear", "residual")
-    if batch_norm and kind not in conv_kinds:
-        raise ValueError(f"batch_norm is only available for the conv warps ({', '.join(conv_kinds)})")
+    if batch_norm and kind not in CONV_WARP_KINDS:
+        raise ValueError(f"batch_norm is only available for the conv warps ({', '.join(CONV_WARP_KINDS)})")
     if kind == "linear":
         return WarpConv2d(channels, out_channels, 3, hidden_channels=hidden, activation=activation,
                           batch_norm=batch_norm, init=init)

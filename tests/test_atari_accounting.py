@@ -225,7 +225,7 @@ def test_train_agent_reports_games_with_global_steps():
     model = PixelValue()
     cfg = A2CConfig(num_envs=2, n_steps=5)
     seen = []
-    result = train_agent(env, model, make_optimizer(model, cfg), total_steps=30, cfg=cfg,
+    result = train_agent(env, model, make_optimizer(model.parameters(), cfg), total_steps=30, cfg=cfg,
                          on_episode=seen.append, final_loss=True)
     assert result.updates == 3 and result.env_steps == 40     # 3 updates + the final-loss rollout
     assert len(result.losses) == 4 and result.final_loss == result.losses[-1]

@@ -75,8 +75,8 @@ def _pong_run(groups: int):
     envs = make_atari_groups("Pong", cfg.num_envs, seed=1, groups=groups, backend="envpool")
     model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]
-    result = train_agent(envs, model, make_optimizer(model, cfg), total_steps=200, cfg=cfg, final_loss=True,
-                         generator=torch.Generator().manual_seed(0))
+    result = train_agent(envs, model, make_optimizer(model.parameters(), cfg), total_steps=200, cfg=cfg,
+                         final_loss=True, generator=torch.Generator().manual_seed(0))
     return result, before, model
 
 
@@ -148,7 +148,7 @@ def test_adapter_with_leap_on_the_encoder_only():
     model = adapter.make_model(torch.Generator().manual_seed(1), task)
     assert model.policy.out_features == 4
     meta.load_init(model, skip=adapter.head)
-    optimizer = adapter.make_optimizer(model)
+    optimizer = adapter.make_optimizer(model, meta.task_parameters(model), None)   # A2C RMSprop: inner.* unused
     with meta.watch(model, optimizer, task) as watch:
         curve = adapter.adapt(task, model, optimizer, steps=100, watch=watch)
     assert len(curve) == 6 and all(np.isfinite(curve))
@@ -173,7 +173,7 @@ def test_max_heads_leave_unused_logits_untouched():
     model = adapter.make_model(torch.Generator().manual_seed(0), task)
     assert model.policy.out_features == 6                   # Pong's 6; Breakout uses the first 4
     before = model.policy.weight.detach().clone()
-    adapter.adapt(task, model, adapter.make_optimizer(model), steps=30)
+    adapter.adapt(task, model, adapter.make_optimizer(model, model.parameters(), None), steps=30)
     after = model.policy.weight.detach()
     assert not torch.equal(after[:4], before[:4])
     torch.testing.assert_close(after[4:], before[4:], rtol=0, atol=0)

@@ -33,7 +33,7 @@ def test_two_ranks_match_one_for_leap(tmp_path):
 
 
 def test_two_ranks_match_one_for_online_warpgrad(tmp_path):
-    from train.tasks.tiered import make_tiny_tiered
+    from tiered_fixture import make_tiny_tiered
     root = make_tiny_tiered(tmp_path / "data", seed=0, images_per_class=30)
     cfg = str(ROOT / "configs" / "tiered_leap_tiny.yaml")
     extra = ["method=warpgrad", "tiered.warp=linear", "warpgrad.algorithm=online", f"tiered.root={root}",

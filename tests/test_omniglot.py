@@ -177,8 +177,8 @@ def test_same_seed_same_task_and_batches(adapter):
 def test_fixed_characters_pins_each_alphabets_task(data):
     fixed = OmniglotAdapter(OmniglotConfig(cache_dir=None, fixed_characters=True), seed=3, data=data)
     alphabet = fixed.alphabets["test"][0]
-    t1 = fixed.make_task(alphabet, np.random.default_rng(1))
-    t2 = fixed.make_task(alphabet, np.random.default_rng(2))
+    t1 = fixed.make_task("test", alphabet, np.random.default_rng(1))
+    t2 = fixed.make_task("test", alphabet, np.random.default_rng(2))
     assert t1.characters == t2.characters and t1.seed != t2.seed
 
 
@@ -200,8 +200,8 @@ def test_augmentation_changes_images_deterministically(adapter):
     # fill 0 outside the source: the white background gains black corners
     assert (out1 == 0).flatten(1).float().mean(1).gt(raw.eq(0).flatten(1).float().mean(1)).any()
     plain = OmniglotAdapter(OmniglotConfig(cache_dir=None, augment=False), seed=3, data=adapter.data)
-    x, _ = plain.make_task(task.key, np.random.default_rng(0)).batch("test")
-    assert torch.equal(x, plain.make_task(task.key, np.random.default_rng(0)).test_images.unsqueeze(1) / 255)
+    x, _ = plain.make_task("train", task.key, np.random.default_rng(0)).batch("test")
+    assert torch.equal(x, plain.make_task("train", task.key, np.random.default_rng(0)).test_images.unsqueeze(1) / 255)
 
 
 def test_affine_geometry():

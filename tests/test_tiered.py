@@ -1,6 +1,6 @@
 """tieredImageNet multi-shot adapter on small pickles written in the release's exact format.
 
-The real release (≈13 GB) is not needed: :func:`write_tiered_pickles` writes ``{split}_images_png.pkl`` /
+The real release (≈13 GB) is not needed: :func:`write_tiered_pickles` (tests/tiered_fixture.py) writes ``{split}_images_png.pkl`` /
 ``{split}_labels.pkl`` as the original did (OpenCV PNG buffers, a labels dict), including Python-2 style
 protocol-2 streams, and :func:`make_tiny_tiered` builds a small learnable release for the task tests.
 """
@@ -21,7 +21,9 @@ from metarl.warpgrad import WarpGrad
 from train.errors import ConfigError, DataError
 from train.tasks.base import supervised_adapt
 from train.tasks.tiered import (TieredAdapter, TieredConfig, TieredConv, TieredSplit, images_path, labels_path,
-                                load_pickle, make_tiny_tiered, write_tiered_pickles)
+                                load_pickle)
+
+from tiered_fixture import make_tiny_tiered, write_tiered_pickles
 
 SMALL = dict(shots=12, test_per_class=6, batch_size=20, filters=(8, 8, 16, 16, 16, 16), cache_images=256)
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from tiered_fixture import make_tiny_tiered
 from train.config import load_config
-from train.tasks.tiered import make_tiny_tiered
 from train.trainer import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import json
+import os
 import pkgutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+from .errors import UserError, clip
 from .runtime import keep_freed_memory, short_openmp_spin
-from .errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,42 +49,79 @@ def _benchmarks() -> list[str]:
     return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(benchmarks.__path__))
 
 
+def _main_rank() -> bool:
+    """Rank 0 (or no torchrun): the process that guards and writes the run directory."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .checkpoint import dumps_json, remove_temp_files
+    from .config import check_resume_overrides, load_config
     from .distributed import init_world, shutdown
+    from .rundir import (RunLock, check_fresh, check_resumable, prepare_run_dir, resume_state,
+                         set_aside_unreadable_results)
     from .trainer import train
 
     # `metarl train --resume RUN_DIR key=value` puts the first override into `config`.
     overrides = list(args.overrides)
     config = args.config
-    if args.resume:
+    resume = bool(args.resume)
+    if resume:
         run_dir = Path(args.resume)
+        if args.run_dir:
+            raise UserError("--run-dir does not go with --resume: a resumed run stays in its RUN_DIR")
+        if config is not None:
+            if "=" not in config:
+                raise UserError(f"--resume continues {run_dir} with its own config.yaml: give key=value "
+                                f"overrides, not a CONFIG file ({config})")
+            overrides.insert(0, config)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume: {run_dir} has no config.yaml")
-        if config is not None and "=" in config:
-            overrides.insert(0, config)
+        saved = load_config(run_dir / "config.yaml")
         cfg = load_config(run_dir / "config.yaml", overrides)
+        check_resume_overrides(saved, cfg)      # before anything is written
     else:
         if config is None:
             raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
-    world = init_world()
+    args.active_run_dir = run_dir
+    lock = None
+    if _main_rank():                            # rank 0 guards the directory; the others use it
+        run_dir = prepare_run_dir(run_dir, resume)
+        lock = RunLock(run_dir).acquire()
     try:
-        run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
-        result = train(cfg, run_dir, resume=bool(args.resume), world=world)
+        if lock is not None:
+            if resume:
+                remove_temp_files(run_dir)      # left by a writer killed mid-write (we hold the lock)
+                check_resumable(run_dir, cfg, resume_state(run_dir))
+                set_aside_unreadable_results(run_dir, log=lambda msg: print(msg, file=sys.stderr))
+            else:
+                check_fresh(run_dir)
+        world = init_world()
+        try:
+            run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
+            args.active_run_dir = run_dir
+            result = train(cfg, run_dir, resume=resume, world=world)
+        finally:
+            shutdown(world)
     finally:
-        shutdown(world)
+        if lock is not None:
+            lock.release()
     if world.is_main:
-        print(json.dumps(result))
+        print(dumps_json(result))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
+    from .checkpoint import dumps_json
     result = evaluate_run(Path(args.run_dir), args.split)
-    print(json.dumps(result))
+    print(dumps_json(result))
     return 0
 
 
@@ -91,7 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"unknown benchmark {args.name!r} (valid: {', '.join(names)})")
     module = importlib.import_module(f"train.benchmarks.{args.name.replace('-', '_')}")
     figures = module.run(list(args.args))
-    print(json.dumps(figures))
+    from .checkpoint import dumps_json
+    print(dumps_json(figures))
     return 0
 
 
@@ -100,6 +141,37 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = plot_runs([Path(d) for d in args.run_dirs], tag=args.tag, out=args.out)
     print(f"wrote {out}")
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like SIGINT: the step in progress is abandoned, checkpoints are kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stop(signum: int, frame) -> None:
+    for sig in STOP_SIGNALS:                    # a second signal during the clean-up ends the process
+        signal.signal(sig, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """While a command runs, SIGTERM and SIGHUP raise :class:`Stopped` (a KeyboardInterrupt)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,13 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}[args.command]
     try:
-        return command(args)
+        with _stop_signals():
+            return command(args)
     except UserError as e:
-        print(f"metarl: error: {e}", file=sys.stderr)
+        print(f"metarl: error: {clip(str(e), 1000)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("metarl: interrupted (the last checkpoint is kept; continue with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        run_dir = getattr(args, "active_run_dir", None)
+        how = "interrupted"
+        code = 130
+        if isinstance(e, Stopped):
+            how = f"stopped by {signal.Signals(e.signum).name}"
+            code = 128 + e.signum
+        where = f"metarl train --resume {run_dir}" if run_dir is not None else "metarl train --resume RUN_DIR"
+        if args.command == "train":
+            print(f"metarl: {how} (the last checkpoint is kept; continue with {where})", file=sys.stderr)
+        else:
+            print(f"metarl: {how}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

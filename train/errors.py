@@ -11,3 +11,19 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
+
+
+class RunDirError(UserError):
+    """The run directory cannot be used: in use by another run, not empty, not a writable folder, disk full."""
+
+
+MAX_MESSAGE = 300
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line and at most ``limit`` characters (error messages quote what the user gave)."""
+    raw = str(text)
+    text = " ".join(raw[:4 * limit].split())
+    if len(text) <= limit and len(raw) <= 4 * limit:
+        return text
+    return text[:limit - 1] + "…"

@@ -20,16 +20,13 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
-    adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)
-    if hasattr(adapter, "run"):
-        raise UserError(f"task {cfg.task!r} has no held-out initialisation to evaluate: its results are in "
-                        f"{run_dir / 'result.json'} and its TensorBoard curves")
-    adapter, meta = setup(cfg, adapter)
+    adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
     loaded = load_latest(run_dir)
     if loaded is None:
         raise UserError(f"run directory {run_dir} has no readable checkpoint")
     state, path = loaded
     meta.load_state_dict(state["meta"])
+    adapter.load_state_dict(state.get("adapter", {}))
     return cfg, adapter, meta, path
 
 
@@ -37,8 +34,8 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
     cfg, adapter, meta, path = load_run(run_dir, [f"eval.split={split}"] if split else [])
     step = meta.meta_steps
     logger = Logger(run_dir, purge_step=None)
-    if hasattr(adapter, "evaluate_run"):      # task families with their own protocol (Atari: games × seeds)
-        out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)
+    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)    # a family's own protocol (Atari: games × seeds)
+    if out is not None:
         logger.close()
         return out
     result, curve = evaluate(cfg, adapter, meta)

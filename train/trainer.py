@@ -1,8 +1,11 @@
 """The meta-training loop: sample a meta-batch of tasks → adapt each under the meta-learner's watch →
-meta-step. The trainer owns logging, evaluation and checkpoints; methods and tasks own none of that.
+meta-step (episodic, Algorithm 1), or one never-reset task learner adapted ``meta.every`` steps at a time
+with a meta-step after each window (continual, ``meta.every`` > 0, WarpGrad's Algorithm 3). The trainer owns
+logging, evaluation and checkpoints; methods and tasks own none of that, and the trainer reaches them only
+through their protocols (metarl.base.MetaLearner, train.tasks.base.TaskAdapter).
 
-Randomness is derived from (seed, meta-step), never carried in hidden state, so a resumed run draws
-exactly the tasks and batches an uninterrupted run would.
+Randomness is derived from (seed, meta-step), never carried in hidden state (train.seeding), so a resumed
+run draws exactly the tasks and batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -17,58 +20,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from metarl import FOMAML, MAML, FineTuning, Leap, MetaLearner, NoPretraining, Reptile
-from metarl.base import MetaOptimizerConfig, make_optimizer
-from metarl.seam import Observer
+from metarl import MetaLearner
+from metarl.registry import method_class
 
 from .checkpoint import load_latest, save_checkpoint
 from .config import Config, config_to_yaml
 from .distributed import World
 from .errors import ConfigError
+from .seeding import FIXED, step_generators
 from .tasks import build_adapter
-from .tasks.base import curve_auc
+from .tasks.base import TaskAdapter, curve_auc
 
 
 # ------------------------------------------------------------------------------------------------
 # construction
 
 
-def build_meta_learner(cfg: Config, model: nn.Module, adapter: Any) -> MetaLearner:
-    """The method named by ``cfg.method`` over ``model``'s parameters (head excluded when re-drawn)."""
+def build_meta_learner(cfg: Config, model: nn.Module, adapter: TaskAdapter) -> MetaLearner:
+    """The method named by ``cfg.method`` (metarl.registry) over ``model``'s parameters (head excluded when
+    re-drawn)."""
     exclude = list(cfg.meta.exclude) + (list(adapter.head) if cfg.meta.head == "reset" else [])
-    common = dict(meta_optimizer=cfg.meta.optimizer, include=list(cfg.meta.include), exclude=exclude)
-    if cfg.method == "leap":
-        return Leap(model, cfg.leap, **common)
-    if cfg.method == "reptile":
-        return Reptile(model, **common)
-    if cfg.method == "fomaml":
-        return FOMAML(model, **common)
-    if cfg.method == "maml":
-        return MAML(model, inner_lr=cfg.maml.inner_lr, inner_steps=cfg.maml.steps,
-                    first_order=cfg.maml.first_order, **common)
-    if cfg.method == "finetune":
-        return FineTuning(model, head=tuple(adapter.head), **common)
-    if cfg.method == "no_pretraining":
-        return NoPretraining(model, **common)
-    if cfg.method == "warpgrad":
-        from metarl.warpgrad import WarpGrad
-        return WarpGrad(model, cfg.method_config, leap=cfg.leap, **common)
-    if cfg.method == "lazy":
-        from metarl.lazy import Lazy
-        return Lazy(model, cfg.method_config, **common)
-    raise ValueError(f"unknown method {cfg.method!r}")
+    return method_class(cfg.method).build(model, cfg, head=tuple(adapter.head), meta_optimizer=cfg.meta.optimizer,
+                                          include=list(cfg.meta.include), exclude=exclude)
 
 
-FIXED = 2**32 - 1   # the "meta-step" key of draws that must not depend on the step (template, held-out)
-
-
-def step_generators(seed: int, step: int, stream: int = 0) -> tuple[np.random.Generator, torch.Generator]:
-    """Independent NumPy and torch generators for one (seed, meta-step, stream)."""
-    rng = np.random.default_rng([seed, step, stream])
-    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
-
-
-def task_model(adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
+def task_model(adapter: TaskAdapter, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
     """A model at the current initialisation. Under ``head: reset`` every method starts every task from
     a freshly drawn output head (drawn from ``generator``); under ``learned`` the head comes from θ⁰."""
     model = adapter.make_model(generator, task)
@@ -77,45 +53,22 @@ def task_model(adapter: Any, meta: MetaLearner, task: Any, generator: torch.Gene
     return model
 
 
-def task_parameters(model: nn.Module, meta: MetaLearner) -> list[nn.Parameter]:
-    """What the inner optimiser steps: everything except warp parameters (WarpGrad keeps them fixed)."""
-    if hasattr(meta, "task_parameters"):
-        return list(meta.task_parameters(model))
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def inner_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
-    inner = cfg.inner
-    return make_optimizer(params, MetaOptimizerConfig(name=inner.optimizer, lr=inner.lr, momentum=inner.momentum))
-
-
-def make_task_optimizer(adapter: Any, model: nn.Module, meta: MetaLearner, cfg: Config) -> torch.optim.Optimizer:
-    """The adapter's own optimiser where it has one (A2C's RMSprop), else ``inner.*`` over the task params."""
-    if hasattr(adapter, "make_optimizer") and not hasattr(meta, "task_parameters"):
-        return adapter.make_optimizer(model)
-    return inner_optimizer(task_parameters(model, meta), cfg)
-
-
-def run_task(cfg: Config, adapter: Any, meta: MetaLearner, task: Any, generator: torch.Generator,
+def run_task(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, task: Any, generator: torch.Generator,
              steps: int, watched: bool = True) -> tuple[nn.Module, list[float]]:
     """Adapt one task from the current initialisation; the meta-learner observes it when ``watched``."""
     model = task_model(adapter, meta, task, generator, cfg.meta.head)
+    optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
     clip = cfg.inner.clip_grad_norm or None
-    if watched and getattr(meta, "differentiable", False):      # MAML: backprop through the inner loop
-        return model, meta.accumulate(model, lambda m, split: task.loss(m, task.batch(split)))
-    optimizer = make_task_optimizer(adapter, model, meta, cfg)
     if not watched:
         return model, adapter.adapt(task, model, optimizer, steps, clip_grad_norm=clip)
-    with meta.watch(model, optimizer, task) as watch:
-        curve = adapter.adapt(task, model, optimizer, steps, watch, clip_grad_norm=clip)
-    return model, curve
+    return model, meta.run_task(adapter, task, model, optimizer, steps, clip)
 
 
 # ------------------------------------------------------------------------------------------------
 # evaluation
 
 
-def evaluate(cfg: Config, adapter: Any, meta: MetaLearner, split: str | None = None,
+def evaluate(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, split: str | None = None,
              metrics: Callable[[Any, nn.Module], dict[str, float]] | None = None
              ) -> tuple[dict[str, float], list[float]]:
     """Adapt fixed held-out tasks from the current initialisation; mean metrics over tasks.
@@ -185,7 +138,7 @@ class NullLogger:
         pass
 
 
-def setup(cfg: Config, adapter: Any = None) -> tuple[Any, MetaLearner]:
+def setup(cfg: Config, adapter: TaskAdapter = None) -> tuple[Any, MetaLearner]:
     """The task adapter and the meta-learner over its model, both from ``cfg``."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -196,20 +149,7 @@ def setup(cfg: Config, adapter: Any = None) -> tuple[Any, MetaLearner]:
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
-class MetaEvery(Observer):
-    """Continual mode: a meta-step every ``every`` task updates, inside the running task (Alg. 3 timing)."""
-
-    def __init__(self, meta: MetaLearner, every: int, on_step: Callable[[dict[str, float]], None]) -> None:
-        self.meta, self.every, self.on_step, self.updates = meta, every, on_step, 0
-
-    def after_step(self, params) -> None:
-        self.updates += 1
-        if self.updates % self.every == 0:
-            self.meta.flush()
-            self.on_step(self.meta.meta_step())
-
-
-def episodic_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,
+def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: World, unit: int,
                   log: Callable[[dict[str, float]], None]) -> None:
     """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step."""
     rng, _ = step_generators(cfg.seed, unit)
@@ -225,34 +165,50 @@ def episodic_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, un
     log_games(adapter, log)
 
 
-def continual_unit(cfg: Config, adapter: Any, meta: MetaLearner, world: World, unit: int,
+class Stream:
+    """Continual mode: the one never-reset task learner — task, model at the initialisation, its optimiser —
+    watched by the meta-learner for the whole run (the watch stays open across units)."""
+
+    def __init__(self, cfg: Config, adapter: TaskAdapter, meta: MetaLearner) -> None:
+        rng, generator = step_generators(cfg.seed, 0)
+        self.task = adapter.sample_tasks("train", 1, rng)[0]
+        self.model = task_model(adapter, meta, self.task, generator, cfg.meta.head)
+        self.optimizer = adapter.make_optimizer(self.model, meta.task_parameters(self.model), cfg.inner)
+        self.watch = meta.watch(self.model, self.optimizer, self.task).__enter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        self.watch.__exit__(None, None, None)
+
+
+def continual_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, stream: Stream,
                    log: Callable[[dict[str, float]], None]) -> None:
-    """One task of the rotating stream, from the current initialisation, with a meta-step every
-    ``meta.every`` updates; whatever is left of the task's meta-gradient carries into the next."""
-    rng, generator = step_generators(cfg.seed, unit)
-    task = adapter.sample_tasks("train", 1, rng)[0]
-    model = task_model(adapter, meta, task, generator, cfg.meta.head)
-    optimizer = make_task_optimizer(adapter, model, meta, cfg)
-    with meta.watch(model, optimizer, task) as watch:
-        watch.observers.insert(len(watch.observers) - 1, MetaEvery(meta, cfg.meta.every, log))
-        curve = adapter.adapt(task, model, optimizer, cfg.inner.steps, watch,
-                              clip_grad_norm=cfg.inner.clip_grad_norm or None)
-    log({"losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]})
+    """One window of Algorithm 3: ``meta.every`` more task steps of the never-reset learner, one meta-step."""
+    curve = adapter.adapt(stream.task, stream.model, stream.optimizer, cfg.meta.every, stream.watch,
+                          clip_grad_norm=cfg.inner.clip_grad_norm or None)
     log_games(adapter, log)
+    log({**meta.meta_step(), "losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]})
 
 
-def log_games(adapter: Any, log: Callable[..., None]) -> None:
-    """RL tasks: finished games, at the env step they ended (``charts/*`` in ``run_dir/games``)."""
-    for game in adapter.drain_games() if hasattr(adapter, "drain_games") else ():
-        log({"charts/episodic_return": game.episodic_return, "charts/episodic_length": game.length},
-            step=game.global_step)
+def log_games(adapter: TaskAdapter, log: Callable[..., None]) -> None:
+    """RL tasks: scalars on the env-step axis (finished games, the maze's episode windows) in run_dir/games."""
+    for step, values in adapter.drain_logs():
+        log(values, step=step)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
           progress: Callable | None = None, world: World | None = None) -> dict[str, float]:
     """Meta-train per ``cfg`` in ``run_dir`` until ``meta.steps`` meta-steps.
 
-    A unit of work is a meta-batch (episodic) or one task of the stream (continual, ``meta.every`` > 0).
+    A unit of work is a meta-batch (episodic) or a window of ``meta.every`` task steps (continual).
     ``stop_after`` ends this process after that many units (used to test resumption). With several
     ``world`` ranks, each adapts its share of every meta-batch; rank 0 logs, evaluates and checkpoints."""
     world = world or World()
@@ -263,11 +219,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)   # bad data paths fail here, before any write
-    if hasattr(adapter, "run"):         # task families with a loop of their own (the never-reset maze learner)
-        if world.size > 1:
-            raise ConfigError(f"task {cfg.task!r} runs in one process: launch it without torchrun")
-        return adapter.run(cfg, Path(run_dir), resume=resume, stop_after=stop_after)
+    if adapter.continual_only and not cfg.meta.every:
+        raise ConfigError(f"task {cfg.task!r} is one never-reset learner: set meta.every (task steps per meta-step)")
     adapter, meta = setup(cfg, adapter)
+    if cfg.meta.every and not meta.continual:
+        raise ConfigError(f"method {cfg.method!r} meta-learns over whole tasks: continual mode (meta.every > 0) "
+                          f"needs warpgrad_continual or no_pretraining")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
@@ -278,13 +235,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     loaded = load_latest(run_dir) if resume else None
     if loaded is not None:
         meta.load_state_dict(loaded[0]["meta"])
-        if "adapter" in loaded[0]:
-            adapter.load_state_dict(loaded[0]["adapter"])
+        adapter.load_state_dict(loaded[0].get("adapter", {}))
         unit = int(loaded[0]["step"])
     start_meta = meta.meta_steps
     # Purge only when training continues: a finished run's evaluation curves sit past its last meta-step.
     continuing = loaded is not None and start_meta < cfg.meta.steps
-    games_step = getattr(adapter, "global_step", None)
+    games_step = adapter.global_step
     logger = Logger(run_dir, purge_step=start_meta + 1 if continuing else None,
                     games_purge_step=games_step + 1 if continuing and games_step is not None else None) \
         if world.is_main else NullLogger()
@@ -307,7 +263,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
             if bar is not None:
                 bar.update(1)
             if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps \
-                    and not hasattr(adapter, "evaluate_run"):      # whole-protocol evaluations run at the end
+                    and adapter.periodic_evaluation:
                 split = cfg.eval.periodic_split or cfg.eval.split
                 # a split other than the final evaluation's gets its own curves: eval_val/accuracy, ...
                 prefix = "eval" if split == cfg.eval.split else f"eval_{split}"
@@ -315,27 +271,37 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
             if progress is not None:
                 progress(step, values)
 
-    unit_fn = continual_unit if cfg.meta.every else episodic_unit
+    stream = None
+    if cfg.meta.every and meta.meta_steps < cfg.meta.steps:
+        stream = Stream(cfg, adapter, meta)
+        if loaded is not None and "stream" in loaded[0]:
+            stream.load_state_dict(loaded[0]["stream"])
     done = 0
     while meta.meta_steps < cfg.meta.steps and (stop_after is None or done < stop_after):
         before = meta.meta_steps
-        unit_fn(cfg, adapter, meta, world, unit, log)
+        if stream is not None:
+            continual_unit(cfg, adapter, meta, stream, log)
+        else:
+            episodic_unit(cfg, adapter, meta, world, unit, log)
         unit, done = unit + 1, done + 1
         every = cfg.run.checkpoint_every
         if world.is_main and ((every and before // every != meta.meta_steps // every)
                               or meta.meta_steps >= cfg.meta.steps):
-            state = {"step": unit, "meta": meta.state_dict()}
-            if hasattr(adapter, "state_dict"):
-                state["adapter"] = adapter.state_dict()
+            state = {"step": unit, "meta": meta.state_dict(), "adapter": adapter.state_dict()}
+            if stream is not None:
+                state["stream"] = stream.state_dict()
             save_checkpoint(run_dir, unit, state, cfg.run.keep)
+    if stream is not None:
+        stream.close()
     if bar is not None:
         bar.close()
     result: dict[str, float] = {}
     finished = meta.meta_steps >= cfg.meta.steps
     if world.is_main and finished and done == 0 and (run_dir / "eval.json").exists():   # resumed a finished run
         result = {k: v for k, v in json.loads((run_dir / "eval.json").read_text()).items() if k != "curve"}
-    elif world.is_main and finished and hasattr(adapter, "evaluate_run"):
-        result = adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps, logger)
+    elif world.is_main and finished and (protocol := adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps,
+                                                                          logger)) is not None:
+        result = protocol
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     elif world.is_main and finished:
         result, curve = evaluate(cfg, adapter, meta)

@@ -90,7 +90,7 @@ def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
                              num_threads=args.env_threads)
     model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model.parameters(), cfg)
     gen = torch.Generator().manual_seed(args.seed)
     train_agent(envs, model, optimizer, 4 * cfg.batch_size, cfg=cfg, generator=gen)     # warm-up
 

@@ -52,7 +52,7 @@ def _one_run(args, cfg: A2CConfig, leap: bool) -> tuple[float, float]:
                              num_threads=args.env_threads)
     try:
         model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
-        optimizer = make_optimizer(model, cfg)
+        optimizer = make_optimizer(model.parameters(), cfg)
         gen = torch.Generator().manual_seed(args.seed)
         if leap:
             meta = Leap(model, LeapConfig(p=2, loss=args.loss == "on"), include=["encoder."],

@@ -84,8 +84,8 @@ def make_adapter(args, seed: int):
             model = super().make_model(generator, task)
             return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
-        def make_task(self, alphabet, rng):
-            task = super().make_task(alphabet, rng)
+        def make_task(self, split, alphabet, rng):
+            task = super().make_task(split, alphabet, rng)
             if args.bf16:
                 loss = task.loss
 

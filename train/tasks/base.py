@@ -1,26 +1,28 @@
-"""The task-adapter protocol: every task family (sine, Omniglot, tieredImageNet, Atari, maze) implements it.
-
-The trainer composes an adapter with a meta-learner:
+"""The task-adapter protocol: every task family (sine, Omniglot, tieredImageNet, continual sine, Atari,
+maze) is a :class:`TaskAdapter`. The trainer composes an adapter with a meta-learner:
 
     tasks = adapter.sample_tasks("train", meta_batch, rng)
     for task in tasks:
-        model = adapter.make_model(generator); meta.load_init(model)
-        with meta.watch(model, optimizer, task.key) as watch:
-            adapter.adapt(task, model, optimizer, steps, watch)
+        model = adapter.make_model(generator, task); meta.load_init(model); meta.prepare(model, task)
+        optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
+        meta.run_task(adapter, task, model, optimizer, steps)     # adapt() under the meta-learner's watch
     meta.meta_step()
 
-Adapters own data and the inner loop; they own no logging, checkpoints or meta-learning.
+Adapters own data and the inner loop; they own no logging, checkpoints or meta-learning. Optional
+behaviour has a default here (SB3-callback style), so the trainer never asks whether an adapter has it.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metarl.base import MetaOptimizerConfig, make_optimizer
 from metarl.seam import NULL_WATCH
 
 
@@ -34,18 +36,63 @@ class Task(Protocol):
         ...
 
 
-class TaskAdapter(Protocol):
-    head: Sequence[str]                        # parameter-name prefixes of the output head
-    splits: Sequence[str]                      # e.g. ("train", "val", "test")
+class TaskAdapter:
+    """Base class of the task families. Subclasses implement ``make_model``, ``sample_tasks`` and
+    ``evaluate``; the rest has the supervised default."""
 
-    def make_model(self, generator: torch.Generator, task: Task | None = None) -> nn.Module: ...
+    head: Sequence[str] = ("head.",)           # parameter-name prefixes of the output head
+    splits: Sequence[str] = ("train", "val", "test")
+    periodic_evaluation = True                 # held-out evaluation every eval.every meta-steps
+    continual_only = False                     # True: one never-reset learner (trainer's continual mode)
+    global_step: int | None = None             # RL families: env steps so far (the games' x-axis)
 
-    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Task]: ...
+    def __init__(self, config: Any, seed: int = 0) -> None:
+        self.config = config
+        self.seed = seed
+
+    # -- required ------------------------------------------------------------------------------------------
+    def make_model(self, generator: torch.Generator, task: Task | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Task]:
+        raise NotImplementedError
+
+    def evaluate(self, task: Task, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics of an adapted ``model`` on ``task`` (e.g. test loss, accuracy)."""
+        raise NotImplementedError
+
+    # -- defaults ------------------------------------------------------------------------------------------
+    def make_optimizer(self, model: nn.Module, params: Sequence[nn.Parameter], inner: Any) -> torch.optim.Optimizer:
+        """The task learner's optimiser over ``params`` (what the meta-learner lets it step): ``inner.*``."""
+        return make_optimizer(params, MetaOptimizerConfig(name=inner.optimizer, lr=inner.lr, momentum=inner.momentum))
 
     def adapt(self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
-              watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]: ...
+              watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
+        """The inner loop; reports every step through ``watch``; returns the loss curve (K+1 points)."""
+        return supervised_adapt(task, model, optimizer, steps, watch, clip_grad_norm)
 
-    def evaluate(self, task: Task, model: nn.Module) -> dict[str, float]: ...
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict | None:
+        """A whole-run evaluation protocol of the family's own (Atari: games × seeds × inits), or None: the
+        trainer's per-task held-out evaluation applies."""
+        return None
+
+    def drain_games(self) -> list[Any]:
+        """RL families: records (``global_step``, ``episodic_return``, ``length``) of the games finished
+        since the last call."""
+        return []
+
+    def drain_logs(self) -> list[tuple[int, dict[str, float]]]:
+        """Scalars for the env-step axis since the last call, as (step, {tag: value}): by default the
+        finished games' return and length."""
+        return [(g.global_step, {"charts/episodic_return": g.episodic_return, "charts/episodic_length": g.length})
+                for g in self.drain_games()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the family carries between tasks (counters, environment RNGs) for exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def supervised_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, watch=NULL_WATCH,

@@ -1,40 +1,32 @@
 """The Miconi maze as a task family: continual A2C training of one never-reset recurrent agent.
 
-Protocol (protocols.md §4, warpgrad.md §9): one agent (Warp-RNN, plain RNN, LSTM, ...) with hidden size 100
-is trained on batches of B = 30 mazes × T = 200 steps. Every iteration is one such batch of episodes (a new
-goal per maze), one A2C loss (agents.maze_a2c) and one Adam step (lr 1e-3) on the task parameters; the agent
-is never reset between iterations. For a model with warp parameters (Warp-RNN, Warp-LSTM) the warps are
-meta-learned by WarpGrad's Algorithm 3 (``metarl.continual.ContinualWarp``, attached to the task optimiser
-through the seam): warp gradients accumulate at every task step and the warps take an Adam step (lr 1e-3)
-every ``warp_every`` = 30 iterations. Baselines (rnn, lstm, plastic-rnn) run the same loop with no warps.
+Protocol (docs/protocols.md §4, docs/warpgrad.md §9): one agent (Warp-RNN, plain RNN, LSTM, ...) with hidden
+size 100 is trained on batches of B = 30 mazes × T = 200 steps. Every task step is one such batch of episodes
+(a new goal per maze), one A2C loss (agents.maze_a2c) and one Adam step (lr 1e-3) on the task parameters; the
+agent is never reset. The maze runs through the trainer's continual mode (``meta.every`` > 0, WarpGrad's
+Algorithm 3): the whole run is one task, adapted ``meta.every`` task steps at a time, with a meta-step after
+each window. With ``method: warpgrad_continual`` (metarl.continual) that meta-step moves the warps φ
+(``meta.include: [warp.]``; Adam 1e-3 every 30 task steps); the baselines (rnn, lstm, plastic-rnn) run
+``method: no_pretraining``, whose meta-step does nothing. Run length: ``meta.steps`` × ``meta.every`` task
+steps (112 × 30 = 3,360 iterations ≈ 100k episodes).
 
-Run length: ``episodes`` / ``batch`` iterations, rounded up (100 000 episodes → 3334 iterations of 30).
+Logged on the episode axis (the run's ``games/`` TensorBoard run, x = task episodes so far), every
+``log_every`` iterations: ``charts/episodic_return`` (mean return of the window's episodes),
+``charts/episodic_length``, ``charts/SPS``, ``losses/{loss,policy_loss,value_loss,prob_sq_loss}``,
+``losses/skipped_steps`` (iterations whose loss or task gradient was non-finite) and, with the meta-batch warp
+objective, ``meta/meta_batch_return``. The meta-steps' ``meta/*`` go on the meta-step axis.
 
-The generic meta-batch trainer does not fit a learner that is never reset, so this task family has a loop of
-its own (:func:`run_maze`, reached through ``MazeAdapter.run`` from ``train.trainer.train``); the config's
-``method`` field is ignored. ``run.checkpoint_every`` counts iterations here.
-
-Logged (TensorBoard, x-axis = task episodes so far): ``charts/episodic_return`` (mean return of the batch's
-episodes, averaged over the ``log_every`` iterations since the last point), ``charts/episodic_length``,
-``charts/SPS`` (task-batch environment steps per second), ``losses/{loss,policy_loss,value_loss,prob_sq_loss}``,
-``losses/skipped_steps`` (iterations whose loss or task gradient was non-finite), and at every warp step
-``meta/warp_grad_norm``, ``meta/warp_steps``, ``meta/warp_contributions``, ``meta/skipped_contributions``;
-with ``warp_objective: meta_batch`` also ``meta/meta_batch_return`` (the extra rollout's episodes are not
-counted on the x-axis: that objective sees twice the task episodes).
-
-Seeding: ``cfg.seed`` seeds Python, NumPy and torch (the model's initialisation); the task mazes, the task
-action sampler, the meta-batch mazes and the meta-batch action sampler each get their own stream derived
-from it, so ``same_loss`` and ``meta_batch`` runs of one seed see the same task-maze goals.
-Checkpoints (every ``run.checkpoint_every`` iterations and at the end) hold the model, both optimisers, the
-warp observer's state, the mazes' NumPy generator states (as int64 tensors), the samplers' torch generator
-states, the per-episode returns so far and the counters: a resumed run continues exactly.
+Seeding: the trainer seeds torch with ``seed`` before it builds the agent (the recurrent models draw their
+initialisation from torch's global generator); the task mazes, the task action sampler, the meta-batch mazes
+and the meta-batch action sampler each get their own stream derived from ``seed``, so ``same_loss`` and
+``meta_batch`` runs of one seed see the same task-maze goals. ``state_dict`` holds the mazes' NumPy generator
+states (as int64 tensors), the samplers' states, the per-episode returns so far, the log window and the
+counters; the trainer adds the agent and its optimiser: a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +34,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
 from agents.recurrent import MODELS, RecurrentConfig, build_model
 from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch
-from metarl.base import MetaOptimizerConfig
-from metarl.continual import WARP_OBJECTIVES, ContinualWarp, ContinualWarpConfig, continual_update
+from metarl.continual import continual_update
 from metarl.seam import NULL_WATCH
 
-from ..checkpoint import load_latest, save_checkpoint
+from .base import TaskAdapter
 
 LOSS_KEYS = ("loss", "policy_loss", "value_loss", "prob_sq_loss")
 
@@ -64,16 +56,12 @@ class MazeTaskConfig:
     batch: int = 30                     # mazes (episodes) per iteration
     episode_length: int = 200           # T
     maze_size: int = 13
-    episodes: int = 100_000             # task episodes in total → ceil(episodes / batch) iterations
     wall_penalty: float = 0.0
     gamma: float = 0.9
     value_coef: float = 0.1
     prob_sq_coef: float = 0.03          # weight of the Σ_a π² penalty
     value_baseline: str = "per_element"  # per_element | element0 (the original codes' quirk)
     task_lr: float = 1e-3               # Adam on the task parameters, every iteration
-    warp_lr: float = 1e-3               # Adam on the warp parameters, every warp_every iterations
-    warp_every: int = 30                # η
-    warp_objective: str = "same_loss"   # same_loss (original code) | meta_batch (Eq. 8, a second batch)
     burn_in: int = 0                    # first iterations without any update (original code: 100)
     fused: bool = True                  # Warp-RNN's fused training unroll
     log_every: int = 1                  # iterations per logged point
@@ -82,24 +70,16 @@ class MazeTaskConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(sorted(MODELS))}, got {self.model!r}")
-        if self.warp_objective not in WARP_OBJECTIVES:
-            raise ValueError(f"warp_objective must be one of {', '.join(WARP_OBJECTIVES)}, "
-                             f"got {self.warp_objective!r}")
         if self.value_baseline not in ("per_element", "element0"):
             raise ValueError(f"value_baseline must be per_element or element0, got {self.value_baseline!r}")
-        for key in ("hidden_size", "warp_hidden_size", "batch", "episode_length", "episodes", "warp_every",
-                    "log_every", "final_window"):
+        for key in ("hidden_size", "warp_hidden_size", "batch", "episode_length", "log_every", "final_window"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("wall_penalty", "gamma", "value_coef", "prob_sq_coef", "task_lr", "warp_lr", "burn_in"):
+        for key in ("wall_penalty", "gamma", "value_coef", "prob_sq_coef", "task_lr", "burn_in"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.maze_size < 5 or self.maze_size % 2 == 0:
             raise ValueError(f"maze_size must be odd and >= 5, got {self.maze_size}")
-
-    @property
-    def iterations(self) -> int:
-        return -(-self.episodes // self.batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,7 +107,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# the runner
+# the task family
 
 
 class _Window:
@@ -148,179 +128,146 @@ class _Window:
         self.v = dict(zip(self.KEYS, (float(x) for x in t)))
 
 
-def _result(returns: torch.Tensor, done: int, mc: MazeTaskConfig, extra: dict[str, float]) -> dict[str, float]:
-    flat = returns[:done].reshape(-1).double()
-    last = flat[-mc.final_window:] if len(flat) else flat
-    return {"return_last_mean": float(last.mean()) if len(last) else float("nan"),
-            "return_last_std": float(last.std(unbiased=False)) if len(last) else float("nan"),
-            "final_window_episodes": float(len(last)),
-            "iterations": float(done), "episodes": float(done * mc.batch), **extra}
+class MazeStream:
+    """The one task of the family: an endless stream of maze batches. Rollouts are on-policy, so a batch
+    is only a split name and ``loss`` draws the episodes: "train" from the task mazes, "query" (the
+    meta-batch warp objective, Eq. 8) from a second, independent set of mazes."""
+
+    key = "maze"
+
+    def __init__(self, adapter: "MazeAdapter") -> None:
+        self.adapter = adapter
+
+    def batch(self, split: str) -> str:
+        return split
+
+    def loss(self, model: nn.Module, batch: str) -> torch.Tensor:
+        a = self.adapter
+        if batch == "query":
+            episodes = rollout(model, a.meta_mazes, generator=a.meta_sampler, fused=a.config.fused)
+            a.window.v["meta_return"] += episodes.mean_return
+            a.window.v["meta_rollouts"] += 1
+        else:
+            episodes = rollout(model, a.mazes, generator=a.sampler, fused=a.config.fused)
+        return rollout_loss(episodes, a.loss_config).total
 
 
-def run_maze(cfg: Any, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
-    """Train per ``cfg`` (its ``task_config`` a :class:`MazeTaskConfig`) in ``run_dir``; module docstring.
-
-    ``stop_after`` ends this process after that many iterations (tests of resumption). Returns the mean
-    and std of the last ``final_window`` episodes' returns (``return_last_mean`` / ``return_last_std``),
-    the counters and the accumulated wall time; a finished run also writes them to ``result.json``."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from ..config import config_to_yaml
-
-    mc: MazeTaskConfig = cfg.task_config
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    torch.manual_seed(cfg.seed)
-
-    model = build_model(mc.model, RecurrentConfig(hidden_size=mc.hidden_size, warp_hidden_size=mc.warp_hidden_size))
-    maze_config = MazeConfig(size=mc.maze_size, episode_length=mc.episode_length, wall_penalty=mc.wall_penalty)
-    mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(cfg.seed, 0))
-    sampler = torch.Generator().manual_seed(_stream_seed(cfg.seed, 1))
-    meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(cfg.seed, 2))
-    meta_sampler = torch.Generator().manual_seed(_stream_seed(cfg.seed, 3))
-    loss_config = MazeA2CConfig(gamma=mc.gamma, value_coef=mc.value_coef, prob_sq_coef=mc.prob_sq_coef,
-                                value_baseline=mc.value_baseline)
-    task_params = model.task_parameters()
-    optimizer = torch.optim.Adam(task_params, lr=mc.task_lr)
-    window = _Window()
-    meta_logs: list[dict[str, float]] = []
-
-    def meta_loss() -> torch.Tensor:
-        batch = rollout(model, meta_mazes, generator=meta_sampler, fused=mc.fused)
-        window.v["meta_return"] += batch.mean_return
-        window.v["meta_rollouts"] += 1
-        return rollout_loss(batch, loss_config).total
-
-    warp = None
-    if model.warp_parameters():
-        warp = ContinualWarp(model.warp_parameters(),
-                             ContinualWarpConfig(objective=mc.warp_objective, warp_every=mc.warp_every,
-                                                 warp_optimizer=MetaOptimizerConfig(name="adam", lr=mc.warp_lr)),
-                             meta_loss=meta_loss, on_meta_step=meta_logs.append)
-
-    total = mc.iterations
-    returns = torch.zeros(total, mc.batch, dtype=torch.float32)
-    start, skipped, wall = 0, 0, 0.0
-    loaded = load_latest(run_dir) if resume else None
-    if loaded is not None:
-        state = loaded[0]
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["task_optimizer"])
-        if warp is not None:
-            warp.load_state_dict(state["warp"])
-        set_numpy_rng_state(mazes.rng, state["maze_rng"])
-        set_numpy_rng_state(meta_mazes.rng, state["meta_maze_rng"])
-        sampler.set_state(state["sampler"])
-        meta_sampler.set_state(state["meta_sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        returns[:start] = state["returns"][:start]
-        skipped = int(state["counters"][0])
-        wall = float(state["wall_time"])
-        window.load(state["window"])
-
-    def checkpoint(done: int) -> None:
-        state = {"step": done, "model": model.state_dict(), "task_optimizer": optimizer.state_dict(),
-                 "warp": warp.state_dict() if warp is not None else {},
-                 "maze_rng": numpy_rng_state(mazes.rng), "meta_maze_rng": numpy_rng_state(meta_mazes.rng),
-                 "sampler": sampler.get_state(), "meta_sampler": meta_sampler.get_state(),
-                 "torch_rng": torch.get_rng_state(), "returns": returns[:done].clone(),
-                 "counters": torch.tensor([skipped]), "wall_time": torch.tensor(wall, dtype=torch.float64),
-                 "window": window.tensor()}
-        save_checkpoint(run_dir, done, state, cfg.run.keep)
-
-    def extra() -> dict[str, float]:
-        return {"wall_time_s": wall, "skipped_steps": float(skipped),
-                "warp_steps": float(warp.warp_steps if warp is not None else 0),
-                "skipped_warp_contributions": float(warp.skipped if warp is not None else 0)}
-
-    if start >= total:         # resumed a finished run
-        result = _result(returns, start, mc, extra())
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-        return result
-
-    writer = SummaryWriter(str(run_dir), purge_step=start * mc.batch + 1 if loaded is not None else None)
-    bar = None
-    if cfg.run.progress:
-        from tqdm import tqdm
-        print(f"run directory: {run_dir}", file=sys.stderr)
-        bar = tqdm(initial=start, total=total, desc=cfg.name, unit="it", dynamic_ncols=True)
-    watch_cm = warp.watch(optimizer, task_params) if warp is not None else NULL_WATCH
-    all_params = list(model.parameters())
-    it = start
-    try:
-        with watch_cm as watch:
-            while it < total and (stop_after is None or it - start < stop_after):
-                t0 = time.perf_counter()
-                burning_in = it < mc.burn_in
-                with torch.set_grad_enabled(not burning_in):
-                    batch = rollout(model, mazes, generator=sampler, fused=mc.fused)
-                    loss = rollout_loss(batch, loss_config)
-                outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in)
-                skipped += outcome == "non_finite"
-                returns[it] = torch.from_numpy(batch.episode_returns.astype(np.float32))
-                seconds = time.perf_counter() - t0
-                wall += seconds
-                it += 1
-                episodes = it * mc.batch
-                w = window.v
-                w["iterations"] += 1
-                w["return"] += batch.mean_return
-                w["skipped"] += outcome == "non_finite"
-                w["seconds"] += seconds
-                for k, v in zip(LOSS_KEYS, (loss.total, loss.policy, loss.value, loss.prob_sq)):
-                    w[k] += float(v.detach())
-                for logs in meta_logs:
-                    for k, v in logs.items():
-                        writer.add_scalar(k, v, episodes)
-                meta_logs.clear()
-                if it % mc.log_every == 0 or it == total:
-                    n = w["iterations"]
-                    writer.add_scalar("charts/episodic_return", w["return"] / n, episodes)
-                    writer.add_scalar("charts/episodic_length", float(mc.episode_length), episodes)
-                    writer.add_scalar("charts/SPS", n * mc.batch * mc.episode_length / max(w["seconds"], 1e-9),
-                                      episodes)
-                    for k in LOSS_KEYS:
-                        writer.add_scalar(f"losses/{k}", w[k] / n, episodes)
-                    writer.add_scalar("losses/skipped_steps", float(skipped), episodes)
-                    if w["meta_rollouts"]:
-                        writer.add_scalar("meta/meta_batch_return", w["meta_return"] / w["meta_rollouts"], episodes)
-                    if bar is not None:
-                        bar.set_postfix(ret=f"{w['return'] / n:.1f}", refresh=False)
-                    window.reset()
-                if bar is not None:
-                    bar.update(1)
-                every = cfg.run.checkpoint_every
-                if (every and it % every == 0) or it == total:
-                    checkpoint(it)
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-    result = _result(returns, it, mc, extra())
-    if it >= total:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-class MazeAdapter:
-    """Registry entry of the maze task family. It has a loop of its own: ``train.trainer.train`` calls
-    ``run`` instead of the meta-batch loop."""
+class MazeAdapter(TaskAdapter):
+    """The never-reset maze learner (module docstring). Runs in the trainer's continual mode only."""
 
     head = ("policy_head.", "value_head.")
     splits = ("train",)
+    periodic_evaluation = False        # the result is the training curve itself
+    continual_only = True
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
-        self.config = config
-        self.seed = seed
+        super().__init__(config, seed)
+        mc = config
+        maze_config = MazeConfig(size=mc.maze_size, episode_length=mc.episode_length, wall_penalty=mc.wall_penalty)
+        self.mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 0))
+        self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
+        self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
+        self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
+        self.loss_config = MazeA2CConfig(gamma=mc.gamma, value_coef=mc.value_coef, prob_sq_coef=mc.prob_sq_coef,
+                                         value_baseline=mc.value_baseline)
+        self.window = _Window()
+        self.returns: list[torch.Tensor] = []     # per iteration: the B episodes' returns
+        self.skipped = 0
+        self.wall = 0.0
+        self._logs: list[tuple[int, dict[str, float]]] = []
 
-    def run(self, cfg: Any, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
-        return run_maze(cfg, run_dir, resume=resume, stop_after=stop_after)
+    @property
+    def global_step(self) -> int:                 # task episodes so far: the x-axis of the curves
+        return len(self.returns) * self.config.batch
+
+    def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:
+        """The agent; its initialisation comes from torch's global generator, seeded by the trainer."""
+        mc = self.config
+        return build_model(mc.model, RecurrentConfig(hidden_size=mc.hidden_size, warp_hidden_size=mc.warp_hidden_size))
+
+    def make_optimizer(self, model: nn.Module, params, inner: Any) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.config.task_lr)
+
+    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[MazeStream]:
+        return [MazeStream(self) for _ in range(n)]
+
+    def adapt(self, task: MazeStream, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
+              watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
+        """``steps`` more iterations of the never-reset learner; returns their losses (no final point: the
+        task does not end)."""
+        mc = self.config
+        all_params = list(model.parameters())
+        curve = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            burning_in = len(self.returns) < mc.burn_in
+            with torch.set_grad_enabled(not burning_in):
+                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
+                loss = rollout_loss(episodes, self.loss_config)
+            outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in)
+            self.skipped += outcome == "non_finite"
+            self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
+            seconds = time.perf_counter() - t0
+            self.wall += seconds
+            curve.append(float(loss.total.detach()))
+            self._record(episodes.mean_return, loss, outcome == "non_finite", seconds)
+        return curve
+
+    def _record(self, mean_return: float, loss: Any, skipped: bool, seconds: float) -> None:
+        mc, w = self.config, self.window.v
+        w["iterations"] += 1
+        w["return"] += mean_return
+        w["skipped"] += skipped
+        w["seconds"] += seconds
+        for k, v in zip(LOSS_KEYS, (loss.total, loss.policy, loss.value, loss.prob_sq)):
+            w[k] += float(v.detach())
+        if len(self.returns) % mc.log_every:
+            return
+        n = w["iterations"]
+        logs = {"charts/episodic_return": w["return"] / n, "charts/episodic_length": float(mc.episode_length),
+                "charts/SPS": n * mc.batch * mc.episode_length / max(w["seconds"], 1e-9),
+                **{f"losses/{k}": w[k] / n for k in LOSS_KEYS}, "losses/skipped_steps": float(self.skipped)}
+        if w["meta_rollouts"]:
+            logs["meta/meta_batch_return"] = w["meta_return"] / w["meta_rollouts"]
+        self._logs.append((self.global_step, logs))
+        self.window.reset()
+
+    def drain_logs(self) -> list[tuple[int, dict[str, float]]]:
+        out, self._logs = self._logs, []
+        return out
+
+    def evaluate(self, task: Any, model: nn.Module) -> dict[str, float]:
+        return self.result()
+
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
+        return self.result()
+
+    def result(self) -> dict[str, float]:
+        """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time."""
+        mc = self.config
+        flat = torch.stack(self.returns).reshape(-1).double() if self.returns else torch.zeros(0, dtype=torch.float64)
+        last = flat[-mc.final_window:]
+        return {"return_last_mean": float(last.mean()) if len(last) else float("nan"),
+                "return_last_std": float(last.std(unbiased=False)) if len(last) else float("nan"),
+                "final_window_episodes": float(len(last)), "iterations": float(len(self.returns)),
+                "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(self.skipped)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"maze_rng": numpy_rng_state(self.mazes.rng), "meta_maze_rng": numpy_rng_state(self.meta_mazes.rng),
+                "sampler": self.sampler.get_state(), "meta_sampler": self.meta_sampler.get_state(),
+                "returns": torch.stack(self.returns) if self.returns else torch.zeros(0, self.config.batch),
+                "counters": torch.tensor([self.skipped]), "wall_time": torch.tensor(self.wall, dtype=torch.float64),
+                "window": self.window.tensor()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_numpy_rng_state(self.mazes.rng, state["maze_rng"])
+        set_numpy_rng_state(self.meta_mazes.rng, state["meta_maze_rng"])
+        self.sampler.set_state(state["sampler"])
+        self.meta_sampler.set_state(state["meta_sampler"])
+        self.returns = list(state["returns"].unbind(0))
+        self.skipped = int(state["counters"][0])
+        self.wall = float(state["wall_time"])
+        self.window.load(state["window"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,12 +275,12 @@ class MazeAdapter:
 
 
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table over finished runs (``result.json``), grouped by the run-directory name before
+    """Markdown table over finished runs (``eval.json``), grouped by the run-directory name before
     ``__`` (the config name): mean over seeds of each run's last-window mean return, the std across seeds,
     the per-seed values and the training wall time per run (minutes, summed over resumes)."""
     groups: dict[str, list[dict[str, float]]] = {}
     for d in run_dirs:
-        path = Path(d) / "result.json"
+        path = Path(d) / "eval.json"
         if path.is_file():
             groups.setdefault(Path(d).name.split("__")[0], []).append(json.loads(path.read_text()))
     lines = ["| run | seeds | return, last episodes: mean ± std over seeds | per seed | wall time per run (min) |",

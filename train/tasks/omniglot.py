@@ -42,7 +42,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from .base import NULL_WATCH, seeded_default_init, supervised_adapt
+from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, build_warps,
+                                   init_task_layers)
 
 SPLITS = ("images_background", "images_evaluation")
 DEFAULT_CACHE_DIR = "~/.cache/metarl"
@@ -329,7 +330,7 @@ class IndexStream:
         return self._batches.pop(0)
 
 
-class OmniglotTask:
+class OmniglotTask(ClassificationTask):
     """One alphabet, ``ways``-way. ``batch(split)`` returns ``(images (B, 1, H, W) float, labels (B,))``.
 
     Each stream has its own generator seeded from the task seed, so the training batches do not depend
@@ -356,11 +357,11 @@ class OmniglotTask:
     def __repr__(self) -> str:
         return f"OmniglotTask(key={self.key!r}, ways={len(self.characters)}, seed={self.seed})"
 
-    def reset(self, steps: int) -> None:
-        """Re-seed the streams; the next ``steps`` training batches form one epoch."""
+    def reset(self, steps: int | None = None) -> None:
+        """Re-seed the streams; the next ``steps`` training batches form one epoch (None: as before)."""
         for g, s in zip(self._gens, self._seeds):
             g.manual_seed(s)
-        self.stream.reset(steps)
+        self.stream.reset(steps if steps is not None else self.stream.steps)
 
     def _images(self, raw: Tensor, generator: torch.Generator) -> Tensor:
         x = raw.unsqueeze(1).float().div_(255.0)
@@ -368,21 +369,17 @@ class OmniglotTask:
             x = 1.0 - x
         return random_affine(x, generator) if self.augment else x
 
-    def batch(self, split: str) -> tuple[Tensor, Tensor]:
-        if split == "train":
-            idx = self.stream.next()
-            return self._images(self.train_images[idx], self._gens[1]), self.train_labels[idx]
-        if split == "query":   # held-out images for MAML's outer loss
-            idx = torch.randperm(len(self.test_labels), generator=self._gens[2])[:self.batch_size]
-            return self._images(self.test_images[idx], self._gens[2]), self.test_labels[idx]
-        if split == "test":
-            g = torch.Generator().manual_seed(self._seeds[3])
-            return self._images(self.test_images, g), self.test_labels
-        raise ValueError(f"unknown split {split!r}; choose train, query or test")
+    def train_batch(self) -> tuple[Tensor, Tensor]:
+        idx = self.stream.next()
+        return self._images(self.train_images[idx], self._gens[1]), self.train_labels[idx]
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
+    def query_batch(self) -> tuple[Tensor, Tensor]:     # held-out images for MAML's outer loss
+        idx = torch.randperm(len(self.test_labels), generator=self._gens[2])[:self.batch_size]
+        return self._images(self.test_images[idx], self._gens[2]), self.test_labels[idx]
+
+    def test_batch(self) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(self._seeds[3])
+        return self._images(self.test_images, g), self.test_labels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,21 +415,11 @@ class OmniConv(nn.Module):
                  warp: Callable[[int], nn.Module] | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList([ConvBlock(in_channels if i == 0 else filters, filters) for i in range(layers)])
-        if warp is not None:
-            if generator is None:
-                self.warps = nn.ModuleList([warp(filters) for _ in range(layers)])
-            else:
-                seed = int(torch.randint(2**62, (1,), generator=generator))
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    self.warps = nn.ModuleList([warp(filters) for _ in range(layers)])
-        else:
-            self.warps = None
+        self.warps = (build_warps(lambda: nn.ModuleList([warp(filters) for _ in range(layers)]), generator)
+                      if warp is not None else None)
         self.head = nn.Linear(filters, num_classes)
         if generator is not None:
-            for m in [*self.blocks.modules(), self.head]:
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    seeded_default_init(m, generator)
+            init_task_layers([*self.blocks.modules(), self.head], generator)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:
@@ -510,17 +497,15 @@ def refit_batch_norm(model: nn.Module, task: OmniglotTask) -> nn.Module:
     return model
 
 
-class OmniglotAdapter:
-    head = ("head.",)
-    warp_prefix = ("warps.",)
-    splits = ("train", "val", "test")
+class OmniglotAdapter(ImageClassificationAdapter):
+    config: OmniglotConfig
 
     def __init__(self, config: OmniglotConfig | None = None, seed: int | None = None,
-                 data: OmniglotData | None = None, warp: Callable[[int], nn.Module] | None = None) -> None:
+                 data: OmniglotData | None = None, warp: WarpFactory | None = None) -> None:
         """``data`` skips loading (tests, several adapters on one decode); ``warp`` overrides ``config.warp``."""
-        c = self.config = config or OmniglotConfig()
+        super().__init__(config or OmniglotConfig(), seed, warp)
+        c = self.config
         self.data = data if data is not None else load_omniglot(c.root, c.cache_dir)
-        self.warp = warp if warp is not None else WARPS[c.warp]
         self.split_seed = c.seed if c.seed is not None else (seed if seed is not None else 0)
         d = self.data
         per_char = np.diff(d.char_start)
@@ -536,13 +521,23 @@ class OmniglotAdapter:
         p, t = c.num_pretrain, c.num_pretrain + c.num_test
         self.alphabets: dict[str, list[str]] = {"train": order[:p], "test": order[p:t], "val": order[t:]}
 
+    def configured_warp(self) -> WarpFactory | None:
+        return WARPS[self.config.warp]
+
     def make_model(self, generator: torch.Generator, task: Any = None) -> OmniConv:    # same for every task
         c = self.config
         model = OmniConv(c.ways, c.filters, warp=self.warp, generator=generator)
         return model.to(memory_format=torch.channels_last) if c.channels_last else model
 
-    def make_task(self, alphabet: str, rng: np.random.Generator) -> OmniglotTask:
-        """One task of ``alphabet``; characters (and so labels) and the task seed come from ``rng``."""
+    def task_pool(self, split: str) -> list[str]:
+        """The alphabets of ``split``."""
+        if split not in self.alphabets:
+            raise ValueError(f"unknown split {split!r}; choose train, val or test")
+        return self.alphabets[split]
+
+    def make_task(self, split: str, alphabet: str, rng: np.random.Generator) -> OmniglotTask:
+        """One task of ``alphabet`` (of any split); characters (and so labels) and the task seed come from
+        ``rng``."""
         c, d = self.config, self.data
         pool = self._usable[alphabet]
         char_rng = (np.random.default_rng([self.split_seed, self.eligible.index(alphabet)])
@@ -562,36 +557,18 @@ class OmniglotAdapter:
             seed=int(rng.integers(2**62)), batch_size=c.batch_size, augment=c.augment, sampler=c.sampler,
             invert=c.invert, train_index=train_idx, test_index=held_idx)
 
-    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[OmniglotTask]:
-        """``n`` tasks of ``split``: alphabets from reshuffled copies of the split's list, so no alphabet
-        repeats until all have been used (as the original meta-batches); n = len(split) gives each once."""
-        if split not in self.alphabets:
-            raise ValueError(f"unknown split {split!r}; choose train, val or test")
-        names = self.alphabets[split]
-        order: list[int] = []
-        while len(order) < n:
-            order.extend(rng.permutation(len(names)).tolist())
-        return [self.make_task(names[i], rng) for i in order[:n]]
+    # sample_tasks (alphabets in reshuffled rounds, as the original meta-batches) and adapt (exactly `steps`
+    # training batches per epoch; the closing loss opens the next): ImageClassificationAdapter
 
-    def adapt(self, task: OmniglotTask, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
-              watch: Any = NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
-        task.reset(steps)      # exactly `steps` training batches per epoch; the closing loss opens the next
-        return supervised_adapt(task, model, optimizer, steps, watch, clip_grad_norm)
+    def evaluation_model(self, task: OmniglotTask, model: nn.Module) -> nn.Module:
+        """``model``, or (``batch_norm_eval: refit``) a copy with BatchNorm statistics re-estimated on the
+        task's training images; otherwise evaluation uses those gathered during the task's own training."""
+        return refit_batch_norm(model, task) if self.config.batch_norm_eval == "refit" else model
 
-    def evaluate(self, task: OmniglotTask, model: nn.Module) -> dict[str, float]:
-        """Held-out loss and accuracy in eval() mode: BatchNorm uses the running statistics gathered during
-        this task's own training, or (``batch_norm_eval: refit``) re-estimated on its training images —
-        never the test batch's statistics."""
-        if self.config.batch_norm_eval == "refit":
-            model = refit_batch_norm(model, task)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                x, y = task.batch("test")
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                acc = (logits.argmax(-1) == y).float().mean()
-        finally:
-            model.train(was_training)
+    def held_out_metrics(self, task: OmniglotTask, model: nn.Module) -> dict[str, float]:
+        """Loss and accuracy on the test batch (one augmented draw of all held-out images)."""
+        x, y = task.batch("test")
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
         return {"test_loss": float(loss), "test_accuracy": float(acc)}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import NULL_WATCH, seeded_default_init, supervised_adapt
+from .base import TaskAdapter, seeded_default_init
 
 
 @dataclass
@@ -78,12 +78,8 @@ class SineMLP(nn.Module):
         return self.head(self.body(x))
 
 
-class SineAdapter:
-    head = ("head.",)
-    splits = ("train", "val", "test")
-
-    def __init__(self, config: SineConfig, seed: int = 0) -> None:
-        self.config = config
+class SineAdapter(TaskAdapter):
+    config: SineConfig
 
     def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:   # same for every task
         return SineMLP(self.config.hidden, generator)
@@ -99,10 +95,6 @@ class SineAdapter:
         offset = {"val": 1, "test": 2}[split]
         return [self._task(np.random.default_rng([self.config.split_seed, offset, i]), f"{split}-{i}")
                 for i in range(n)]
-
-    def adapt(self, task: SineTask, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
-              watch: Any = NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
-        return supervised_adapt(task, model, optimizer, steps, watch, clip_grad_norm)
 
     @torch.no_grad()
     def evaluate(self, task: SineTask, model: nn.Module) -> dict[str, float]:

@@ -14,8 +14,9 @@ stay encoded in memory (the real train split has 448,695 images; decoded it woul
 decoded on demand, one batch at a time, through a small LRU cache of decoded images.
 
 Channel order: OpenCV decodes to **BGR**; :func:`decode_png` converts to **RGB**, so every array this module
-returns is (84, 84, 3) uint8 RGB, as Pillow would decode the same file. :func:`write_tiered_pickles` takes RGB
-and converts it to BGR before ``imencode``, so the files it writes carry the original colours.
+returns is (84, 84, 3) uint8 RGB, as Pillow would decode the same file. The test fixture that writes releases
+(``tests/tiered_fixture.py``) takes RGB and converts it to BGR before ``imencode``, so its files carry the
+original colours.
 
 Task (WarpGrad's multi-shot protocol): N = ``ways`` = 10 classes drawn without replacement from ONE
 category (``label_general``) of the split, labels 0…N−1 in draw order. Per class, a random
@@ -48,10 +49,7 @@ Loading a pickle can run code stored in it: only point ``root`` at a release you
 
 from __future__ import annotations
 
-import io
-import math
 import pickle
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,16 +61,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarl.warp_layers import make_warp
+from metarl.warp_layers import CONV_WARP_KINDS, MAP_WARP_KINDS, make_warp
 
 from ..errors import ConfigError, DataError
-from .base import NULL_WATCH, seeded_default_init, supervised_adapt
+from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, build_warps,
+                                   init_task_layers)
 
 SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (84, 84, 3)
 LABEL_KEYS = ("label_specific", "label_general", "label_specific_str", "label_general_str")
 PROTOCOLS = {"shots": 100, "steps": 640}          # reading → the inner steps it expects
-WARP_KINDS = ("none", "linear", "conv1x1", "scale", "nonlinear", "residual")
+WARP_KINDS = ("none", *MAP_WARP_KINDS)     # no warp, or a feature-map warp of metarl.warp_layers
 # Per-channel RGB statistics of tieredImageNet as used by the MetaOptNet family of loaders.
 MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
 STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
@@ -262,118 +261,10 @@ class TieredSplit:
 
 
 # ------------------------------------------------------------------------------------------------
-# writing files in the original format (tests, tiny end-to-end configs)
-
-
-class _Python2Pickler(pickle._Pickler):      # the pure-Python pickler, whose dispatch table can be extended
-    """Writes protocol-2 streams as Python 2 did: ``str`` and ``bytes`` both become Python-2 ``str`` opcodes
-    (SHORT_BINSTRING / BINSTRING) and NumPy's reconstructor is named ``numpy.core.multiarray``. Python 3
-    reads such a stream only with ``encoding="latin1"`` (or ``"bytes"``) once a string holds a non-ASCII
-    byte — as every PNG buffer does (its signature starts with 0x89)."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: str | bytes) -> None:
-        data = obj if isinstance(obj, bytes) else obj.encode("utf-8")
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-    dispatch[str] = _save_py2_str
-
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        module = getattr(obj, "__module__", None) or pickle.whichmodule(obj, name)
-        name = name or obj.__qualname__
-        if module.startswith("numpy._core"):
-            module = "numpy.core" + module[len("numpy._core"):]
-        self.write(pickle.GLOBAL + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n")
-        self.memoize(obj)
-
-
-def _dump(obj: Any, path: Path, protocol: int, py2: bool) -> None:
-    buf = io.BytesIO()
-    if py2:
-        _Python2Pickler(buf, 2).dump(obj)
-    else:
-        pickle.dump(obj, buf, protocol=protocol)
-    path.write_bytes(buf.getvalue())
-
-
-def write_tiered_pickles(root: str | Path, split: str, images: np.ndarray, specific: Sequence[int] | np.ndarray,
-                         general: Sequence[int] | np.ndarray, specific_str: Sequence[str],
-                         general_str: Sequence[str], protocol: int = pickle.HIGHEST_PROTOCOL,
-                         bytes_keys: bool = False, py2: bool = False) -> tuple[Path, Path]:
-    """Write ``{split}_images_png.pkl`` and ``{split}_labels.pkl`` under ``root`` in the release's format.
-
-    ``images``: (N, 84, 84, 3) uint8 **RGB**; each is converted to BGR and encoded with ``cv2.imencode``
-    (a 1-D uint8 array per image, as in the release). Labels are stored as int64 arrays, names as lists.
-    ``bytes_keys``: the labels dict uses ``b"label_specific"`` etc. ``py2``: write protocol-2 streams as
-    Python 2 would have (see :class:`_Python2Pickler`; ``protocol`` and ``bytes_keys`` are then ignored).
-    Returns (images path, labels path)."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"images must be (N, 84, 84, 3) uint8, got {images.dtype} {images.shape}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    buffers = []
-    for image in images:
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
-        if not ok:
-            raise ValueError("cv2.imencode failed")
-        buffers.append(buf.reshape(-1))
-    labels = {"label_specific": np.asarray(specific, dtype=np.int64),
-              "label_general": np.asarray(general, dtype=np.int64),
-              "label_specific_str": [str(s) for s in specific_str],
-              "label_general_str": [str(s) for s in general_str]}
-    if bytes_keys and not py2:
-        labels = {k.encode("ascii"): v for k, v in labels.items()}
-    ipath, lpath = images_path(root, split), labels_path(root, split)
-    _dump(buffers, ipath, protocol, py2)
-    _dump(labels, lpath, protocol, py2)
-    return ipath, lpath
-
-
-def make_tiny_tiered(root: str | Path, seed: int = 0, categories: int = 2, classes_per_category: int = 12,
-                     images_per_class: int = 60, splits: Sequence[str] = SPLITS, **write_kwargs: Any) -> Path:
-    """A small synthetic release under ``root`` (every split: ``categories`` × ``classes_per_category`` ×
-    ``images_per_class`` distinct images), learnable: each class is a smooth colour pattern of its own plus
-    per-image blocky noise and a random shift. Class and category names are unique across splits; ids restart at
-    0 in every split, as in the release. Returns ``root``."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:84, 0:84].astype(np.float32) / 84.0
-    offset = 0
-    for split in splits:
-        n_classes = categories * classes_per_category
-        images = np.empty((n_classes * images_per_class, *IMAGE_SHAPE), dtype=np.uint8)
-        for c in range(n_classes):
-            colour = rng.uniform(40, 215, size=3).astype(np.float32)
-            freq = rng.uniform(1.0, 4.0, size=(3, 2)).astype(np.float32)
-            phase = rng.uniform(0, 2 * math.pi, size=3).astype(np.float32)
-            base = np.stack([colour[k] + 35 * np.sin(2 * math.pi * (freq[k, 0] * xx + freq[k, 1] * yy) + phase[k])
-                             for k in range(3)], axis=-1)
-            # blocky 4×4-pixel noise: cheap to draw and to PNG-encode, and still distinct per image
-            noise = rng.standard_normal((images_per_class, 21, 21, 3), dtype=np.float32) * 12
-            noise = noise.repeat(4, axis=1).repeat(4, axis=2)
-            for i in range(images_per_class):
-                noise[i] += np.roll(base, tuple(rng.integers(-6, 7, size=2)), axis=(0, 1))
-            images[c * images_per_class:(c + 1) * images_per_class] = np.clip(noise, 0, 255).astype(np.uint8)
-        specific = np.repeat(np.arange(n_classes), images_per_class)
-        general = specific // classes_per_category
-        specific_str = [f"n{offset + c:08d}" for c in range(n_classes)]
-        general_str = [f"{split}-category-{g}" for g in range(categories)]
-        write_tiered_pickles(root, split, images, specific, general, specific_str, general_str, **write_kwargs)
-        offset += n_classes
-    return Path(root)
-
-
-# ------------------------------------------------------------------------------------------------
 # tasks
 
 
-class TieredTask:
+class TieredTask(ClassificationTask):
     """``ways`` classes of one category. ``batch(split)`` returns ``(images (B, 3, 84, 84) float, labels (B,))``.
 
     ``train_index`` / ``test_index`` are image rows of the split (disjoint); their labels are 0…ways−1.
@@ -398,7 +289,8 @@ class TieredTask:
         return (f"TieredTask(key={self.key!r}, ways={len(self.classes)}, train={len(self.train_index)}, "
                 f"test={len(self.test_index)}, seed={self.seed})")
 
-    def reset(self) -> None:
+    def reset(self, steps: int | None = None) -> None:
+        """Re-seed the streams (``steps`` is not needed: training batches run epoch after epoch)."""
         self._train_rng = np.random.default_rng(self._seeds[0])
         self._query_rng = np.random.default_rng(self._seeds[1])
         self._pending = np.empty(0, dtype=np.int64)
@@ -416,21 +308,17 @@ class TieredTask:
             x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
         return x.contiguous()
 
-    def batch(self, split: str) -> tuple[Tensor, Tensor]:
-        if split == "train":
-            idx = self._next_train()
-            return self.tensors(self.train_index[idx]), torch.from_numpy(self.train_labels[idx])
-        if split == "query":
-            idx = self._query_rng.choice(len(self.test_index), size=min(self.batch_size, len(self.test_index)),
-                                         replace=False)
-            return self.tensors(self.test_index[idx]), torch.from_numpy(self.test_labels[idx])
-        if split == "test":
-            return self.tensors(self.test_index), torch.from_numpy(self.test_labels)
-        raise ValueError(f"unknown split {split!r}; choose train, query or test")
+    def train_batch(self) -> tuple[Tensor, Tensor]:
+        idx = self._next_train()
+        return self.tensors(self.train_index[idx]), torch.from_numpy(self.train_labels[idx])
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
+    def query_batch(self) -> tuple[Tensor, Tensor]:
+        idx = self._query_rng.choice(len(self.test_index), size=min(self.batch_size, len(self.test_index)),
+                                     replace=False)
+        return self.tensors(self.test_index[idx]), torch.from_numpy(self.test_labels[idx])
+
+    def test_batch(self) -> tuple[Tensor, Tensor]:
+        return self.tensors(self.test_index), torch.from_numpy(self.test_labels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -483,20 +371,10 @@ class TieredConv(nn.Module):
             raise ValueError(f"warp_blocks must lie in 0…{n - 1}, got {list(warp_blocks or [])}")
         self.warps: nn.ModuleDict | None = None
         if warp is not None and where:
-            def build() -> nn.ModuleDict:
-                return nn.ModuleDict({str(b): warp(filters[b]) for b in where})
-            if generator is None:
-                self.warps = build()
-            else:
-                seed = int(torch.randint(2**62, (1,), generator=generator))
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    self.warps = build()
+            self.warps = build_warps(lambda: nn.ModuleDict({str(b): warp(filters[b]) for b in where}), generator)
         self.head = nn.Linear(self.feature_size, num_classes)
         if generator is not None:
-            for m in [*self.blocks.modules(), self.head]:
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    seeded_default_init(m, generator)
+            init_task_layers([*self.blocks.modules(), self.head], generator)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, block in enumerate(self.blocks):
@@ -519,7 +397,7 @@ class TieredConfig:
     test_per_class: int = 50        # L held-out images per class
     batch_size: int = 64            # inner-loop batch (also the query batch)
     filters: tuple[int, ...] = (64, 64, 160, 160, 256, 256)   # one entry per conv block
-    warp: str = "none"              # none | linear | conv1x1 | scale | nonlinear | residual (metarl.warp_layers)
+    warp: str = "none"              # none | a feature-map warp kind (WARP_KINDS: metarl.warp_layers.MAP_WARP_KINDS)
     warp_blocks: list[int] = field(default_factory=list)   # blocks followed by a warp; empty: every block
     warp_batch_norm: bool = False   # a BatchNorm inside each conv warp (its affine parameters are warp ones)
     normalize: bool = True          # subtract / divide by the per-channel RGB mean / std (MEAN, STD)
@@ -542,7 +420,7 @@ class TieredConfig:
         self.warp_blocks = [int(b) for b in self.warp_blocks]
         if any(not 0 <= b < len(self.filters) for b in self.warp_blocks):
             raise ValueError(f"warp_blocks must lie in 0…{len(self.filters) - 1}, got {self.warp_blocks}")
-        if self.warp_batch_norm and self.warp not in ("linear", "conv1x1", "nonlinear", "residual"):
+        if self.warp_batch_norm and self.warp not in CONV_WARP_KINDS:
             raise ValueError(f"warp_batch_norm needs a conv warp, got warp {self.warp!r}")
 
     @property
@@ -551,23 +429,21 @@ class TieredConfig:
         return self.shots if self.protocol == "shots" else None
 
 
-class TieredAdapter:
+class TieredAdapter(ImageClassificationAdapter):
     """tieredImageNet multi-shot tasks for the trainer (see the module docstring).
 
     Splits ``train`` / ``val`` / ``test`` are the release's split files. Construction checks that every
     file exists; a split is read the first time it is used (``data``: already-loaded splits, e.g. in tests).
     """
 
-    head = ("head.",)
-    warp_prefix = ("warps.",)
+    config: TieredConfig
     splits = SPLITS
 
     def __init__(self, config: TieredConfig | None = None, seed: int | None = None,
-                 data: dict[str, TieredSplit] | None = None,
-                 warp: Callable[[int], nn.Module] | None = None) -> None:
+                 data: dict[str, TieredSplit] | None = None, warp: WarpFactory | None = None) -> None:
         """``warp`` overrides ``config.warp`` (a factory: channels → warp module)."""
-        c = self.config = config or TieredConfig()
-        self.seed = seed
+        super().__init__(config or TieredConfig(), seed, warp)
+        c = self.config
         self._data: dict[str, TieredSplit] = dict(data or {})
         self._eligible: dict[str, list[int]] = {}
         root = Path(c.root).expanduser()
@@ -579,13 +455,12 @@ class TieredAdapter:
                     for path in (images_path(root, split), labels_path(root, split)):
                         if not path.is_file():
                             raise DataError(f"tieredImageNet: file {path} does not exist")
-        if warp is not None:
-            self.warp = warp
-        elif c.warp == "none":
-            self.warp = None
-        else:
-            kind, bn = c.warp, c.warp_batch_norm
-            self.warp = lambda channels: make_warp(kind, channels, batch_norm=bn)
+
+    def configured_warp(self) -> WarpFactory | None:
+        if self.config.warp == "none":
+            return None
+        kind, bn = self.config.warp, self.config.warp_batch_norm
+        return lambda channels: make_warp(kind, channels, batch_norm=bn)
 
     @property
     def inner_steps(self) -> int:
@@ -598,6 +473,9 @@ class TieredAdapter:
         if split not in self._data:
             self._data[split] = TieredSplit(self.config.root, split, self.config.cache_images)
         return self._data[split]
+
+    def task_pool(self, split: str) -> list[int]:
+        return self.categories(split)
 
     def categories(self, split: str) -> list[int]:
         """Categories of ``split`` with at least ``ways`` classes that have enough images for a task."""
@@ -635,36 +513,19 @@ class TieredAdapter:
                           np.concatenate(test), test_labels, seed=int(rng.integers(2**62)),
                           batch_size=c.batch_size, normalize=c.normalize)
 
-    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[TieredTask]:
-        """``n`` tasks of ``split``; categories come from reshuffled rounds over the split's eligible
-        categories, so none repeats before all have been used."""
-        cats = self.categories(split)
-        order: list[int] = []
-        while len(order) < n:
-            order.extend(rng.permutation(len(cats)).tolist())
-        return [self.make_task(split, cats[i], rng) for i in order[:n]]
+    # sample_tasks (the split's eligible categories in reshuffled rounds, so none repeats before all have
+    # been used) and adapt: ImageClassificationAdapter
 
-    def adapt(self, task: TieredTask, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
-              watch: Any = NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
-        task.reset()
-        return supervised_adapt(task, model, optimizer, steps, watch, clip_grad_norm)
-
-    def evaluate(self, task: TieredTask, model: nn.Module) -> dict[str, float]:
-        """Held-out loss and accuracy over all ``ways × test_per_class`` held-out images, in eval() mode:
-        BatchNorm uses the running statistics of this task's own training (warpgrad.md §6)."""
-        was_training = model.training
-        model.eval()
+    def held_out_metrics(self, task: TieredTask, model: nn.Module) -> dict[str, float]:
+        """Loss and accuracy over all ``ways × test_per_class`` held-out images, ``eval_batch_size`` at a
+        time; BatchNorm uses the running statistics of this task's own training (warpgrad.md §6)."""
         total_loss, correct = 0.0, 0
-        try:
-            with torch.no_grad():
-                for start in range(0, len(task.test_index), self.config.eval_batch_size):
-                    rows = slice(start, start + self.config.eval_batch_size)
-                    x = task.tensors(task.test_index[rows])
-                    y = torch.from_numpy(task.test_labels[rows])
-                    logits = model(x)
-                    total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-                    correct += int((logits.argmax(-1) == y).sum())
-        finally:
-            model.train(was_training)
+        for start in range(0, len(task.test_index), self.config.eval_batch_size):
+            rows = slice(start, start + self.config.eval_batch_size)
+            x = task.tensors(task.test_index[rows])
+            y = torch.from_numpy(task.test_labels[rows])
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
         n = len(task.test_index)
         return {"test_loss": total_loss / n, "test_accuracy": correct / n}
