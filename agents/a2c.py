@@ -51,8 +51,8 @@ class A2CConfig:
     rms_alpha: float = 0.99
     rms_eps: float = 1e-5
     # Env groups stepped in turn: with 2, EnvPool steps one half while the network picks the other half's
-    # actions. On the shared 2-core machine that measured 0.80-0.92x of one group (smaller forward batches,
-    # twice the calls, no idle core to overlap into), so one group is the default.
+    # actions. Without an idle core to overlap into, the smaller forward batches and twice the calls cost more
+    # than the overlap gains (docs/RESULTS.md), so one group is the default.
     groups: int = 1
     precision: str = "fp32"          # fp32 | bf16: autocast the encoder to bfloat16 (heads, loss, optimiser fp32)
     # The loss reuses the acting passes' trunk outputs (autograd on while acting) instead of a second pass
@@ -202,7 +202,7 @@ def compute_returns(rewards: Tensor, values: Tensor, dones: Tensor, truncated: T
 
 
 def autocast(model: nn.Module, precision: str) -> torch.autocast:
-    """bfloat16 autocast for ``precision="bf16"`` (about 2× faster convolutions on CPUs with AVX512-BF16)."""
+    """bfloat16 autocast for ``precision="bf16"`` (faster convolutions on CPUs with AVX512-BF16; docs/RESULTS.md)."""
     device = next(model.parameters()).device.type
     return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 

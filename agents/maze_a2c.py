@@ -1,4 +1,4 @@
-"""Recurrent A2C for the Miconi maze: the episode-batch rollout and the Backpropamine loss (protocols.md §4).
+"""Recurrent A2C for the Miconi maze: the episode-batch rollout and the Backpropamine loss (docs/protocols.md §4).
 
 Loss over one batch of B episodes of T steps, with returns R_t = r_t + γ R_{t+1}, R_T = 0 (no bootstrap,
 γ = 0.9) and advantages A_t = R_t − V_t:

@@ -39,8 +39,8 @@ class NatureEncoder(nn.Module):
     def conv_features(self, obs: Tensor) -> Tensor:
         """(N, 4, 84, 84) uint8 → (N, 3136) flattened convolutional features."""
         # Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on
-        # CPU (forward + backward on 80 frames: ~43 → ~35 ms, one thread). Transposing the uint8 frames
-        # before the float conversion moves a quarter of the bytes.
+        # CPU (docs/RESULTS.md). Transposing the uint8 frames before the float conversion moves a quarter of
+        # the bytes.
         x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
         return self.conv(x)
 

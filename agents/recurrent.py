@@ -1,4 +1,4 @@
-"""Recurrent actor-critic networks for the Miconi maze (protocols.md §4, warpgrad.md §9).
+"""Recurrent actor-critic networks for the Miconi maze (docs/protocols.md §4, docs/warpgrad.md §9).
 
 Every model maps the 17-dim maze observation through a recurrent cell with ``hidden_size`` units (100 by
 default) and reads a linear policy head (4 logits) and a linear value head (1) off the hidden state.
@@ -141,7 +141,7 @@ class LSTMActorCritic(RecurrentActorCritic):
 
 class _WarpGates(nn.Module):
     """The warp: an adaptation LSTM over [x_t, h_{t−1}] whose hidden state z_t is projected by a bias-free
-    linear map and squashed by tanh into multiplicative gates U = tanh(P z_t) (warpgrad.md §9)."""
+    linear map and squashed by tanh into multiplicative gates U = tanh(P z_t) (docs/warpgrad.md §9)."""
 
     def __init__(self, input_size: int, hidden_size: int, gate_sizes: list[int]) -> None:
         super().__init__()
@@ -166,7 +166,7 @@ def _warped_preactivation(
 
 
 class WarpRNN(TanhRNN):
-    """Warp-RNN (WarpGrad App. I, Eq. 16; code architecture in warpgrad.md §9).
+    """Warp-RNN (WarpGrad App. I, Eq. 16; code architecture in docs/warpgrad.md §9).
 
     Base (task) cell: h_t = tanh((W_ih (x_t ⊙ p_x)) ⊙ p_i + (W_hh (h_{t−1} ⊙ p_h)) ⊙ p_hh + b ⊙ p_b), W_ih and
     W_hh orthogonal, b = 0. Gates [p_x (obs), p_h, p_i, p_hh, p_b (hidden each)] = tanh(P z_t), z_t from the
@@ -239,7 +239,7 @@ class WarpLSTM(RecurrentActorCritic):
 
 
 class ModulatedPlasticRNN(RecurrentActorCritic):
-    """Backpropamine's simple neuromodulated plastic RNN (protocols.md §4), a further baseline.
+    """Backpropamine's simple neuromodulated plastic RNN (docs/protocols.md §4), a further baseline.
 
     h_t = tanh(W_in x_t + (W + α ⊙ Hebb_{t−1}) h_{t−1}),  M_t = tanh(w · h_t),
     Hebb_t = clip(Hebb_{t−1} + M_t h_t h_{t−1}ᵀ, −1, 1), one Hebbian trace per batch element, reset to 0 each

@@ -1,6 +1,6 @@
 """The Miconi grid maze (Backpropamine batch version, as used by WarpGrad's Warp-RNN experiment).
 
-Specification: reference/protocols.md §4. An msize × msize grid (13 by default) whose outer ring is wall and
+Specification: docs/protocols.md §4. An msize × msize grid (13 by default) whose outer ring is wall and
 whose interior cells with an even row *and* an even column are pillars; the centre is always free. Every
 episode the agent starts at the centre and an invisible goal is drawn uniformly from the free cells other
 than the centre. Reaching the goal pays +10 and teleports the agent to a uniformly drawn free cell other
@@ -28,7 +28,7 @@ from gymnasium import spaces
 
 OBS_DIM = 17
 N_ACTIONS = 4
-# Observation layout (protocols.md §4).
+# Observation layout (docs/protocols.md §4).
 OBS_PATCH = slice(0, 9)  # 3×3 wall patch around the agent, row-major, 1 = wall
 OBS_ZERO = 9  # always 0
 OBS_BIAS = 10  # always 1
@@ -41,7 +41,7 @@ ACTION_DELTAS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 @dataclass(frozen=True)
 class MazeConfig:
-    """Maze settings; the defaults are the WarpGrad / Backpropamine paper runs (protocols.md §4)."""
+    """Maze settings; the defaults are the WarpGrad / Backpropamine paper runs (docs/protocols.md §4)."""
 
     size: int = 13  # msize, odd
     episode_length: int = 200  # T

@@ -113,7 +113,7 @@ class MazeBatch:
 class ShortestPathOracle:
     """A reference policy that knows each maze's goal and moves along a shortest path to it (BFS).
 
-    Calibrates the environment (protocols.md §4: ≈ 270 reward per episode) and gives an upper reference line
+    Calibrates the environment (docs/protocols.md §4: ≈ 270 reward per episode) and gives an upper reference line
     for learning curves. Ties between equally short moves go to the lowest action index.
     """
 

@@ -25,7 +25,7 @@ loss that produced task step i, from the same backward pass:
     g_φ += ∇_φ L(θ_i; φ, B_i)
 
 No extra computation: the loop's ``loss.backward()`` fills φ.grad along with θ.grad, and the observer
-moves it into the accumulator just before the task step (and clears φ.grad). Reading (warpgrad.md §9):
+moves it into the accumulator just before the task step (and clears φ.grad). Reading (docs/warpgrad.md §9):
 θ_i = sg[θ_{i−1} − u_{i−1}] is the previous step's post-update point, so this is arXiv Eq. 8's first-order
 objective L_meta(sg[θ − update]; φ) with Adam as the update rule — except that L_meta is evaluated on the
 batch the *next* task step then trains on, not on a batch of its own (and step 0's loss, at the initial

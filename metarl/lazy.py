@@ -1,6 +1,6 @@
 """Lazy teacher–student meta-learning: a long graph-free student, a short-graph teacher leap.
 
-Only the abstract and introduction of the paper are available (protocols.md §10). What they fix: a
+Only the abstract and introduction of the paper are available (docs/protocols.md §10). What they fix: a
 **student** explores the task's parameter space for a long horizon (well over ten steps) without the
 meta-gradient having to pass through those steps; a **teacher** then "leaps toward the regions probed by
 the student", arriving at a good task model and "defining a lightweight computation graph for
@@ -8,46 +8,50 @@ meta-gradients". The leap formula is not in the text, so it is a switch here (``
 
     student (all readings, no graph):  φ_0 = θ,  φ_{k+1} = φ_k − η ⊙ g_k,  g_k = ∇L_train(φ_k),  k < K
 
-    A  interpolation     ψ = θ + γ·(sg[φ_K] − θ)          ∇_θ L_q(ψ) = (1 − γ)·∇_ψ L_q(ψ)
-    B  leap along the    ψ = θ − γ·η ⊙ Σ_k sg[g_k]         ∇_θ L_q(ψ) = ∇_ψ L_q(ψ);  η gets a signal
-       student's updates
-    C  leap, then one    ψ as in A or B (``base``), then    second order through that one step only
-       differentiable    ψ' = ψ − α ⊙ ∇L_support(ψ)
-       step              (create_graph); meta-gradient ∇_θ L_q(ψ')
+    interpolate     ψ = θ + γ·(sg[φ_K] − θ)             ∇_θ L_q(ψ) = (1 − γ)·∇_ψ L_q(ψ)
+                    (the teacher moves part-way to the student's end point)
+    follow_updates  ψ = θ − γ·η ⊙ Σ_k sg[g_k]            ∇_θ L_q(ψ) = ∇_ψ L_q(ψ);  η gets a signal
+                    (the teacher replays a fraction of the student's summed updates)
+    leap_then_step  ψ as in interpolate or follow_updates (``base``), then ψ' = ψ − α ⊙ ∇L_support(ψ)
+                    (create_graph): second order through that one step only; meta-gradient ∇_θ L_q(ψ')
 
 η is the student's step size per parameter tensor: the constant ``student_lr`` or, with ``learn_lr``, a
 learned per-tensor log step size (MetaSGD-style, one scalar per tensor, a meta-parameter in the
-meta-optimiser and in ``state_dict``). In B (and in C's step when ``teacher_step_lr`` is None) η stays
-differentiable, so it is meta-learned; in A its gradient is exactly zero (the student's end point is
-behind a stop-gradient). With SGD students and a constant η, A and B reach the same point ψ; they differ
-only in how the meta-gradient passes through it.
+meta-optimiser and in ``state_dict``). Under follow_updates (and in leap_then_step's step when
+``teacher_step_lr`` is None) η stays differentiable, so it is meta-learned; under interpolate its gradient
+is exactly zero (the student's end point is behind a stop-gradient). With SGD students and a constant η,
+interpolate and follow_updates reach the same point ψ; they differ only in how the meta-gradient passes
+through it.
 
-Default: **C on base B** (``reading="C", base="B"``). Reasons, weighing the text against §10's remarks:
-- the text says the teacher *defines a computation graph* for meta-gradients. Under A or B that graph
-  is one affine map of θ, i.e. a first-order method evaluated at the leap point; C is the smallest
-  reading where the graph holds a real (second-order) learning step, "MAML one step at the leap point";
-- the text calls the scheme *generic* over four meta-learning algorithms. A gives learned inner-loop
-  quantities (step sizes, preconditioners) exactly zero signal, so it could not serve a MetaSGD-like
-  algorithm; B and C do;
-- A's θ-signal shrinks as (1 − γ) and vanishes as the teacher leaps all the way to the student; base B
-  passes θ's signal through the leap unscaled (at γ = 1 it is first-order MAML at the student's end).
-Reading A remains available and is the cheapest (one forward/backward at ψ, no second order).
+Default: **leap_then_step on follow_updates** (``reading="leap_then_step", base="follow_updates"``).
+Reasons, weighing the text against §10's remarks:
+- the text says the teacher *defines a computation graph* for meta-gradients. Under interpolate or
+  follow_updates that graph is one affine map of θ, i.e. a first-order method evaluated at the leap point;
+  leap_then_step is the smallest reading where the graph holds a real (second-order) learning step, "MAML
+  one step at the leap point";
+- the text calls the scheme *generic* over four meta-learning algorithms. interpolate gives learned
+  inner-loop quantities (step sizes, preconditioners) exactly zero signal, so it could not serve a
+  MetaSGD-like algorithm; follow_updates and leap_then_step do;
+- interpolate's θ-signal shrinks as (1 − γ) and vanishes as the teacher leaps all the way to the student;
+  follow_updates passes θ's signal through the leap unscaled (at γ = 1 it is first-order MAML at the
+  student's end).
+interpolate remains available and is the cheapest (one forward/backward at ψ, no second order).
 
 Memory: the student's K steps are plain ``autograd.grad`` calls on detached leaf copies, updated in place
 under ``torch.no_grad``; each step's graph is freed before the next. The teacher keeps O(#parameters)
-statistics — φ_K (A) or Σ_k g_k (B) — and its graph has the same size for every K. ``keep_trajectory``
-additionally records every φ_k and g_k (detached) for tests and diagnostics.
+statistics — φ_K (interpolate) or Σ_k g_k (follow_updates) — and its graph has the same size for every K.
+``keep_trajectory`` additionally records every φ_k and g_k (detached) for tests and diagnostics.
 
 Protocol: like :class:`~metarl.maml.MAML`, ``run_task`` differentiates through loops of its own; it calls
 ``accumulate(model, loss_fn)`` with ``loss_fn(model, split)`` drawing a batch of ``split`` ("train": the
-student's steps and C's support step; "query": the teacher's outer loss). A task whose student or teacher
-loss is non-finite is skipped (``meta/skipped_tasks``) and never reaches θ or η.
+student's steps and leap_then_step's support step; "query": the teacher's outer loss). A task whose student
+or teacher loss is non-finite is skipped (``meta/skipped_tasks``) and never reaches θ or η.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -56,30 +60,31 @@ from torch import Tensor, nn
 from .base import MetaLearner, all_finite, global_norm
 from .maml import _Functional
 
-READINGS = ("A", "B", "C")
+LEAPS = ("interpolate", "follow_updates")          # the teacher's leap rules
+READINGS = (*LEAPS, "leap_then_step")              # a leap rule alone, or a leap (``base``) + one step
 
 
 @dataclass
 class LazyConfig:
-    reading: str = "C"                   # A: interpolation | B: leap along the updates | C: leap + one step
-    gamma: float = 0.5                   # leap fraction γ: 0 < γ < 1 for A (and C on A), 0 < γ ≤ 1 for B
+    reading: str = "leap_then_step"      # interpolate | follow_updates | leap_then_step (module docstring)
+    gamma: float = 0.5                   # leap fraction γ: 0 < γ < 1 for interpolate, 0 < γ ≤ 1 for follow_updates
     student_steps: int = 100             # K, the student's (graph-free) horizon
     student_lr: float = 0.01             # η (the initial value of the learned step sizes with learn_lr)
-    teacher_step_lr: float | None = None  # α of C's differentiable step; None: the student's η (learned or not)
+    teacher_step_lr: float | None = None  # α of leap_then_step's step; None: the student's η (learned or not)
     learn_lr: bool = False               # meta-learn one log step size per parameter tensor (MetaSGD-style)
-    base: str = "B"                      # the leap under reading C: A or B
+    base: str = "follow_updates"         # the leap under leap_then_step: interpolate | follow_updates
     lr_meta_lr: float | None = None      # meta-optimiser lr of the log step sizes; None: the θ meta lr
     keep_trajectory: bool = False        # record every φ_k and g_k (detached) in ``last_trace``
 
     def __post_init__(self) -> None:
         if self.reading not in READINGS:
-            raise ValueError(f"reading must be one of A, B, C, got {self.reading!r}")
-        if self.base not in ("A", "B"):
-            raise ValueError(f"base must be A or B, got {self.base!r}")
+            raise ValueError(f"reading must be one of {', '.join(READINGS)}, got {self.reading!r}")
+        if self.base not in LEAPS:
+            raise ValueError(f"base must be one of {', '.join(LEAPS)}, got {self.base!r}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.leap == "A" and self.gamma >= 1.0:
-            raise ValueError("gamma must be < 1 for the interpolation leap (A): at 1 the meta-gradient is zero")
+        if self.leap == "interpolate" and self.gamma >= 1.0:
+            raise ValueError("gamma must be < 1 for the interpolate leap: at 1 the meta-gradient is zero")
         if self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
         if not self.student_lr > 0:
@@ -91,8 +96,8 @@ class LazyConfig:
 
     @property
     def leap(self) -> str:
-        """The leap rule in use: the reading itself for A / B, ``base`` for C."""
-        return self.base if self.reading == "C" else self.reading
+        """The leap rule in use: the reading itself, or ``base`` under leap_then_step."""
+        return self.base if self.reading == "leap_then_step" else self.reading
 
 
 @dataclass
@@ -109,6 +114,14 @@ class StudentTrace:
     points: list[dict[str, Tensor]] | None = None
     grads: list[dict[str, Tensor]] | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossSums:
+    """Sums over the meta-batch's merged tasks (Python floats: float64), averaged into ``meta_step``'s logs."""
+
+    student_loss: float = 0.0             # the student's last training loss
+    teacher_loss: float = 0.0             # the teacher's query loss
 
 
 class Lazy(MetaLearner):
@@ -136,8 +149,7 @@ class Lazy(MetaLearner):
             self.meta_optimizer.add_param_group(group)
         self._lr_task_acc = [torch.zeros_like(p) for p in self.lr_params]
         self._lr_acc = [torch.zeros_like(p) for p in self.lr_params]
-        # Σ over merged tasks of: student's last training loss, teacher's query loss
-        self._stats = torch.zeros(2, dtype=torch.float64)
+        self._sums = LossSums()
         self.last_trace: StudentTrace | None = None
 
     def observers(self, task: Any = None) -> list:
@@ -210,11 +222,11 @@ class Lazy(MetaLearner):
         for n, t in theta.items():
             if n not in self.step_names:
                 psi[n] = t
-            elif cfg.leap == "A":           # θ + γ (sg[φ_K] − θ)
+            elif cfg.leap == "interpolate":     # θ + γ (sg[φ_K] − θ)
                 psi[n] = t + cfg.gamma * (trace.end[n] - t)
-            else:                           # θ − γ η Σ_k sg[g_k]
+            else:                               # follow_updates: θ − γ η Σ_k sg[g_k]
                 psi[n] = t - cfg.gamma * rates[n] * trace.grad_sum[n]
-        if cfg.reading == "C":              # one differentiable step at the leap point
+        if cfg.reading == "leap_then_step":     # one differentiable step at the leap point
             support = loss_fn(_Functional(model, psi), "train")
             trace.extra["support_loss"] = float(support.detach())
             keys = list(self.step_names)
@@ -256,8 +268,8 @@ class Lazy(MetaLearner):
                 torch._foreach_add_(self._lr_acc, self._lr_task_acc)
             trace = self.last_trace
             if trace is not None and trace.losses:
-                self._stats[0] += trace.losses[-1]
-                self._stats[1] += trace.extra.get("query_loss", float("nan"))
+                self._sums.student_loss += trace.losses[-1]
+                self._sums.teacher_loss += trace.extra.get("query_loss", float("nan"))
             self.tasks += 1
         else:
             self.skipped += 1
@@ -275,7 +287,7 @@ class Lazy(MetaLearner):
 
     def meta_step(self) -> dict[str, float]:
         tasks = self.tasks
-        stats = self._stats / max(tasks, 1)
+        sums = self._sums
         if self.lr_params and tasks > 0:
             lr_grads = self.lr_meta_gradient()
             for p, g in zip(self.lr_params, lr_grads):
@@ -284,15 +296,15 @@ class Lazy(MetaLearner):
         for p in self.lr_params:
             p.grad = None
         if tasks > 0:
-            logs["meta/student_loss"] = float(stats[0])
-            logs["meta/teacher_loss"] = float(stats[1])
+            logs["meta/student_loss"] = sums.student_loss / tasks
+            logs["meta/teacher_loss"] = sums.teacher_loss / tasks
             if self.lr_params:
                 logs["meta/lr_grad_norm"] = global_norm(lr_grads)
         if self.lr_params:
             logs["meta/student_lr"] = float(torch.stack([p.detach().exp() for p in self.lr_params]).mean())
         if self._lr_acc:
             torch._foreach_zero_(self._lr_acc)
-        self._stats.zero_()
+        self._sums = LossSums()
         return logs
 
     # -- checkpointing -------------------------------------------------------------------------------------
@@ -303,7 +315,7 @@ class Lazy(MetaLearner):
         state["lr_names"] = list(self.lr_names)
         state["log_lr"] = [p.detach().clone() for p in self.lr_params]
         state["lr_acc"] = [a.clone() for a in self._lr_acc]
-        state["lazy_stats"] = self._stats.clone()
+        state["lazy_sums"] = asdict(self._sums)
         return state
 
     @torch.no_grad()
@@ -315,4 +327,4 @@ class Lazy(MetaLearner):
             p.copy_(v)
         for a, v in zip(self._lr_acc, state["lr_acc"]):
             a.copy_(v)
-        self._stats.copy_(state["lazy_stats"])
+        self._sums = LossSums(**state["lazy_sums"])

@@ -97,7 +97,7 @@ class LeapObjective:
             if cfg.loss:
                 self._add(self._views["sum"], self._held_grad(), -d_loss_t)  # −Δf̃_i·g_i
             return
-        sq = self._sq + d_loss ** 2 if cfg.loss else self._sq                # the stabilizer keeps Δf² (§3)
+        sq = self._sq + d_loss ** 2 if cfg.loss else self._sq    # the stabilizer keeps Δf² (docs/leap.md §3)
         length = (sq + cfg.eps ** 2) ** 0.5                          # ℓ_i = sqrt(‖Δθ_i‖² + Δf_i² + ε²)
         self.path_length = self.path_length + length
         # δ_i = (θ_i − θ_{i+1})/ℓ_i − (Δf̃_i/ℓ_i)·g_i

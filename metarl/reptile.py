@@ -1,7 +1,7 @@
 """Reptile (Nichol et al., 2018): the meta-gradient of a task is θ⁰ − θ^K.
 
 With meta step β the update is θ⁰ ← θ⁰ − β·mean_τ(θ⁰ − θ_τ^K) = θ⁰ + β·mean_τ(θ_τ^K − θ⁰).
-It equals Leap with p = 2 and the loss term off (leap.md §5).
+It equals Leap with p = 2 and the loss term off (docs/leap.md §5).
 """
 
 from __future__ import annotations

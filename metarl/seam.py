@@ -58,7 +58,7 @@ class Observer:
 
 
 def _loss_value(loss: Tensor | float | None) -> Tensor | None:
-    """Losses are detached: the meta-gradient never carries the task graph (Leap defect #3)."""
+    """Losses are detached: the meta-gradient never carries the task graph (docs/leap.md §7, defect #3)."""
     if loss is None:
         return None
     if isinstance(loss, Tensor):

@@ -1,5 +1,5 @@
 """Warp layers: modules whose parameters φ are held fixed while a task adapts and are meta-learned by
-the WarpGrad objective (warpgrad.md §2).
+the WarpGrad objective (docs/warpgrad.md §2).
 
 Backpropagation through a warp layer multiplies the gradient of the task layer below it by the warp's
 Jacobian, so warps precondition the task gradients without any change to the inner optimiser. Models

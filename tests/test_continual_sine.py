@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from metarl.base import MetaOptimizerConfig
 from metarl.warpgrad import WarpGrad, WarpGradConfig
 from train.tasks.continual_sine import (RANDOM_ORDER, ContinualMetaBatch, ContinualSineAdapter,
                                         ContinualSineConfig, ContinualSineTask, continual_weights, forgetting,
@@ -302,29 +301,10 @@ def test_warp_and_sgd_coincide_at_identity_warps():
 # Algorithm 3: φ steps inside a running sequence
 
 
-def test_continual_warpgrad_flush_includes_the_running_task():
-    from train.trainer import MetaEvery
-
-    cfg = tiny_config()
-    adapter = ContinualSineAdapter(cfg)
-    model = adapter.make_model(torch.Generator().manual_seed(0))
-    wg = WarpGrad(model, WarpGradConfig(algorithm="online", init_objective="none", final_point=False,
-                                                 meta_split="meta",
-                                                 warp_optimizer=MetaOptimizerConfig(name="adam", lr=1e-3)))
-    task = adapter.sample_tasks("train", 1, np.random.default_rng(0))[0]
-    wg.load_init(model)
-    wg.prepare(model, task)
-    phi0 = [p.detach().clone() for p in wg.warp_params]
-    logs = []
-    opt = torch.optim.SGD(wg.task_parameters(model), lr=0.05)
-    with wg.watch(model, opt, task) as watch:
-        watch.observers.insert(len(watch.observers) - 1, MetaEvery(wg, 4, logs.append))
-        adapter.adapt(task, model, opt, cfg.steps, watch)
-    assert [x["meta/warp_points"] for x in logs] == [4.0]       # the first 4 points of the running task
-    assert wg.warp_updates == 1 and not all(torch.equal(a, b) for a, b in zip(phi0, wg.warp_params))
-    assert int(wg._stats[0]) == cfg.steps - 4                  # the rest waits for the next φ step
-    with pytest.raises(ValueError):
-        WarpGrad(model, WarpGradConfig(algorithm="offline", init_objective="none")).flush()
+# Removed with MetaEvery / WarpGrad.flush(): continual mode is Algorithm 3 over one never-reset learner
+# (method warpgrad_continual). That φ steps inside the running task, at meta-steps only, with the
+# window's contributions, is checked through the trainer in
+# tests/test_maze_training.py::test_trainer_moves_phi_exactly_at_meta_steps.
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,10 +317,9 @@ def test_configs_train_and_evaluate_end_to_end(tmp_path):
 
     from train.config import load_config
     from train.evaluate import evaluate_run
-    from train.tasks.continual_sine import register, table
+    from train.continual_sine_report import table
     from train.trainer import train
 
-    register()
     configs = Path(__file__).resolve().parent.parent / "configs"
     paper = load_config(configs / "continual_sine_warp.yaml")
     assert paper.meta.steps == 20000 and paper.task_config.weighting == "eq19"

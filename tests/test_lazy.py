@@ -1,6 +1,6 @@
-"""Lazy teacher–student leap: meta-gradients of readings A / B / C against autograd on an explicit model,
-the (1 − γ) identity of A, the learned step sizes' signal, graph size independent of K, skipped tasks,
-checkpoints, and a few meta-steps on sine regression."""
+"""Lazy teacher–student leap: meta-gradients of the readings interpolate / follow_updates / leap_then_step
+against autograd on an explicit model, the (1 − γ) identity of interpolate, the learned step sizes' signal,
+graph size independent of K, skipped tasks, checkpoints, and a few meta-steps on sine regression."""
 
 import io
 import math
@@ -68,11 +68,11 @@ def reference(cfg: LazyConfig, init, trace, data):
     names = list(trace.points[0])
     end = [trace.points[-1][n] for n in names]
     gsum = [sum(g[n] for g in trace.grads) for n in names]
-    if cfg.leap == "A":
+    if cfg.leap == "interpolate":
         psi = [t + cfg.gamma * (e - t) for t, e in zip(theta, end)]
     else:
         psi = [t - cfg.gamma * r * g for t, r, g in zip(theta, eta, gsum)]
-    if cfg.reading == "C":
+    if cfg.reading == "leap_then_step":
         grads = torch.autograd.grad(f(psi, data["train"][cfg.student_steps]), psi, create_graph=True)
         alphas = eta if cfg.teacher_step_lr is None else [cfg.teacher_step_lr] * 4
         psi = [p - a * g for p, a, g in zip(psi, alphas, grads)]
@@ -81,9 +81,11 @@ def reference(cfg: LazyConfig, init, trace, data):
     return list(out[:4]), [g if g is not None else torch.zeros((), dtype=torch.float64) for g in out[4:]]
 
 
-CASES = [("A", "A", False, None), ("A", "A", True, None), ("B", "B", False, None), ("B", "B", True, None),
-         ("C", "A", False, None), ("C", "A", True, None), ("C", "B", False, None), ("C", "B", True, None),
-         ("C", "B", True, 0.2)]
+INTERPOLATE, FOLLOW, STEP = "interpolate", "follow_updates", "leap_then_step"
+CASES = [(INTERPOLATE, INTERPOLATE, False, None), (INTERPOLATE, INTERPOLATE, True, None),
+         (FOLLOW, FOLLOW, False, None), (FOLLOW, FOLLOW, True, None),
+         (STEP, INTERPOLATE, False, None), (STEP, INTERPOLATE, True, None), (STEP, FOLLOW, False, None),
+         (STEP, FOLLOW, True, None), (STEP, FOLLOW, True, 0.2)]
 
 
 @pytest.mark.parametrize("reading,base,learn_lr,alpha", CASES)
@@ -114,15 +116,15 @@ def test_meta_gradient_matches_autograd_from_the_recorded_trajectory(reading, ba
         assert len(mine) == 4
         for a, b in zip(mine, g_s):
             torch.testing.assert_close(a, b.reshape(()), rtol=1e-10, atol=1e-12)
-        if cfg.leap == "A" and reading == "A":
-            assert all(float(g) == 0.0 for g in mine)           # A: exactly no signal to the step sizes
+        if reading == INTERPOLATE:
+            assert all(float(g) == 0.0 for g in mine)           # exactly no signal to the step sizes
         else:
-            assert float(torch.stack(mine).norm()) > 1e-6       # B / C: a real signal
+            assert float(torch.stack(mine).norm()) > 1e-6       # follow_updates / leap_then_step: a real signal
 
 
-def test_reading_a_is_one_minus_gamma_times_the_gradient_at_the_leap_point():
+def test_interpolate_is_one_minus_gamma_times_the_gradient_at_the_leap_point():
     k = 8
-    cfg = LazyConfig(reading="A", gamma=GAMMA, student_steps=k, student_lr=LR, keep_trajectory=True)
+    cfg = LazyConfig(reading=INTERPOLATE, gamma=GAMMA, student_steps=k, student_lr=LR, keep_trajectory=True)
     data = make_data(2, k)
     meta, _ = run(cfg, data)
     theta = [p.detach() for p in meta.params]
@@ -131,8 +133,8 @@ def test_reading_a_is_one_minus_gamma_times_the_gradient_at_the_leap_point():
     grad_psi = torch.autograd.grad(f(psi, data["query"][0]), psi)
     for a, g in zip(meta.meta_gradient(), grad_psi):
         torch.testing.assert_close(a, (1 - GAMMA) * g, rtol=1e-12, atol=1e-14)
-    # B reaches the same point with a constant step size and passes the gradient through unscaled
-    meta_b, _ = run(LazyConfig(reading="B", gamma=GAMMA, student_steps=k, student_lr=LR), data)
+    # follow_updates reaches the same point with a constant step size and passes the gradient through unscaled
+    meta_b, _ = run(LazyConfig(reading=FOLLOW, gamma=GAMMA, student_steps=k, student_lr=LR), data)
     for a, g in zip(meta_b.meta_gradient(), grad_psi):
         torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
 
@@ -151,8 +153,8 @@ def graph(t: torch.Tensor) -> tuple[int, set[int]]:
     return len(seen), leaves
 
 
-@pytest.mark.parametrize("reading,base,learn_lr", [("A", "A", True), ("B", "B", True), ("C", "B", True),
-                                                   ("C", "A", False)])
+@pytest.mark.parametrize("reading,base,learn_lr", [(INTERPOLATE, INTERPOLATE, True), (FOLLOW, FOLLOW, True),
+                                                   (STEP, FOLLOW, True), (STEP, INTERPOLATE, False)])
 def test_student_holds_no_graph_and_teacher_graph_does_not_grow_with_k(reading, base, learn_lr):
     sizes = []
     for k in (3, 30):
@@ -168,7 +170,7 @@ def test_student_holds_no_graph_and_teacher_graph_does_not_grow_with_k(reading, 
         recorded = [*trace.start.values(), *trace.end.values(), *trace.grad_sum.values(), *trace.lr.values(),
                     *(t for d in trace.points + trace.grads for t in d.values())]
         assert recorded and not any(t.requires_grad for t in recorded)
-        assert [s for s, _ in log].count("train") == k + (reading == "C")
+        assert [s for s, _ in log].count("train") == k + (reading == STEP)
         query = [loss for s, loss in log if s == "query"]
         assert len(query) == 1
         nodes, teacher_leaves = graph(query[0])
@@ -182,7 +184,7 @@ def test_student_holds_no_graph_and_teacher_graph_does_not_grow_with_k(reading, 
 def test_non_finite_tasks_are_skipped():
     k = 5
     model = tiny()
-    meta = Lazy(model, LazyConfig(reading="B", student_steps=k, student_lr=LR, learn_lr=True))
+    meta = Lazy(model, LazyConfig(reading=FOLLOW, student_steps=k, student_lr=LR, learn_lr=True))
     before = [p.detach().clone() for p in meta.params] + [p.detach().clone() for p in meta.lr_params]
     good = make_data(4, k)
     bad = make_data(4, k)
@@ -201,7 +203,7 @@ def test_non_finite_tasks_are_skipped():
     for a, b in zip([*meta.params, *meta.lr_params], before):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
     # a finite task next to a diverged one: the meta-gradient is the finite task's alone
-    ref, _ = run(LazyConfig(reading="B", student_steps=k, student_lr=LR, learn_lr=True), good)
+    ref, _ = run(LazyConfig(reading=FOLLOW, student_steps=k, student_lr=LR, learn_lr=True), good)
     for data in (bad, good):
         meta.load_init(model)
         meta.accumulate(model, loss_fn_for(data))
@@ -212,7 +214,7 @@ def test_non_finite_tasks_are_skipped():
 
 def test_meta_step_moves_step_sizes_and_state_round_trips():
     k = 4
-    cfg = LazyConfig(reading="B", student_steps=k, student_lr=LR, learn_lr=True, lr_meta_lr=0.5)
+    cfg = LazyConfig(reading=FOLLOW, student_steps=k, student_lr=LR, learn_lr=True, lr_meta_lr=0.5)
     model = tiny()
     meta = Lazy(model, cfg)
     assert len(meta.meta_optimizer.param_groups) == 2 and meta.meta_optimizer.param_groups[1]["lr"] == 0.5
@@ -235,17 +237,19 @@ def test_meta_step_moves_step_sizes_and_state_round_trips():
                     [*meta.params, *meta.lr_params, *meta._lr_acc, *meta._acc]):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
     assert other.tasks == meta.tasks == 1
+    assert other._sums == meta._sums and meta._sums.student_loss > 0 and meta._sums.teacher_loss > 0
     with pytest.raises(ValueError):
         Lazy(tiny(), LazyConfig(learn_lr=False)).load_state_dict(state)
 
 
 def test_config_validation():
-    for bad in (dict(reading="D"), dict(base="C"), dict(gamma=0.0), dict(reading="A", gamma=1.0),
-                dict(reading="C", base="A", gamma=1.0), dict(student_steps=0), dict(student_lr=0.0),
-                dict(teacher_step_lr=-1.0)):
+    for bad in (dict(reading="A"), dict(reading="C"), dict(base=STEP), dict(base="B"), dict(gamma=0.0),
+                dict(reading=INTERPOLATE, gamma=1.0), dict(reading=STEP, base=INTERPOLATE, gamma=1.0),
+                dict(student_steps=0), dict(student_lr=0.0), dict(teacher_step_lr=-1.0)):
         with pytest.raises(ValueError):
             LazyConfig(**bad)
-    assert LazyConfig(reading="B", gamma=1.0).leap == "B"
+    assert LazyConfig(reading=FOLLOW, gamma=1.0).leap == FOLLOW
+    assert LazyConfig().reading == STEP and LazyConfig().leap == FOLLOW
 
 
 def test_lazy_meta_trains_on_sine():
@@ -254,7 +258,7 @@ def test_lazy_meta_trains_on_sine():
     torch.manual_seed(0)
     adapter = SineAdapter(SineConfig(batch_size=10))
     template = adapter.make_model(torch.Generator().manual_seed(0))
-    meta = Lazy(template, LazyConfig(reading="C", student_steps=20, student_lr=0.01, learn_lr=True))
+    meta = Lazy(template, LazyConfig(reading=STEP, student_steps=20, student_lr=0.01, learn_lr=True))
     init = [p.detach().clone() for p in meta.params]
     for step in range(3):
         tasks = adapter.sample_tasks("train", 2, np.random.default_rng([0, step]))

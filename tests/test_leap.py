@@ -144,7 +144,7 @@ def test_leap_energy_without_loss_is_reptile():
         data = batches(task, steps=5)
         traj = inner_loop(leap, model, data, "momentum")
         inner_loop(reptile, model, data, "momentum")
-        # θ⁰ − θ^K, final step included (original-code defect #1 counts only θ⁰ − θ^{K−1})
+        # θ⁰ − θ^K, final step included (docs/leap.md §7, defect #1 counts only θ⁰ − θ^{K−1})
         if task == 0:
             first = [a - b for a, b in zip(traj[0], traj[-1])]
     for a, b in zip(leap.meta_gradient(), reptile.meta_gradient()):
@@ -158,7 +158,7 @@ def test_leap_energy_without_loss_is_reptile():
 
 @pytest.mark.parametrize("p", [1, 2])
 def test_sgd_stabilizer_increment_is_positive_gradient_multiple(p):
-    """Plain SGD, loss on, stabilizer on: δ_i = (α + |Δf_i|)·g_i / ℓ_i^{2−p} (leap.md §5)."""
+    """Plain SGD, loss on, stabilizer on: δ_i = (α + |Δf_i|)·g_i / ℓ_i^{2−p} (docs/leap.md §5)."""
     lr = 0.1
     model = mlp(1)
     meta = Leap(model, LeapConfig(p=p, loss=True, stabilizer=True))
@@ -180,7 +180,7 @@ def test_sgd_stabilizer_increment_is_positive_gradient_multiple(p):
 
 
 def test_zero_step_is_finite():
-    """A zero step with zero Δf gives 0/0 without ε (original-code defect #2)."""
+    """A zero step with zero Δf gives 0/0 without ε (docs/leap.md §7, defect #2)."""
     model = mlp()
     meta = Leap(model, LeapConfig(p=1, loss=True))
     data = batches(0, steps=3)
@@ -217,7 +217,7 @@ def test_leap_runs_under_every_optimizer(opt_name):
     for t in range(2):
         inner_loop(meta, model, batches(t, 4), opt_name, lr=0.01)
     meta.meta_step()
-    meta.meta_step()   # an empty meta-batch (grads set to None by zero_grad) must not fail (defect #4)
+    meta.meta_step()   # an empty meta-batch (grads None after zero_grad) must not fail (docs/leap.md §7, defect #4)
     inner_loop(meta, model, batches(5, 4), opt_name, lr=0.01)
     meta.meta_step()
     assert any((a != b).any() for a, b in zip(before, meta.params))

@@ -285,7 +285,7 @@ def _mean_return(policy: str, episodes: int, seed: int) -> tuple[float, float]:
     [("random", 5.8, 8.3, 4000), ("oracle", 270.0, 50.0, 2000)],
 )
 def test_calibration_against_protocol_reference(policy, reference_mean, reference_sd, episodes):
-    # Reference (protocols.md §4): an independent re-implementation, 2000 episodes each; its own mean
+    # Reference (docs/protocols.md §4): an independent re-implementation, 2000 episodes each; its own mean
     # carries a standard error sd/√2000. Allow 4 combined standard errors.
     mean, se = _mean_return(policy, episodes, seed=0)
     tolerance = 4.0 * np.hypot(se, reference_sd / np.sqrt(2000))

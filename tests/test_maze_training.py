@@ -230,7 +230,6 @@ def test_trainer_moves_phi_exactly_at_meta_steps(tmp_path, monkeypatch, objectiv
     assert [e[3] for e in events if e[0] == "task"] == [False] * 3 + [True] * 6      # θ: every task step
     assert all(e[4] for e in events if e[0] == "task")                              # φ.grad never left behind
     assert [(e[1], e[3]) for e in events if e[0] == "meta"] == [(0, 0.0), (3, 1.0), (3, 2.0)]
-    phi = snapshot(ContinualWarpGrad(tiny_model(), include=["warp."]).params)       # shapes only
     phi = [e[2] for e in events if e[0] == "task"][0]                               # φ⁰ as the run saw it
     for k, e in enumerate(events):
         if e[0] == "task":

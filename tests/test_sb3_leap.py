@@ -2,7 +2,7 @@
 
 SB3's ``A2C.train()`` calls ``policy.optimizer.step()`` itself and reports no loss, so Leap runs with the
 loss term off; with p = 2 its meta-gradient must then be exactly θ⁰ − θ^K of the watched parameters
-(leap.md §5). SB3 names the shared Nature-CNN ``features_extractor`` (its state_dict also lists the same
+(docs/leap.md §5). SB3 names the shared Nature-CNN ``features_extractor`` (its state_dict also lists the same
 tensors as ``pi_features_extractor.*`` and ``vf_features_extractor.*``; ``named_parameters`` does not).
 """
 
@@ -17,7 +17,7 @@ sb3 = pytest.importorskip("stable_baselines3")
 from envs.atari import make_atari  # noqa: E402
 from metarl.base import MetaOptimizerConfig  # noqa: E402
 from metarl.leap import Leap, LeapConfig  # noqa: E402
-from train.benchmarks.sb3_envpool import SB3AtariVecEnv  # noqa: E402
+from envs.atari_sb3 import SB3AtariVecEnv  # noqa: E402
 
 UPDATES = 6
 META_LR = 0.5

@@ -1,8 +1,9 @@
 """tieredImageNet multi-shot adapter on small pickles written in the release's exact format.
 
-The real release (≈13 GB) is not needed: :func:`write_tiered_pickles` (tests/tiered_fixture.py) writes ``{split}_images_png.pkl`` /
-``{split}_labels.pkl`` as the original did (OpenCV PNG buffers, a labels dict), including Python-2 style
-protocol-2 streams, and :func:`make_tiny_tiered` builds a small learnable release for the task tests.
+The real release (≈13 GB) is not needed: ``tests/tiered_fixture.py`` writes ``{split}_images_png.pkl`` /
+``{split}_labels.pkl`` as the original did (:func:`write_tiered_pickles`: OpenCV PNG buffers, a labels dict,
+Python-2 style protocol-2 streams too), and :func:`make_tiny_tiered` builds a small learnable release for
+the task tests.
 """
 
 from __future__ import annotations

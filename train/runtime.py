@@ -33,8 +33,8 @@ def short_openmp_spin() -> bool:
     """Let torch's idle OpenMP workers sleep after a short spin (``GOMP_SPINCOUNT``) unless the user set it.
 
     Why: an A2C loop alternates torch compute with EnvPool stepping on the same cores. With libgomp's long
-    default spin, the worker left spinning after each acting pass takes a core from EnvPool's threads: an
-    env step measured 4.2 ms inside the loop against 2.3 ms back to back, and 3.2 ms with the short spin
+    default spin, the worker left spinning after each acting pass takes a core from EnvPool's threads, so
+    env steps inside the loop run much slower than back to back; the short spin recovers most of that
     (`metarl bench a2c-throughput`, docs/RESULTS.md). Compute-only work showed no cost. libgomp reads the
     variable once, when torch loads it: returns False (and changes nothing) if torch is already imported.
     """

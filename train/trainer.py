@@ -156,12 +156,13 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
     curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, unit, 1 + k)[1], cfg.inner.steps)[1]
               for k, task in world.mine(tasks)]
-    stats = torch.tensor([sum(curve_auc(c) for c in curves), sum(c[-1] for c in curves), len(curves)],
-                         dtype=torch.float64)
+    sums = {"auc": sum(curve_auc(c) for c in curves), "final": sum(c[-1] for c in curves), "tasks": len(curves)}
+    stats = torch.tensor(list(sums.values()), dtype=torch.float64)      # one all-reduce for all three
     world.all_reduce([stats])
+    sums = dict(zip(sums, stats.tolist()))
     meta.all_reduce(world.all_reduce)
     logs = meta.meta_step()
-    log({**logs, "losses/train_auc": float(stats[0] / stats[2]), "losses/train_final": float(stats[1] / stats[2])})
+    log({**logs, "losses/train_auc": sums["auc"] / sums["tasks"], "losses/train_final": sums["final"] / sums["tasks"]})
     log_games(adapter, log)
 
 

@@ -1,6 +1,6 @@
 """WarpGrad (Flennerhag et al., 2019/2020): meta-learned warp layers that precondition task gradients.
 
-The task model's parameters are split by name (warpgrad.md §1):
+The task model's parameters are split by name (docs/warpgrad.md §1):
 
     θ  task-adaptable — every parameter the inner optimiser steps; its start θ⁰ is meta-learned by an
        *init objective* C (Leap, MAML, or none);

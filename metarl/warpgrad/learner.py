@@ -18,6 +18,11 @@ from .observers import _Begin, _End, _OnlineWarp
 from .replay import _Point, _Recorder, _Trajectory
 
 
+# the loss statistics of the warp objective, summed over points in one float64 vector (all-reduced at once)
+STATS = ("points", "meta_loss", "task_loss")
+POINTS, META_LOSS, TASK_LOSS = range(len(STATS))
+
+
 class WarpGrad(MetaLearner):
     """WarpGrad over a model with warp layers. θ⁰ (``init_state``, ``params`` = the init-meta-learned
     subset of θ chosen by include / exclude) is stepped by ``meta_optimizer``; φ (``warp_params``) by
@@ -57,8 +62,8 @@ class WarpGrad(MetaLearner):
         # online accumulators: the current task's, and the finite tasks' of the meta-batch
         self._warp_task_acc = [torch.zeros_like(p) for p in self.warp_params]
         self._warp_acc = [torch.zeros_like(p) for p in self.warp_params]
-        self._task_stats = torch.zeros(3, dtype=torch.float64)     # points, Σ meta loss, Σ task loss
-        self._stats = torch.zeros(3, dtype=torch.float64)
+        self._task_stats = torch.zeros(len(STATS), dtype=torch.float64)     # indexed by STATS
+        self._stats = torch.zeros(len(STATS), dtype=torch.float64)
         self._replay: list[_Trajectory] = []
         self.warp_updates = 0                 # φ steps since construction
         self.last_warp_grad: list[Tensor] = [torch.zeros_like(p) for p in self.warp_params]
@@ -201,14 +206,14 @@ class WarpGrad(MetaLearner):
 
     def _online_step(self) -> dict[str, float]:
         logs: dict[str, float] = {}
-        points = int(self._stats[0])
+        points = int(self._stats[POINTS])
         logs["meta/warp_points"] = float(points)
         if points > 0:
             g = [a / points for a in self._warp_acc]
             self.last_warp_grad = [x.clone() for x in g]
             logs["meta/warp_grad_norm"] = global_norm(g)
-            logs["meta/warp_loss"] = float(self._stats[1]) / points
-            logs["meta/warp_task_loss"] = float(self._stats[2]) / points
+            logs["meta/warp_loss"] = float(self._stats[META_LOSS]) / points
+            logs["meta/warp_task_loss"] = float(self._stats[TASK_LOSS]) / points
             self._apply(self.warp_optimizer, self.warp_params, g)
             self.warp_updates += 1
             logs["meta/warp_steps"] = 1.0

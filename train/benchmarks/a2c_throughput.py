@@ -7,7 +7,8 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``ours_no_reuse``   ``ours`` with ``reuse_forward=False``: a second forward pass over the rollout, as SB3 does;
 - ``ours_overlap``    the same with ``--groups`` env groups: EnvPool steps one while the network computes;
 - ``ours_bf16``       ``ours`` with the encoder autocast to bfloat16 (``A2CConfig.precision="bf16"``);
-- ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``): isolates the learner's cost;
+- ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``, envs/atari_sb3.py): isolates the
+                      learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py);
 - ``sb3_gym_tuned``   ``sb3_gym`` with our process settings (below), to separate them from our loop's own gain.
 
@@ -105,7 +106,7 @@ def _sb3(args, backend: str) -> Callable[[], float]:
 
     if backend == "envpool":
         from envs.atari import make_atari
-        from train.benchmarks.sb3_envpool import SB3AtariVecEnv
+        from envs.atari_sb3 import SB3AtariVecEnv
         venv = SB3AtariVecEnv(make_atari(args.game, args.num_envs, args.seed, backend="envpool",
                                          num_threads=args.env_threads))
     else:

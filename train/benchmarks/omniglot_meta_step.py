@@ -16,13 +16,13 @@ The machine's load average (``uptime``) is recorded before and after.
 Speed options (off by default). The trainer itself builds OmniConv in channels_last (``omniglot.channels_last``)
 and sets mallopt in the CLI, so `--mallopt` (plus the adapter's default layout) is what `metarl train` runs:
   --channels-last  model (and so θ⁰ and the task copies) in channels_last memory format: oneDNN convs and,
-                   above all, max-pool run in NHWC; CPU max-pool on NCHW is ~20× slower here (now the
+                   above all, max-pool run in NHWC; CPU max-pool on NCHW is far slower (now the
                    adapter's default, so the flag changes nothing unless that default is turned off)
   --mallopt        glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): freed activation buffers stay
                    in the heap instead of being unmapped and page-faulted back in at every step
   --bf16           bf16 autocast around the task loss (forward convs/linear in bf16; weights stay fp32)
   --threads T      torch threads per process. On a loaded machine 2 threads spin in OpenMP's barriers
-                   (≈ 8× slower here); run with OMP_WAIT_POLICY=PASSIVE in the environment to compare fairly
+                   (far slower); run with OMP_WAIT_POLICY=PASSIVE in the environment to compare fairly
   --ranks R        R gloo processes on this host, the meta-batch's tasks split over them exactly as
                    train/distributed.py does under torchrun (T threads each)
   --sweep A,B,...  run several variants (``base`` or '+'-joined tokens of cl, mallopt, bf16, threadsN,
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..runtime import keep_freed_memory
+from ..seeding import FIXED, step_generators
 from ._common import median, parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ def make_adapter(args, seed: int):
 
 def build(args):
     from train.config import build_config
-    from train.trainer import FIXED, build_meta_learner, step_generators
+    from train.trainer import build_meta_learner
     cfg = build_config({
         "name": "bench", "seed": 0, "task": "omniglot", "method": "leap",
         "inner": {"optimizer": "sgd", "lr": 0.1, "steps": args.steps},
@@ -126,7 +127,7 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
     args = _parse(argv)
     import torch.distributed as dist
     from train.distributed import World
-    from train.trainer import episodic_unit, run_task, step_generators
+    from train.trainer import episodic_unit, run_task
     torch.set_num_threads(args.threads)
     if args.mallopt:
         keep_freed_memory()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ from envs.atari import canonical_game, close_all, make_atari_groups, num_actions
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
+from .atari_eval import evaluate_atari
+from .base import TaskAdapter
 
 
 def _default_train_games() -> list[str]:
@@ -102,19 +104,19 @@ class GameRecord:
     length: int
 
 
-class AtariAdapter:
+class AtariAdapter(TaskAdapter):
+    config: AtariTaskConfig
     head = ("policy.", "value.")
-    splits = ("train", "val", "test")
+    periodic_evaluation = False           # the held-out protocol (evaluate_run) runs once, at the end
 
     def __init__(self, config: AtariTaskConfig | None = None, seed: int = 0) -> None:
-        self.config = config or AtariTaskConfig()
-        self.seed = seed                  # task seeds come from sample_tasks' rng; kept for reference
+        super().__init__(config or AtariTaskConfig(), seed)   # task seeds come from sample_tasks' rng
         cfg = self.config
         self.games = dict(zip(self.splits, (cfg.train_games, cfg.val_games, cfg.test_games)))
         every = sorted({g for names in self.games.values() for g in names})
         self.actions = {g: num_actions(g, cfg.backend) for g in every}
         self.max_actions = max(self.actions.values())
-        self.global_step = 0
+        self.global_step: int = 0         # env steps over every adapt() of this adapter
         self.games_played: list[GameRecord] = []
         self.recent: dict[str, list[Episode]] = {}        # finished games of each task's last adapt
         self.last_result: A2CResult | None = None
@@ -127,8 +129,13 @@ class AtariAdapter:
         actions = task.num_actions if task is not None and self.config.heads == "game" else self.max_actions
         return ActorCritic(actions, generator=generator)
 
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return make_optimizer(model, self.config.a2c)
+    def make_optimizer(self, model: nn.Module, params: Iterable[nn.Parameter], inner: Any) -> torch.optim.Optimizer:
+        """A2C's own optimiser (``atari.a2c``: RMSprop) over ``params``; ``inner.*`` does not apply."""
+        return make_optimizer(params, self.config.a2c)
+
+    def game(self, name: str, seed: int) -> Game:
+        """The task of game ``name`` with env / sampling seed ``seed``."""
+        return Game(name, self.actions[name], seed)
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Game]:
         if split not in self.games:
@@ -138,7 +145,7 @@ class AtariAdapter:
             raise ConfigError(f"atari: no {split} games configured ({split}_games is empty)")
         picks = rng.choice(len(games), size=n, replace=n > len(games))
         seeds = rng.integers(0, 2**31 - 1, size=n)
-        return [Game(games[i], self.actions[games[i]], int(s)) for i, s in zip(picks, seeds)]
+        return [self.game(games[i], int(s)) for i, s in zip(picks, seeds)]
 
     def adapt(self, task: Game, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
               watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
@@ -191,7 +198,6 @@ class AtariAdapter:
 
     def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None) -> dict:
         """The held-out protocol: each held-out game from the meta-learned and from a random init."""
-        from .atari_eval import evaluate_atari
         return evaluate_atari(cfg, self, meta, run_dir, step, logger)
 
     def state_dict(self) -> dict:

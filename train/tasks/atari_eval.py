@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..seeding import FIXED, step_generators
+
 INITS = ("meta_init", "random_init")
 
 
@@ -38,9 +40,8 @@ def running_curve(steps: np.ndarray, returns: np.ndarray, grid: np.ndarray, wind
 
 def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
                    points: int = 50, window: int = 10) -> dict[str, Any]:
-    from train.tasks.atari import Game
-    from train.trainer import FIXED, step_generators
-
+    """Run the protocol with ``adapter`` (an :class:`~train.tasks.atari.AtariAdapter`: ``games``, ``game``,
+    ``make_model``, ``make_optimizer``, ``adapt``, ``drain_games``, ``evaluate``) and write the outputs."""
     games = adapter.games[cfg.eval.split] or adapter.games["test"]
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
@@ -53,11 +54,11 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
             for seed in range(seeds):
                 # The same env seed and the same head draw for both initialisations of a (game, seed).
                 rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
-                task = Game(game, adapter.actions[game], int(rng.integers(2**31 - 1)))
+                task = adapter.game(game, int(rng.integers(2**31 - 1)))
                 model = adapter.make_model(generator, task)
                 if init == "meta_init":
                     meta.load_init(model, skip=tuple(adapter.head))
-                optimizer = adapter.make_optimizer(model)
+                optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
                 adapter.drain_games()
                 start = adapter.global_step
                 adapter.adapt(task, model, optimizer, horizon)

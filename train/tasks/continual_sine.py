@@ -1,4 +1,4 @@
-"""Continual sine regression (WarpGrad, arXiv:1909.00025 App. J; protocols.md §5).
+"""Continual sine regression (WarpGrad, arXiv:1909.00025 App. J; docs/protocols.md §5).
 
 A *task* is one target function over [−5, 5], a gated mixture of two sines,
 
@@ -54,17 +54,13 @@ sub-task after finishing the i-th; its lower triangle (r ≤ i) is the forgettin
 from the same θ⁰, in training order and in the random order [1, 3, 4, 2, 0] — and writes
 ``forgetting.json``. The SGD baseline is the same MLP with the warp blocks removed, from the same task-layer
 θ⁰, on the same batches; with ``warp_init: identity`` it is exactly the warp learner before meta-training.
-
-    python -m train.tasks.continual_sine reproduce CONFIG [key=value …] --seeds 0 1 2 --out DIR
-    python -m train.tasks.continual_sine table RUN_DIR …      # mean ± std over runs (seeds)
+Reproduction over seeds and the table of several runs: ``python -m train.continual_sine_report``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -75,7 +71,7 @@ from torch import Tensor, nn
 
 from metarl.warp_layers import make_warp
 
-from .base import NULL_WATCH, finish_task, supervised_step
+from .base import NULL_WATCH, TaskAdapter, finish_task, supervised_step
 
 WEIGHTINGS = ("eq19", "eq19_literal", "mean")
 WARPS = ("residual_mlp", "none")
@@ -321,12 +317,9 @@ def _uniform_init(layers: Sequence[nn.Linear], generator: torch.Generator) -> No
 # the adapter
 
 
-class ContinualSineAdapter:
-    head = ("head.",)
-    splits = ("train", "val", "test")
-
-    def __init__(self, config: ContinualSineConfig, seed: int = 0) -> None:
-        self.config = config
+class ContinualSineAdapter(TaskAdapter):
+    config: ContinualSineConfig
+    periodic_evaluation = False         # the whole protocol (evaluate_run) runs once, at the end
 
     def make_model(self, generator: torch.Generator, task: Any = None, *, warp: str | None = None) -> ContinualMLP:
         c = self.config
@@ -452,7 +445,7 @@ def forgetting_protocol(adapter: ContinualSineAdapter, state: dict[str, Tensor],
             mats = sequence_matrices(adapter, state, ordered, warp=warp, lr=lr, momentum=momentum)
             mean = mats.mean(0)
             key = f"{method}/{oname}"
-            result["matrices"][key] = {"mean": _lower(mean), "std": _lower(mats.std(0))}
+            result["matrices"][key] = {"mean": lower_triangle(mean), "std": lower_triangle(mats.std(0))}
             result["summary"][key] = {
                 "final": mean[-1].tolist(),                 # loss on each presented sub-task after all T
                 "final_mean": float(mean[-1].mean()),
@@ -462,92 +455,6 @@ def forgetting_protocol(adapter: ContinualSineAdapter, state: dict[str, Tensor],
     return result
 
 
-def _lower(m: np.ndarray) -> list[list[float | None]]:
+def lower_triangle(m: np.ndarray) -> list[list[float | None]]:
+    """A T×T matrix as JSON rows: entries above the diagonal (sub-tasks not yet presented) are None."""
     return [[float(m[i, r]) if r <= i else None for r in range(m.shape[1])] for i in range(m.shape[0])]
-
-
-# ------------------------------------------------------------------------------------------------
-# table over runs (seeds)
-
-
-def table(run_dirs: Sequence[Path]) -> dict[str, Any]:
-    """Mean ± std over runs of the final row (loss on each sub-task after all five) from ``forgetting.json``."""
-    results = [json.loads((Path(d) / "forgetting.json").read_text()) for d in run_dirs]
-    out: dict[str, Any] = {"runs": [str(d) for d in run_dirs], "rows": {}}
-    for key in results[0]["summary"]:
-        finals = np.array([r["summary"][key]["final"] for r in results])
-        means = np.array([r["summary"][key]["final_mean"] for r in results])
-        forg = np.array([r["summary"][key]["forgetting"] for r in results])
-        out["rows"][key] = {"final_mean": finals.mean(0).tolist(), "final_std": finals.std(0).tolist(),
-                            "all_mean": float(means.mean()), "all_std": float(means.std()),
-                            "forgetting_mean": float(forg.mean()), "forgetting_std": float(forg.std())}
-        mats = np.array([[[np.nan if v is None else v for v in row] for row in r["matrices"][key]["mean"]]
-                         for r in results])
-        out["rows"][key]["matrix_mean"] = _lower(mats.mean(0))
-        out["rows"][key]["matrix_std"] = _lower(mats.std(0))
-    out["orders"] = results[0]["orders"]
-    return out
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    lines = []
-    for key, row in summary["rows"].items():
-        order = summary["orders"][key.split("/")[1]]
-        cells = "  ".join(f"s{j}: {m:.3f}±{s:.3f}" for j, m, s in zip(order, row["final_mean"], row["final_std"]))
-        lines.append(f"{key:<20} {cells}  | mean {row['all_mean']:.3f}±{row['all_std']:.3f}"
-                     f"  forgetting {row['forgetting_mean']:.3f}±{row['forgetting_std']:.3f}")
-    return "\n".join(lines)
-
-
-def register() -> None:
-    """Add this task to the registry if ``train/tasks/__init__.py`` does not list it yet."""
-    from . import TASKS
-    TASKS.setdefault("continual_sine", (__name__ if __name__ != "__main__" else "train.tasks.continual_sine",
-                                        "ContinualSineConfig", "ContinualSineAdapter"))
-
-
-def reproduce(config: Path, seeds: Sequence[int], out_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Meta-train ``config`` once per seed (resuming runs already there), run the forgetting protocol on each
-    (``forgetting.json``), and tabulate mean ± std over seeds into ``out_dir/table.json``."""
-    register()
-    from ..config import load_config
-    from ..evaluate import evaluate_run
-    from ..trainer import train
-
-    dirs = []
-    for seed in seeds:
-        cfg = load_config(config, [f"seed={seed}", *overrides])
-        run_dir = Path(out_dir) / f"{cfg.name}__{seed}"
-        train(cfg, run_dir, resume=True)        # ends with adapter.evaluate_run → forgetting.json
-        if not (run_dir / "forgetting.json").is_file():
-            evaluate_run(run_dir)
-        dirs.append(run_dir)
-    summary = table(dirs)
-    (Path(out_dir) / "table.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.tasks.continual_sine",
-                                description="continual sine regression: reproduce the forgetting table, or "
-                                            "tabulate the forgetting.json of several runs (mean ± std over runs)")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("table", help="mean ± std over runs of forgetting.json")
-    t.add_argument("run_dirs", nargs="+")
-    r = sub.add_parser("reproduce", help="train + evaluate one run per seed, then the table")
-    r.add_argument("config")
-    r.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--out", default="runs/continual_sine")
-    args = p.parse_args(argv)
-    if args.command == "table":
-        summary = table([Path(d) for d in args.run_dirs])
-    else:
-        summary = reproduce(Path(args.config), args.seeds, Path(args.out), args.overrides)
-    print(format_table(summary))
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Multi-shot Omniglot (Leap protocol, reused by WarpGrad; reference/protocols.md §1).
+"""Multi-shot Omniglot (Leap protocol, reused by WarpGrad; docs/protocols.md §1).
 
 Data: both official splits (images_background + images_evaluation) merged, 50 alphabets / 1623 characters /
 32,460 drawings, decoded once to 28×28 uint8 and cached as an ``.npz``. Alphabets with fewer than ``ways``
@@ -221,7 +221,7 @@ def _write_cache(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)   # uncompressed: loads in tens of milliseconds
+            np.savez(f, key=np.array(key), **arrays)   # uncompressed: loading needs no decompression
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
@@ -251,8 +251,8 @@ def load_omniglot(root: str | os.PathLike, cache_dir: str | os.PathLike | None =
     """Load both Omniglot splits from ``root``, which holds ``images_background.zip`` and
     ``images_evaluation.zip`` or their extracted folders (``<split>/<Alphabet>/characterNN/*.png``).
 
-    The first call decodes every PNG (seconds); the result is cached in ``cache_dir`` (``None``: no cache)
-    under a name derived from the sources' sizes and mtimes, so later calls load in well under a second.
+    The first call decodes every PNG; the result is cached in ``cache_dir`` (``None``: no cache) under a
+    name derived from the sources' sizes and mtimes, so later calls only read the cache.
     Raises :class:`DataError` (one line, naming the path) for a missing folder, missing split or corrupt file.
     """
     sources = _sources(root)
@@ -460,7 +460,7 @@ class OmniglotConfig:
     seed: int | None = None         # alphabet-split seed; null: the run seed
     filters: int = 64
     warp: str = "none"              # none | conv (linear 3×3 conv after each block, WarpGrad Omniglot)
-    channels_last: bool = True      # CPU max-pool and conv are ~2× faster in channels_last (bench omniglot-meta-step)
+    channels_last: bool = True      # CPU max-pool and conv are much faster in channels_last (docs/RESULTS.md)
     # Held-out evaluation's BatchNorm statistics. running: eval() with the statistics gathered during the
     # task's own training (the original protocol); refit: re-estimated first by one pass over the task's
     # training images (not transductive), which removes their lag after short inner loops (docs/RESULTS.md)

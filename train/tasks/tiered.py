@@ -1,4 +1,4 @@
-"""tieredImageNet, multi-shot protocol of WarpGrad (App. H; reference/protocols.md §3).
+"""tieredImageNet, multi-shot protocol of WarpGrad (App. H; docs/protocols.md §3).
 
 Data: the original release of Ren et al. (2018) in a folder ``root`` holding, for split ∈ {train, val, test},
 
@@ -518,7 +518,7 @@ class TieredAdapter(ImageClassificationAdapter):
 
     def held_out_metrics(self, task: TieredTask, model: nn.Module) -> dict[str, float]:
         """Loss and accuracy over all ``ways × test_per_class`` held-out images, ``eval_batch_size`` at a
-        time; BatchNorm uses the running statistics of this task's own training (warpgrad.md §6)."""
+        time; BatchNorm uses the running statistics of this task's own training (docs/warpgrad.md §6)."""
         total_loss, correct = 0.0, 0
         for start in range(0, len(task.test_index), self.config.eval_batch_size):
             rows = slice(start, start + self.config.eval_batch_size)
