@@ -21,6 +21,13 @@ runs only the rest (linear layer and heads) over the whole rollout (:func:`split
 
 Compute and stepping can overlap when the envs come in groups (``envs.atari.make_atari_groups``): the
 network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``).
+
+Devices: the network, the rollout buffers, returns, loss and optimiser state live on the model's device;
+EnvPool steps on CPU threads. On a GPU, what the envs return is written into pinned host buffers and goes
+up with non-blocking copies (observations at once, rewards and flags once per rollout); the sampled actions
+come back once per step — the only host sync of the rollout. Losses stay on the device until the run ends
+(one transfer for all updates; each update's only when ``on_update`` asks for it). On the CPU nothing is
+staged and the numbers are those of a CPU-only build.
 """
 
 from __future__ import annotations
@@ -158,6 +165,8 @@ class EpisodeStats:
 class Rollout:
     """Preallocated buffers for ``n_steps × num_envs`` transitions; row t holds what was seen and done at t."""
 
+    FLAGS = ("rewards", "dones", "truncated", "valid")
+
     def __init__(self, n_steps: int, num_envs: int, obs_shape: Sequence[int], device: torch.device) -> None:
         def z(*shape, dtype=torch.float32):
             return torch.zeros(*shape, dtype=dtype, device=device)
@@ -172,6 +181,22 @@ class Rollout:
         # With a collector that keeps the graph: the acting passes' trunk outputs, [t][group], still
         # attached to θ. The loss runs only the network's head on them instead of the whole network again.
         self.features: list[list[Tensor]] | None = None
+        # On a GPU the envs' outputs are staged in pinned host memory: ``host_obs[t]`` holds the observation
+        # received at step t (it goes up to obs[t + 1], or last_obs after the last step) and ``host[name]``
+        # the rewards and flags, uploaded once per rollout (:meth:`upload`). Each pinned row is rewritten only
+        # after a later step's action transfer has synchronised the stream, so no copy is overwritten in flight.
+        self.staged = torch.device(device).type == "cuda"
+        if self.staged:
+            def pinned(t: Tensor) -> Tensor:
+                return torch.zeros(t.shape, dtype=t.dtype, pin_memory=True)
+            self.host_obs = pinned(self.obs)
+            self.host = {name: pinned(getattr(self, name)) for name in self.FLAGS}
+
+    def upload(self) -> None:
+        """Staged rewards and flags of the whole rollout to the device (non-blocking; a no-op on the CPU)."""
+        if self.staged:
+            for name in self.FLAGS:
+                getattr(self, name).copy_(self.host[name], non_blocking=True)
 
     def kept_features(self) -> Tensor:
         """The acting passes' trunk outputs, (n·N, ...) row-major like ``obs``."""
@@ -217,7 +242,12 @@ def split(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tenso
 
 
 def sample_actions(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+    """a ~ softmax(logits), drawn from ``generator`` on its own device (the task adapter gives one on the
+    model's device; a CPU generator with a GPU model samples on the CPU and sends the actions back)."""
+    probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 class RolloutCollector:
@@ -265,7 +295,7 @@ class RolloutCollector:
         actions = sample_actions(logits[:, : self.num_actions], self.generator)
         ro.values[t, sl] = value
         ro.actions[t, sl] = actions
-        return actions.cpu().numpy()
+        return actions.cpu().numpy()            # the step's one device → host transfer (a sync on a GPU)
 
     def _receive(self, t: int, g: int) -> None:
         """Result of step t for group g: rewards and flags into row t, the new observation into row t+1."""
@@ -273,11 +303,18 @@ class RolloutCollector:
         obs, reward, done, info = env.recv()
         self.global_step += env.num_envs
         next_obs = ro.obs[t + 1, sl] if t + 1 < self.n_steps else ro.last_obs[sl]
-        next_obs.copy_(torch.from_numpy(obs))
-        ro.rewards[t, sl] = torch.from_numpy(reward)
-        ro.dones[t, sl] = torch.from_numpy(done)
-        ro.truncated[t, sl] = torch.from_numpy(info["truncated"])
-        ro.valid[t, sl] = torch.from_numpy(~info["autoreset"])
+        if ro.staged:                           # GPU: through pinned host memory, copies in flight
+            host = ro.host_obs[t, sl]
+            host.copy_(torch.from_numpy(obs))
+            next_obs.copy_(host, non_blocking=True)
+            flags = ro.host
+        else:                                   # CPU: straight into the rollout
+            next_obs.copy_(torch.from_numpy(obs))
+            flags = {name: getattr(ro, name) for name in ro.FLAGS}
+        flags["rewards"][t, sl] = torch.from_numpy(reward)
+        flags["dones"][t, sl] = torch.from_numpy(done)
+        flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
+        flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
         for ep in self.stats.update(info, self.global_step, sl.start):
             self.episodes.append(ep)
             if self.on_episode is not None:
@@ -297,6 +334,7 @@ class RolloutCollector:
             for g, sl in enumerate(self.slices):
                 self._receive(n - 1, g)
                 ro.values[n, sl] = self.model(ro.last_obs[sl])[1]
+        ro.upload()
         return ro
 
 
@@ -333,9 +371,10 @@ def a2c_loss(model: nn.Module, ro: Rollout, cfg: A2CConfig, num_actions: int) ->
                   "entropy": entropy_mean.detach(), "explained_variance": explained}
 
 
-def a2c_update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
-               num_actions: int, watch=NULL_WATCH) -> dict[str, float]:
-    """One gradient step on a rollout; returns ``losses/*`` scalars for logging."""
+def a2c_step(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
+             num_actions: int, watch=NULL_WATCH) -> tuple[list[str], Tensor]:
+    """One gradient step on a rollout; returns the ``losses/*`` names and their values as one float32
+    tensor on the model's device (no host sync)."""
     loss, parts = a2c_loss(model, ro, cfg, num_actions)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -344,8 +383,14 @@ def a2c_update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, 
     watch.report(loss)                      # f(θ_i) and the clipped ∇f(θ_i) for the meta-learner
     optimizer.step()
     parts["grad_norm"] = grad_norm
-    values = torch.stack([v.float() for v in parts.values()]).tolist()   # one conversion, not one per scalar
-    return {f"losses/{k}": v for k, v in zip(parts, values)}
+    return [f"losses/{k}" for k in parts], torch.stack([v.float() for v in parts.values()])
+
+
+def a2c_update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
+               num_actions: int, watch=NULL_WATCH) -> dict[str, float]:
+    """One gradient step on a rollout; returns ``losses/*`` scalars for logging (one conversion)."""
+    names, values = a2c_step(model, optimizer, ro, cfg, num_actions, watch)
+    return dict(zip(names, values.tolist()))
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------
@@ -380,23 +425,28 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
                                  keep_graph=cfg.reuse_forward)
     steps_per_update = collector.num_envs * cfg.n_steps
     updates = max(1, total_steps // steps_per_update)
-    losses, logs = [], []
+    names: list[str] = []
+    table: Tensor | None = None           # (updates, len(names)) losses/* on the device, read once at the end
     start = time.perf_counter()
-    for _ in range(updates):
+    for i in range(updates):
         ro = collector.collect()
-        out = a2c_update(model, optimizer, ro, cfg, collector.num_actions, watch)
-        losses.append(out["losses/loss"])
-        logs.append(out)
+        names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
+        if table is None:
+            table = values.new_empty(updates, len(names))
+        table[i] = values
         if on_update is not None:
-            on_update(collector.global_step, out)
+            on_update(collector.global_step, dict(zip(names, values.tolist())))
+    logs = [dict(zip(names, row)) for row in table.tolist()]
+    losses = [out["losses/loss"] for out in logs]
     last = None
     if final_loss:
         collector.keep_graph = False
         ro = collector.collect()
         with torch.no_grad():
-            last = float(a2c_loss(model, ro, cfg, collector.num_actions)[0])
+            last_loss = a2c_loss(model, ro, cfg, collector.num_actions)[0]
+        watch.finish(last_loss)           # a tensor: on a GPU the meta-learner keeps it there
+        last = float(last_loss)
         losses.append(last)
-        watch.finish(last)
     seconds = time.perf_counter() - start
     return A2CResult(losses, logs, collector.episodes, updates, collector.global_step, seconds,
                      collector.global_step / max(seconds, 1e-9), last)

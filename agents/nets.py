@@ -1,4 +1,11 @@
-"""Nature-CNN actor-critic with one encoder shared by a policy head and a value head.
+"""Actor-critics with one convolutional encoder shared by a policy head and a value head.
+
+Two encoders (``ActorCritic(network=...)``, ``atari.network`` in a run config):
+
+- ``"nature"`` (default): the Nature-DQN network (Mnih et al., 2015): conv 32 8×8/4, conv 64 4×4/2, conv 64
+  3×3/1, fully connected 512; on 4 stacked grey 84×84 frames (SB3's ``CnnPolicy``).
+- ``"mnih2013"``: the network of Mnih et al. (2013), the one the Leap paper's Atari experiments use: conv 16
+  8×8/4, conv 32 4×4/2, fully connected 256; there on one 84×84 RGB frame (3 channels).
 
 Parameter names are part of the contract with the meta-learners: everything under ``encoder.`` is the
 game-independent trunk (what Leap meta-learns on Atari, ``include=["encoder."]``), while ``policy.`` and
@@ -48,14 +55,46 @@ class NatureEncoder(nn.Module):
         return self.fc(self.conv_features(obs))
 
 
-class ActorCritic(nn.Module):
-    """``forward(obs) -> (logits (N, A), value (N,))``."""
+class Mnih2013Encoder(nn.Module):
+    """(N, C, 84, 84) uint8 frames → (N, 256) features: conv 16 8×8/4, conv 32 4×4/2, fc 256 (Mnih et al.,
+    2013). The same interface as :class:`NatureEncoder` (``conv_features``, ``fc``)."""
 
-    def __init__(self, num_actions: int, in_channels: int = 4, features: int = 512,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(self, in_channels: int = 3, features: int = 256) -> None:
         super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Sequential(nn.Linear(32 * 9 * 9, features), nn.ReLU())
+
+    def conv_features(self, obs: Tensor) -> Tensor:
+        """(N, C, 84, 84) uint8 → (N, 2592) flattened convolutional features."""
+        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+        return self.conv(x)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.conv_features(obs))
+
+
+# network name → (encoder class, default feature width)
+ENCODERS = {"nature": (NatureEncoder, 512), "mnih2013": (Mnih2013Encoder, 256)}
+
+
+class ActorCritic(nn.Module):
+    """``forward(obs) -> (logits (N, A), value (N,))``; ``network`` picks the encoder (module docstring),
+    ``features`` its width (default: the network's own, 512 or 256)."""
+
+    def __init__(self, num_actions: int, in_channels: int = 4, features: int | None = None,
+                 generator: torch.Generator | None = None, network: str = "nature") -> None:
+        super().__init__()
+        if network not in ENCODERS:
+            raise ValueError(f"unknown network {network!r}; choose one of {', '.join(ENCODERS)}")
+        encoder, width = ENCODERS[network]
+        features = features or width
         self.num_actions = num_actions
-        self.encoder = NatureEncoder(in_channels, features)
+        self.network = network
+        self.encoder = encoder(in_channels, features)
         self.policy = nn.Linear(features, num_actions)
         self.value = nn.Linear(features, 1)
         _ortho_(self.encoder, math.sqrt(2.0), generator)
@@ -69,7 +108,7 @@ class ActorCritic(nn.Module):
     # the loss runs the rest once over the whole rollout. The split sits before the 1.6M-weight linear
     # layer: its backward is one batched matrix product instead of one per acting pass.
     def trunk(self, obs: Tensor) -> Tensor:
-        """uint8 frames → convolutional features (N, 3136)."""
+        """uint8 frames → convolutional features (N, 3136 Nature, 2592 Mnih 2013)."""
         return self.encoder.conv_features(obs)
 
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,11 @@ default) and reads a linear policy head (4 logits) and a linear value head (1) o
 - ``WarpLSTM``    the same warp gates around an LSTM task cell.
 - ``ModulatedPlasticRNN``  Backpropamine's simple neuromodulated plastic RNN ("plastic-rnn"), a further
                   baseline.
+- ``RetroactivePlasticRNN``  Backpropamine's retroactive neuromodulation ("plastic-rnn-retroactive"): the
+                  modulator acts on an eligibility trace of past co-activity instead of the current one.
+
+Seeds as a batch dimension: ``agents.seed_batched`` stacks S of these models (parameters [S, ...]) into one
+module with the same interface over (S, B) batches.
 
 Interface used by the rollout (agents.maze_a2c): ``initial_state(batch)``; ``cell(x, state) -> (h, state)``,
 the recurrent core; ``heads(h) -> (logits, value)``, which accepts any leading dims so the rollout can apply
@@ -50,6 +55,14 @@ class RecurrentConfig:
     hidden_size: int = 100
     n_actions: int = 4
     warp_hidden_size: int = 100  # hidden size of the adaptation (warp) LSTM
+    init: str = "default"  # plain RNN only: default (orthogonal) | backpropamine (W ~ 0.01·U(0, 1))
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+
+INITS = ("default", "backpropamine")
 
 
 class RecurrentActorCritic(nn.Module):
@@ -100,13 +113,21 @@ class RecurrentActorCritic(nn.Module):
 
 
 class TanhRNN(RecurrentActorCritic):
-    """h_t = tanh(W_ih x_t + W_hh h_{t−1} + b); W_ih, W_hh orthogonal, b = 0 (as Warp-RNN's base cell)."""
+    """h_t = tanh(W_ih x_t + W_hh h_{t−1} + b); W_ih, W_hh orthogonal, b = 0 (as Warp-RNN's base cell).
+
+    ``init: backpropamine`` draws the plain RNN as Backpropamine's non-plastic baseline: the recurrent W_hh
+    ~ 0.01·U(0, 1) elementwise, W_ih as PyTorch's default Linear (kaiming-uniform, a = √5), b = 0 (the
+    constant-1 input carries a learned bias too)."""
 
     def __init__(self, config: RecurrentConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
-        self.weight_ih = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.obs_dim)))
-        self.weight_hh = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.hidden_size)))
+        if c.init == "backpropamine" and type(self) is TanhRNN:
+            self.weight_ih = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(c.hidden_size, c.obs_dim), a=5**0.5))
+            self.weight_hh = nn.Parameter(0.01 * torch.rand(c.hidden_size, c.hidden_size))
+        else:
+            self.weight_ih = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.obs_dim)))
+            self.weight_hh = nn.Parameter(nn.init.orthogonal_(torch.empty(c.hidden_size, c.hidden_size)))
         self.bias = nn.Parameter(torch.zeros(c.hidden_size))
 
     def state_sizes(self) -> tuple[int, ...]:
@@ -273,17 +294,78 @@ class ModulatedPlasticRNN(RecurrentActorCritic):
         return [self.weight_in, self.weight, self.alpha, self.modulation]
 
 
+class RetroactivePlasticRNN(ModulatedPlasticRNN):
+    """Backpropamine's retroactive neuromodulation (docs/protocols.md §4), a further baseline.
+
+    In our words: with simple modulation the neuromodulator M_t gates the co-activity of this very step. Here
+    co-activity first accumulates in a decaying eligibility trace E — a running average with rate η of the
+    products of post-synaptic h_t and pre-synaptic h_{t−1} — and M_t turns what the trace holds into a lasting
+    change of the plastic component, so a signal that arrives later (e.g. after a reward) can still reinforce
+    the co-activity that preceded it:
+
+        h_t    = tanh(W_in x_t + (W + α ⊙ Hebb_{t−1}) h_{t−1})
+        M_t    = tanh(w · h_t)
+        Hebb_t = clip(Hebb_{t−1} + M_t E_{t−1}, −1, 1)
+        E_t    = (1 − η) E_{t−1} + η h_t h_{t−1}ᵀ
+
+    Hebb and E are updated together from their previous values (the paper writes both as functions of time
+    t), so M_t acts on the trace as it stood before this step's co-activity. η is one learned scalar; W and α
+    ~ 0.01·U(0, 1) as in Backpropamine; W_in as PyTorch's default Linear; w ~ U(−0.1, 0.1); η starts at
+    ``ETA_INIT`` (protocols.md gives no initial value: our choice). One Hebb and one E per batch element,
+    reset to 0 every episode. State: (h, Hebb, E), the matrices flattened to H·H.
+    """
+
+    ETA_INIT = 0.1
+
+    def __init__(self, config: RecurrentConfig | None = None) -> None:
+        super().__init__(config)
+        self.eta = nn.Parameter(torch.full((1,), self.ETA_INIT))
+
+    def state_sizes(self) -> tuple[int, ...]:
+        H = self.config.hidden_size
+        return (H, H * H, H * H)
+
+    def cell(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        H = self.config.hidden_size
+        h, hebb, trace = plastic_step(x, state[0], state[1].view(-1, H, H), state[2].view(-1, H, H),
+                                      self.weight_in, self.weight, self.alpha, self.modulation.unsqueeze(-1), self.eta)
+        return h, (h, hebb.reshape(-1, H * H), trace.reshape(-1, H * H))
+
+    def cell_parameters(self) -> list[nn.Parameter]:
+        return [*super().cell_parameters(), self.eta]
+
+
+def plastic_step(x: Tensor, h_prev: Tensor, hebb: Tensor, trace: Tensor | None, w_in: Tensor, w: Tensor,
+                 alpha: Tensor, modulation: Tensor, eta: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One step of a neuromodulated plastic RNN, for one model or S stacked seeds.
+
+    Shapes: x (..., B, nx), h_prev (..., B, H), hebb / trace (..., B, H, H); w_in (..., H, nx) and w (..., H, H)
+    as stored; α broadcast against hebb ((H, H), or (S, 1, H, H) for seeds), modulation as a column
+    ((H, 1) or (S, H, 1)), η against trace ((1,) or (S, 1, 1, 1)). Simple modulation when ``trace`` is None
+    (Hebb += M_t h_t h_{t−1}ᵀ); retroactive otherwise (Hebb += M_t E_{t−1}, E moves towards h_t h_{t−1}ᵀ at
+    rate η). Returns (h_t, Hebb_t, E_t or None)."""
+    plastic = ((alpha * hebb) @ h_prev.unsqueeze(-1)).squeeze(-1)
+    h = torch.tanh(x @ w_in.mT + h_prev @ w.mT + plastic)
+    m = torch.tanh((h @ modulation).squeeze(-1))[..., None, None]    # one neuromodulator value per sequence
+    if trace is None:
+        return h, torch.clamp(hebb + m * h.unsqueeze(-1) * h_prev.unsqueeze(-2), -1.0, 1.0), None
+    hebb = torch.clamp(hebb + m * trace, -1.0, 1.0)
+    return h, hebb, torch.lerp(trace, h.unsqueeze(-1) * h_prev.unsqueeze(-2), eta)
+
+
 MODELS: dict[str, type[RecurrentActorCritic]] = {
     "rnn": TanhRNN,
     "lstm": LSTMActorCritic,
     "warp-rnn": WarpRNN,
     "warp-lstm": WarpLSTM,
     "plastic-rnn": ModulatedPlasticRNN,
+    "plastic-rnn-retroactive": RetroactivePlasticRNN,
 }
 
 
 def build_model(name: str, config: RecurrentConfig | None = None) -> RecurrentActorCritic:
-    """Model by name: one of ``MODELS`` ("rnn", "lstm", "warp-rnn", "warp-lstm", "plastic-rnn")."""
+    """Model by name: one of ``MODELS`` ("rnn", "lstm", "warp-rnn", "warp-lstm", "plastic-rnn",
+    "plastic-rnn-retroactive")."""
     if name not in MODELS:
         raise ValueError(f"unknown maze model {name!r}; choose from {sorted(MODELS)}")
     return MODELS[name](config)

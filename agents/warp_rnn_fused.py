@@ -12,6 +12,11 @@ The maths is ``WarpRNN.cell``'s (agents.recurrent), which stays the reference; t
 path against autograd through ``WarpRNN.cell``. tanh of the wide gate vectors is evaluated as 2σ(2y) − 1
 because this torch build's CPU tanh kernel is several times slower than its sigmoid kernel.
 
+Seeds as a batch dimension: a seed-batched Warp-RNN (agents.seed_batched) keeps every parameter stacked
+along a leading seed dimension, [S, ...]; the same code then runs with a (S, B) lead instead of (B,) — every
+matrix product becomes its batched form (bmm / baddbmm) and the buffers gain a seed axis after time,
+(T, S, B, ·). A single model takes exactly the calls it took before seeds were added.
+
 Notation (per step t; nx = obs size, H = hidden, K = warp hidden, G = nx + 4H gates):
     u_t = [x_t, h_{t−1}, z_{t−1}]                        warp-LSTM input and recurrent state, one row
     a_t = u_t Aᵀ + a_b,  (i, f, g, o) = (σ, σ, tanh, σ)(a_t),  c_t = f c_{t−1} + i g,  z_t = o tanh(c_t)
@@ -30,37 +35,55 @@ if TYPE_CHECKING:
     from agents.recurrent import WarpRNN
 
 
-class _Workspace:
-    """Every (T, B, ·) buffer of one unroll and its backward pass."""
+def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """a @ b for matrices (mm) or seed-stacked matrices (bmm)."""
+    return torch.mm(a, b, out=out) if a.dim() == 2 else torch.bmm(a, b, out=out)
 
-    def __init__(self, T: int, B: int, nx: int, H: int, K: int) -> None:
+
+def _addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """c + a @ b for matrices (addmm) or seed-stacked matrices (baddbmm)."""
+    return torch.addmm(c, a, b, out=out) if a.dim() == 2 else torch.baddbmm(c, a, b, out=out)
+
+
+class _Workspace:
+    """Every (T, B, ·) buffer — (T, S, B, ·) for S stacked seeds — of one unroll and its backward pass."""
+
+    def __init__(self, T: int, B: int, nx: int, H: int, K: int, seeds: int = 0) -> None:
         G = nx + 4 * H
-        self.key = (T, B, nx, H, K)
+        self.key = (T, B, nx, H, K, seeds)
         self.in_use = False
-        e = torch.empty
+
+        def e(n: int, *shape: int, by_seed: bool = True) -> Tensor:
+            if not seeds:
+                return torch.empty(n, B, *shape)
+            if not by_seed:  # written by a batched product at each step: one contiguous block per step
+                return torch.empty(n, seeds, B, *shape)
+            # Seed-major storage seen as (n, S, B, ·): a seed's rows over all steps are one contiguous
+            # block, so the weight products of the backward pass take them without copying.
+            return torch.empty(seeds, n, B, *shape).transpose(0, 1)
         # Forward. Row t of U is [x_t, h_{t−1}, z_{t−1}]; h_t and z_t are written into row t + 1.
-        self.U = e(T + 1, B, nx + H + K)
-        self.S = e(T, B, 4 * K)  # LSTM gates (i, f, g, o), activated
-        self.C = e(T + 1, B, K)  # C[t + 1] = c_t
-        self.TC = e(T, B, K)  # tanh(c_t)
-        self.PG = e(T, B, G)  # warp gates p_t
-        self.XS = e(T, B, nx)  # x ⊙ p_x
-        self.HS = e(T, B, H)  # h_{t−1} ⊙ p_h
-        self.MMB = e(T, B, 3, H)  # (m1, m2, b): what p_i, p_hh, p_b multiply
+        self.U = e(T + 1, nx + H + K)
+        self.S = e(T, 4 * K, by_seed=False)  # LSTM gates (i, f, g, o), activated
+        self.C = e(T + 1, K)  # C[t + 1] = c_t
+        self.TC = e(T, K)  # tanh(c_t)
+        self.PG = e(T, G, by_seed=False)  # warp gates p_t
+        self.XS = e(T, nx)  # x ⊙ p_x
+        self.HS = e(T, H)  # h_{t−1} ⊙ p_h
+        self.MMB = e(T, 3, H, by_seed=False)  # (m1, m2, b): what p_i, p_hh, p_b multiply
         # Backward: local derivatives, then per-step gradients kept for the weight products.
-        self.Dh = e(T, B, H)
-        self.Dp = e(T, B, G)
-        self.SD = e(T, B, 4 * K)
-        self.OD = e(T, B, K)
-        self.GCI = e(T, B, 3, K)
-        self.MMBD = e(T, B, 3, H)
-        self.XHD = e(T, B, nx + H)
-        self.OSD = e(T, B, K)
-        self.DPRE = e(T, B, H)
-        self.DM1 = e(T, B, H)
-        self.DM2 = e(T, B, H)
-        self.DQ = e(T, B, G)
-        self.DA = e(T, B, 4 * K)
+        self.Dh = e(T, H)
+        self.Dp = e(T, G)
+        self.SD = e(T, 4 * K)
+        self.OD = e(T, K)
+        self.GCI = e(T, 3, K)
+        self.MMBD = e(T, 3, H)
+        self.XHD = e(T, nx + H)
+        self.OSD = e(T, K)
+        self.DPRE = e(T, H)
+        self.DM1 = e(T, H)
+        self.DM2 = e(T, H)
+        self.DQ = e(T, G)
+        self.DA = e(T, 4 * K)
 
 
 class WorkspaceSlot:
@@ -86,12 +109,15 @@ class WarpRNNUnroll:
     ``step(x)`` returns h_t (a view into the buffers: read it, do not keep or modify it). ``finish()``
     returns the (T, B, H) hidden states, differentiable w.r.t. the model's task and warp parameters, for one
     backward pass. The parameters must not change between the first ``step`` and that backward pass.
+    With S seeds stacked (parameters [S, ...]) x is (S, B, nx), h_t (S, B, H) and ``finish()`` (T, S, B, H).
     """
 
     def __init__(self, model: "WarpRNN", batch: int, steps: int) -> None:
         c = model.config
         nx, H, K = c.obs_dim, c.hidden_size, c.warp_hidden_size
         self.nx, self.H, self.K, self.B, self.T, self.G = nx, H, K, batch, steps, nx + 4 * H
+        self.seeds = seeds = model.weight_hh.shape[0] if model.weight_hh.dim() == 3 else 0
+        self.lead = (seeds, batch) if seeds else (batch,)
         lstm, proj = model.warp.lstm, model.warp.projection
         self.params = (
             model.weight_ih, model.weight_hh, model.bias,
@@ -101,31 +127,36 @@ class WarpRNNUnroll:
             self.w_ih = model.weight_ih.detach()
             self.w_hh = model.weight_hh.detach()
             self.b = model.bias.detach()
-            self.A = torch.cat((lstm.weight_ih, lstm.weight_hh), 1)  # (4K, nx + H + K)
-            self.A_rec = self.A[:, nx:]  # the columns acting on [h_{t−1}, z_{t−1}]
+            self.A = torch.cat((lstm.weight_ih, lstm.weight_hh), -1)  # (4K, nx + H + K)
+            self.A_rec = self.A[..., nx:]  # the columns acting on [h_{t−1}, z_{t−1}]
+            if seeds:  # bmm copies a strided operand at every call: once here instead
+                self.A_rec = self.A_rec.contiguous()
             self.P = proj.weight.detach()  # (G, K)
             # σ-form: one sigmoid over all four LSTM gates, the g rows scaled by 2 (tanh a = 2σ(2a) − 1);
             # the projection likewise.
             scale = torch.ones(4 * K, 1)
             scale[2 * K : 3 * K] = 2.0
-            self.A_fwd_t = (self.A * scale).t()
+            self.A_fwd_t = (self.A * scale).mT
             self.a_bias_fwd = (lstm.bias_ih + lstm.bias_hh) * scale.squeeze(1)
-            self.P2_t = (2.0 * self.P).t()
-            self.w_ih_t = self.w_ih.t()
-            self.w_hh_t = self.w_hh.t()
+            self.P2_t = (2.0 * self.P).mT
+            self.w_ih_t = self.w_ih.mT
+            self.w_hh_t = self.w_hh.mT
+            if seeds:  # per-seed row vectors broadcast over the B sequences of their seed
+                self.a_bias_fwd = self.a_bias_fwd.unsqueeze(1)
+                self.b = self.b.unsqueeze(1)
         # Reuse the model's workspace unless another unroll still holds it.
         slot: WorkspaceSlot = model._fused_slot
         ws = slot.workspace
-        key = (steps, batch, nx, H, K)
+        key = (steps, batch, nx, H, K, seeds)
         if ws is None or ws.key != key or ws.in_use:
             ws = _Workspace(*key)
             if slot.workspace is None or not slot.workspace.in_use:
                 slot.workspace = ws
         ws.in_use = True
         self.ws: _Workspace | None = ws
-        ws.U[0, :, nx:] = 0.0  # h_0 = z_0 = 0
+        ws.U[0, ..., nx:] = 0.0  # h_0 = z_0 = 0
         ws.C[0] = 0.0
-        ws.MMB[:, :, 2] = self.b
+        ws.MMB[..., 2, :] = self.b
         self.t = 0
 
     def release(self) -> None:
@@ -142,18 +173,18 @@ class WarpRNNUnroll:
         if ws is None or t >= self.T:
             raise RuntimeError(f"unroll already has its {self.T} steps")
         u, nxt = ws.U[t], ws.U[t + 1]
-        u[:, :nx].copy_(x)
-        s = torch.addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
-        i, f, g, o = s.split(K, 1)
+        u[..., :nx].copy_(x)
+        s = _addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
+        i, f, g, o = s.split(K, -1)
         g.mul_(2).sub_(1)
         c = torch.mul(f, ws.C[t], out=ws.C[t + 1]).addcmul_(i, g)
-        z = torch.mul(o, torch.tanh(c, out=ws.TC[t]), out=nxt[:, nx + H :])
-        p = torch.mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
-        p_x, p_h, p_i, p_hh, p_b = p.split((nx, H, H, H, H), 1)
+        z = torch.mul(o, torch.tanh(c, out=ws.TC[t]), out=nxt[..., nx + H :])
+        p = _mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
+        p_x, p_h, p_i, p_hh, p_b = p.split((nx, H, H, H, H), -1)
         mmb = ws.MMB[t]
-        m1 = torch.mm(torch.mul(u[:, :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[:, 0])
-        m2 = torch.mm(torch.mul(u[:, nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[:, 1])
-        h = torch.mul(self.b, p_b, out=nxt[:, nx : nx + H]).addcmul_(m1, p_i).addcmul_(m2, p_hh).tanh_()
+        m1 = _mm(torch.mul(u[..., :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[..., 0, :])
+        m2 = _mm(torch.mul(u[..., nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[..., 1, :])
+        h = torch.mul(self.b, p_b, out=nxt[..., nx : nx + H]).addcmul_(m1, p_i).addcmul_(m2, p_hh).tanh_()
         self.t = t + 1
         return h
 
@@ -171,61 +202,76 @@ class WarpRNNUnroll:
         if ws is None:
             raise RuntimeError("a fused Warp-RNN unroll supports a single backward pass")
         T, B, nx, H, K, G = self.T, self.B, self.nx, self.H, self.K, self.G
+        lead, seeds = self.lead, self.seeds
         U, S, PG = ws.U, ws.S, ws.PG
         I, Fg, Gc, O = S.split(K, -1)
         # Local derivatives for all steps at once, in place in the workspace.
-        Dh = torch.mul(U[1:, :, nx : nx + H], U[1:, :, nx : nx + H], out=ws.Dh).neg_().add_(1)  # tanh' (base)
+        Dh = torch.mul(U[1:, ..., nx : nx + H], U[1:, ..., nx : nx + H], out=ws.Dh).neg_().add_(1)  # tanh' (base)
         Dp = torch.mul(PG, PG, out=ws.Dp).neg_().add_(1)  # tanh' (warp gates)
         SD = torch.mul(S, S, out=ws.SD).neg_().add_(S)  # σ' = s − s² for i, f, o ...
         SD[..., 2 * K : 3 * K].fill_(1).addcmul_(Gc, Gc, value=-1)  # tanh' for g
         torch.mul(ws.TC, ws.TC, out=ws.OD).neg_().add_(1).mul_(O)  # ∂z/∂c = o (1 − tanh² c)
         torch.mul(ws.TC, SD[..., 3 * K :], out=ws.OSD)  # ∂z/∂a_o
-        torch.stack((Gc, ws.C[:-1], I), 2, out=ws.GCI).mul_(SD[..., : 3 * K].view(T, B, 3, K))  # ∂c/∂a_{i,f,g}
-        torch.mul(ws.MMB, Dp[..., nx + H :].view(T, B, 3, H), out=ws.MMBD)  # ∂pre/∂q_{i,hh,b} per unit ∂L/∂pre
-        torch.mul(U[:-1, :, : nx + H], Dp[..., : nx + H], out=ws.XHD)  # ∂(x⊙p_x, h⊙p_h)/∂q_{x,h}
+        torch.stack((Gc, ws.C[:-1], I), -2, out=ws.GCI).mul_(SD[..., : 3 * K].view(T, *lead, 3, K))  # ∂c/∂a_{i,f,g}
+        torch.mul(ws.MMB, Dp[..., nx + H :].view(T, *lead, 3, H), out=ws.MMBD)  # ∂pre/∂q_{i,hh,b} per unit ∂L/∂pre
+        torch.mul(U[:-1, ..., : nx + H], Dp[..., : nx + H], out=ws.XHD)  # ∂(x⊙p_x, h⊙p_h)/∂q_{x,h}
         P_i, P_hh, P_h = PG[..., nx + H : nx + 2 * H], PG[..., nx + 2 * H : nx + 3 * H], PG[..., nx : nx + H]
         DQ, DA = ws.DQ, ws.DA
 
-        carry_h = torch.zeros(B, H)  # ∂L/∂h_t arriving from step t + 1
-        carry_z = torch.zeros(B, K)  # ∂L/∂z_t from step t + 1
-        carry_c = torch.zeros(B, K)  # ∂L/∂c_t from step t + 1
+        carry_h = torch.zeros(*lead, H)  # ∂L/∂h_t arriving from step t + 1
+        carry_z = torch.zeros(*lead, K)  # ∂L/∂z_t from step t + 1
+        carry_c = torch.zeros(*lead, K)  # ∂L/∂c_t from step t + 1
         for t in range(T - 1, -1, -1):
             dpre = torch.mul(dH[t] + carry_h, Dh[t], out=ws.DPRE[t])
             dm1 = torch.mul(dpre, P_i[t], out=ws.DM1[t])
             dm2 = torch.mul(dpre, P_hh[t], out=ws.DM2[t])
             dq = DQ[t]
             xhd = ws.XHD[t]
-            torch.mul(torch.mm(dm1, self.w_ih), xhd[:, :nx], out=dq[:, :nx])
-            dhs = torch.mm(dm2, self.w_hh)
-            torch.mul(dhs, xhd[:, nx:], out=dq[:, nx : nx + H])
-            torch.mul(ws.MMBD[t], dpre.unsqueeze(1), out=dq[:, nx + H :].view(B, 3, H))
-            dz = torch.addmm(carry_z, dq, self.P)
+            torch.mul(_mm(dm1, self.w_ih), xhd[..., :nx], out=dq[..., :nx])
+            dhs = _mm(dm2, self.w_hh)
+            torch.mul(dhs, xhd[..., nx:], out=dq[..., nx : nx + H])
+            torch.mul(ws.MMBD[t], dpre.unsqueeze(-2), out=dq[..., nx + H :].view(*lead, 3, H))
+            dz = _addmm(carry_z, dq, self.P)
             dc = torch.addcmul(carry_c, dz, ws.OD[t])
             da = DA[t]
-            torch.mul(ws.GCI[t], dc.unsqueeze(1), out=da[:, : 3 * K].view(B, 3, K))
-            torch.mul(dz, ws.OSD[t], out=da[:, 3 * K :])
+            torch.mul(ws.GCI[t], dc.unsqueeze(-2), out=da[..., : 3 * K].view(*lead, 3, K))
+            torch.mul(dz, ws.OSD[t], out=da[..., 3 * K :])
             carry_c = dc * Fg[t]
-            du = torch.mm(da, self.A_rec)
-            carry_h = torch.addcmul(du[:, :H], dhs, P_h[t])
-            carry_z = du[:, H:]
+            du = _mm(da, self.A_rec)
+            carry_h = torch.addcmul(du[..., :H], dhs, P_h[t])
+            carry_z = du[..., H:]
 
-        def flat(x: Tensor) -> Tensor:
+        def rows(x: Tensor) -> Tensor:
+            """(T, B, F) → (T·B, F); seed-stacked (T, S, B, F) → (S, T·B, F) (a view of the seed-major
+            storage)."""
+            if seeds:
+                return x.transpose(0, 1).reshape(seeds, T * B, x.shape[-1])
             return x.reshape(T * B, x.shape[-1])
+
+        def weight_grad(a: Tensor, b: Tensor) -> Tensor:
+            """Σ_rows aᵀ b: one product over all T·B rows; per seed, each seed's own (S large products)."""
+            if seeds:
+                ra, rb = rows(a), rows(b)
+                return torch.stack([ra[k].t() @ rb[k] for k in range(seeds)])
+            return rows(a).t() @ rows(b)
+
+        def row_sum(x: Tensor) -> Tensor:
+            return rows(x).sum(1) if seeds else x.sum((0, 1))
 
         grads: list[Tensor | None] = [None] * 8
         if needs[0]:
-            grads[0] = flat(ws.DM1).t() @ flat(ws.XS)
+            grads[0] = weight_grad(ws.DM1, ws.XS)
         if needs[1]:
-            grads[1] = flat(ws.DM2).t() @ flat(ws.HS)
+            grads[1] = weight_grad(ws.DM2, ws.HS)
         if needs[2]:
-            grads[2] = (ws.DPRE * PG[..., nx + 3 * H :]).sum((0, 1))
+            grads[2] = row_sum(ws.DPRE * PG[..., nx + 3 * H :])
         if any(needs[3:7]):
-            dA = flat(DA).t() @ flat(U[:-1])
-            d_bias = DA.sum((0, 1))
-            grads[3], grads[4] = dA[:, : nx + H].contiguous(), dA[:, nx + H :].contiguous()
+            dA = weight_grad(DA, U[:-1])
+            d_bias = row_sum(DA)
+            grads[3], grads[4] = dA[..., : nx + H].contiguous(), dA[..., nx + H :].contiguous()
             grads[5], grads[6] = d_bias, d_bias.clone()
         if needs[7]:
-            grads[7] = flat(DQ).t() @ flat(U[1:, :, nx + H :])
+            grads[7] = weight_grad(DQ, U[1:, ..., nx + H :])
         self.release()
         return tuple(grads)
 
@@ -236,7 +282,7 @@ class _WarpRNNBPTT(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, unroll: WarpRNNUnroll, *params: Tensor) -> Tensor:
         ctx.unroll = unroll
-        return unroll.ws.U[1:, :, unroll.nx : unroll.nx + unroll.H].clone()
+        return unroll.ws.U[1:, ..., unroll.nx : unroll.nx + unroll.H].clone()
 
     @staticmethod
     def backward(ctx: Any, dH: Tensor) -> tuple[Tensor | None, ...]:

@@ -10,6 +10,12 @@ Preprocessing is the DQN/baselines one in both backends: frame skip 4 with a max
 (``done`` fires on every lost life) and reward clipping to {−1, 0, 1}. ``train=False`` (evaluation) gives
 whole games and raw rewards.
 
+Options: ``observation="rgb"`` gives one 84×84 RGB frame, (3, 84, 84) uint8 channel-first, instead of the
+grey 4-stack (``"gray4"``, the default) — the Leap paper's input; with EnvPool it is ``gray_scale=False,
+stack_num=1`` (its RGB stack is 3·stack_num channels). ``reward_bound=b`` (> 0) clips training rewards to
+[−b, b] instead of to their sign (the Leap paper: 5); EnvPool's own clipping only knows the sign, so the bound
+is applied here, to the raw reward.
+
 What one ``step`` returns (arrays of length N):
 
 - ``reward``   float32, clipped to its sign when ``train`` (the learning signal).
@@ -47,6 +53,21 @@ import numpy as np
 
 OBS_SHAPE = (4, 84, 84)
 BACKENDS = ("envpool", "gymnasium", "auto")
+# observation mode → (channels, height, width) of one observation
+OBSERVATIONS = {"gray4": OBS_SHAPE, "rgb": (3, 84, 84)}
+
+
+def observation_shape(observation: str = "gray4") -> tuple[int, int, int]:
+    if observation not in OBSERVATIONS:
+        raise ValueError(f"unknown Atari observation {observation!r}; choose one of {', '.join(OBSERVATIONS)}")
+    return OBSERVATIONS[observation]
+
+
+def clip_rewards(raw: np.ndarray, bound: float | None) -> np.ndarray:
+    """Training rewards: the sign of ``raw`` (``bound`` None or 0, DQN), else ``raw`` clipped to [−bound, bound]."""
+    if bound:
+        return np.clip(raw, -bound, bound).astype(np.float32, copy=False)
+    return np.sign(raw).astype(np.float32)
 
 
 # -- game names -------------------------------------------------------------------------------------------
@@ -165,18 +186,25 @@ class EnvPoolAtari(AtariVecEnv):
 
     def __init__(self, game: str, num_envs: int, seed: int, train: bool, max_episode_steps: int = 27000,
                  noop_max: int = 30, frame_skip: int = 4, num_threads: int | None = None,
-                 episodic_life: bool | None = None, reward_clip: bool | None = None) -> None:
+                 episodic_life: bool | None = None, reward_clip: bool | None = None,
+                 observation: str = "gray4", reward_bound: float | None = None) -> None:
         import envpool
 
         self.game, self.backend, self.num_envs, self.train = game, "envpool", num_envs, train
+        self.observation_shape = observation_shape(observation)
+        clip = train if reward_clip is None else reward_clip
+        # A bound other than the sign is applied in recv() to the raw reward (EnvPool clips to the sign only).
+        self._bound = reward_bound if clip and reward_bound else None
+        rgb = observation == "rgb"
         # More threads than cores only adds contention with torch on a small machine.
         threads = num_threads or min(num_envs, _cpu_count())
         self._env = envpool.make(
             f"{game}-v5", env_type="gymnasium", num_envs=num_envs, batch_size=num_envs, num_threads=threads,
             seed=seed, max_episode_steps=max_episode_steps, noop_max=noop_max, frame_skip=frame_skip,
-            stack_num=OBS_SHAPE[0], img_height=OBS_SHAPE[1], img_width=OBS_SHAPE[2], gray_scale=True,
+            stack_num=1 if rgb else OBS_SHAPE[0], img_height=OBS_SHAPE[1], img_width=OBS_SHAPE[2],
+            gray_scale=not rgb,
             episodic_life=train if episodic_life is None else episodic_life,
-            reward_clip=train if reward_clip is None else reward_clip,
+            reward_clip=clip and self._bound is None,
             repeat_action_probability=0.0, full_action_space=False)
         self.num_actions = int(self._env.action_space.n)
         self._env_id = np.arange(num_envs, dtype=np.int32)
@@ -199,6 +227,8 @@ class EnvPoolAtari(AtariVecEnv):
         out = {"raw_reward": info["reward"], "terminated": info["terminated"].astype(bool),
                "truncated": trunc, "lives": info["lives"], "autoreset": autoreset,
                "elapsed_step": info["elapsed_step"]}
+        if self._bound is not None:
+            reward = clip_rewards(info["reward"], self._bound)
         return obs, reward.astype(np.float32, copy=False), done, out
 
     def _ordered(self, obs, info, *arrays):
@@ -225,13 +255,17 @@ class GymnasiumAtari(AtariVecEnv):
 
     def __init__(self, game: str, num_envs: int, seed: int, train: bool, max_episode_steps: int = 27000,
                  noop_max: int = 30, frame_skip: int = 4, episodic_life: bool | None = None,
-                 reward_clip: bool | None = None, vectorization: str = "sync") -> None:
+                 reward_clip: bool | None = None, vectorization: str = "sync", observation: str = "gray4",
+                 reward_bound: float | None = None) -> None:
         import gymnasium as gym
 
         self.game, self.backend, self.num_envs, self.train = game, "gymnasium", num_envs, train
+        self.observation_shape = observation_shape(observation)
+        self.rgb = observation == "rgb"
         self.episodic_life = train if episodic_life is None else episodic_life
         self.reward_clip = train if reward_clip is None else reward_clip
-        fns = [_gym_env_fn(game, max_episode_steps, noop_max, frame_skip) for _ in range(num_envs)]
+        self.reward_bound = reward_bound
+        fns = [_gym_env_fn(game, max_episode_steps, noop_max, frame_skip, self.rgb) for _ in range(num_envs)]
         if vectorization == "async":
             self._env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         elif vectorization == "sync":
@@ -251,7 +285,11 @@ class GymnasiumAtari(AtariVecEnv):
         self._seeded = True
         self._prev_end = np.zeros(self.num_envs, dtype=bool)
         self._lives = np.asarray(info["lives"], dtype=np.int32)
-        return obs
+        return self._frames(obs)
+
+    def _frames(self, obs: np.ndarray) -> np.ndarray:
+        # RGB: (N, 1, 84, 84, 3) from the one-frame stack → (N, 3, 84, 84), channel-first as EnvPool
+        return np.ascontiguousarray(obs[:, 0].transpose(0, 3, 1, 2)) if self.rgb else obs
 
     def send(self, actions: np.ndarray) -> None:
         actions = np.asarray(actions, dtype=np.int64)
@@ -273,16 +311,17 @@ class GymnasiumAtari(AtariVecEnv):
             done = done | ((lives < self._lives) & ~autoreset)
         self._prev_end = term | trunc
         self._lives = lives
-        reward = np.sign(raw).astype(np.float32) if self.reward_clip else raw
+        reward = clip_rewards(raw, self.reward_bound) if self.reward_clip else raw
         out = {"raw_reward": raw, "terminated": term, "truncated": trunc, "lives": lives,
                "autoreset": autoreset}
-        return obs, reward, done, out
+        return self._frames(obs), reward, done, out
 
     def close(self) -> None:
         self._env.close()
 
 
-def _gym_env_fn(game: str, max_episode_steps: int, noop_max: int, frame_skip: int) -> Callable[[], Any]:
+def _gym_env_fn(game: str, max_episode_steps: int, noop_max: int, frame_skip: int,
+                rgb: bool = False) -> Callable[[], Any]:
     def make():
         import ale_py
         import gymnasium as gym
@@ -293,9 +332,9 @@ def _gym_env_fn(game: str, max_episode_steps: int, noop_max: int, frame_skip: in
         env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False,
                        max_num_frames_per_episode=max_episode_steps * frame_skip + 1000)
         env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=OBS_SHAPE[1],
-                                 terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+                                 terminal_on_life_loss=False, grayscale_obs=not rgb, scale_obs=False)
         env = TimeLimit(env, max_episode_steps)            # counts agent steps, like EnvPool's limit
-        return FrameStackObservation(env, OBS_SHAPE[0])
+        return FrameStackObservation(env, 1 if rgb else OBS_SHAPE[0])
     return make
 
 
@@ -309,22 +348,25 @@ def _cpu_count() -> int:
 def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train: bool = True,
                max_episode_steps: int = 27000, noop_max: int = 30, frame_skip: int = 4,
                num_threads: int | None = None, episodic_life: bool | None = None,
-               reward_clip: bool | None = None, vectorization: str = "sync") -> AtariVecEnv:
+               reward_clip: bool | None = None, vectorization: str = "sync", observation: str = "gray4",
+               reward_bound: float | None = None) -> AtariVecEnv:
     """One Atari vector env; env i is seeded with ``seed + i``.
 
     ``backend="auto"`` uses EnvPool when it imports, else gymnasium + ale-py. ``episodic_life`` and
     ``reward_clip`` default to ``train``. ``num_threads`` (EnvPool) defaults to min(num_envs, cores);
-    ``vectorization`` (gymnasium) is ``sync`` or ``async`` (one subprocess per env).
+    ``vectorization`` (gymnasium) is ``sync`` or ``async`` (one subprocess per env). ``observation``:
+    ``gray4`` (default) or ``rgb``; ``reward_bound``: clip to [−b, b] instead of the sign (module docstring).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    observation_shape(observation)
     backend = _resolve_backend(backend)
     name = canonical_game(game, backend)
     if backend == "envpool":
         return EnvPoolAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
-                            num_threads, episodic_life, reward_clip)
+                            num_threads, episodic_life, reward_clip, observation, reward_bound)
     return GymnasiumAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
-                          episodic_life, reward_clip, vectorization)
+                          episodic_life, reward_clip, vectorization, observation, reward_bound)
 
 
 def make_atari_groups(game: str, num_envs: int, seed: int, groups: int = 2, backend: str = "auto",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium
 import numpy as np
@@ -125,9 +125,13 @@ def maze_step(
     positions: np.ndarray,
     goals: np.ndarray,
     actions: np.ndarray,
-    rng: np.random.Generator,
+    rng: np.random.Generator | Sequence[np.random.Generator],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply one action per maze. Returns (new positions, rewards float32, reached-goal mask)."""
+    """Apply one action per maze. Returns (new positions, rewards float32, reached-goal mask).
+
+    ``rng`` draws the teleport targets. A list of G generators splits the mazes into G equal,
+    consecutive groups (independent seeds), each drawing from its own generator exactly as it would alone.
+    """
     target = positions + layout.move_offsets[actions]
     blocked = layout.wall_flat[target]
     new_pos = np.where(blocked, positions, target)
@@ -135,7 +139,15 @@ def maze_step(
     reached = new_pos == goals
     if reached.any():
         reward[reached] = config.goal_reward
-        new_pos[reached] = teleport_targets(layout, goals[reached], rng)
+        if not isinstance(rng, (list, tuple)):
+            new_pos[reached] = teleport_targets(layout, goals[reached], rng)
+        else:
+            n = len(positions) // len(rng)
+            for k, group_rng in enumerate(rng):
+                part = slice(k * n, (k + 1) * n)
+                hit = reached[part]
+                if hit.any():
+                    new_pos[part][hit] = teleport_targets(layout, goals[part][hit], group_rng)
     return new_pos, reward, reached
 
 

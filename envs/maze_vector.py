@@ -59,9 +59,9 @@ class MazeBatch:
         fixes the goals instead of drawing them; ``out`` is a (B, 17) float32 buffer to write into.
         """
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self._reseed(seed)
         if goals is None:
-            self.goals = draw_goals(self.layout, self.rng, self.num_mazes)
+            self.goals = self._draw_goals()
         else:
             goals = np.asarray(goals, dtype=np.int64).reshape(self.num_mazes)
             if not np.isin(goals, self.layout.goal_cells).all():
@@ -74,6 +74,12 @@ class MazeBatch:
         self.t = 0
         self._needs_reset = False
         return self._write(out)
+
+    def _reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def _draw_goals(self) -> np.ndarray:
+        return draw_goals(self.layout, self.rng, self.num_mazes)
 
     def _write(self, out: np.ndarray | None) -> np.ndarray:
         if out is None:
@@ -108,6 +114,28 @@ class MazeBatch:
         terminated = np.zeros(self.num_mazes, dtype=bool)
         truncated = np.full(self.num_mazes, done, dtype=bool)
         return obs, reward, terminated, truncated, info
+
+
+class SeedMazeBatch(MazeBatch):
+    """S independent seeds × B mazes stepped as one batch of S·B mazes (seed-major: mazes s·B … s·B + B − 1
+    belong to seed s). Every seed draws its goals and teleports from its own NumPy Generator (``rngs[s]``,
+    seeded with ``seeds[s]``), in the same order as a ``MazeBatch(B, seed=seeds[s])`` alone, so each seed
+    sees exactly the episodes it would see alone given the same actions."""
+
+    def __init__(self, seeds: list[int], mazes_per_seed: int, config: MazeConfig | None = None, **overrides: Any):
+        if not seeds:
+            raise ValueError("SeedMazeBatch needs at least one seed")
+        super().__init__(len(seeds) * mazes_per_seed, config, seed=None, **overrides)
+        self.seeds = len(seeds)
+        self.mazes_per_seed = mazes_per_seed
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self.rng = self.rngs                # maze_step splits the mazes into one group per generator
+
+    def _reseed(self, seed: int) -> None:
+        raise ValueError("a SeedMazeBatch keeps one generator per seed: re-seed them through rngs")
+
+    def _draw_goals(self) -> np.ndarray:
+        return np.concatenate([draw_goals(self.layout, rng, self.mazes_per_seed) for rng in self.rngs])
 
 
 class ShortestPathOracle:

@@ -82,6 +82,10 @@ class MetaLearner:
     ``include`` / ``exclude`` are parameter-name prefixes restricting what is meta-learned (e.g.
     ``include=["encoder."]`` for Leap on the Atari encoder only). Parameters outside the set keep their
     value in the stored initialisation (so tasks still start from it) but receive no meta-gradient.
+
+    Everything lives on the device of ``model`` (the trainer moves its CPU-drawn template to ``run.device``
+    first): θ⁰, the accumulators, the meta-optimiser's state. Checkpoints are mapped to the CPU on load;
+    ``load_state_dict`` copies them back onto this device.
     """
 
     name = "base"
@@ -119,6 +123,11 @@ class MetaLearner:
         self.tasks = 0            # finite tasks merged since the last meta-step
         self.skipped = 0          # tasks dropped for a non-finite meta-gradient, since the last meta-step
         self.meta_steps = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where θ⁰ and the meta-learner's state live."""
+        return self.params[0].device
 
     # -- protocol ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -201,7 +210,7 @@ class MetaLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state["init"].items():
             self.init_state[k].copy_(v)
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        torch._foreach_copy_(self._acc, list(state["acc"]))
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])     # moves its state to the params' device
+        torch._foreach_copy_(self._acc, [a.to(self.device) for a in state["acc"]])
         self.tasks, self.skipped, self.meta_steps = (int(x) for x in state["counters"])
 

@@ -51,6 +51,15 @@ offers ``burning_in`` for such iterations with correct zeroing: no backward, no 
 
 Checkpoints: ``state_dict()`` holds φ (as the initialisation), the warp optimiser's state, the accumulator
 and the counters — tensors and plain containers only.
+
+Seeds as a batch dimension (metarl.seed_batch): when the learner is S independent seeds stacked along a
+leading dimension of every parameter (``model.seeds`` = S), φ, the accumulator and the warp optimiser's state
+are stacked too, and everything that is not elementwise is per seed: each seed's contribution is kept or
+dropped on its own finiteness (and only for seeds whose task step was taken — the task optimiser's
+``active`` mask), each seed's meta-gradient is the mean over its own finite contributions, and a seed with
+none takes no φ step (:class:`~metarl.seed_batch.SeedAdam`, per-seed step counts). The task loop is
+:func:`continual_update_seeds`: one backward of the sum of the S seeds' losses gives each seed its own
+gradient; non-finite seeds are masked out of the step, clipping is per seed.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from torch import Tensor, nn
 
 from .base import MetaLearner, all_finite
 from .seam import Observer, OptimizerWatch
+from .seed_batch import SeedAdam, clip_grad_norm_seeds, seed_finite, seed_grad_norms
 
 WARP_OBJECTIVES = ("same_loss", "meta_batch")
 
@@ -90,6 +100,16 @@ class ContinualWarpGrad(MetaLearner):
         super().__init__(model, **kwargs)
         self.config = config or ContinualWarpConfig()
         self.warp_steps = 0                     # φ steps taken
+        self.seeds = int(getattr(model, "seeds", 0) or 0)     # S > 0: S stacked seeds (module docstring)
+        if self.seeds:
+            mc = self.meta_optimizer_config
+            if mc.name != "adam":
+                raise ValueError(f"seed-batched warp meta-training supports the adam meta-optimiser, got {mc.name!r}")
+            self.meta_optimizer = SeedAdam(self.params, self.seeds, lr=mc.lr, betas=tuple(mc.betas),
+                                           weight_decay=mc.weight_decay)
+            self.seed_tasks = torch.zeros(self.seeds, dtype=torch.int64)       # finite contributions, per seed
+            self.seed_skipped = torch.zeros(self.seeds, dtype=torch.int64)     # dropped contributions
+            self.seed_warp_steps = torch.zeros(self.seeds, dtype=torch.int64)  # φ steps taken, per seed
 
     def task_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         phi = set(self.names)
@@ -106,56 +126,112 @@ class ContinualWarpGrad(MetaLearner):
         stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if any(id(p) in stepped for p in phi):
             raise ValueError("the task optimiser must not step warp parameters: give it meta.task_parameters(model)")
-        return OptimizerWatch(optimizer, self.task_parameters(model), [_WarpContribution(self, model, phi, task)])
+        return OptimizerWatch(optimizer, self.task_parameters(model),
+                              [_WarpContribution(self, model, phi, task, optimizer)])
 
-    def contribute(self, grads: Sequence[Tensor]) -> bool:
-        """One task step's g_φ into the window's sum; False (and counted) if it has a non-finite entry."""
-        torch._foreach_copy_(self._task_acc, list(grads))
-        tasks = self.tasks
-        self._merge_task()
-        return self.tasks > tasks
+    def contribute(self, grads: Sequence[Tensor], active: Tensor | None = None) -> bool | Tensor:
+        """One task step's g_φ into the window's sum; False (and counted) if it has a non-finite entry.
+        Seed-batched: seed s's slice is added if finite and ``active[s]`` (its task step was taken; None: all),
+        and counted as skipped if non-finite; returns the (S,) mask of added seeds."""
+        if not self.seeds:
+            torch._foreach_copy_(self._task_acc, list(grads))
+            tasks = self.tasks
+            self._merge_task()
+            return self.tasks > tasks
+        S = self.seeds
+        active = torch.ones(S, dtype=torch.bool) if active is None else active.to(torch.bool)
+        finite = seed_finite(grads, S)
+        added = finite & active
+        for acc, g in zip(self._acc, grads):
+            acc.add_(torch.where(added.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros((), dtype=g.dtype)))
+        self.seed_tasks += added
+        self.seed_skipped += active & ~finite
+        return added
 
     def meta_step(self) -> dict[str, float]:
-        """φ ← φ − meta-optimiser(mean of the window's finite contributions); no contribution, no step."""
+        """φ ← φ − meta-optimiser(mean of the window's finite contributions); no contribution, no step.
+        Seed-batched: per seed (module docstring); the logs sum the counts and average the rest over seeds."""
+        if self.seeds:
+            return self._seed_meta_step()
         self.warp_steps += self.tasks > 0
         return {**super().meta_step(), "meta/warp_steps": float(self.warp_steps)}
 
+    def _seed_meta_step(self) -> dict[str, float]:
+        S, n = self.seeds, self.seed_tasks
+        stepping = n > 0
+        logs = {"meta/tasks": float(n.sum()), "meta/skipped_tasks": float(self.seed_skipped.sum())}
+        if bool(stepping.any()):
+            grads = [a / n.clamp(min=1).to(a.dtype).view(-1, *([1] * (a.dim() - 1))) for a in self._acc]
+            logs["meta/grad_norm"] = float(seed_grad_norms(grads, S)[stepping].mean())
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            if self.meta_optimizer_config.clip_grad_norm > 0:
+                clip_grad_norm_seeds(self.params, self.meta_optimizer_config.clip_grad_norm, S)
+            self.meta_optimizer.active = stepping
+            self.meta_optimizer.step()
+            self.meta_optimizer.active = None
+            self.meta_optimizer.zero_grad(set_to_none=True)
+        torch._foreach_zero_(self._acc)
+        self.seed_warp_steps += stepping
+        self.seed_tasks.zero_()
+        self.seed_skipped.zero_()
+        self.meta_steps += 1
+        self.warp_steps = int(self.seed_warp_steps.max())
+        logs["meta/warp_steps"] = float(self.seed_warp_steps.double().mean())
+        return logs
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "warp_steps": torch.tensor(self.warp_steps)}
+        state = {**super().state_dict(), "warp_steps": torch.tensor(self.warp_steps)}
+        if self.seeds:
+            state["seed_counters"] = torch.stack((self.seed_tasks, self.seed_skipped, self.seed_warp_steps))
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.warp_steps = int(state["warp_steps"])
+        if self.seeds:
+            self.seed_tasks, self.seed_skipped, self.seed_warp_steps = (c.clone() for c in state["seed_counters"])
 
 
 class _WarpContribution(Observer):
     """g_φ of every task step: the task loss's own (``same_loss``) or a fresh batch's at θ' (``meta_batch``)."""
 
-    def __init__(self, meta: ContinualWarpGrad, model: nn.Module, phi: list[nn.Parameter], task: Any) -> None:
-        self.meta, self.model, self.phi, self.task = meta, model, phi, task
+    def __init__(self, meta: ContinualWarpGrad, model: nn.Module, phi: list[nn.Parameter], task: Any,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.meta, self.model, self.phi, self.task, self.optimizer = meta, model, phi, task, optimizer
+
+    def _contribute(self, grads: list[Tensor]) -> None:
+        if self.meta.seeds:                     # only seeds whose task step is being taken
+            self.meta.contribute(grads, getattr(self.optimizer, "active", None))
+        else:
+            self.meta.contribute(grads)
 
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         warp_grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.phi]
         for p in self.phi:                      # cleared in both modes: never left for the next backward
             p.grad = None
         if self.meta.config.objective == "same_loss":
-            self.meta.contribute(warp_grads)
+            self._contribute(warp_grads)
 
     def after_step(self, params: Sequence[Tensor]) -> None:
         if self.meta.config.objective == "meta_batch":
             with torch.enable_grad():
                 loss = self.task.loss(self.model, self.task.batch("query"))
+                if self.meta.seeds:             # one loss per seed: the sum's gradient is each seed's own
+                    loss = loss.sum()
                 grads = torch.autograd.grad(loss, self.phi, allow_unused=True)
-            self.meta.contribute([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.phi)])
+            self._contribute([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.phi)])
 
 
 def continual_update(loss: Tensor, optimizer: torch.optim.Optimizer, watch: Any,
-                     params: Sequence[nn.Parameter], burning_in: bool = False) -> str:
+                     params: Sequence[nn.Parameter], burning_in: bool = False,
+                     clip_grad_norm: float | None = None) -> str:
     """One iteration of the never-reset task loop; returns ``"step"``, ``"burn_in"`` or ``"non_finite"``.
 
     ``params``: every parameter of the model (task and warp), whose gradients are cleared first. During
     burn-in nothing is computed or kept (the original code's gradient build-up is not reproduced). A loss
     or task gradient with a non-finite entry skips the task step (so the observer sees nothing either).
+    ``clip_grad_norm`` > 0 clips the task gradient's global norm before the step (Backpropamine: 4.0).
     """
     for p in params:
         p.grad = None
@@ -169,6 +245,44 @@ def continual_update(loss: Tensor, optimizer: torch.optim.Optimizer, watch: Any,
         for p in params:
             p.grad = None
         return "non_finite"
+    if clip_grad_norm:
+        nn.utils.clip_grad_norm_(task, clip_grad_norm)
     watch.report(loss)
     optimizer.step()
     return "step"
+
+
+def continual_update_seeds(loss: Tensor, optimizer: SeedAdam, watch: Any, params: Sequence[nn.Parameter],
+                           seeds: int, burning_in: bool = False, clip_grad_norm: float | None = None) -> list[str]:
+    """:func:`continual_update` for S stacked seeds: ``loss`` holds one value per seed (S,); returns one
+    outcome per seed. One backward of the losses' sum gives each seed its own gradient; a seed whose loss or
+    task gradient is non-finite is masked out (its gradients zeroed, ``optimizer.active`` False: no step,
+    no warp contribution) while the others step. Clipping is per seed. The watch is told the sum of the
+    stepping seeds' losses."""
+    for p in params:
+        p.grad = None
+    if burning_in:
+        return ["burn_in"] * seeds
+    finite = torch.isfinite(loss.detach())
+    if not bool(finite.any()):
+        return ["non_finite"] * seeds
+    loss.sum().backward()
+    task = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    active = finite & seed_finite([p.grad for p in task], seeds)
+    if not bool(active.any()):
+        for p in params:
+            p.grad = None
+        return ["non_finite"] * seeds
+    if not bool(active.all()):
+        for p in params:
+            if p.grad is not None:
+                p.grad.masked_fill_(~active.view(-1, *([1] * (p.dim() - 1))), 0.0)
+    if clip_grad_norm:
+        clip_grad_norm_seeds(task, clip_grad_norm, seeds)
+    watch.report(torch.where(active, loss.detach(), 0.0).sum())
+    optimizer.active = active
+    try:
+        optimizer.step()
+    finally:
+        optimizer.active = None
+    return ["step" if a else "non_finite" for a in active.tolist()]

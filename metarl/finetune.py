@@ -56,7 +56,8 @@ class FineTuning(MetaLearner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.heads = dict(zip(state["head_keys"], state["heads"]))
+        self.heads = {k: {n: v.to(self.device) for n, v in head.items()}
+                      for k, head in zip(state["head_keys"], state["heads"])}
 
 
 class _Continue(Observer):

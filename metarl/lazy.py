@@ -274,6 +274,12 @@ class Lazy(MetaLearner):
         else:
             self.skipped += 1
 
+    def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
+        """Also sum the step-size accumulators and the loss sums over workers (torchrun)."""
+        sums = torch.tensor([self._sums.student_loss, self._sums.teacher_loss], dtype=torch.float64)
+        super().all_reduce(lambda tensors: reduce([*tensors, *self._lr_acc, sums]))
+        self._sums = LossSums(*sums.tolist())
+
     def lr_meta_gradient(self) -> list[Tensor]:
         """The accumulated gradient of the log step sizes, averaged over the finite tasks."""
         n = max(self.tasks, 1)

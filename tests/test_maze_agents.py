@@ -15,6 +15,7 @@ from agents.recurrent import (
     LSTMActorCritic,
     ModulatedPlasticRNN,
     RecurrentConfig,
+    RetroactivePlasticRNN,
     TanhRNN,
     WarpLSTM,
     WarpRNN,
@@ -159,6 +160,39 @@ def test_plastic_rnn_hebbian_trace_modulation_and_clip():
         np.testing.assert_allclose(out[0].detach().numpy(), h, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state[1].view(2, 2).detach().numpy(), hebb, rtol=1e-5, atol=1e-6)
     assert clipped >= 2  # the clip at ±1 was exercised (steps 4 and 5)
+
+
+def test_retroactive_plastic_rnn_eligibility_trace_and_clip():
+    """Hebb_t = clip(Hebb_{t−1} + M_t E_{t−1}), E_t = (1 − η) E_{t−1} + η h_t h_{t−1}ᵀ, written out by hand."""
+    m = RetroactivePlasticRNN(RecurrentConfig(obs_dim=2, hidden_size=2))
+    W_in = np.array([[1.0, 0.5], [-0.5, 2.0]])
+    W = np.array([[0.2, -0.1], [0.3, 0.1]])
+    alpha = np.array([[1.0, 2.0], [-1.0, 0.5]])
+    w = np.array([3.0, -2.0])
+    eta = 0.7
+    with torch.no_grad():
+        for p, v in ((m.weight_in, W_in), (m.weight, W), (m.alpha, alpha), (m.modulation, w), (m.eta, [eta])):
+            p.copy_(torch.tensor(v))
+    xs = [np.array(v) for v in ([1.0, 1.0], [0.5, -1.0], [1.0, 0.0], [0.5, -1.0], [0.5, -1.0], [1.0, 1.0])]
+    h, hebb, trace = np.zeros(2), np.zeros((2, 2)), np.zeros((2, 2))
+    clipped = 0
+    state = m.initial_state(1)
+    for x in xs:
+        new_h = np.array([math.tanh(sum(W_in[i, j] * x[j] for j in range(2))
+                                    + sum((W[i, j] + alpha[i, j] * hebb[i, j]) * h[j] for j in range(2)))
+                          for i in range(2)])
+        M = math.tanh(sum(w[i] * new_h[i] for i in range(2)))
+        raw = [[hebb[i, j] + M * trace[i, j] for j in range(2)] for i in range(2)]     # the trace before this step
+        clipped += sum(abs(v) > 1 for row in raw for v in row)
+        hebb = np.array([[min(1.0, max(-1.0, v)) for v in row] for row in raw])
+        trace = np.array([[(1 - eta) * trace[i, j] + eta * new_h[i] * h[j] for j in range(2)] for i in range(2)])
+        h = new_h
+        out, state = m.cell(torch.tensor(x, dtype=torch.float32)[None], state)
+        np.testing.assert_allclose(out[0].detach().numpy(), h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state[1].view(2, 2).detach().numpy(), hebb, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state[2].view(2, 2).detach().numpy(), trace, rtol=1e-5, atol=1e-6)
+    assert clipped >= 1  # the clip at ±1 was exercised
+    assert any(p is m.eta for p in m.task_parameters())  # η is learned
 
 
 def _force_warp_gates(model, signs: list[float]):

@@ -262,7 +262,7 @@ def test_end_to_end_inner_loop(adapter):
     task = warped.sample_tasks("train", 1, np.random.default_rng(3))[0]
     model = warped.make_model(torch.Generator().manual_seed(0))
     assert {n.split(".")[1] for n, _ in model.named_parameters() if n.startswith("warps.")} == {"4", "5"}
-    params = [p for n, p in model.named_parameters() if not n.startswith(warped.warp_prefix)]
+    params = [p for n, p in model.named_parameters() if not n.startswith("warps.")]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     curve = warped.adapt(task, model, optimizer, 12)
     assert len(curve) == 13 and np.all(np.isfinite(curve))

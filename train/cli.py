@@ -1,4 +1,4 @@
-"""The `metarl` command: train, eval, bench, plot. User errors print one line and exit with code 2."""
+"""The `metarl` command: train, eval, bench, plot, report. User errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--tag", default=None, help="scalar tag to plot (default depends on the runs)")
     pl.add_argument("--out", default=None, help="output PNG path")
+    r = sub.add_parser("report", help="tables, aggregate statistics (rliable) and figures of finished runs")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs (or folders holding them)")
+    r.add_argument("--out", default="report", metavar="DIR", help="output folder (default: ./report)")
+    r.add_argument("--baseline", action="append", default=None, metavar="METHOD",
+                   help="method to compare against, the first one a suite has (repeatable; default random_init)")
+    r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
+    r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     return p
 
 
@@ -89,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
+    from .device import resolve_device
+    resolve_device(cfg.run.device)              # CUDA asked for but absent: one line, before the run dir is touched
     args.active_run_dir = run_dir
     lock = None
     if _main_rank():                            # rank 0 guards the directory; the others use it
@@ -102,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 set_aside_unreadable_results(run_dir, log=lambda msg: print(msg, file=sys.stderr))
             else:
                 check_fresh(run_dir)
-        world = init_world()
+        world = init_world(cfg.run.device)     # NCCL on CUDA, gloo on the CPU
         try:
             run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
             args.active_run_dir = run_dir
@@ -133,6 +142,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     figures = module.run(list(args.args))
     from .checkpoint import dumps_json
     print(dumps_json(figures))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+    out = report([Path(d) for d in args.run_dirs], Path(args.out), metric=args.metric,
+                 baselines=tuple(args.baseline or ("random_init",)), reps=args.reps)
+    print(f"wrote {out}")
     return 0
 
 
@@ -184,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}[args.command]
+    command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
+               "report": cmd_report}[args.command]
     try:
         with _stop_signals():
             return command(args)

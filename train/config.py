@@ -73,6 +73,8 @@ class RunConfig:
     keep: int = 2                   # checkpoints kept (the newest and its predecessor)
     progress: bool = True
     threads: int = 0                # torch threads (0: leave torch's default)
+    device: str = "auto"            # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+    tf32: bool = False              # CUDA: TF32 for fp32 matmuls and convolutions (train/device.py)
 
 
 @dataclass
@@ -498,6 +500,17 @@ def check(cfg: Config) -> None:
     if cfg.eval.periodic_split not in ("", "val", "test"):
         raise ConfigError(f"config key 'eval.periodic_split' must be val, test or empty (eval.split), "
                           f"got {_show(cfg.eval.periodic_split)}")
+    # Task families with game lists (Atari): the lists a run will use must not be empty, or it fails only
+    # after training (the final evaluation falls back from eval.split's games to the test games).
+    games = {split: getattr(cfg.task_config, f"{split}_games", None) for split in ("train", "val", "test")}
+    if games["test"] is not None:
+        if cfg.meta.steps > 0 and not games["train"]:
+            raise ConfigError(f"config key '{cfg.task}.train_games' is empty: meta-training has no games")
+        if not (games.get(cfg.eval.split) or games["test"]):
+            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty (and so is "
+                              f"'{cfg.task}.test_games'): the final evaluation has no games")
+    from .device import check_device_name
+    check_device_name(cfg.run.device)
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {_show(cfg.name)}")
 
@@ -527,7 +540,7 @@ def config_to_yaml(cfg: Config) -> str:
 # its state goes on may change; everything else (the model, the task, the method, learning rates and
 # optimisers — restored from the checkpoint —, seeds, batch sizes) is refused before anything is written.
 RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", "run.keep", "run.threads",
-                  "run.dir")
+                  "run.dir", "run.device", "run.tf32")      # checkpoints are device-independent
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

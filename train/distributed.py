@@ -1,5 +1,9 @@
 """Distributed meta-batches on torch.distributed (gloo on CPU, NCCL on GPU), launched with ``torchrun``.
 
+On GPUs each rank computes on the GPU of its ``LOCAL_RANK`` (``run.device: auto`` or ``cuda``; train/device.py)
+and the group uses NCCL; on CPUs (``run.device: cpu``, or no GPU) gloo. The backend follows ``run.device``,
+not merely whether a GPU exists: ``run.device=cpu`` on a GPU machine all-reduces with gloo.
+
 The tasks of a meta-batch are spread over ranks (task k runs on rank k mod world); every rank holds the
 same initialisation and meta-optimiser state; before each meta-step the per-rank meta-gradient sums and
 task counts are all-reduced, so every rank takes the same step. Rank 0 logs, evaluates and checkpoints.
@@ -20,6 +24,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_size: int = 1
+    device: torch.device = torch.device("cpu")     # where collectives run: this rank's GPU under NCCL
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +38,9 @@ class World:
         """Sum ``tensors`` in place over ranks (one flat buffer: one collective per meta-step)."""
         if self.size == 1 or not tensors:
             return
-        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+        # Tensors may sit on the CPU (counters) and on the device (accumulators): one buffer on the
+        # collective's device (NCCL reduces CUDA tensors only), copied back to each tensor's own device.
+        flat = torch.cat([t.reshape(-1).to(self.device, torch.float64) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for t in tensors:
@@ -54,18 +61,22 @@ class World:
             dist.barrier()
 
 
-def init_world() -> World:
-    """Join the process group torchrun set up, or run alone."""
+def init_world(device: str = "auto") -> World:
+    """Join the process group torchrun set up, or run alone. ``device`` is ``run.device``: on CUDA this
+    rank takes the GPU of its LOCAL_RANK and the group NCCL; on the CPU gloo."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    from .device import configure, resolve_device
+    where = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    if where.type == "cuda":
+        configure(where)                  # the current device, before NCCL creates its communicators
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if where.type == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
     # Share the cores between the ranks of this node instead of oversubscribing them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_size=local)
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_size=local, device=where)
 
 
 def shutdown(world: World) -> None:

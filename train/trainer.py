@@ -25,6 +25,7 @@ from metarl.registry import method_class
 
 from .checkpoint import load_latest, save_checkpoint
 from .config import Config, config_to_yaml
+from .device import configure, resolve_device, to_cpu
 from .distributed import World
 from .errors import ConfigError
 from .seeding import FIXED, step_generators
@@ -45,9 +46,10 @@ def build_meta_learner(cfg: Config, model: nn.Module, adapter: TaskAdapter) -> M
 
 
 def task_model(adapter: TaskAdapter, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
-    """A model at the current initialisation. Under ``head: reset`` every method starts every task from
-    a freshly drawn output head (drawn from ``generator``); under ``learned`` the head comes from θ⁰."""
-    model = adapter.make_model(generator, task)
+    """A model at the current initialisation, on the adapter's device. Under ``head: reset`` every method
+    starts every task from a freshly drawn output head (drawn from ``generator``); under ``learned`` the
+    head comes from θ⁰."""
+    model = adapter.build_model(generator, task)
     meta.load_init(model, skip=tuple(adapter.head) if head == "reset" else ())
     meta.prepare(model, task)
     return model
@@ -109,29 +111,38 @@ class Logger:
         self.games_dir = Path(run_dir) / "games"
         self.games_purge_step = games_purge_step
         self._games = None
+        self._runs: dict[str, Any] = {}     # run_dir/<run>: runs of their own (the seeds of a seed-batched maze run)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
 
-    def games(self, values: dict[str, float], step: int) -> None:
-        if self._games is None:     # created on first use: supervised runs get no empty folder
-            from torch.utils.tensorboard import SummaryWriter
-            self._games = SummaryWriter(str(self.games_dir), purge_step=self.games_purge_step)
+    def games(self, values: dict[str, float], step: int, run: str | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        if run is not None:         # env-step axis of a run of its own, in run_dir/<run>
+            if run not in self._runs:
+                self._runs[run] = SummaryWriter(str(self.games_dir.parent / run), purge_step=self.games_purge_step)
+            writer = self._runs[run]
+        else:
+            if self._games is None:     # created on first use: supervised runs get no empty folder
+                self._games = SummaryWriter(str(self.games_dir), purge_step=self.games_purge_step)
+            writer = self._games
         for k, v in values.items():
-            self._games.add_scalar(k, v, step)
+            writer.add_scalar(k, v, step)
 
     def close(self) -> None:
         self.writer.close()
         if self._games is not None:
             self._games.close()
+        for writer in self._runs.values():
+            writer.close()
 
 
 class NullLogger:
     def scalars(self, values: dict[str, float], step: int) -> None:
         pass
 
-    def games(self, values: dict[str, float], step: int) -> None:
+    def games(self, values: dict[str, float], step: int, run: str | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -139,13 +150,20 @@ class NullLogger:
 
 
 def setup(cfg: Config, adapter: TaskAdapter = None) -> tuple[Any, MetaLearner]:
-    """The task adapter and the meta-learner over its model, both from ``cfg``."""
+    """The task adapter and the meta-learner over its model, both from ``cfg``, on ``run.device``.
+
+    The device is resolved here, once (train/device.py; CUDA asked for but absent: ConfigError). The
+    template is drawn on the CPU from the seeded generator and then moved, so θ⁰ holds the same numbers on
+    every device; the meta-learner's state (θ⁰, accumulators, meta-optimiser state) lives where it is."""
+    device = resolve_device(cfg.run.device)
+    configure(device, tf32=cfg.run.tf32)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.seed)
     adapter = adapter or build_adapter(cfg.task, cfg.task_config, cfg.seed)
+    adapter.device = device
     _, generator = step_generators(cfg.seed, FIXED, 0)
-    template = adapter.make_model(generator)
+    template = adapter.make_model(generator).to(device)
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
@@ -179,7 +197,7 @@ class Stream:
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state()}     # the CPU generator: models and batches are drawn there
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -200,9 +218,10 @@ def continual_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, stream:
 
 
 def log_games(adapter: TaskAdapter, log: Callable[..., None]) -> None:
-    """RL tasks: scalars on the env-step axis (finished games, the maze's episode windows) in run_dir/games."""
-    for step, values in adapter.drain_logs():
-        log(values, step=step)
+    """RL tasks: scalars on the env-step axis (finished games, the maze's episode windows) in run_dir/games,
+    or in run_dir/<run> for entries (step, values, run) (the seeds of a seed-batched maze run)."""
+    for step, values, *run in adapter.drain_logs():
+        log(values, step=step, run=run[0] if run else None)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
@@ -251,11 +270,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
     t0 = time.time()
 
-    def log(values: dict[str, float], step: int | None = None) -> None:
+    def log(values: dict[str, float], step: int | None = None, run: str | None = None) -> None:
         # meta-step logs come from meta_step(); task-level logs land on the latest meta-step; logs with
         # their own ``step`` are training games at the env step they ended
         if step is not None:
-            logger.games(values, step)
+            logger.games(values, step, run)
             return
         step = meta.meta_steps
         logger.scalars(values, step)
@@ -291,7 +310,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
             state = {"step": unit, "meta": meta.state_dict(), "adapter": adapter.state_dict()}
             if stream is not None:
                 state["stream"] = stream.state_dict()
-            save_checkpoint(run_dir, unit, state, cfg.run.keep)
+            # CPU tensors only: the checkpoint resumes on any device (train/device.py)
+            save_checkpoint(run_dir, unit, to_cpu(state), cfg.run.keep)
     if stream is not None:
         stream.close()
     if bar is not None:

@@ -62,8 +62,9 @@ class WarpGrad(MetaLearner):
         # online accumulators: the current task's, and the finite tasks' of the meta-batch
         self._warp_task_acc = [torch.zeros_like(p) for p in self.warp_params]
         self._warp_acc = [torch.zeros_like(p) for p in self.warp_params]
-        self._task_stats = torch.zeros(len(STATS), dtype=torch.float64)     # indexed by STATS
-        self._stats = torch.zeros(len(STATS), dtype=torch.float64)
+        # indexed by STATS; on the device, so adding a point's losses needs no host sync
+        self._task_stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
+        self._stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
         self._replay: list[_Trajectory] = []
         self.warp_updates = 0                 # φ steps since construction
         self.last_warp_grad: list[Tensor] = [torch.zeros_like(p) for p in self.warp_params]
@@ -143,8 +144,9 @@ class WarpGrad(MetaLearner):
 
     def _add_task_point(self, value: WarpValue) -> None:
         torch._foreach_add_(self._warp_task_acc, value.grads)
-        self._task_stats += torch.stack([torch.ones((), dtype=torch.float64),
-                                         value.meta_loss.double().cpu(), value.task_loss.double().cpu()])
+        self._task_stats += torch.stack([torch.ones((), dtype=torch.float64, device=self._task_stats.device),
+                                         value.meta_loss.double().to(self._task_stats.device),
+                                         value.task_loss.double().to(self._task_stats.device)])
 
     def _end_task(self, trajectory: _Trajectory | None) -> None:
         checks = [t.isfinite().all() for t in self._task_acc]
@@ -294,7 +296,7 @@ class WarpGrad(MetaLearner):
             raise ValueError("checkpoint warp parameters do not match this model's")
         super().load_state_dict(state)
         self.warp_optimizer.load_state_dict(state["warp_optimizer"])
-        torch._foreach_copy_(self._warp_acc, list(state["warp_acc"]))
+        torch._foreach_copy_(self._warp_acc, [a.to(self._warp_acc[0].device) for a in state["warp_acc"]])
         self._stats.copy_(state["warp_stats"])
         self.warp_updates = int(state["warp_counters"][0])
 

@@ -33,7 +33,7 @@ class _Trajectory:
         self.dtypes = [p.dtype for p in params]
         self.device = params[0].device if params else torch.device("cpu")
         self.points: list[_Point] = []
-        self.finite = torch.ones((), dtype=torch.bool)
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)   # on device: no sync per point
         self.init_grad: list[Tensor] | None = None
 
     def unpack(self, flat: Tensor, present: Sequence[bool] | None = None) -> list[Tensor | None]:

@@ -20,7 +20,12 @@ Variants run in alternating rounds and the median per variant is reported, so a 
 comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
 torch's own default, one thread per core, as SB3 users run it and as the Atari configs train.
 
-    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0]
+``--device`` (default ``cpu``) puts our network, buffers and optimiser and SB3's policy on that device
+(``cuda``, ``cuda:N``, ``auto``); EnvPool steps on CPU threads either way. ``--network mnih2013
+--observation rgb`` measures our loop (and the random-action bound) with the Leap paper's network and RGB
+frames (configs/atari_leap_paper.yaml); the SB3 variants keep their Nature CNN on grey 4-stacks.
+
+    metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0] [--device cpu]
 """
 
 from __future__ import annotations
@@ -55,19 +60,25 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=2, help="env groups for `ours_overlap`")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto: where our loop and SB3 compute")
+    p.add_argument("--network", default="nature", choices=("nature", "mnih2013"), help="our loop's network")
+    p.add_argument("--observation", default="gray4", choices=("gray4", "rgb"), help="our loop's frames")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)   # internal: one variant in a child process
     args = p.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     args.game = atari_game(args.game)
+    from ..device import resolve_device
+    args.device = str(resolve_device(args.device, option="--device"))   # CUDA absent: one line, exit 2
     return args
 
 
 def _envpool_random(args) -> Callable[[], float]:
     from envs.atari import make_atari
 
-    env = make_atari(args.game, args.num_envs, args.seed, backend="envpool", num_threads=args.env_threads)
+    env = make_atari(args.game, args.num_envs, args.seed, backend="envpool", num_threads=args.env_threads,
+                     observation=args.observation)
     env.reset()
     rng = np.random.default_rng(args.seed)
     actions = rng.integers(0, env.num_actions, size=(64, args.num_envs))
@@ -89,10 +100,11 @@ def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True
     cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups, precision=precision,
                     reuse_forward=reuse_forward)
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
-                             num_threads=args.env_threads)
-    model = ActorCritic(envs[0].num_actions, generator=torch.Generator().manual_seed(args.seed))
+                             num_threads=args.env_threads, observation=args.observation)
+    model = ActorCritic(envs[0].num_actions, in_channels=envs[0].observation_shape[0], network=args.network,
+                        generator=torch.Generator().manual_seed(args.seed)).to(args.device)
     optimizer = make_optimizer(model.parameters(), cfg)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
     train_agent(envs, model, optimizer, 4 * cfg.batch_size, cfg=cfg, generator=gen)     # warm-up
 
     def measure() -> float:
@@ -121,7 +133,7 @@ def _sb3(args, backend: str) -> Callable[[], float]:
         venv = VecFrameStack(make_atari_env(f"{game}NoFrameskip-v4", n_envs=args.num_envs, seed=args.seed), 4)
     # rl-baselines3-zoo a2c.yml, atari: ent 0.01, vf 0.25, RMSpropTFLike(eps=1e-5)
     model = A2C("CnnPolicy", venv, n_steps=args.n_steps, ent_coef=0.01, vf_coef=0.25, seed=args.seed,
-                device="cpu", verbose=0,
+                device=args.device, verbose=0,
                 policy_kwargs=dict(optimizer_class=RMSpropTFLike, optimizer_kwargs=dict(eps=1e-5)))
     model.learn(4 * args.num_envs * args.n_steps)                                         # warm-up
 
@@ -191,7 +203,9 @@ def run(argv: list[str]) -> dict:
         for _ in range(args.rounds):
             for v in variants:
                 samples[v].append(measures[v]())
-    result = {"machine": host, "game": args.game, "num_envs": args.num_envs, "n_steps": args.n_steps,
+    result = {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
+              "game": args.game, "num_envs": args.num_envs,
+              "n_steps": args.n_steps,
               "threads": threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
               "env_threads": args.env_threads, "rounds": args.rounds, "steps_per_round": args.steps}
     for v in variants:
@@ -205,6 +219,11 @@ def run(argv: list[str]) -> dict:
                 key = f"ratio_{ours}_{ref}"
                 result[key] = round(result[f"{ours}_sps"] / result[f"{ref}_sps"], 3)
                 print(f"{ours + ' / ' + ref:>22}: {result[key]:.2f}x")
+    for ours in ("ours", "ours_bf16"):
+        if ours in variants and "envpool_random" in variants:
+            key = f"ratio_{ours}_envpool_random"
+            result[key] = round(result[f"{ours}_sps"] / result["envpool_random_sps"], 3)
+            print(f"{ours + ' / envpool_random':>22}: {result[key]:.2f} of the random-action bound")
     if "ours" in variants and "ours_no_reuse" in variants:
         result["ratio_reuse"] = round(result["ours_sps"] / result["ours_no_reuse_sps"], 3)
         print(f"{'forward reuse gain':>22}: {result['ratio_reuse']:.2f}x (ours / ours_no_reuse)")

@@ -1,8 +1,16 @@
-"""`metarl bench maze-iteration`: milliseconds per maze training iteration.
+"""`metarl bench maze-iteration`: milliseconds per maze training iteration, one seed alone and per seed when
+S seeds train as one batch.
 
 One iteration = one batch of B mazes (30) × T steps (200): rollout (forward, sampling, environment), the
 Backpropamine A2C loss, backward, and an Adam step on the task parameters — what one WarpGrad / A2C update
-costs in the maze experiment. A few warm-up iterations, then the median of the timed ones (wall clock).
+costs in the maze experiment. Seed-batched (``--seeds`` S, default 10; agents.seed_batched): the same
+iteration for S independent seeds stacked along a leading parameter dimension, on S × B mazes, with the
+per-seed Adam (metarl.seed_batch.SeedAdam); its time divided by S is the per-seed cost. The single-seed and
+batched iterations of a model are timed alternately (one of each per round, after a few warm-up rounds), so
+a change of load on a shared machine affects both; the medians are reported, wall clock and process CPU time.
+
+Last line (JSON): ``ms_per_iteration`` and ``ms_per_seed_iteration_batched`` (dicts by model),
+``batched_seeds``, their CPU-time counterparts, and ``batched_per_seed_ratio`` (per-seed batched / single).
 """
 
 from __future__ import annotations
@@ -11,13 +19,16 @@ import os
 import platform
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
-from agents.recurrent import MODELS, build_model
+from agents.recurrent import MODELS, RecurrentConfig, build_model
+from agents.seed_batched import build_seed_batched
 from envs.maze import MazeConfig
-from envs.maze_vector import MazeBatch
+from envs.maze_vector import MazeBatch, SeedMazeBatch
+from metarl.seed_batch import SeedAdam
 
 from ._common import BenchParser
 
@@ -35,38 +46,66 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_iterations(
-    model_name: str, mazes: int, steps: int, warmup: int, iterations: int, seed: int, fused: bool = True
-) -> tuple[list[float], list[float]]:
-    """(wall-clock seconds, process CPU seconds) per training iteration for ``iterations`` timed
-    iterations after ``warmup`` untimed ones. CPU time shows how much of a slow wall-clock figure is
-    contention from other processes on a shared machine (with one thread, CPU ≈ wall when undisturbed)."""
-    torch.manual_seed(seed)
-    model = build_model(model_name)
-    optimiser = torch.optim.Adam(model.task_parameters(), lr=1e-3)
-    maze_batch = MazeBatch(mazes, MazeConfig(episode_length=steps), seed=seed)
-    generator = torch.Generator().manual_seed(seed)
+def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused: bool = True,
+                       seeds: int = 0) -> Callable[[], None]:
+    """One training iteration as a callable: a single agent (``seeds`` = 0) or ``seeds`` stacked agents
+    (seeds seed, seed + 1, ...), with their mazes, samplers and Adam."""
+    config = MazeConfig(episode_length=steps)
     loss_config = MazeA2CConfig()
-    times, cpu_times = [], []
-    for i in range(warmup + iterations):
-        start, cpu_start = time.perf_counter(), time.process_time()
+    if seeds:
+        ids = list(range(seed, seed + seeds))
+        model = build_seed_batched(model_name, RecurrentConfig(), ids)
+        optimiser = SeedAdam(model.task_parameters(), seeds, lr=1e-3)
+        maze_batch = SeedMazeBatch(ids, mazes, config)
+        generator = [torch.Generator().manual_seed(s) for s in ids]
+    else:
+        torch.manual_seed(seed)
+        model = build_model(model_name)
+        optimiser = torch.optim.Adam(model.task_parameters(), lr=1e-3)
+        maze_batch = MazeBatch(mazes, config, seed=seed)
+        generator = torch.Generator().manual_seed(seed)
+
+    def iteration() -> None:
         model.zero_grad(set_to_none=True)
         batch = rollout(model, maze_batch, generator=generator, fused=fused)
-        rollout_loss(batch, loss_config).total.backward()
+        rollout_loss(batch, loss_config).total.sum().backward()
         optimiser.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-    return times, cpu_times
+
+    return iteration
+
+
+def _timed(fn: Callable[[], None]) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def time_iterations(model_name: str, mazes: int, steps: int, warmup: int, iterations: int, seed: int,
+                    fused: bool = True, seeds: int = 0) -> dict[str, list[float]]:
+    """Seconds per iteration (wall and process CPU), single agent and — with ``seeds`` — per seed of the
+    seed-batched iteration, timed alternately: {"single": [...], "single_cpu", "batched", "batched_cpu"}."""
+    runs = {"single": training_iteration(model_name, mazes, steps, seed, fused)}
+    if seeds:
+        runs["batched"] = training_iteration(model_name, mazes, steps, seed, fused, seeds)
+    out: dict[str, list[float]] = {}
+    for i in range(warmup + iterations):
+        for label, fn in runs.items():
+            wall, cpu = _timed(fn)
+            if i >= warmup:
+                per = seeds if label == "batched" else 1
+                out.setdefault(label, []).append(wall / per)
+                out.setdefault(f"{label}_cpu", []).append(cpu / per)
+    return out
 
 
 def run(argv: list[str]) -> dict:
     parser = BenchParser(prog="metarl bench maze-iteration", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {sorted(MODELS)}")
-    parser.add_argument("--mazes", type=int, default=30, help="mazes (episodes) per batch")
+    parser.add_argument("--mazes", type=int, default=30, help="mazes (episodes) per batch, per seed")
     parser.add_argument("--steps", type=int, default=200, help="episode length T")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=10, help="timed iterations; the median is reported")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds trained as one batch (0: single seed only)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds")
+    parser.add_argument("--iterations", type=int, default=8, help="timed rounds; the medians are reported")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--compare-threads", action="store_true", help="also time every model with 2 threads")
     parser.add_argument("--unfused", action="store_true", help="also time warp-rnn without its fused unroll")
@@ -79,6 +118,8 @@ def run(argv: list[str]) -> dict:
     for name in ("mazes", "steps", "iterations", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.seeds < 0 or args.warmup < 0:
+        parser.error("--seeds and --warmup must be >= 0")
 
     thread_counts = [args.threads] + ([2] if args.compare_threads and args.threads != 2 else [])
     previous_threads = torch.get_num_threads()
@@ -90,33 +131,39 @@ def run(argv: list[str]) -> dict:
         "steps": args.steps,
         "iterations": args.iterations,
         "warmup": args.warmup,
+        "batched_seeds": args.seeds,
         "ms_per_iteration": {},
+        "ms_per_seed_iteration_batched": {},
     }
     try:
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            figures: dict[str, float] = {}
-            cpu_figures: dict[str, float] = {}
+            figures: dict[str, dict[str, float]] = {k: {} for k in ("single", "single_cpu", "batched", "batched_cpu")}
             variants = [(m, True) for m in models]
             if args.unfused and "warp-rnn" in models:
                 variants.append(("warp-rnn", False))
             for model_name, fused in variants:
                 label = model_name if fused else f"{model_name}-unfused"
-                times, cpu_times = time_iterations(
-                    model_name, args.mazes, args.steps, args.warmup, args.iterations, args.seed, fused
-                )
-                ms = 1e3 * statistics.median(times)
-                figures[label] = round(ms, 2)
-                cpu_figures[label] = round(1e3 * statistics.median(cpu_times), 2)
-                print(
-                    f"{label:>18}: {ms:7.1f} ms/iteration (median of {len(times)}, min {1e3 * min(times):.1f}, "
-                    f"max {1e3 * max(times):.1f}; CPU {cpu_figures[label]:.1f} ms), {threads} thread(s), "
-                    f"{args.mazes} mazes × {args.steps} steps",
-                    flush=True,
-                )
+                times = time_iterations(model_name, args.mazes, args.steps, args.warmup, args.iterations, args.seed,
+                                        fused, args.seeds)
+                for key, xs in times.items():
+                    figures[key][label] = round(1e3 * statistics.median(xs), 2)
+                line = (f"{label:>18}: {figures['single'][label]:7.1f} ms/iteration alone (CPU "
+                        f"{figures['single_cpu'][label]:.1f})")
+                if args.seeds:
+                    line += (f"; {figures['batched'][label]:7.1f} ms per seed with {args.seeds} seeds batched (CPU "
+                             f"{figures['batched_cpu'][label]:.1f}), ratio "
+                             f"{figures['batched'][label] / figures['single'][label]:.2f}")
+                print(f"{line}; {threads} thread(s), {args.mazes} mazes × {args.steps} steps, medians of "
+                      f"{args.iterations}", flush=True)
             suffix = "" if threads == args.threads else f"_{threads}_threads"
-            result[f"ms_per_iteration{suffix}"] = figures
-            result[f"cpu_ms_per_iteration{suffix}"] = cpu_figures
+            result[f"ms_per_iteration{suffix}"] = figures["single"]
+            result[f"cpu_ms_per_iteration{suffix}"] = figures["single_cpu"]
+            if args.seeds:
+                result[f"ms_per_seed_iteration_batched{suffix}"] = figures["batched"]
+                result[f"cpu_ms_per_seed_iteration_batched{suffix}"] = figures["batched_cpu"]
+                result[f"batched_per_seed_ratio{suffix}"] = {
+                    m: round(figures["batched"][m] / figures["single"][m], 3) for m in figures["single"]}
         result["threads"] = args.threads
         warp_ms = result["ms_per_iteration"].get("warp-rnn")
         if warp_ms is not None:

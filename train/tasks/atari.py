@@ -1,5 +1,10 @@
 """Atari games as tasks: each game is one task, its inner loop is A2C for a number of env steps.
 
+Network and frames: ``atari.network`` (``nature``, default; ``mnih2013``, the Leap paper's) and
+``atari.observation`` (``gray4``, default; ``rgb``, one 84×84 RGB frame) — agents/nets.py, envs/atari.py.
+Models are drawn on the CPU and run on the adapter's ``device`` (``run.device``); EnvPool steps on CPU
+threads, and each task's action-sampling generator lives on the model's device.
+
 Heads across games with different action counts
 -----------------------------------------------
 A meta-learner stores *one* initialisation of *one* model shape, but the games' minimal action sets
@@ -37,8 +42,8 @@ import torch
 from torch import nn
 
 from agents.a2c import A2CConfig, A2CResult, Episode, RolloutCollector, make_optimizer, train_agent
-from agents.nets import ActorCritic
-from envs.atari import canonical_game, close_all, make_atari_groups, num_actions
+from agents.nets import ENCODERS, ActorCritic
+from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari_groups, num_actions
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
@@ -65,6 +70,11 @@ class AtariTaskConfig:
     eval_games: int = 20                  # evaluate(): mean over this many most recent games
     eval_steps: int = 0                   # > 0: evaluate with a separate run of this many env steps
     heads: str = "game"                   # game: policy head sized per game; max: max_actions, sliced per game
+    network: str = "nature"               # nature: Nature-DQN CNN (fc 512); mnih2013: the Leap paper's (fc 256)
+    observation: str = "gray4"            # gray4: 4 stacked grey 84×84 frames; rgb: one 84×84 RGB frame
+    reward_clip: float = 0.0              # training rewards: 0 → their sign (DQN); c > 0 → clipped to [−c, c]
+    eval_window: int = 10                 # held-out protocol: finished games in each curve's moving average
+    eval_band: float = 1.0                # held-out plots: mean ± this many standard deviations over seeds
     a2c: A2CConfig = field(default_factory=A2CConfig)
 
     def __post_init__(self) -> None:
@@ -72,6 +82,12 @@ class AtariTaskConfig:
             self.a2c = A2CConfig(**self.a2c)
         if self.heads not in ("game", "max"):
             raise ValueError(f"atari.heads must be game or max, got {self.heads!r}")
+        if self.network not in ENCODERS:
+            raise ValueError(f"atari.network must be one of {', '.join(ENCODERS)}, got {self.network!r}")
+        if self.observation not in OBSERVATIONS:
+            raise ValueError(f"atari.observation must be one of {', '.join(OBSERVATIONS)}, got {self.observation!r}")
+        if self.reward_clip < 0 or self.eval_window < 1 or self.eval_band < 0:
+            raise ValueError("atari.reward_clip and eval_band must be >= 0, eval_window >= 1")
         if self.eval_games < 1 or self.eval_steps < 0 or self.max_episode_steps < 1:
             raise ValueError("atari.eval_games and max_episode_steps must be >= 1, eval_steps >= 0")
         # Unknown names fail here, at config time, with one line listing the valid names.
@@ -126,8 +142,10 @@ class AtariAdapter(TaskAdapter):
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
         """Actor-critic drawn from ``generator``; policy head per ``config.heads`` (module docstring)."""
-        actions = task.num_actions if task is not None and self.config.heads == "game" else self.max_actions
-        return ActorCritic(actions, generator=generator)
+        cfg = self.config
+        actions = task.num_actions if task is not None and cfg.heads == "game" else self.max_actions
+        return ActorCritic(actions, in_channels=OBSERVATIONS[cfg.observation][0], generator=generator,
+                           network=cfg.network)
 
     def make_optimizer(self, model: nn.Module, params: Iterable[nn.Parameter], inner: Any) -> torch.optim.Optimizer:
         """A2C's own optimiser (``atari.a2c``: RMSprop) over ``params``; ``inner.*`` does not apply."""
@@ -175,7 +193,7 @@ class AtariAdapter(TaskAdapter):
         try:
             result = train_agent(envs, model, optimizer, steps, watch=watch, cfg=a2c,
                                  on_episode=on_episode, on_update=on_update, final_loss=True,
-                                 generator=torch.Generator().manual_seed(task.seed))
+                                 generator=_generator(model, task.seed))
         finally:
             close_all(envs)
         self.global_step += result.env_steps
@@ -213,20 +231,25 @@ class AtariAdapter(TaskAdapter):
         return out
 
     def _envs(self, task: Game, train: bool) -> list:
-        a2c = self.config.a2c
-        return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=a2c.groups, backend=self.config.backend,
-                                 train=train, num_threads=self.config.env_threads,
-                                 max_episode_steps=self.config.max_episode_steps)
+        cfg = self.config
+        a2c = cfg.a2c
+        return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=a2c.groups, backend=cfg.backend,
+                                 train=train, num_threads=cfg.env_threads, max_episode_steps=cfg.max_episode_steps,
+                                 observation=cfg.observation, reward_bound=cfg.reward_clip or None)
 
     def _evaluation_run(self, task: Game, model: nn.Module) -> list[Episode]:
         """Stochastic policy, whole games, raw rewards (train=False envs), no learning."""
         envs = self._envs(task, train=False)
         try:
-            collector = RolloutCollector(envs, model, self.config.a2c.n_steps,
-                                         torch.Generator().manual_seed(task.seed + 1),
+            collector = RolloutCollector(envs, model, self.config.a2c.n_steps, _generator(model, task.seed + 1),
                                          precision=self.config.a2c.precision)
             while collector.global_step < self.config.eval_steps:
                 collector.collect()
         finally:
             close_all(envs)
         return collector.episodes
+
+
+def _generator(model: nn.Module, seed: int) -> torch.Generator:
+    """The action-sampling generator of a task, on the model's device (sampling needs no host round trip)."""
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)

@@ -3,15 +3,21 @@ random initialisation, over several seeds, with the same A2C settings and the sa
 
 Outputs in the run directory:
 - TensorBoard ``eval/<game>/<init>/episodic_return`` (mean over seeds of the running mean of the last
-  ``window`` finished games, on a grid of env steps) and ``…/episodic_return_std``;
-- ``eval_atari.png``: mean ± std per game, both initialisations;
-- ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the normalised AUC and the final
-  score (mean ± std over seeds).
+  ``window`` finished games — ``atari.eval_window`` — on a grid of env steps) and ``…/episodic_return_std``;
+  for games with published reference scores also ``eval/<game>/<init>/human_normalised`` (and ``_std``), and
+  over those games ``eval/mean/<init>/human_normalised`` (the mean normalised score; its std over seeds);
+- ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
+- ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC, the final
+  score (mean ± std over seeds) and, where references exist, the human-normalised final score and AUC; and
+  per seed (the lists ``final_scores``, ``auc_scores`` and ``final_human_normalised_scores``,
+  ``human_normalised_auc_scores``) the raw and human-normalised final score and AUC, read by `metarl report`.
 
-Normalisation: per game, the two mean curves are mapped to [0, 1] by the lowest and highest point either
-reaches, and the normalised AUC is the mean of that curve over the horizon. It compares the two
-initialisations on one game; it is not a human-normalised score. The final score is the mean true game
-score (raw reward over whole games) of the last ``eval_games`` games of each seed's run.
+Normalisations: (1) per game, the two mean curves are mapped to [0, 1] by the lowest and highest point
+either reaches, and the normalised AUC is the mean of that curve over the horizon: it compares the two
+initialisations on one game. (2) The human-normalised score (score − random) / (human − random) with the
+published random and human reference scores (train/atari_scores.py) — the Leap paper plots "normalised
+scores" without saying which normalisation; we use this one. The final score is the mean true game score
+(raw reward over whole games) of the last ``eval_games`` games of each seed's run.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atari_scores import REFERENCE, human_normalised
 from ..seeding import FIXED, step_generators
 
 INITS = ("meta_init", "random_init")
@@ -38,15 +45,25 @@ def running_curve(steps: np.ndarray, returns: np.ndarray, grid: np.ndarray, wind
     return out
 
 
+def normalise_curve(game: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A raw-score curve (mean, std over seeds) in human-normalised units (an affine map per game)."""
+    random, human = REFERENCE[game]
+    return (mean - random) / (human - random), std / abs(human - random)
+
+
 def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
-                   points: int = 50, window: int = 10) -> dict[str, Any]:
+                   points: int = 50, window: int | None = None) -> dict[str, Any]:
     """Run the protocol with ``adapter`` (an :class:`~train.tasks.atari.AtariAdapter`: ``games``, ``game``,
-    ``make_model``, ``make_optimizer``, ``adapt``, ``drain_games``, ``evaluate``) and write the outputs."""
+    ``build_model``, ``make_optimizer``, ``adapt``, ``drain_games``, ``evaluate``) and write the outputs.
+    ``window``: games in each moving average (default ``atari.eval_window``)."""
+    window = window or getattr(adapter.config, "eval_window", 10)
+    band = getattr(adapter.config, "eval_band", 1.0)
     games = adapter.games[cfg.eval.split] or adapter.games["test"]
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
     grid = np.linspace(horizon / points, horizon, points)
     curves: dict[tuple[str, str], np.ndarray] = {}
+    seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
     for game in games:
         for init in INITS:
@@ -55,7 +72,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                 # The same env seed and the same head draw for both initialisations of a (game, seed).
                 rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
                 task = adapter.game(game, int(rng.integers(2**31 - 1)))
-                model = adapter.make_model(generator, task)
+                model = adapter.build_model(generator, task)      # drawn on the CPU, on the run's device
                 if init == "meta_init":
                     meta.load_init(model, skip=tuple(adapter.head))
                 optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
@@ -68,6 +85,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                 per_seed.append(running_curve(s, r, grid, window))
                 final.append(adapter.evaluate(task, model)["score"])
             stacked = np.stack(per_seed)
+            seed_curves[(game, init)] = stacked
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 curves[(game, init)] = np.stack([np.nanmean(stacked, 0), np.nanstd(stacked, 0)])
@@ -75,8 +93,41 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     with warnings.catch_warnings():      # games with no finished episode yet give all-NaN slices
         warnings.simplefilter("ignore", RuntimeWarning)
         table = summarise(games, curves, finals)
-    write_outputs(run_dir, games, grid, curves, table, logger)
-    return {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "games": table}
+        add_per_seed(table, finals, seed_curves)
+        mean_hns = mean_normalised(games, seed_curves)
+        out = {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "window": window, "games": table}
+        if mean_hns:
+            out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m)),
+                                                   "final": float(m[-1]), "final_std": float(sd[-1])}
+                                            for init, (m, sd) in mean_hns["curves"].items()}
+    write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns)
+    return out
+
+
+def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
+    """Per initialisation, the mean over the games with reference scores of each seed's human-normalised
+    curve, then mean and std over seeds: {"games": [...], "curves": {init: (mean, std)}}; {} without such games."""
+    known = [g for g in games if g in REFERENCE]
+    if not known:
+        return {}
+    result = {}
+    for init in INITS:
+        per_seed = np.mean([(seed_curves[(g, init)] - REFERENCE[g][0]) / (REFERENCE[g][1] - REFERENCE[g][0])
+                            for g in known], axis=0)                      # (seeds, points)
+        result[init] = (np.nanmean(per_seed, 0), np.nanstd(per_seed, 0))
+    return {"games": known, "curves": result}
+
+
+def add_per_seed(table: dict, finals: dict, seed_curves: dict) -> None:
+    """Each seed's raw final score and AUC (mean of its running-return curve over the horizon) into ``table``,
+    and their human-normalised values where the game has reference scores (the raw ones are kept)."""
+    for (game, init), final in finals.items():
+        row = table[game][init]
+        row["final_scores"] = [float(f) for f in final]
+        row["auc_scores"] = [float(np.nanmean(c)) for c in seed_curves[(game, init)]]
+        if game in REFERENCE:
+            row["final_human_normalised_scores"] = [human_normalised(game, f) for f in row["final_scores"]]
+            row["human_normalised_auc_scores"] = [human_normalised(game, a) for a in row["auc_scores"]]
 
 
 def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[str, dict[str, float]]]:
@@ -92,38 +143,59 @@ def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[st
             table[game][init] = {
                 "normalised_auc": float(np.nanmean((mean - lo) / span)) if np.isfinite(mean).any() else float("nan"),
                 "final_score": float(np.nanmean(final)), "final_score_std": float(np.nanstd(final))}
+            if game in REFERENCE:
+                hns = np.array([human_normalised(game, f) for f in final])
+                curve, _ = normalise_curve(game, mean, curves[(game, init)][1])
+                table[game][init].update({
+                    "final_human_normalised": float(np.nanmean(hns)),
+                    "final_human_normalised_std": float(np.nanstd(hns)),
+                    "human_normalised_auc": float(np.nanmean(curve)) if np.isfinite(curve).any() else float("nan")})
     return table
 
 
-def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any) -> None:
+def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any,
+                  band: float = 1.0, mean_hns: dict | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if logger is not None:
         for (game, init), (mean, std) in curves.items():
+            hns = normalise_curve(game, mean, std) if game in REFERENCE else None
+            for i, (x, m, s) in enumerate(zip(grid, mean, std)):
+                if np.isfinite(m):
+                    values = {f"eval/{game}/{init}/episodic_return": float(m),
+                              f"eval/{game}/{init}/episodic_return_std": float(s)}
+                    if hns is not None:
+                        values.update({f"eval/{game}/{init}/human_normalised": float(hns[0][i]),
+                                       f"eval/{game}/{init}/human_normalised_std": float(hns[1][i])})
+                    logger.scalars(values, int(x))
+        for init, (mean, std) in (mean_hns or {}).get("curves", {}).items():
             for x, m, s in zip(grid, mean, std):
                 if np.isfinite(m):
-                    logger.scalars({f"eval/{game}/{init}/episodic_return": float(m),
-                                    f"eval/{game}/{init}/episodic_return_std": float(s)}, int(x))
+                    logger.scalars({f"eval/mean/{init}/human_normalised": float(m),
+                                    f"eval/mean/{init}/human_normalised_std": float(s)}, int(x))
     fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
     for ax, game in zip(axes[0], games):
         for init in INITS:
             mean, std = curves[(game, init)]
             ax.plot(grid, mean, label=init.replace("_", " "))
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)
         ax.set_title(game)
         ax.set_xlabel("env steps")
-        ax.set_ylabel("episodic return (true score)")
+        ax.set_ylabel(f"episodic return (true score), ± {band:g} std")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "eval_atari.png", dpi=110)
     plt.close(fig)
-    lines = ["| game | init | normalised AUC | final score (mean ± std over seeds) |", "|---|---|---|---|"]
+    lines = ["| game | init | normalised AUC | final score (mean ± std over seeds) | human-normalised final |",
+             "|---|---|---|---|---|"]
     for game, rows in table.items():
         for init, r in rows.items():
+            hns = (f"{r['final_human_normalised']:.3f} ± {r['final_human_normalised_std']:.3f}"
+                   if "final_human_normalised" in r else "no reference")
             lines.append(f"| {game} | {init.replace('_', ' ')} | {r['normalised_auc']:.3f} | "
-                         f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} |")
+                         f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
     (run_dir / "eval_atari.md").write_text("\n".join(lines) + "\n")
     (run_dir / "eval_atari.json").write_text(json.dumps(table, indent=2))

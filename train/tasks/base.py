@@ -45,6 +45,10 @@ class TaskAdapter:
     periodic_evaluation = True                 # held-out evaluation every eval.every meta-steps
     continual_only = False                     # True: one never-reset learner (trainer's continual mode)
     global_step: int | None = None             # RL families: env steps so far (the games' x-axis)
+    # Where models, batches and buffers live (the trainer sets it from ``run.device``, train/device.py).
+    # Models are drawn on the CPU by ``make_model`` and moved by ``build_model``; batches are produced on or
+    # moved to this device by the family's tasks.
+    device: torch.device = torch.device("cpu")
 
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
@@ -62,6 +66,11 @@ class TaskAdapter:
         raise NotImplementedError
 
     # -- defaults ------------------------------------------------------------------------------------------
+    def build_model(self, generator: torch.Generator, task: Task | None = None) -> nn.Module:
+        """``make_model`` drawn on the CPU from ``generator`` (the same numbers on every device), then moved
+        to :attr:`device`. The trainer and the evaluation protocols build task models through this."""
+        return self.make_model(generator, task).to(self.device)
+
     def make_optimizer(self, model: nn.Module, params: Sequence[nn.Parameter], inner: Any) -> torch.optim.Optimizer:
         """The task learner's optimiser over ``params`` (what the meta-learner lets it step): ``inner.*``."""
         return make_optimizer(params, MetaOptimizerConfig(name=inner.optimizer, lr=inner.lr, momentum=inner.momentum))

@@ -199,8 +199,10 @@ class ContinualSineTask:
     ``matrix`` holds M[i, r] (see the module docstring)."""
 
     def __init__(self, params: tuple[float, float, float, float, float], config: ContinualSineConfig,
-                 seed: int, key: str, order: Sequence[int] | None = None) -> None:
+                 seed: int, key: str, order: Sequence[int] | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.params, self.config, self.seed, self.key = tuple(float(p) for p in params), config, seed, key
+        self.device = torch.device(device)      # points are drawn on the CPU, delivered here
         self.order = tuple(order) if order else tuple(range(config.subtasks))
         check_order(self.order, config.subtasks)
         self.bounds = subtask_bounds(config.x_range, config.subtasks)
@@ -211,7 +213,7 @@ class ContinualSineTask:
 
     def with_order(self, order: Sequence[int]) -> "ContinualSineTask":
         """The same function with another presentation order and a fresh copy of its batch stream."""
-        return ContinualSineTask(self.params, self.config, self.seed, self.key, order)
+        return ContinualSineTask(self.params, self.config, self.seed, self.key, order, self.device)
 
     def target(self, x: Tensor) -> Tensor:
         return mixture_target(x, *self.params)
@@ -226,13 +228,13 @@ class ContinualSineTask:
         m = self.config.test_points
         x = lo + (torch.arange(m, dtype=torch.get_default_dtype()) + 0.5) * ((hi - lo) / m)
         x = x.unsqueeze(1)
-        return x, self.target(x)
+        return x.to(self.device), self.target(x).to(self.device)
 
     def draw(self, j: int, m: int) -> tuple[Tensor, Tensor]:
         """``m`` points uniform on sub-interval ``j`` with their targets."""
         lo, hi = self.bounds[j]
         x = torch.rand(m, 1, generator=self.generator, dtype=torch.get_default_dtype()) * (hi - lo) + lo
-        return x, self.target(x)
+        return x.to(self.device), self.target(x).to(self.device)
 
     def meta_batch(self, position: int | None = None) -> ContinualMetaBatch:
         c = self.config
@@ -245,7 +247,7 @@ class ContinualSineTask:
             xs.append(x)
             ys.append(y)
             ws.append(torch.full_like(x, w / (2.0 * c.val_batch_size)))
-            js.append(torch.full((len(x),), j, dtype=torch.long))
+            js.append(torch.full((len(x),), j, dtype=torch.long, device=x.device))
         return ContinualMetaBatch(torch.cat(xs), torch.cat(ys), torch.cat(ws), torch.cat(js))
 
     def batch(self, split: str) -> Any:
@@ -330,7 +332,7 @@ class ContinualSineAdapter(TaskAdapter):
         a1, b1 = rng.uniform(*c.amplitude), rng.uniform(*c.phase)
         a2, b2 = rng.uniform(*c.amplitude), rng.uniform(*c.phase)
         o = rng.uniform(*c.offset)
-        return ContinualSineTask((a1, b1, a2, b2, o), c, int(rng.integers(2**62)), key, order)
+        return ContinualSineTask((a1, b1, a2, b2, o), c, int(rng.integers(2**62)), key, order, self.device)
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator,
                      order: Sequence[int] | None = None) -> list[ContinualSineTask]:
@@ -416,7 +418,7 @@ def sequence_matrices(adapter: ContinualSineAdapter, state: dict[str, Tensor], t
     c = adapter.config
     out = []
     for task in tasks:
-        model = adapter.make_model(torch.Generator().manual_seed(0), warp=None if warp else "none")
+        model = adapter.make_model(torch.Generator().manual_seed(0), warp=None if warp else "none").to(adapter.device)
         own = model.state_dict()
         missing = [k for k in own if k not in state]
         if missing:

@@ -42,6 +42,7 @@ class ClassificationTask:
     image, the same at every call). :meth:`reset` re-seeds the streams before a task is adapted."""
 
     key: str
+    device: torch.device = torch.device("cpu")     # where batches are delivered (set by the adapter)
 
     def reset(self, steps: int | None = None) -> None:
         """Re-seed the streams; ``steps``: the inner steps about to run (families that cut epochs to it)."""
@@ -109,7 +110,6 @@ class ImageClassificationAdapter(TaskAdapter):
     channels → warp layer) overrides the family's configured warp (:meth:`configured_warp`)."""
 
     head = ("head.",)
-    warp_prefix = ("warps.",)
 
     def __init__(self, config: Any, seed: int | None = None, warp: WarpFactory | None = None) -> None:
         super().__init__(config, seed)
@@ -142,7 +142,10 @@ class ImageClassificationAdapter(TaskAdapter):
         """``n`` tasks of ``split``: pool members in reshuffled rounds, so none repeats before all have been
         used; then each task's draws, in order, from the same ``rng``."""
         pool = self.task_pool(split)
-        return [self.make_task(split, pool[i], rng) for i in reshuffled_rounds(len(pool), n, rng)]
+        tasks = [self.make_task(split, pool[i], rng) for i in reshuffled_rounds(len(pool), n, rng)]
+        for task in tasks:
+            task.device = self.device       # batches are assembled on the CPU and delivered there
+        return tasks
 
     def adapt(self, task: ClassificationTask, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
               watch: Any = NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:

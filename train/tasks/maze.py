@@ -6,9 +6,13 @@ size 100 is trained on batches of B = 30 mazes × T = 200 steps. Every task step
 agent is never reset. The maze runs through the trainer's continual mode (``meta.every`` > 0, WarpGrad's
 Algorithm 3): the whole run is one task, adapted ``meta.every`` task steps at a time, with a meta-step after
 each window. With ``method: warpgrad_continual`` (metarl.continual) that meta-step moves the warps φ
-(``meta.include: [warp.]``; Adam 1e-3 every 30 task steps); the baselines (rnn, lstm, plastic-rnn) run
-``method: no_pretraining``, whose meta-step does nothing. Run length: ``meta.steps`` × ``meta.every`` task
-steps (112 × 30 = 3,360 iterations ≈ 100k episodes).
+(``meta.include: [warp.]``; Adam 1e-3 every 30 task steps); the baselines (rnn, lstm, plastic-rnn,
+plastic-rnn-retroactive) run ``method: no_pretraining``, whose meta-step does nothing. Run length:
+``meta.steps`` × ``meta.every`` task steps (112 × 30 = 3,360 iterations ≈ 100k episodes).
+
+Backpropamine's settings are switches (docs/protocols.md §4): ``task_lr`` 1e-4, ``adam_eps`` 1e-4,
+``clip_grad_norm`` 4.0 (the task gradient's norm, per seed), ``burn_in`` 100, ``value_baseline: element0`` and
+``init: backpropamine`` (the plain RNN's recurrent weights ~ 0.01·U(0, 1); the plastic models always are).
 
 Logged on the episode axis (the run's ``games/`` TensorBoard run, x = task episodes so far), every
 ``log_every`` iterations: ``charts/episodic_return`` (mean return of the window's episodes),
@@ -22,13 +26,26 @@ and the meta-batch action sampler each get their own stream derived from ``seed`
 ``meta_batch`` runs of one seed see the same task-maze goals. ``state_dict`` holds the mazes' NumPy generator
 states (as int64 tensors), the samplers' states, the per-episode returns so far, the log window and the
 counters; the trainer adds the agent and its optimiser: a resumed run continues exactly.
+
+Seeds as a batch dimension (``maze.seeds: [0, 1, ...]``; empty: the run's ``seed`` alone, as above): one
+process trains S independent agents stacked along a leading dimension of every parameter
+(agents.seed_batched), on S × B mazes. Seed k gets everything it would get as a run with ``seed: k`` alone —
+its initialisation (drawn after ``torch.manual_seed(k)``), its maze and sampler streams, its own Adam
+(metarl.seed_batch.SeedAdam: per-seed step counts), its own warps and warp optimiser, per-seed gradient
+clipping and non-finite skipping — and ends where that run would (up to floating-point summation order, ≤ 1e-6
+in the tests). Its curves go to ``run_dir/seed_<k>/`` (a TensorBoard run of its own); at the end each
+``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final
+checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json``
+holds the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes
+exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +54,13 @@ import torch
 from torch import nn
 
 from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
-from agents.recurrent import MODELS, RecurrentConfig, build_model
+from agents.recurrent import INITS, MODELS, RecurrentConfig, build_model
+from agents.seed_batched import SeedBatchedModel, build_seed_batched
 from envs.maze import MazeConfig
-from envs.maze_vector import MazeBatch
-from metarl.continual import continual_update
+from envs.maze_vector import MazeBatch, SeedMazeBatch
+from metarl.continual import continual_update, continual_update_seeds
 from metarl.seam import NULL_WATCH
+from metarl.seed_batch import SeedAdam
 
 from .base import TaskAdapter
 
@@ -50,7 +69,8 @@ LOSS_KEYS = ("loss", "policy_loss", "value_loss", "prob_sq_loss")
 
 @dataclass
 class MazeTaskConfig:
-    model: str = "warp-rnn"             # rnn | lstm | warp-rnn | warp-lstm | plastic-rnn
+    model: str = "warp-rnn"             # rnn | lstm | warp-rnn | warp-lstm | plastic-rnn | plastic-rnn-retroactive
+    seeds: list[int] = field(default_factory=list)   # seeds trained as one batch ([]: the run's seed alone)
     hidden_size: int = 100
     warp_hidden_size: int = 100         # adaptation LSTM of the warp models
     batch: int = 30                     # mazes (episodes) per iteration
@@ -61,7 +81,10 @@ class MazeTaskConfig:
     value_coef: float = 0.1
     prob_sq_coef: float = 0.03          # weight of the Σ_a π² penalty
     value_baseline: str = "per_element"  # per_element | element0 (the original codes' quirk)
-    task_lr: float = 1e-3               # Adam on the task parameters, every iteration
+    task_lr: float = 1e-3               # Adam on the task parameters, every iteration (Backpropamine: 1e-4)
+    adam_eps: float = 1e-8              # the task Adam's ε (torch's default; Backpropamine: 1e-4)
+    clip_grad_norm: float = 0.0         # > 0: clip the task gradient's norm, per seed (Backpropamine: 4.0)
+    init: str = "default"               # default | backpropamine (plain RNN: W_hh ~ 0.01·U(0, 1))
     burn_in: int = 0                    # first iterations without any update (original code: 100)
     fused: bool = True                  # Warp-RNN's fused training unroll
     log_every: int = 1                  # iterations per logged point
@@ -75,11 +98,23 @@ class MazeTaskConfig:
         for key in ("hidden_size", "warp_hidden_size", "batch", "episode_length", "log_every", "final_window"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("wall_penalty", "gamma", "value_coef", "prob_sq_coef", "task_lr", "burn_in"):
+        for key in ("wall_penalty", "gamma", "value_coef", "prob_sq_coef", "task_lr", "adam_eps", "clip_grad_norm",
+                    "burn_in"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.maze_size < 5 or self.maze_size % 2 == 0:
             raise ValueError(f"maze_size must be odd and >= 5, got {self.maze_size}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init == "backpropamine" and self.model not in BACKPROPAMINE_INIT_MODELS:
+            raise ValueError(f"init: backpropamine applies to {', '.join(BACKPROPAMINE_INIT_MODELS)}, "
+                             f"not {self.model!r}")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}")
+
+
+# The plain RNN takes Backpropamine's initialisation on request; the plastic RNNs always have it.
+BACKPROPAMINE_INIT_MODELS = ("rnn", "plastic-rnn", "plastic-rnn-retroactive")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,7 +166,8 @@ class _Window:
 class MazeStream:
     """The one task of the family: an endless stream of maze batches. Rollouts are on-policy, so a batch
     is only a split name and ``loss`` draws the episodes: "train" from the task mazes, "query" (the
-    meta-batch warp objective, Eq. 8) from a second, independent set of mazes."""
+    meta-batch warp objective, Eq. 8) from a second, independent set of mazes. Seed-batched: one loss per
+    seed, (S,)."""
 
     key = "maze"
 
@@ -144,9 +180,14 @@ class MazeStream:
     def loss(self, model: nn.Module, batch: str) -> torch.Tensor:
         a = self.adapter
         if batch == "query":
+            if a.seeds:
+                a._query_started()
             episodes = rollout(model, a.meta_mazes, generator=a.meta_sampler, fused=a.config.fused)
-            a.window.v["meta_return"] += episodes.mean_return
-            a.window.v["meta_rollouts"] += 1
+            if a.seeds:                 # committed per seed once the task step's outcome is known
+                a._query_returns = episodes.seed_mean_returns
+            else:
+                a.window.v["meta_return"] += episodes.mean_return
+                a.window.v["meta_rollouts"] += 1
         else:
             episodes = rollout(model, a.mazes, generator=a.sampler, fused=a.config.fused)
         return rollout_loss(episodes, a.loss_config).total
@@ -164,29 +205,51 @@ class MazeAdapter(TaskAdapter):
         super().__init__(config, seed)
         mc = config
         maze_config = MazeConfig(size=mc.maze_size, episode_length=mc.episode_length, wall_penalty=mc.wall_penalty)
-        self.mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 0))
-        self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
-        self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
-        self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
+        self.seeds: list[int] = list(mc.seeds)            # [] : the run's seed alone
         self.loss_config = MazeA2CConfig(gamma=mc.gamma, value_coef=mc.value_coef, prob_sq_coef=mc.prob_sq_coef,
                                          value_baseline=mc.value_baseline)
-        self.window = _Window()
-        self.returns: list[torch.Tensor] = []     # per iteration: the B episodes' returns
-        self.skipped = 0
+        self.returns: list[torch.Tensor] = []     # per iteration: the B episodes' returns ((S, B) seed-batched)
         self.wall = 0.0
-        self._logs: list[tuple[int, dict[str, float]]] = []
+        self._logs: list[tuple] = []
+        self._model: nn.Module | None = None
+        if not self.seeds:
+            self.mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 0))
+            self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
+            self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
+            self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
+            self.window = _Window()
+            self.skipped = 0
+            return
+        # Seed k's streams are those of a run with ``seed: k`` alone.
+        self.mazes = SeedMazeBatch([_stream_seed(k, 0) for k in self.seeds], mc.batch, maze_config)
+        self.sampler = [torch.Generator().manual_seed(_stream_seed(k, 1)) for k in self.seeds]
+        self.meta_mazes = SeedMazeBatch([_stream_seed(k, 2) for k in self.seeds], mc.batch, maze_config)
+        self.meta_sampler = [torch.Generator().manual_seed(_stream_seed(k, 3)) for k in self.seeds]
+        self.windows = [_Window() for _ in self.seeds]
+        self.seed_skipped = np.zeros(len(self.seeds), dtype=np.int64)
+        self._query_state: tuple | None = None
+        self._query_returns: np.ndarray | None = None
 
     @property
-    def global_step(self) -> int:                 # task episodes so far: the x-axis of the curves
+    def global_step(self) -> int:                 # task episodes so far (each seed's): the x-axis of the curves
         return len(self.returns) * self.config.batch
 
-    def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:
-        """The agent; its initialisation comes from torch's global generator, seeded by the trainer."""
+    def _recurrent_config(self) -> RecurrentConfig:
         mc = self.config
-        return build_model(mc.model, RecurrentConfig(hidden_size=mc.hidden_size, warp_hidden_size=mc.warp_hidden_size))
+        return RecurrentConfig(hidden_size=mc.hidden_size, warp_hidden_size=mc.warp_hidden_size, init=mc.init)
+
+    def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:
+        """The agent; its initialisation comes from torch's global generator, seeded by the trainer.
+        Seed-batched: seed k's agent drawn after ``torch.manual_seed(k)``, the S agents stacked."""
+        if self.seeds:
+            return build_seed_batched(self.config.model, self._recurrent_config(), self.seeds)
+        return build_model(self.config.model, self._recurrent_config())
 
     def make_optimizer(self, model: nn.Module, params, inner: Any) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.config.task_lr)
+        mc = self.config
+        if self.seeds:
+            return SeedAdam(params, len(self.seeds), lr=mc.task_lr, eps=mc.adam_eps)
+        return torch.optim.Adam(params, lr=mc.task_lr, eps=mc.adam_eps)
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[MazeStream]:
         return [MazeStream(self) for _ in range(n)]
@@ -194,8 +257,11 @@ class MazeAdapter(TaskAdapter):
     def adapt(self, task: MazeStream, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int,
               watch=NULL_WATCH, clip_grad_norm: float | None = None) -> list[float]:
         """``steps`` more iterations of the never-reset learner; returns their losses (no final point: the
-        task does not end)."""
+        task does not end; seed-batched: the mean over the seeds with a finite loss)."""
         mc = self.config
+        clip = mc.clip_grad_norm or clip_grad_norm or None
+        if self.seeds:
+            return self._adapt_seeds(model, optimizer, steps, watch, clip)
         all_params = list(model.parameters())
         curve = []
         for _ in range(steps):
@@ -204,7 +270,10 @@ class MazeAdapter(TaskAdapter):
             with torch.set_grad_enabled(not burning_in):
                 episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
                 loss = rollout_loss(episodes, self.loss_config)
-            outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in)
+            if clip:
+                outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in, clip)
+            else:
+                outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in)
             self.skipped += outcome == "non_finite"
             self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
             seconds = time.perf_counter() - t0
@@ -212,6 +281,50 @@ class MazeAdapter(TaskAdapter):
             curve.append(float(loss.total.detach()))
             self._record(episodes.mean_return, loss, outcome == "non_finite", seconds)
         return curve
+
+    def _adapt_seeds(self, model: SeedBatchedModel, optimizer: SeedAdam, steps: int, watch, clip) -> list[float]:
+        mc, S = self.config, len(self.seeds)
+        self._model = model
+        all_params = list(model.parameters())
+        curve = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            burning_in = len(self.returns) < mc.burn_in
+            with torch.set_grad_enabled(not burning_in):
+                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
+                loss = rollout_loss(episodes, self.loss_config)
+            self._query_state, self._query_returns = None, None
+            outcomes = continual_update_seeds(loss.total, optimizer, watch, all_params, S, burning_in, clip)
+            skipped = np.array([o == "non_finite" for o in outcomes])
+            self._query_finished(~skipped)
+            self.seed_skipped += skipped
+            self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
+            seconds = time.perf_counter() - t0
+            self.wall += seconds
+            totals = loss.total.detach()
+            finite = totals[torch.isfinite(totals)]
+            curve.append(float(finite.mean()) if len(finite) else float("nan"))
+            self._record_seeds(episodes.seed_mean_returns, loss, skipped, seconds)
+        return curve
+
+    # -- the meta-batch objective's rollouts, seed-batched: a seed whose task step is skipped takes no query
+    #    rollout alone, so its query streams are put back and its query return is not counted.
+    def _query_started(self) -> None:
+        if self._query_state is None:
+            self._query_state = ([numpy_rng_state(r) for r in self.meta_mazes.rngs],
+                                 [g.get_state() for g in self.meta_sampler])
+
+    def _query_finished(self, stepped: np.ndarray) -> None:
+        if self._query_state is None:
+            return
+        for k in np.flatnonzero(~stepped):
+            set_numpy_rng_state(self.meta_mazes.rngs[k], self._query_state[0][k])
+            self.meta_sampler[k].set_state(self._query_state[1][k])
+        if self._query_returns is not None:
+            for k in np.flatnonzero(stepped):
+                self.windows[k].v["meta_return"] += float(self._query_returns[k])
+                self.windows[k].v["meta_rollouts"] += 1
+        self._query_state, self._query_returns = None, None
 
     def _record(self, mean_return: float, loss: Any, skipped: bool, seconds: float) -> None:
         mc, w = self.config, self.window.v
@@ -223,16 +336,39 @@ class MazeAdapter(TaskAdapter):
             w[k] += float(v.detach())
         if len(self.returns) % mc.log_every:
             return
+        self._logs.append((self.global_step, self._window_logs(self.window, self.skipped)))
+        self.window.reset()
+
+    def _record_seeds(self, mean_returns: np.ndarray, loss: Any, skipped: np.ndarray, seconds: float) -> None:
+        terms = [t.detach() for t in (loss.total, loss.policy, loss.value, loss.prob_sq)]
+        for k, window in enumerate(self.windows):
+            w = window.v
+            w["iterations"] += 1
+            w["return"] += float(mean_returns[k])
+            w["skipped"] += bool(skipped[k])
+            w["seconds"] += seconds
+            for key, v in zip(LOSS_KEYS, terms):
+                w[key] += float(v[k])
+        if len(self.returns) % self.config.log_every:
+            return
+        for k, (seed, window) in enumerate(zip(self.seeds, self.windows)):
+            self._logs.append((self.global_step, self._window_logs(window, int(self.seed_skipped[k])),
+                               seed_folder(seed)))
+            window.reset()
+
+    def _window_logs(self, window: _Window, skipped: int) -> dict[str, float]:
+        mc, w = self.config, window.v
         n = w["iterations"]
         logs = {"charts/episodic_return": w["return"] / n, "charts/episodic_length": float(mc.episode_length),
                 "charts/SPS": n * mc.batch * mc.episode_length / max(w["seconds"], 1e-9),
-                **{f"losses/{k}": w[k] / n for k in LOSS_KEYS}, "losses/skipped_steps": float(self.skipped)}
+                **{f"losses/{k}": w[k] / n for k in LOSS_KEYS}, "losses/skipped_steps": float(skipped)}
         if w["meta_rollouts"]:
             logs["meta/meta_batch_return"] = w["meta_return"] / w["meta_rollouts"]
-        self._logs.append((self.global_step, logs))
-        self.window.reset()
+        return logs
 
-    def drain_logs(self) -> list[tuple[int, dict[str, float]]]:
+    def drain_logs(self) -> list[tuple]:
+        """(step, scalars) for the run's games/ TensorBoard run; seed-batched (step, scalars, "seed_<k>"):
+        each seed's own run folder."""
         out, self._logs = self._logs, []
         return out
 
@@ -240,19 +376,69 @@ class MazeAdapter(TaskAdapter):
         return self.result()
 
     def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
-        return self.result()
+        if not self.seeds:
+            return self.result()
+        return self._evaluate_seeds(cfg, Path(run_dir))
 
     def result(self) -> dict[str, float]:
-        """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time."""
+        """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time.
+        Seed-batched: the mean over seeds of their ``return_last_mean``, its std over seeds and each seed's
+        result under ``per_seed``."""
+        if self.seeds:
+            rows = self.seed_results()
+            means = np.array([r["return_last_mean"] for r in rows])
+            return {"seeds": list(self.seeds), "return_last_mean": float(means.mean()),
+                    "return_last_mean_std_over_seeds": float(means.std()),
+                    "final_window_episodes": rows[0]["final_window_episodes"], "iterations": float(len(self.returns)),
+                    "episodes": float(self.global_step), "wall_time_s": self.wall,
+                    "skipped_steps": float(self.seed_skipped.sum()),
+                    "per_seed": {str(k): r for k, r in zip(self.seeds, rows)}}
+        returns = torch.stack(self.returns) if self.returns else torch.zeros(0, self.config.batch)
+        return self._result(returns, self.skipped)
+
+    def seed_results(self) -> list[dict[str, float]]:
+        """Each seed's :meth:`result` as its run alone would report it (the batch's wall time)."""
+        returns = torch.stack(self.returns) if self.returns else torch.zeros(0, len(self.seeds), self.config.batch)
+        return [self._result(returns[:, k], int(self.seed_skipped[k])) for k in range(len(self.seeds))]
+
+    def _result(self, returns: torch.Tensor, skipped: int) -> dict[str, float]:
         mc = self.config
-        flat = torch.stack(self.returns).reshape(-1).double() if self.returns else torch.zeros(0, dtype=torch.float64)
+        flat = returns.reshape(-1).double()
         last = flat[-mc.final_window:]
         return {"return_last_mean": float(last.mean()) if len(last) else float("nan"),
                 "return_last_std": float(last.std(unbiased=False)) if len(last) else float("nan"),
-                "final_window_episodes": float(len(last)), "iterations": float(len(self.returns)),
-                "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(self.skipped)}
+                "final_window_episodes": float(len(last)), "iterations": float(len(returns)),
+                "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(skipped)}
+
+    def _evaluate_seeds(self, cfg: Any, run_dir: Path) -> dict:
+        """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint) and return the
+        batch's result."""
+        from train.checkpoint import load_latest, save_checkpoint, write_json_atomic, write_text_atomic
+        from train.config import config_to_yaml
+
+        result = self.result()
+        loaded = load_latest(run_dir)
+        splits = split_checkpoint(loaded[0], self.seeds) if loaded is not None else None
+        for k, seed in enumerate(self.seeds):
+            folder = run_dir / seed_folder(seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "eval.json", {"name": cfg.name, "seed": seed, **result["per_seed"][str(seed)]})
+            write_text_atomic(folder / "config.yaml", config_to_yaml(seed_config(cfg, seed)))
+            if splits is not None:
+                save_checkpoint(folder, int(loaded[0]["step"]), splits[k], cfg.run.keep)
+        return result
 
     def state_dict(self) -> dict[str, Any]:
+        if self.seeds:
+            return {"maze_rng": torch.stack([numpy_rng_state(r) for r in self.mazes.rngs]),
+                    "meta_maze_rng": torch.stack([numpy_rng_state(r) for r in self.meta_mazes.rngs]),
+                    "sampler": torch.stack([g.get_state() for g in self.sampler]),
+                    "meta_sampler": torch.stack([g.get_state() for g in self.meta_sampler]),
+                    "returns": (torch.stack(self.returns) if self.returns
+                                else torch.zeros(0, len(self.seeds), self.config.batch)),
+                    "counters": torch.from_numpy(self.seed_skipped.copy()),
+                    "wall_time": torch.tensor(self.wall, dtype=torch.float64),
+                    "window": torch.stack([w.tensor() for w in self.windows])}
         return {"maze_rng": numpy_rng_state(self.mazes.rng), "meta_maze_rng": numpy_rng_state(self.meta_mazes.rng),
                 "sampler": self.sampler.get_state(), "meta_sampler": self.meta_sampler.get_state(),
                 "returns": torch.stack(self.returns) if self.returns else torch.zeros(0, self.config.batch),
@@ -260,6 +446,20 @@ class MazeAdapter(TaskAdapter):
                 "window": self.window.tensor()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.seeds:
+            S = len(self.seeds)
+            if state["maze_rng"].dim() != 2 or state["maze_rng"].shape[0] != S:
+                raise ValueError(f"checkpoint is not a run of {S} batched seeds")
+            for k in range(S):
+                set_numpy_rng_state(self.mazes.rngs[k], state["maze_rng"][k])
+                set_numpy_rng_state(self.meta_mazes.rngs[k], state["meta_maze_rng"][k])
+                self.sampler[k].set_state(state["sampler"][k].clone())
+                self.meta_sampler[k].set_state(state["meta_sampler"][k].clone())
+                self.windows[k].load(state["window"][k])
+            self.returns = list(state["returns"].unbind(0))
+            self.seed_skipped = state["counters"].numpy().astype(np.int64).copy()
+            self.wall = float(state["wall_time"])
+            return
         set_numpy_rng_state(self.mazes.rng, state["maze_rng"])
         set_numpy_rng_state(self.meta_mazes.rng, state["meta_maze_rng"])
         self.sampler.set_state(state["sampler"])
@@ -271,25 +471,99 @@ class MazeAdapter(TaskAdapter):
 
 
 # ------------------------------------------------------------------------------------------------
+# seed-batched runs: per-seed folders, configs and checkpoints
+
+
+def seed_folder(seed: int) -> str:
+    """The sub-folder of a seed-batched run that holds seed ``seed``'s run (TensorBoard, eval.json, ...)."""
+    return f"seed_{seed}"
+
+
+def seed_config(cfg: Any, seed: int) -> Any:
+    """The config of seed ``seed`` of a seed-batched run as a run of its own: ``seed: <seed>``, no ``seeds``."""
+    return dataclasses.replace(cfg, seed=seed, task_config=dataclasses.replace(cfg.task_config, seeds=[]))
+
+
+def _adam_state(state: dict[str, Any], k: int) -> dict[str, Any]:
+    """Seed k's slice of a :class:`SeedAdam` state_dict as ``torch.optim.Adam``'s state_dict."""
+    out = {"state": {}, "param_groups": []}
+    for i, s in state["state"].items():
+        out["state"][i] = {"step": s["step"][k].clone(), "exp_avg": s["exp_avg"][k].clone(),
+                           "exp_avg_sq": s["exp_avg_sq"][k].clone()}
+    for g in state["param_groups"]:
+        out["param_groups"].append({"lr": g["lr"], "betas": tuple(g["betas"]), "eps": g["eps"],
+                                    "weight_decay": g["weight_decay"], "amsgrad": False, "maximize": False,
+                                    "foreach": None, "capturable": False, "differentiable": False, "fused": None,
+                                    "decoupled_weight_decay": False, "params": list(g["params"])})
+    return out
+
+
+def split_checkpoint(state: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
+    """A seed-batched run's checkpoint as S checkpoints of single-seed runs (``seed_config``): seed k's
+    slice of the model, the optimisers' states (per-seed Adam → ``torch.optim.Adam``), the meta-learner's
+    initialisation, accumulator and counters, and its maze streams, returns and log window. A single run
+    resumed from one continues as that seed would have continued in the batch."""
+    out = []
+    meta, adapter, stream = state["meta"], state["adapter"], state.get("stream")
+    for k in range(len(seeds)):
+        m = {"init": {n: v[k].clone() for n, v in meta["init"].items()},
+             "acc": [a[k].clone() for a in meta["acc"]]}
+        counters = meta["counters"].clone()
+        if "seed_counters" in meta:            # warpgrad_continual: per-seed contributions and φ steps
+            m["meta_optimizer"] = _adam_state(meta["meta_optimizer"], k)
+            counters[0], counters[1] = meta["seed_counters"][0][k], meta["seed_counters"][1][k]
+            m["warp_steps"] = meta["seed_counters"][2][k].clone()
+        else:                                  # no_pretraining: its (never used) SGD has no state per seed
+            m["meta_optimizer"] = meta["meta_optimizer"]
+        m["counters"] = counters
+        a = {"maze_rng": adapter["maze_rng"][k].clone(), "meta_maze_rng": adapter["meta_maze_rng"][k].clone(),
+             "sampler": adapter["sampler"][k].clone(), "meta_sampler": adapter["meta_sampler"][k].clone(),
+             "returns": adapter["returns"][:, k].clone(), "counters": adapter["counters"][k:k + 1].clone(),
+             "wall_time": adapter["wall_time"].clone(), "window": adapter["window"][k].clone()}
+        seed_state = {"step": state["step"], "meta": m, "adapter": a}
+        if stream is not None:
+            seed_state["stream"] = {"model": {n: v[k].clone() for n, v in stream["model"].items()},
+                                    "optimizer": _adam_state(stream["optimizer"], k),
+                                    "torch_rng": stream["torch_rng"].clone()}
+        out.append(seed_state)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # results table: python -m train.tasks.maze table RUN_DIR ...
 
 
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table over finished runs (``eval.json``), grouped by the run-directory name before
-    ``__`` (the config name): mean over seeds of each run's last-window mean return, the std across seeds,
-    the per-seed values and the training wall time per run (minutes, summed over resumes)."""
-    groups: dict[str, list[dict[str, float]]] = {}
-    for d in run_dirs:
-        path = Path(d) / "eval.json"
-        if path.is_file():
-            groups.setdefault(Path(d).name.split("__")[0], []).append(json.loads(path.read_text()))
+    """Markdown table over finished runs (``eval.json``), grouped by config name (the run-directory name
+    before ``__``; a seed folder of a batched run by its ``name``): mean over seeds of each seed's
+    last-window mean return, the std across seeds, the per-seed values and the training wall time per run
+    (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
+    "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
+    listed, are not counted twice."""
+    dirs = [Path(d) for d in run_dirs]
+    listed = {d.resolve() for d in dirs}
+    groups: dict[str, list[tuple[int | None, float]]] = {}
+    walls: dict[str, list[str]] = {}
+    for d in dirs:
+        path = d / "eval.json"
+        if not path.is_file() or d.resolve().parent in listed:
+            continue
+        data = json.loads(path.read_text())
+        name = data.get("name") if d.name.startswith("seed_") and "name" in data else d.name.split("__")[0]
+        if "per_seed" in data:
+            rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
+            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f} for {len(rows)} batched")
+        else:
+            rows = [(data.get("seed"), data["return_last_mean"])]
+            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
+        groups.setdefault(name, []).extend(rows)
     lines = ["| run | seeds | return, last episodes: mean ± std over seeds | per seed | wall time per run (min) |",
              "|---|---|---|---|---|"]
     for name, rows in sorted(groups.items()):
-        means = np.array([r["return_last_mean"] for r in rows])
+        means = np.array([float("nan") if m is None else m for _, m in rows])
         per_seed = ", ".join(f"{m:.1f}" for m in means)
-        minutes = ", ".join(f"{r['wall_time_s'] / 60:.1f}" for r in rows)
-        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {means.std():.1f} | {per_seed} | {minutes} |")
+        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {means.std():.1f} | {per_seed} | "
+                     f"{', '.join(walls[name])} |")
     return "\n".join(lines)
 
 

@@ -286,7 +286,7 @@ def random_affine(images: Tensor, generator: torch.Generator, degrees: tuple[flo
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)      # R(−a)/s
     t = 2.0 * shift
-    theta = torch.cat([inv, -(inv @ t.unsqueeze(-1))], dim=-1).to(images.dtype)
+    theta = torch.cat([inv, -(inv @ t.unsqueeze(-1))], dim=-1).to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + fill
@@ -364,22 +364,23 @@ class OmniglotTask(ClassificationTask):
         self.stream.reset(steps if steps is not None else self.stream.steps)
 
     def _images(self, raw: Tensor, generator: torch.Generator) -> Tensor:
-        x = raw.unsqueeze(1).float().div_(255.0)
+        # uint8 up to the task's device, augmented there (the affine draws come from the CPU generator)
+        x = raw.to(self.device).unsqueeze(1).float().div_(255.0)
         if self.invert:
             x = 1.0 - x
         return random_affine(x, generator) if self.augment else x
 
     def train_batch(self) -> tuple[Tensor, Tensor]:
         idx = self.stream.next()
-        return self._images(self.train_images[idx], self._gens[1]), self.train_labels[idx]
+        return self._images(self.train_images[idx], self._gens[1]), self.train_labels[idx].to(self.device)
 
     def query_batch(self) -> tuple[Tensor, Tensor]:     # held-out images for MAML's outer loss
         idx = torch.randperm(len(self.test_labels), generator=self._gens[2])[:self.batch_size]
-        return self._images(self.test_images[idx], self._gens[2]), self.test_labels[idx]
+        return self._images(self.test_images[idx], self._gens[2]), self.test_labels[idx].to(self.device)
 
     def test_batch(self) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(self._seeds[3])
-        return self._images(self.test_images, g), self.test_labels
+        return self._images(self.test_images, g), self.test_labels.to(self.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,8 +409,6 @@ class OmniConv(nn.Module):
     With ``generator`` the initialisation is drawn from it (warp layers are built under a forked global
     RNG seeded from it, so they keep their own init scheme and stay reproducible).
     """
-
-    warp_prefix = ("warps.",)
 
     def __init__(self, num_classes: int = 20, filters: int = 64, layers: int = 4, in_channels: int = 1,
                  warp: Callable[[int], nn.Module] | None = None, generator: torch.Generator | None = None) -> None:

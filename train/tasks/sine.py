@@ -39,15 +39,20 @@ class SineConfig:
 
 
 class SineTask:
-    def __init__(self, amplitude: float, phase: float, config: SineConfig, seed: int, key: str) -> None:
+    """One sine draw. Points are drawn on the CPU from the task's generator (the same numbers on every
+    device) and delivered on ``device``."""
+
+    def __init__(self, amplitude: float, phase: float, config: SineConfig, seed: int, key: str,
+                 device: torch.device | str = "cpu") -> None:
         self.amplitude, self.phase, self.config, self.key = amplitude, phase, config, key
+        self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self._test = self._draw(config.test_points)
 
     def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         lo, hi = self.config.x_range
         x = torch.rand(n, 1, generator=self.generator) * (hi - lo) + lo
-        return x, self.amplitude * torch.sin(x - self.phase)
+        return x.to(self.device), (self.amplitude * torch.sin(x - self.phase)).to(self.device)
 
     def batch(self, split: str) -> tuple[Tensor, Tensor]:
         if split == "test":
@@ -87,7 +92,7 @@ class SineAdapter(TaskAdapter):
     def _task(self, rng: np.random.Generator, key: str) -> SineTask:
         c = self.config
         return SineTask(float(rng.uniform(*c.amplitude)), float(rng.uniform(*c.phase)), c,
-                        int(rng.integers(2**62)), key)
+                        int(rng.integers(2**62)), key, self.device)
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[SineTask]:
         if split == "train":

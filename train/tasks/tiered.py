@@ -303,22 +303,26 @@ class TieredTask(ClassificationTask):
 
     def tensors(self, rows: np.ndarray) -> Tensor:
         """Image rows of the split → (n, 3, 84, 84) float in [0, 1], normalised when configured."""
-        x = torch.from_numpy(self.data.images(rows)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(self.data.images(rows)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.normalize:
-            x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+            x = ((x - torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1))
+                 / torch.tensor(STD, device=x.device).view(1, 3, 1, 1))
         return x.contiguous()
+
+    def labels(self, labels: np.ndarray) -> Tensor:
+        return torch.from_numpy(labels).to(self.device)
 
     def train_batch(self) -> tuple[Tensor, Tensor]:
         idx = self._next_train()
-        return self.tensors(self.train_index[idx]), torch.from_numpy(self.train_labels[idx])
+        return self.tensors(self.train_index[idx]), self.labels(self.train_labels[idx])
 
     def query_batch(self) -> tuple[Tensor, Tensor]:
         idx = self._query_rng.choice(len(self.test_index), size=min(self.batch_size, len(self.test_index)),
                                      replace=False)
-        return self.tensors(self.test_index[idx]), torch.from_numpy(self.test_labels[idx])
+        return self.tensors(self.test_index[idx]), self.labels(self.test_labels[idx])
 
     def test_batch(self) -> tuple[Tensor, Tensor]:
-        return self.tensors(self.test_index), torch.from_numpy(self.test_labels)
+        return self.tensors(self.test_index), self.labels(self.test_labels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,8 +351,6 @@ class TieredConv(nn.Module):
     With ``generator`` the conv / linear weights are drawn from it; warp layers are built under a forked
     global RNG seeded from it, keeping their own init scheme and staying reproducible.
     """
-
-    warp_prefix = ("warps.",)
 
     def __init__(self, num_classes: int = 10, filters: Sequence[int] = (64, 64, 160, 160, 256, 256),
                  warp: Callable[[int], nn.Module] | None = None, warp_blocks: Sequence[int] | None = None,
@@ -523,7 +525,7 @@ class TieredAdapter(ImageClassificationAdapter):
         for start in range(0, len(task.test_index), self.config.eval_batch_size):
             rows = slice(start, start + self.config.eval_batch_size)
             x = task.tensors(task.test_index[rows])
-            y = torch.from_numpy(task.test_labels[rows])
+            y = task.labels(task.test_labels[rows])
             logits = model(x)
             total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())

@@ -1,0 +1,264 @@
+"""Seeds as a batch dimension (maze.seeds): S seeds trained as one batch end where each would end alone — same
+parameters (≤ 1e-6), same episode returns — for every maze model; per-seed Adam, clipping and non-finite
+skipping; exact resume; per-seed run folders; the results table; the Backpropamine configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.recurrent import MODELS, RecurrentConfig, build_model
+from agents.seed_batched import build_seed_batched
+from metarl.seed_batch import SeedAdam, clip_grad_norm_seeds
+from train.checkpoint import load_latest
+from train.config import build_config, load_config
+from train.tasks.maze import MazeAdapter, MazeTaskConfig, results_table
+from train.trainer import train
+
+torch.set_num_threads(1)
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SEEDS = [3, 1, 4]
+TOL = 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# per-seed pieces
+
+
+def test_seed_adam_is_one_adam_per_seed_and_skips_inactive_seeds_exactly():
+    torch.manual_seed(0)
+    S = 3
+    p = torch.nn.Parameter(torch.randn(S, 4, 5))
+    singles = [torch.nn.Parameter(p.detach()[k].clone()) for k in range(S)]
+    opt = SeedAdam([p], S, lr=1e-2, eps=1e-4)
+    opts = [torch.optim.Adam([q], lr=1e-2, eps=1e-4) for q in singles]
+    masks = [None, torch.tensor([True, False, True]), None, torch.tensor([False, False, True]), None]
+    for mask in masks:
+        g = torch.randn(S, 4, 5)
+        p.grad = g.clone()
+        opt.active = mask
+        opt.step()
+        for k, (q, o) in enumerate(zip(singles, opts)):
+            if mask is None or mask[k]:
+                q.grad = g[k].clone()
+                o.step()
+    for k, (q, o) in enumerate(zip(singles, opts)):
+        assert torch.equal(p.detach()[k], q.detach()), k                  # bit for bit
+        assert float(opt.state[p]["step"][k]) == float(o.state[q]["step"])
+        assert torch.equal(opt.state[p]["exp_avg_sq"][k], o.state[q]["exp_avg_sq"])
+
+
+def test_per_seed_clipping_is_clip_grad_norm_per_seed():
+    torch.manual_seed(1)
+    grads = [torch.randn(3, 6, 2) * torch.tensor([0.01, 1.0, 10.0]).view(3, 1, 1), torch.randn(3, 7)]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    clip_grad_norm_seeds(params, 1.0, 3)
+    for k in range(3):
+        alone = [torch.nn.Parameter(torch.zeros_like(g[k])) for g in grads]
+        for q, g in zip(alone, grads):
+            q.grad = g[k].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        for p, q in zip(params, alone):
+            torch.testing.assert_close(p.grad[k], q.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stacked_models_are_the_seeds_models(name):
+    config = RecurrentConfig(hidden_size=8, warp_hidden_size=6)
+    batched = build_seed_batched(name, config, SEEDS)
+    assert batched.seeds == len(SEEDS)
+    for k, seed in enumerate(SEEDS):
+        torch.manual_seed(seed)
+        alone = build_model(name, config)
+        assert list(batched.seed_state_dict(k)) == list(alone.state_dict())
+        for n, v in alone.state_dict().items():
+            assert torch.equal(batched.seed_state_dict(k)[n], v), n
+    x = torch.rand(len(SEEDS), 2, 17)
+    logits, value, _ = batched.forward_step(x, batched.initial_state(2))
+    for k, alone in enumerate(batched.unstack()):
+        lg, v, _ = alone.forward_step(x[k], alone.initial_state(2))
+        torch.testing.assert_close(logits[k], lg, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value[k], v, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# batched training = each seed alone
+
+
+def tiny_cfg(model: str, seed: int, seeds: list[int], *overrides: str):
+    warp = model.startswith("warp")
+    data = {"name": "maze_seeds", "seed": seed, "task": "maze",
+            "method": "warpgrad_continual" if warp else "no_pretraining",
+            "maze": {"model": model, "seeds": seeds, "hidden_size": 8, "warp_hidden_size": 6, "batch": 4,
+                     "episode_length": 12, "log_every": 2, "burn_in": 1, "clip_grad_norm": 0.5},
+            "meta": {"every": 3, "steps": 3, "head": "learned"},
+            "run": {"checkpoint_every": 2, "progress": False, "threads": 1}}
+    if warp:
+        data["warpgrad_continual"] = {"objective": "meta_batch"}
+        data["meta"].update({"include": ["warp."], "optimizer": {"name": "adam", "lr": 1e-3}})
+    return build_config(data, list(overrides))
+
+
+def assert_seed_matches_alone(batched: dict, k: int, alone: dict) -> None:
+    for n, v in alone["stream"]["model"].items():
+        assert (batched["stream"]["model"][n][k] - v).abs().max() <= TOL, n
+    for n, v in alone["meta"]["init"].items():          # the warps φ (and θ⁰)
+        assert (batched["meta"]["init"][n][k] - v).abs().max() <= TOL, n
+    assert torch.equal(batched["adapter"]["returns"][:, k], alone["adapter"]["returns"])
+    assert int(batched["adapter"]["counters"][k]) == int(alone["adapter"]["counters"][0])     # skipped steps
+    for i, s in alone["stream"]["optimizer"]["state"].items():
+        assert float(batched["stream"]["optimizer"]["state"][i]["step"][k]) == float(s["step"])
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "warp-rnn", "plastic-rnn", "plastic-rnn-retroactive"])
+def test_seeds_trained_as_a_batch_end_where_each_alone_ends(tmp_path, model):
+    """Three seeds × 9 iterations (1 burn-in, clipping at 0.5, the meta-batch warp objective for Warp-RNN)."""
+    result = train(tiny_cfg(model, 0, SEEDS), tmp_path / "batch")
+    batched = load_latest(tmp_path / "batch")[0]
+    assert batched["adapter"]["returns"].shape == (9, len(SEEDS), 4)
+    for k, seed in enumerate(SEEDS):
+        alone_result = train(tiny_cfg(model, seed, []), tmp_path / f"alone{seed}")
+        alone = load_latest(tmp_path / f"alone{seed}")[0]
+        assert_seed_matches_alone(batched, k, alone)
+        if model.startswith("warp"):
+            assert int(batched["meta"]["seed_counters"][2][k]) == int(alone["meta"]["warp_steps"]) == 3
+        per_seed = result["per_seed"][str(seed)]
+        for key in ("return_last_mean", "iterations", "episodes", "skipped_steps"):
+            assert per_seed[key] == alone_result[key], key
+        # the seed's folder reads as its run alone
+        folder = tmp_path / "batch" / f"seed_{seed}"
+        saved = json.loads((folder / "eval.json").read_text())
+        assert saved["seed"] == seed and saved["return_last_mean"] == alone_result["return_last_mean"]
+        assert list(folder.glob("events.out.tfevents.*"))
+        cfg = load_config(folder / "config.yaml")
+        assert cfg.seed == seed and cfg.task_config.seeds == []
+        split = load_latest(folder)[0]               # its final checkpoint, single-seed format
+        for n, v in alone["stream"]["model"].items():
+            assert (split["stream"]["model"][n] - v).abs().max() <= TOL, n
+        assert torch.equal(split["adapter"]["returns"], alone["adapter"]["returns"])
+
+
+def test_a_seed_split_from_a_batch_continues_alone_as_it_would_have(tmp_path):
+    train(tiny_cfg("warp-rnn", 0, SEEDS), tmp_path / "batch")
+    folder = tmp_path / "batch" / "seed_1"
+    longer = tiny_cfg("warp-rnn", 1, [], "meta.steps=5")
+    train(longer, folder, resume=True)                       # seed 1 alone from the batch's checkpoint
+    train(longer, tmp_path / "alone")                         # seed 1 alone from the start
+    a, b = load_latest(folder)[0], load_latest(tmp_path / "alone")[0]
+    assert int(a["step"]) == int(b["step"]) == 5
+    for n, v in b["stream"]["model"].items():
+        assert (a["stream"]["model"][n] - v).abs().max() <= TOL, n
+    assert torch.equal(a["adapter"]["returns"], b["adapter"]["returns"])
+
+
+def test_a_non_finite_seed_is_skipped_and_the_others_train_on(tmp_path, monkeypatch):
+    """Seed 1's recurrent weights are NaN: every one of its iterations is skipped (no task step, no warp
+    contribution, no query rollout), exactly as when it runs alone; seeds 3 and 4 are unaffected."""
+    real = MazeAdapter.make_model
+
+    def make_model(self, generator, task=None):
+        model = real(self, generator, task)
+        with torch.no_grad():
+            if self.seeds and 1 in self.seeds:
+                model.weight_hh[self.seeds.index(1)] = float("nan")
+            elif not self.seeds and self.seed == 1:
+                model.weight_hh.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(MazeAdapter, "make_model", make_model)
+    result = train(tiny_cfg("warp-rnn", 0, SEEDS), tmp_path / "batch")
+    batched = load_latest(tmp_path / "batch")[0]
+    assert result["per_seed"]["1"]["skipped_steps"] == 8 and result["per_seed"]["3"]["skipped_steps"] == 0
+    for k, seed in enumerate(SEEDS):
+        train(tiny_cfg("warp-rnn", seed, []), tmp_path / f"alone{seed}")
+        alone = load_latest(tmp_path / f"alone{seed}")[0]
+        if seed == 1:
+            for n, v in alone["stream"]["model"].items():
+                assert torch.equal(batched["stream"]["model"][n][k].isnan(), v.isnan()), n
+            assert torch.equal(batched["adapter"]["returns"][:, k], alone["adapter"]["returns"])
+            assert torch.equal(batched["adapter"]["meta_maze_rng"][k], alone["adapter"]["meta_maze_rng"])
+            assert torch.equal(batched["adapter"]["meta_sampler"][k], alone["adapter"]["meta_sampler"])
+            assert int(batched["meta"]["seed_counters"][2][k]) == int(alone["meta"]["warp_steps"]) == 0
+        else:
+            assert_seed_matches_alone(batched, k, alone)
+            assert torch.equal(batched["adapter"]["meta_maze_rng"][k], alone["adapter"]["meta_maze_rng"])
+
+
+def test_batched_resume_is_exact(tmp_path):
+    cfg = tiny_cfg("warp-rnn", 0, SEEDS, "meta.steps=4")
+    full = train(cfg, tmp_path / "full")
+    assert train(cfg, tmp_path / "split", stop_after=3) == {}
+    resumed = train(cfg, tmp_path / "split", resume=True)
+    a, b = load_latest(tmp_path / "full")[0], load_latest(tmp_path / "split")[0]
+
+    def same(x, y, path=""):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), path
+            for key in x:
+                same(x[key], y[key], f"{path}.{key}")
+        elif isinstance(x, (list, tuple)):
+            for i, (u, v) in enumerate(zip(x, y)):
+                same(u, v, f"{path}[{i}]")
+        elif isinstance(x, torch.Tensor) and not path.endswith(("wall_time", "window")):
+            assert torch.equal(x, y), path
+
+    same({k: a[k] for k in ("stream", "meta", "adapter")}, {k: b[k] for k in ("stream", "meta", "adapter")})
+    assert full["per_seed"] == {k: {**v, "wall_time_s": full["per_seed"][k]["wall_time_s"]}
+                                for k, v in resumed["per_seed"].items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# results table, configs
+
+
+def test_results_table_gives_a_batched_run_one_value_per_seed(tmp_path):
+    single = tmp_path / "maze_x__0__1"
+    single.mkdir()
+    (single / "eval.json").write_text(json.dumps({"return_last_mean": 10.0, "wall_time_s": 60.0}))
+    batch = tmp_path / "maze_x__0__2"
+    (batch / "seed_1").mkdir(parents=True)
+    (batch / "eval.json").write_text(json.dumps({
+        "seeds": [1, 2], "return_last_mean": 25.0, "wall_time_s": 120.0,
+        "per_seed": {"1": {"return_last_mean": 20.0}, "2": {"return_last_mean": 30.0}}}))
+    (batch / "seed_1" / "eval.json").write_text(json.dumps({"name": "maze_x", "seed": 1, "return_last_mean": 20.0,
+                                                            "wall_time_s": 120.0}))
+    table = results_table([single, batch, batch / "seed_1"])     # the seed folder is not counted twice
+    assert "| maze_x | 3 | 20.0 ± 8.2 | 10.0, 20.0, 30.0 | 1.0, 2.0 for 2 batched |" in table
+    alone = results_table([batch / "seed_1"])                     # a seed folder alone: grouped by its name
+    assert "| maze_x | 1 | 20.0 ± 0.0 | 20.0 |" in alone
+
+
+def test_backpropamine_configs_hold_its_settings():
+    for name, model in (("maze_rnn_backpropamine", "rnn"), ("maze_plastic_simple", "plastic-rnn"),
+                        ("maze_plastic_retroactive", "plastic-rnn-retroactive")):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        mc: MazeTaskConfig = cfg.task_config
+        assert mc.model == model and cfg.method == "no_pretraining", name
+        assert (mc.task_lr, mc.adam_eps, mc.clip_grad_norm, mc.burn_in) == (1e-4, 1e-4, 4.0, 100), name
+        assert (mc.value_baseline, mc.init, mc.hidden_size, mc.batch, mc.episode_length) == \
+            ("element0", "backpropamine", 100, 30, 200), name
+        assert len(mc.seeds) >= 5 and cfg.meta.steps * cfg.meta.every >= 10_000, name
+    for name in ("maze_warp_rnn_10seeds", "maze_rnn_10seeds", "maze_lstm_10seeds"):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        mc = cfg.task_config
+        assert mc.seeds == list(range(10)) and cfg.meta.steps * cfg.meta.every >= 10_000, name
+        assert (mc.task_lr, mc.adam_eps, mc.clip_grad_norm, mc.burn_in, mc.value_baseline) == \
+            (1e-3, 1e-8, 0.0, 0, "per_element"), name
+
+
+def test_backpropamine_init_of_the_plain_rnn():
+    torch.manual_seed(0)
+    m = build_model("rnn", RecurrentConfig(init="backpropamine"))
+    w = m.weight_hh.detach()
+    assert 0.0 <= float(w.min()) and float(w.max()) <= 0.01 and float(w.mean()) == pytest.approx(0.005, abs=5e-4)
+    with pytest.raises(ValueError):
+        MazeTaskConfig(model="lstm", init="backpropamine")
+    assert float(build_model("plastic-rnn-retroactive").eta.detach()) == pytest.approx(0.1)
+    assert np.isfinite(float(build_model("rnn").weight_hh.detach().abs().max()))

@@ -1,0 +1,239 @@
+"""`metarl report` on small synthetic run directories written in the real formats (Atari: the evaluation's own
+summarise/add_per_seed/write_outputs; maze and supervised eval.json as their code writes them): its aggregate
+numbers equal a direct computation, its intervals contain them; human normalisation; one-line CLI errors."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from train.atari_scores import REFERENCE, human_normalised
+from train.cli import main
+from train.tasks.atari_eval import add_per_seed, summarise, write_outputs
+
+GAMES = ("Breakout", "Pong")
+GRID = np.linspace(100, 1000, 10)
+
+
+class _Logger:
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(run_dir))
+
+    def scalars(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+
+def atari_run(root: Path, name: str, finals: dict, seed: int = 0) -> Path:
+    """A finished Atari run: config.yaml, eval.json, eval_atari.json and TensorBoard eval curves, written by
+    train/tasks/atari_eval.py's own functions from ``finals[(game, init)]`` (raw final score per seed)."""
+    d = root / f"{name}__{seed}__1"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"name: {name}\nseed: {seed}\ntask: atari\nmethod: leap\n")
+    seed_curves, curves = {}, {}
+    for key, f in finals.items():
+        seed_curves[key] = np.array([np.linspace(0.2, 1.0, len(GRID)) * v for v in f])      # (seeds, points)
+        curves[key] = np.stack([seed_curves[key].mean(0), seed_curves[key].std(0)])
+    table = summarise(list(GAMES), curves, finals)
+    add_per_seed(table, finals, seed_curves)
+    logger = _Logger(d)
+    write_outputs(d, list(GAMES), GRID, curves, table, logger)
+    logger.writer.close()
+    (d / "eval.json").write_text(json.dumps({"step": 4, "horizon_env_steps": 1000, "seeds": 5, "window": 10,
+                                             "games": table}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def atari_runs(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("atari")
+    rand = {(g, "random_init"): list(rng.uniform(*REFERENCE[g], size=5)) for g in GAMES}
+    leap = {(g, "meta_init"): list(rng.uniform(*REFERENCE[g], size=5) * 1.2) for g in GAMES}
+    reptile = {(g, "meta_init"): list(rng.uniform(*REFERENCE[g], size=5)) for g in GAMES}
+    dirs = [atari_run(root, "atari_leap", {**leap, **rand}), atari_run(root, "atari_reptile", {**reptile, **rand})]
+    return root, dirs, {"atari_leap": leap, "atari_reptile": reptile, "random_init": rand}
+
+
+def hns_matrix(finals: dict) -> np.ndarray:
+    """seeds × games human-normalised scores, computed directly."""
+    return np.array([[(finals[k][s] - REFERENCE[k[0]][0]) / (REFERENCE[k[0]][1] - REFERENCE[k[0]][0])
+                      for k in sorted(finals)] for s in range(5)])
+
+
+def run_report(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(["report", *args])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_human_normalisation_maps_random_to_0_and_human_to_1():
+    for game, (random, human) in REFERENCE.items():
+        assert human_normalised(game, random) == 0.0
+        assert human_normalised(game, human) == pytest.approx(1.0, abs=1e-12)
+    assert math.isnan(human_normalised("AirRaid", 1000.0))       # no published human score
+
+
+def test_atari_eval_records_per_seed_normalised_scores_beside_raw(atari_runs):
+    _, dirs, finals = atari_runs
+    table = json.loads((dirs[0] / "eval_atari.json").read_text())
+    row = table["Breakout"]["meta_init"]
+    assert row["final_scores"] == pytest.approx(finals["atari_leap"][("Breakout", "meta_init")])
+    assert row["final_human_normalised_scores"] == pytest.approx(
+        [human_normalised("Breakout", f) for f in row["final_scores"]])
+    assert row["final_human_normalised"] == pytest.approx(np.mean(row["final_human_normalised_scores"]))
+    assert len(row["auc_scores"]) == len(row["human_normalised_auc_scores"]) == 5
+
+
+def test_atari_report_aggregates_equal_direct_computation(atari_runs, tmp_path, capsys):
+    root, dirs, finals = atari_runs
+    out = tmp_path / "report"
+    code, stdout, err = run_report([*map(str, dirs), "--out", str(out), "--reps", "300"], capsys)
+    assert code == 0, err
+    assert stdout.strip() == f"wrote {out / 'report.md'}"
+    atari = json.loads((out / "report.json").read_text())["suites"]["atari"]
+    assert atari["metric"] == "human_normalised" and atari["tasks"] == sorted(GAMES)
+    assert atari["baseline"] == "random_init"
+    # the random init evaluated by both runs (same config seed, same games) is counted once
+    assert np.array(atari["matrices"]["random_init"]).shape == (5, 2)
+    for method in ("atari_leap", "atari_reptile", "random_init"):
+        x = hns_matrix(finals[method])
+        np.testing.assert_allclose(atari["matrices"][method], x, rtol=1e-12)
+        agg = atari["aggregates"][method]
+        direct = {"IQM": scipy.stats.trim_mean(x.ravel(), 0.25), "median": np.median(x.mean(0)), "mean": x.mean()}
+        for name, value in direct.items():
+            assert agg[name]["value"] == pytest.approx(value, rel=1e-12)
+            lo, hi = agg[name]["ci"]
+            assert lo <= value <= hi and lo < hi
+    # probability of improvement: per game P(X > Y) + ½ P(X = Y) over all seed pairs, averaged over games
+    x, y = hns_matrix(finals["atari_leap"]), hns_matrix(finals["random_init"])
+    poi = np.mean([np.mean((x[:, [g]] > y[:, g]) + 0.5 * (x[:, [g]] == y[:, g])) for g in range(2)])
+    agg = atari["aggregates"]["atari_leap"]["P(improvement)"]
+    assert agg["value"] == pytest.approx(poi) and agg["ci"][0] <= poi <= agg["ci"][1]
+    assert "P(improvement)" not in atari["aggregates"]["random_init"]
+    md = (out / "report.md").read_text()
+    assert "| Breakout | atari_leap | 5 |" in md and "human-normalised final score" in md and "final score (raw)" in md
+    raw = np.mean(finals["atari_leap"][("Breakout", "meta_init")])
+    assert f"{raw:.1f}" in md or f"{raw:.3f}" in md                                      # the raw score is kept
+    for png in ("curves_atari.png", "aggregates_atari.png", "profile_atari.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_atari_curves_pool_mean_and_std_over_seeds(atari_runs):
+    from train.report import pooled
+    from train.report_data import load_runs
+
+    _, dirs, finals = atari_runs
+    runs = load_runs(dirs)
+    [curve] = [c for c in runs.curves if c.method == "atari_leap" and c.task == "Pong"]
+    seeds = np.array([np.linspace(0.2, 1.0, len(GRID)) * v for v in finals["atari_leap"][("Pong", "meta_init")]])
+    np.testing.assert_allclose(curve.x, GRID.astype(int))
+    np.testing.assert_allclose(curve.mean, seeds.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(curve.std, seeds.std(0), rtol=1e-5)
+    # two halves of the seeds as two runs pool back to the mean and std over all seeds
+    halves = [type(curve)(**{**curve.__dict__, "mean": s.mean(0), "std": s.std(0), "n": len(s)})
+              for s in (seeds[:2], seeds[2:])]
+    _, m, s, n = pooled(halves)
+    np.testing.assert_allclose(m, seeds.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(s, seeds.std(0), rtol=1e-9)
+    assert n == 5
+
+
+def supervised_run(root: Path, name: str, seed: int, acc: float) -> Path:
+    d = root / f"{name}__{seed}__1"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"name: {name}\nseed: {seed}\ntask: omniglot\nmethod: leap\n")
+    result = {"auc": 1.0 - acc, "final_loss": 0.5, "test_loss": 1.0 - acc, "test_accuracy": acc}
+    result.update({f"{k}_std": 0.01 for k in list(result)})
+    (d / "eval.json").write_text(json.dumps({**result, "curve": list(np.linspace(2.0, 1.0 - acc, 20))}))
+    return d
+
+
+def maze_runs(root: Path) -> tuple[list[Path], dict]:
+    """A seed-batched run (per_seed, seed folders with TensorBoard curves) and two single-seed runs."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    batched = root / "maze_warp_rnn__0__1"
+    per_seed = {str(k): {"return_last_mean": 10.0 + 3 * k, "wall_time_s": 60.0} for k in range(3)}
+    for k in range(3):
+        (batched / f"seed_{k}").mkdir(parents=True)
+        (batched / f"seed_{k}" / "eval.json").write_text(
+            json.dumps({"name": "maze_warp_rnn", "seed": k, **per_seed[str(k)]}))
+        w = SummaryWriter(str(batched / f"seed_{k}"))
+        for step in range(0, 300, 30):
+            w.add_scalar("charts/episodic_return", step / 30 + k, step)
+        w.close()
+    (batched / "config.yaml").write_text("name: maze_warp_rnn\nseed: 0\ntask: maze\nmethod: warpgrad_continual\n")
+    (batched / "eval.json").write_text(json.dumps({"seeds": [0, 1, 2], "return_last_mean": 13.0,
+                                                   "wall_time_s": 60.0, "per_seed": per_seed}))
+    singles = []
+    for k, v in enumerate((5.0, 7.0)):
+        d = root / f"maze_rnn__{k}__1"
+        d.mkdir()
+        (d / "config.yaml").write_text(f"name: maze_rnn\nseed: {k}\ntask: maze\nmethod: no_pretraining\n")
+        (d / "eval.json").write_text(json.dumps({"return_last_mean": v, "wall_time_s": 30.0}))
+        singles.append(d)
+    # the batched run's seed folders listed beside it are not counted twice
+    return [batched, *[batched / f"seed_{k}" for k in range(3)], *singles], {"maze_warp_rnn": [10.0, 13.0, 16.0],
+                                                                            "maze_rnn": [5.0, 7.0]}
+
+
+def test_omniglot_and_maze_report(tmp_path, capsys):
+    accs = {"omniglot_leap": [0.8, 0.7, 0.9, 0.75], "omniglot_no_pretraining": [0.5, 0.6, 0.55, 0.4]}
+    for name, v in accs.items():
+        for seed, acc in enumerate(v):
+            supervised_run(tmp_path / "runs", name, seed, acc)          # the report is given their parent folder
+    mdirs, returns = maze_runs(tmp_path / "maze")
+    out = tmp_path / "report"
+    code, _, err = run_report([str(tmp_path / "runs"), *map(str, mdirs), "--out", str(out), "--reps", "200",
+                               "--baseline", "omniglot_no_pretraining", "--baseline", "maze_rnn"], capsys)
+    assert code == 0, err
+    suites = json.loads((out / "report.json").read_text())["suites"]
+    omni, maze = suites["omniglot"], suites["maze"]
+    assert omni["metric"] == "test_accuracy" and maze["metric"] == "return_last_mean"
+    for suite, scores in ((omni, accs), (maze, returns)):
+        for method, values in scores.items():
+            x = np.array(values)
+            assert suite["aggregates"][method]["IQM"]["value"] == pytest.approx(scipy.stats.trim_mean(x, 0.25))
+            assert suite["aggregates"][method]["mean"]["value"] == pytest.approx(x.mean())
+            lo, hi = suite["aggregates"][method]["IQM"]["ci"]
+            assert lo <= scipy.stats.trim_mean(x, 0.25) <= hi
+    assert omni["aggregates"]["omniglot_leap"]["P(improvement)"]["value"] == pytest.approx(1.0)
+    assert maze["aggregates"]["maze_warp_rnn"]["P(improvement)"]["value"] == pytest.approx(1.0)
+    assert np.array(maze["matrices"]["maze_warp_rnn"]).shape == (3, 1)
+    for png in ("curves_omniglot.png", "curves_maze.png", "profile_maze.png"):
+        assert (out / png).is_file()
+    # a lower-is-better score: the probability of improvement counts lower losses as better
+    code, _, err = run_report([str(tmp_path / "runs"), "--out", str(out), "--reps", "50", "--metric", "test_loss",
+                               "--baseline", "omniglot_no_pretraining"], capsys)
+    assert code == 0, err
+    omni = json.loads((out / "report.json").read_text())["suites"]["omniglot"]
+    assert omni["lower_is_better"] and omni["aggregates"]["omniglot_leap"]["P(improvement)"]["value"] == 1.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: [str(t / "missing")], "not a directory: "),
+    (lambda t: [str(t)], "no finished runs (eval.json or eval_atari.json) in: "),
+    (lambda t: [str(supervised_run(t, "omniglot_leap", 0, 0.5)), "--metric", "bogus"],
+     "omniglot runs have no score 'bogus' (have: "),
+    (lambda t: [str(supervised_run(t, "omniglot_leap", 0, 0.5)), "--reps", "0"], "--reps must be positive"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, make, message):
+    code, out, err = run_report([*make(tmp_path), "--out", str(tmp_path / "report")], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("metarl: error: ") and message in err and err.count("\n") == 1
+
+
+def test_corrupt_eval_json_is_a_one_line_error(tmp_path, capsys):
+    d = tmp_path / "sine_leap__0__1"
+    d.mkdir()
+    (d / "eval.json").write_text("{not json")
+    code, _, err = run_report([str(d), "--out", str(tmp_path / "report")], capsys)
+    assert code == 2 and err.startswith(f"metarl: error: unreadable {d / 'eval.json'}") and err.count("\n") == 1

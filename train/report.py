@@ -1,0 +1,247 @@
+"""`metarl report RUN_DIR... [--out DIR]`: finished runs → a Markdown table, a JSON of the numbers and PNG figures.
+
+Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglot, ...), method and task
+(an Atari game, or the task family). Per suite:
+- per task and method: each score's mean ± std over seeds (Atari: the raw final score next to the
+  human-normalised one, and both AUCs);
+- aggregates over tasks × seeds of the suite's score (``--metric``; default: Atari the human-normalised final
+  score, maze the last episodes' return, supervised the test accuracy): IQM, median and mean with 95%
+  stratified bootstrap confidence intervals, and the probability of improvement of each method over the
+  baseline (``--baseline``, default ``random_init``), with its interval — all from rliable (Agarwal et al.,
+  2021, "Deep RL at the Edge of the Statistical Precipice"), not re-implemented here;
+- figures: ``curves_<suite>.png`` (per task, mean and ± 1 std band over seeds), ``aggregates_<suite>.png``
+  and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
+
+Score matrices are runs × tasks: only tasks every method has (and, for Atari's normalised scores, with
+reference scores) and, per method, the seeds present on all of them enter the aggregates; the report says
+what was left out. Scores named ``auc`` (supervised: area under the training-loss curve) or ``*loss`` are
+lower-is-better: the probability of improvement and the profile use their negation / fraction below τ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .report_data import Curve, Runs, Score, load_runs
+
+ORDER = ("human_normalised", "score", "human_normalised_auc", "score_auc", "return_last_mean",
+         "test_accuracy", "test_loss", "auc", "final_loss")
+LABELS = {"score": "final score (raw)", "human_normalised": "human-normalised final score",
+          "score_auc": "AUC (raw)", "human_normalised_auc": "human-normalised AUC",
+          "return_last_mean": "return, last episodes", "test_accuracy": "test accuracy", "test_loss": "test loss",
+          "auc": "training-loss AUC", "final_loss": "final training loss"}
+AGGREGATES = ("IQM", "median", "mean")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric == "auc" or metric.endswith("loss")
+
+
+def default_metric(scores: list[Score]) -> str:
+    have = {k for s in scores for k in s.values}
+    if "human_normalised" in have and all(np.isfinite(s.values["human_normalised"]) for s in scores):
+        return "human_normalised"
+    return next(k for k in ORDER if k in have)
+
+
+def score_matrices(scores: list[Score], metric: str) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+    """(tasks, {method: runs × tasks array}, notes) for the aggregates: tasks every method has with finite
+    scores, and per method the seeds present on all of them."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for s in scores:
+        table.setdefault(s.method, {}).setdefault(s.task, {})[s.seed] = s.values.get(metric, np.nan)
+    all_tasks = sorted({s.task for s in scores})
+    tasks = [t for t in all_tasks
+             if all(t in per and np.isfinite(list(per[t].values())).all() for per in table.values())]
+    notes = [f"{t}: not in the aggregates (a method lacks it, or a {metric} score is missing or NaN)"
+             for t in all_tasks if t not in tasks]
+    matrices = {}
+    for method, per in sorted(table.items()):
+        if not tasks:
+            continue
+        seeds = sorted(set.intersection(*(set(per[t]) for t in tasks)))
+        dropped = sorted(set().union(*(set(per[t]) for t in tasks)) - set(seeds))
+        if dropped:
+            notes.append(f"{method}: seeds {', '.join(dropped)} miss some tasks; left out of the aggregates")
+        if seeds:
+            matrices[method] = np.array([[per[t][s] for t in tasks] for s in seeds], dtype=np.float64)
+    return tasks, matrices, notes
+
+
+def aggregate(matrices: dict[str, np.ndarray], baseline: str | None, metric: str, reps: int,
+              seed: int = 0) -> dict:
+    """rliable's IQM, median, mean and probability of improvement over ``baseline``, with 95% stratified
+    bootstrap CIs (percentile, ``reps`` resamples); the bootstrap draws from NumPy's global generator, seeded
+    here with ``seed`` and restored after."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    def stats(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, ci = rly.get_interval_estimates(matrices, stats, reps=reps)
+        out = {m: {name: {"value": float(point[m][i]), "ci": [float(ci[m][0][i]), float(ci[m][1][i])]}
+                   for i, name in enumerate(AGGREGATES)} for m in matrices}
+        sign = -1.0 if lower_is_better(metric) else 1.0
+        if baseline in matrices:
+            pairs = {m: [sign * x, sign * matrices[baseline]] for m, x in matrices.items() if m != baseline}
+            if pairs:
+                p, pci = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps)
+                for m in pairs:
+                    out[m]["P(improvement)"] = {"value": float(p[m]), "ci": [float(pci[m][0][0]), float(pci[m][1][0])]}
+        lo, hi = min(x.min() for x in matrices.values()), max(x.max() for x in matrices.values())
+        taus = np.linspace(lo, hi if hi > lo else lo + 1.0, 101)
+        below = (lambda s, t: np.array([np.mean(s <= v) for v in t])) if lower_is_better(metric) else None
+        profiles, profile_cis = rly.create_performance_profile(matrices, taus, custom_profile_func=below, reps=reps)
+    finally:
+        np.random.set_state(state)
+    return {"methods": out, "profile": {"tau": taus, "profiles": profiles, "cis": profile_cis}}
+
+
+def pooled(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Curves of several runs of one (method, task) on the x of the longest: mean and std over all their seeds."""
+    x = max(curves, key=lambda c: len(c.x)).x
+    n = np.array([c.n for c in curves], dtype=np.float64)[:, None]
+    mean = np.stack([np.interp(x, c.x, c.mean) for c in curves])
+    second = np.stack([np.interp(x, c.x, c.std ** 2 + c.mean ** 2) for c in curves])
+    m = (n * mean).sum(0) / n.sum()
+    return x, m, np.sqrt(np.maximum((n * second).sum(0) / n.sum() - m ** 2, 0.0)), int(n.sum())
+
+
+def fmt(x: float) -> str:
+    return "nan" if not np.isfinite(x) else f"{x:.1f}" if abs(x) >= 100 else f"{x:.3f}"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(curves: list[Curve], path: Path) -> None:
+    plt = _plt()
+    tasks = sorted({c.task for c in curves})
+    cols = min(len(tasks), 4)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for method in sorted({c.method for c in curves if c.task == task}):
+            group = [c for c in curves if c.task == task and c.method == method]
+            x, m, s, n = pooled(group)
+            ax.plot(x, m, label=f"{method} (n={n})")
+            ax.fill_between(x, m - s, m + s, alpha=0.2)
+        ax.set(title=task, xlabel=group[0].xlabel, ylabel=f"{group[0].ylabel}, ± 1 std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_aggregates(agg: dict, metric: str, suite: str, aggregates_path: Path, profile_path: Path) -> None:
+    plt = _plt()
+    from rliable import plot_utils
+
+    methods = sorted(agg["methods"])
+    point = {m: np.array([agg["methods"][m][a]["value"] for a in AGGREGATES]) for m in methods}
+    ci = {m: np.array([agg["methods"][m][a]["ci"] for a in AGGREGATES]).T for m in methods}
+    fig, _ = plot_utils.plot_interval_estimates(point, ci, metric_names=list(AGGREGATES), algorithms=methods,
+                                                xlabel=LABELS.get(metric, metric), row_height=0.6,
+                                                xlabel_y_coordinate=-0.55 / (0.6 * len(methods)))
+    fig.savefig(aggregates_path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    prof = agg["profile"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    above = "≤" if lower_is_better(metric) else ">"
+    plot_utils.plot_performance_profiles(prof["profiles"], prof["tau"], performance_profile_cis=prof["cis"], ax=ax,
+                                         xlabel=f"{LABELS.get(metric, metric)} (τ)",
+                                         ylabel=f"fraction of runs with score {above} τ")
+    ax.set_title(f"{suite}: performance profile")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(profile_path, dpi=110)
+    plt.close(fig)
+
+
+def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str], reps: int, out: Path,
+                 figures: bool = True) -> tuple[list[str], dict]:
+    scores = [s for s in runs.scores if s.suite == suite]
+    have = sorted({k for s in scores for k in s.values}, key=lambda k: ORDER.index(k) if k in ORDER else 99)
+    metric = metric or default_metric(scores)
+    if metric not in have:
+        raise UserError(f"{suite} runs have no score {metric!r} (have: {', '.join(have)})")
+    lines = [f"## {suite}", "", "Per task: mean ± std over seeds.", "",
+             "| task | method | seeds | " + " | ".join(LABELS.get(k, k) for k in have) + " |",
+             "|---|---|---|" + "---|" * len(have)]
+    per_task = {}
+    for task in sorted({s.task for s in scores}):
+        for method in sorted({s.method for s in scores if s.task == task}):
+            group = [s for s in scores if s.task == task and s.method == method]
+            cells, row = [], {"seeds": len(group)}
+            for k in have:
+                v = np.array([s.values.get(k, np.nan) for s in group], dtype=np.float64)
+                ok = v[np.isfinite(v)]
+                row[k] = {"mean": float(ok.mean()) if ok.size else None, "std": float(ok.std()) if ok.size else None}
+                cells.append(f"{fmt(ok.mean())} ± {fmt(ok.std())}" if ok.size else "—")
+            per_task.setdefault(task, {})[method] = row
+            lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(cells) + " |")
+    tasks, matrices, notes = score_matrices(scores, metric)
+    result = {"metric": metric, "lower_is_better": lower_is_better(metric), "tasks": tasks, "per_task": per_task,
+              "matrices": {m: x.tolist() for m, x in matrices.items()}, "notes": notes}
+    if matrices:
+        baseline = next((b for b in baselines if b in matrices), None)
+        agg = aggregate(matrices, baseline, metric, reps)
+        result.update(baseline=baseline, aggregates=agg["methods"])
+        lower = lower_is_better(metric)
+        lines += ["", f"Aggregates of the {LABELS.get(metric, metric)} ({'lower' if lower else 'higher'} is better) "
+                  f"over {len(tasks)} task(s) × seeds ({', '.join(tasks)}): point estimate [95% stratified bootstrap "
+                  f"CI, {reps} resamples] (rliable).", "",
+                  f"| method | runs × tasks | {' | '.join(AGGREGATES)} | "
+                  f"P(method {'<' if lower else '>'} {baseline or 'baseline'}) |", "|---|---|---|---|---|---|"]
+        for m, a in agg["methods"].items():
+            cells = [f"{fmt(a[k]['value'])} [{fmt(a[k]['ci'][0])}, {fmt(a[k]['ci'][1])}]" if k in a else
+                     ("baseline" if m == baseline else "—") for k in (*AGGREGATES, "P(improvement)")]
+            lines.append(f"| {m} | {matrices[m].shape[0]} × {matrices[m].shape[1]} | " + " | ".join(cells) + " |")
+        if baseline is None:
+            notes.append(f"no baseline among the methods ({', '.join(baselines)}): no probability of improvement; "
+                         f"name one with --baseline")
+        if figures:
+            plot_aggregates(agg, metric, suite, out / f"aggregates_{suite}.png", out / f"profile_{suite}.png")
+            lines += ["", f"![aggregates](aggregates_{suite}.png) ![performance profile](profile_{suite}.png)"]
+    curves = [c for c in runs.curves if c.suite == suite]
+    if curves and figures:
+        plot_curves(curves, out / f"curves_{suite}.png")
+        lines += ["", f"![learning curves: mean ± 1 std over seeds](curves_{suite}.png)"]
+    lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    return lines, result
+
+
+def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines: tuple[str, ...] = ("random_init",),
+           reps: int = 2000, figures: bool = True) -> Path:
+    """Write ``out``/report.md, report.json and the figures; return the Markdown's path."""
+    if reps < 1:
+        raise UserError(f"--reps must be positive (got {reps})")
+    runs = load_runs([Path(d) for d in run_dirs])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    lines = ["# Report", "", f"Runs: {', '.join(map(str, run_dirs))}", ""]
+    results = {}
+    for suite in sorted({s.suite for s in runs.scores}):
+        suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures)
+        lines += suite_lines
+    lines += [f"- {n}" for n in runs.notes]
+    (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
+    (out / "report.json").write_text(json.dumps({"suites": results, "notes": runs.notes}, indent=2))
+    return out / "report.md"

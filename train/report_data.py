@@ -1,0 +1,191 @@
+"""Finished runs read back for `metarl report` (train/report.py): scores per (suite, method, task, seed) and
+learning curves (mean, std and count over seeds).
+
+A run directory is told apart by what it holds (a listed folder without results is searched one level down):
+- Atari (``eval_atari.json``, else ``eval.json`` with ``games``; train/tasks/atari_eval.py): one task per
+  held-out game; per seed the raw final score and AUC and, for games with reference scores
+  (train/atari_scores.py), their human-normalised values. ``meta_init`` is named after the run's config
+  (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
+  (config seed, game) evaluated by several runs is counted once. Curves: TensorBoard
+  ``eval/<game>/<init>/episodic_return`` and ``…_std`` (over the run's evaluation seeds).
+- maze (``eval.json`` with ``return_last_mean``, or ``per_seed`` for a seed-batched run; train/tasks/maze.py):
+  one task, one score per seed; curves: ``charts/episodic_return`` in ``games/`` (``seed_<k>/`` when batched).
+- supervised (Omniglot, tiered, sine: ``eval.json`` with ``curve``; train/trainer.py): one task (the family),
+  one score per run (its metrics averaged over the held-out tasks); curve: the held-out training-loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .atari_scores import human_normalised
+from .errors import UserError
+
+SUPERVISED_KEYS = ("test_accuracy", "test_loss", "auc", "final_loss")
+
+
+@dataclass
+class Score:
+    suite: str                  # atari, maze, omniglot, ... (the config's task)
+    method: str
+    task: str                   # an Atari game, or the task family
+    seed: str
+    values: dict[str, float]
+
+
+@dataclass
+class Curve:
+    suite: str
+    method: str
+    task: str
+    x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n: int                      # seeds behind mean and std
+    xlabel: str = "step"
+    ylabel: str = "value"
+
+
+@dataclass
+class Runs:
+    scores: list[Score] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seen: set = field(default_factory=set)
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"unreadable {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"unreadable {path}: not a JSON object")
+    return data
+
+
+def _config(d: Path) -> dict:
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"unreadable {d / 'config.yaml'}: {e}") from None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    parts = d.name.split("__")          # runs/NAME__SEED__TIME
+    cfg.setdefault("name", parts[0])
+    cfg.setdefault("seed", parts[1] if len(parts) > 1 else 0)
+    return cfg
+
+
+def scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``tag: (steps, values)`` for the tags present in the TensorBoard event files directly in ``folder``
+    (a step logged twice keeps its last value)."""
+    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    have = set(acc.Tags().get("scalars", []))
+    out = {}
+    for tag in tags:
+        if tag in have:
+            points = {e.step: e.value for e in acc.Scalars(tag)}
+            steps = np.array(sorted(points), dtype=np.float64)
+            out[tag] = (steps, np.array([points[s] for s in sorted(points)], dtype=np.float64))
+    return out
+
+
+def _has_results(d: Path) -> bool:
+    return (d / "eval.json").is_file() or (d / "eval_atari.json").is_file()
+
+
+def load_runs(run_dirs: list[Path]) -> Runs:
+    """Scores and curves of every finished run in ``run_dirs`` (UserError: a missing folder, no finished run)."""
+    runs = Runs()
+    dirs: list[Path] = []
+    for d in map(Path, run_dirs):
+        if not d.is_dir():
+            raise UserError(f"not a directory: {d}")
+        dirs += [d] if _has_results(d) else sorted(c for c in d.iterdir() if c.is_dir() and _has_results(c))
+    listed = {d.resolve() for d in dirs}
+    for d in dirs:
+        if d.name.startswith("seed_") and d.resolve().parent in listed:
+            continue                    # a seed folder of a batched run that is listed too
+        cfg = _config(d)
+        data = _json(d / "eval.json") if (d / "eval.json").is_file() else {}
+        if (d / "eval_atari.json").is_file() or isinstance(data.get("games"), dict):
+            # eval_atari.json is rewritten by `metarl eval`: the newest evaluation
+            table = _json(d / "eval_atari.json") if (d / "eval_atari.json").is_file() else data["games"]
+            _atari(d, cfg, table, runs)
+        elif "return_last_mean" in data:
+            _maze(d, cfg, data, runs)
+        elif "curve" in data:
+            _supervised(d, cfg, data, runs)
+        else:
+            runs.notes.append(f"{d}: eval.json of a kind the report does not read; skipped")
+    if not runs.scores:
+        raise UserError(f"no finished runs (eval.json or eval_atari.json) in: {', '.join(map(str, run_dirs))}")
+    return runs
+
+
+def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
+    tb = None
+    for game, rows in table.items():
+        for init, r in rows.items():
+            method = cfg["name"] if init == "meta_init" else init
+            key = ("atari", method, game, str(cfg["seed"]))
+            if key in runs.seen:
+                runs.notes.append(f"{d}: {method} on {game} (config seed {cfg['seed']}) already read from "
+                                  f"another run; counted once")
+                continue
+            runs.seen.add(key)
+            finals = r.get("final_scores")
+            if finals is None:          # written before per-seed scores were kept: the mean over seeds only
+                runs.notes.append(f"{d}: no per-seed scores for {game}/{init}; its mean counts as one seed")
+                finals, aucs = [r["final_score"]], [np.nan]
+            else:
+                aucs = r.get("auc_scores", [np.nan] * len(finals))
+            for i, (f, a) in enumerate(zip(finals, aucs)):
+                runs.scores.append(Score("atari", method, game, f"{cfg['seed']}/{i}", {
+                    "score": float(f), "human_normalised": human_normalised(game, f),
+                    "score_auc": float(a), "human_normalised_auc": human_normalised(game, a)}))
+            if tb is None:
+                tags = tuple(f"eval/{g}/{i}/episodic_return{s}" for g in table for i in table[g] for s in ("", "_std"))
+                tb = scalars(d, tags)
+            tag = f"eval/{game}/{init}/episodic_return"
+            if tag in tb:
+                x, mean = tb[tag]
+                std = np.interp(x, *tb[tag + "_std"]) if tag + "_std" in tb else np.zeros_like(mean)
+                runs.curves.append(Curve("atari", method, game, x, mean, std, len(finals), "env steps",
+                                         "episodic return (true score)"))
+
+
+def _maze(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
+    suite = str(cfg.get("task", "maze"))
+    name = data.get("name") or cfg["name"]
+    tag = "charts/episodic_return"
+    if "per_seed" in data:
+        rows = [(str(k), r, d / f"seed_{k}") for k, r in data["per_seed"].items()]
+    else:
+        rows = [(str(data.get("seed", cfg["seed"])), data, d / "games")]
+    for seed, r, folder in rows:
+        runs.scores.append(Score(suite, name, suite, seed, {"return_last_mean": float(r["return_last_mean"])}))
+        tb = scalars(folder, (tag,)) or scalars(folder.parent if folder.name == "games" else folder, (tag,))
+        if tag in tb:
+            x, y = tb[tag]
+            runs.curves.append(Curve(suite, name, suite, x, y, np.zeros_like(y), 1, "episodes", "episodic return"))
+
+
+def _supervised(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
+    suite = str(cfg.get("task", "supervised"))
+    values = {k: float(data[k]) for k in SUPERVISED_KEYS if isinstance(data.get(k), (int, float))}
+    runs.scores.append(Score(suite, cfg["name"], suite, str(cfg["seed"]), values))
+    curve = np.asarray(data.get("curve") or [], dtype=np.float64)
+    if curve.size:
+        runs.curves.append(Curve(suite, cfg["name"], suite, np.arange(curve.size, dtype=np.float64), curve,
+                                 np.zeros_like(curve), 1, "inner step", "training loss (held-out tasks)"))
