@@ -77,6 +77,14 @@ class A2CConfig:
             raise ValueError(f"a2c.num_envs ({self.num_envs}) must be a multiple of a2c.groups ({self.groups})")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"a2c.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"a2c.gamma must be in [0, 1], got {self.gamma}")
+        if self.lr <= 0 or self.rms_eps <= 0 or not 0.0 <= self.rms_alpha < 1.0:
+            raise ValueError(f"a2c.lr and a2c.rms_eps must be > 0 and a2c.rms_alpha in [0, 1), got lr={self.lr}, "
+                             f"rms_eps={self.rms_eps}, rms_alpha={self.rms_alpha}")
+        for key in ("ent_coef", "vf_coef", "max_grad_norm"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"a2c.{key} must be >= 0, got {getattr(self, key)}")
 
     @property
     def batch_size(self) -> int:

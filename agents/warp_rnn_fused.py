@@ -263,8 +263,9 @@ class WarpRNNUnroll:
             grads[0] = weight_grad(ws.DM1, ws.XS)
         if needs[1]:
             grads[1] = weight_grad(ws.DM2, ws.HS)
-        if needs[2]:
-            grads[2] = row_sum(ws.DPRE * PG[..., nx + 3 * H :])
+        if needs[2]:  # seed-batched: into a spent buffer (a fresh 24 MB one page-faults on every unroll)
+            pb = PG[..., nx + 3 * H :]
+            grads[2] = row_sum(torch.mul(ws.DPRE, pb, out=ws.DM1) if seeds else ws.DPRE * pb)
         if any(needs[3:7]):
             dA = weight_grad(DA, U[:-1])
             d_bias = row_sum(DA)

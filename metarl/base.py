@@ -19,6 +19,7 @@ diverged task never reaches the initialisation.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -191,8 +192,14 @@ class MetaLearner:
                 p.grad = g
             if self.meta_optimizer_config.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, self.meta_optimizer_config.clip_grad_norm)
+            undo = copy.deepcopy(self.meta_optimizer.state_dict()), [p.detach().clone() for p in self.params]
             self.meta_optimizer.step()
             self.meta_optimizer.zero_grad(set_to_none=True)
+            if not all_finite(self.params):     # a finite meta-gradient can still overflow θ⁰ (e.g. a huge lr)
+                self.meta_optimizer.load_state_dict(undo[0])
+                with torch.no_grad():
+                    torch._foreach_copy_(self.params, undo[1])
+                logs["meta/skipped_step"] = 1.0
         torch._foreach_zero_(self._acc)
         self.tasks = 0
         self.skipped = 0

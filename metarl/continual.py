@@ -139,11 +139,12 @@ class ContinualWarpGrad(MetaLearner):
             self._merge_task()
             return self.tasks > tasks
         S = self.seeds
-        active = torch.ones(S, dtype=torch.bool) if active is None else active.to(torch.bool)
+        active = torch.ones(S, dtype=torch.bool) if active is None else active.to("cpu", torch.bool)
         finite = seed_finite(grads, S)
         added = finite & active
         for acc, g in zip(self._acc, grads):
-            acc.add_(torch.where(added.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros((), dtype=g.dtype)))
+            mask = added.to(g.device).view(-1, *([1] * (g.dim() - 1)))
+            acc.add_(torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device)))
         self.seed_tasks += added
         self.seed_skipped += active & ~finite
         return added
@@ -161,7 +162,7 @@ class ContinualWarpGrad(MetaLearner):
         stepping = n > 0
         logs = {"meta/tasks": float(n.sum()), "meta/skipped_tasks": float(self.seed_skipped.sum())}
         if bool(stepping.any()):
-            grads = [a / n.clamp(min=1).to(a.dtype).view(-1, *([1] * (a.dim() - 1))) for a in self._acc]
+            grads = [a / n.clamp(min=1).to(a.device, a.dtype).view(-1, *([1] * (a.dim() - 1))) for a in self._acc]
             logs["meta/grad_norm"] = float(seed_grad_norms(grads, S)[stepping].mean())
             for p, g in zip(self.params, grads):
                 p.grad = g
@@ -263,7 +264,7 @@ def continual_update_seeds(loss: Tensor, optimizer: SeedAdam, watch: Any, params
         p.grad = None
     if burning_in:
         return ["burn_in"] * seeds
-    finite = torch.isfinite(loss.detach())
+    finite = torch.isfinite(loss.detach()).cpu()
     if not bool(finite.any()):
         return ["non_finite"] * seeds
     loss.sum().backward()
@@ -276,10 +277,10 @@ def continual_update_seeds(loss: Tensor, optimizer: SeedAdam, watch: Any, params
     if not bool(active.all()):
         for p in params:
             if p.grad is not None:
-                p.grad.masked_fill_(~active.view(-1, *([1] * (p.dim() - 1))), 0.0)
+                p.grad.masked_fill_(~active.to(p.device).view(-1, *([1] * (p.dim() - 1))), 0.0)
     if clip_grad_norm:
         clip_grad_norm_seeds(task, clip_grad_norm, seeds)
-    watch.report(torch.where(active, loss.detach(), 0.0).sum())
+    watch.report(torch.where(active.to(loss.device), loss.detach(), 0.0).sum())
     optimizer.active = active
     try:
         optimizer.step()

@@ -31,7 +31,7 @@ def seed_finite(tensors: Sequence[Tensor], seeds: int) -> Tensor:
     """(S,) bool: True where seed s's slice of every tensor is finite (an empty list is finite)."""
     ok = torch.ones(seeds, dtype=torch.bool)
     for t in tensors:
-        ok &= t.detach().reshape(seeds, -1).isfinite().all(1)
+        ok &= t.detach().reshape(seeds, -1).isfinite().all(1).cpu()
     return ok
 
 
@@ -40,7 +40,7 @@ def seed_grad_norms(grads: Sequence[Tensor], seeds: int) -> Tensor:
     for one seed (norm of the per-tensor norms)."""
     if not grads:
         return torch.zeros(seeds)
-    return torch.stack([g.detach().reshape(seeds, -1).norm(dim=1) for g in grads]).norm(dim=0)
+    return torch.stack([g.detach().reshape(seeds, -1).norm(dim=1) for g in grads]).norm(dim=0).cpu()
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def clip_grad_norm_seeds(params: Iterable[Tensor], max_norm: float, seeds: int) 
     norms = seed_grad_norms(grads, seeds)
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
-        g.mul_(_mask_shape(coef, g))
+        g.mul_(_mask_shape(coef.to(g.device), g))
     return norms
 
 
@@ -89,7 +89,7 @@ class SeedAdam(torch.optim.Optimizer):
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("SeedAdam does not take a closure")
-        active = torch.ones(self.seeds, dtype=torch.bool) if self.active is None else self.active.to(torch.bool)
+        active = torch.ones(self.seeds, dtype=torch.bool) if self.active is None else self.active.to("cpu", torch.bool)
         if not bool(active.any()):
             return None
         for group in self.param_groups:
@@ -99,12 +99,12 @@ class SeedAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self._init_state(p)
-                steps = state["step"]
+                steps = state["step"]                     # on the CPU: read as Python numbers
                 new = steps + active.to(steps.dtype)
-                counts = sorted({float(new[s]) for s in range(self.seeds) if active[s]})
+                counts = torch.unique(new[active]).tolist()
                 whole = len(counts) == 1 and bool(active.all())
                 for count in counts:
-                    idx = None if whole else torch.nonzero(active & (new == count)).squeeze(1)
+                    idx = None if whole else torch.nonzero(active & (new == count)).squeeze(1).to(p.device)
                     _adam_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], idx, count,
                                  lr, beta1, beta2, eps, wd)
                 steps.copy_(new)

@@ -5,7 +5,6 @@ skipping; exact resume; per-seed run folders; the results table; the Backpropami
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +92,14 @@ def test_stacked_models_are_the_seeds_models(name):
 
 
 def tiny_cfg(model: str, seed: int, seeds: list[int], *overrides: str):
-    warp = model.startswith("warp")
+    warp, plastic = model.startswith("warp"), model.startswith("plastic")
     data = {"name": "maze_seeds", "seed": seed, "task": "maze",
             "method": "warpgrad_continual" if warp else "no_pretraining",
             "maze": {"model": model, "seeds": seeds, "hidden_size": 8, "warp_hidden_size": 6, "batch": 4,
-                     "episode_length": 12, "log_every": 2, "burn_in": 1, "clip_grad_norm": 0.5},
+                     "episode_length": 12, "log_every": 2, "burn_in": 1, "clip_grad_norm": 0.5,
+                     # the plastic baselines with the rest of Backpropamine's switches
+                     "value_baseline": "element0" if plastic else "per_element",
+                     "adam_eps": 1e-4 if plastic else 1e-8, "init": "backpropamine" if plastic else "default"},
             "meta": {"every": 3, "steps": 3, "head": "learned"},
             "run": {"checkpoint_every": 2, "progress": False, "threads": 1}}
     if warp:
@@ -119,7 +121,8 @@ def assert_seed_matches_alone(batched: dict, k: int, alone: dict) -> None:
 
 @pytest.mark.parametrize("model", ["rnn", "lstm", "warp-rnn", "plastic-rnn", "plastic-rnn-retroactive"])
 def test_seeds_trained_as_a_batch_end_where_each_alone_ends(tmp_path, model):
-    """Three seeds × 9 iterations (1 burn-in, clipping at 0.5, the meta-batch warp objective for Warp-RNN)."""
+    """Three seeds × 9 iterations (1 burn-in, clipping at 0.5; the meta-batch warp objective for Warp-RNN;
+    element-0 value baseline and Adam ε 1e-4 for the plastic RNNs)."""
     result = train(tiny_cfg(model, 0, SEEDS), tmp_path / "batch")
     batched = load_latest(tmp_path / "batch")[0]
     assert batched["adapter"]["returns"].shape == (9, len(SEEDS), 4)
@@ -136,7 +139,7 @@ def test_seeds_trained_as_a_batch_end_where_each_alone_ends(tmp_path, model):
         folder = tmp_path / "batch" / f"seed_{seed}"
         saved = json.loads((folder / "eval.json").read_text())
         assert saved["seed"] == seed and saved["return_last_mean"] == alone_result["return_last_mean"]
-        assert list(folder.glob("events.out.tfevents.*"))
+        assert list((folder / "games").glob("events.out.tfevents.*"))     # its curves, where a run has them
         cfg = load_config(folder / "config.yaml")
         assert cfg.seed == seed and cfg.task_config.seeds == []
         split = load_latest(folder)[0]               # its final checkpoint, single-seed format
@@ -262,3 +265,14 @@ def test_backpropamine_init_of_the_plain_rnn():
         MazeTaskConfig(model="lstm", init="backpropamine")
     assert float(build_model("plastic-rnn-retroactive").eta.detach()) == pytest.approx(0.1)
     assert np.isfinite(float(build_model("rnn").weight_hh.detach().abs().max()))
+
+
+def test_maze_iteration_benchmark_reports_single_and_batched_costs():
+    from train.benchmarks.maze_iteration import run
+
+    result = run(["--models", "rnn,warp-rnn", "--mazes", "2", "--steps", "4", "--seeds", "2", "--warmup", "0",
+                  "--iterations", "1"])
+    assert result["batched_seeds"] == 2
+    for key in ("ms_per_iteration", "ms_per_seed_iteration_batched", "cpu_ms_per_seed_iteration_batched",
+                "batched_per_seed_ratio"):
+        assert set(result[key]) == {"rnn", "warp-rnn"} and all(v > 0 for v in result[key].values()), key

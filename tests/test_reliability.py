@@ -64,7 +64,8 @@ def run_copy(finished_run, tmp_path):
 
 
 def fake_state(step: int, n: int = 3) -> dict:
-    return {"step": step, "meta": {"init": {"w": torch.full((n,), float(step))}, "counters": torch.tensor([0, 0, step])}}
+    return {"step": step,
+            "meta": {"init": {"w": torch.full((n,), float(step))}, "counters": torch.tensor([0, 0, step])}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def test_resume_may_change_the_documented_keys_only():
                             "run.progress=false", "run.checkpoint_every=3"])
     assert sorted(check_resume_overrides(saved, new)) == sorted(
         ["meta.steps", "eval.tasks", "eval.every", "run.keep", "run.threads", "run.progress", "run.checkpoint_every"])
-    for override in ("inner.lr=0.5", "meta.meta_batch=2", "leap.p=2", "name=other", "inner.steps=2", "sine.batch_size=3"):
+    for override in ("inner.lr=0.5", "meta.meta_batch=2", "leap.p=2", "name=other", "inner.steps=2",
+                     "sine.batch_size=3"):
         with pytest.raises(ConfigError, match="on resume"):
             check_resume_overrides(saved, load_config(CFG, [override]))
 
@@ -316,6 +318,8 @@ GAPS = [
     ([MAZE, "maze.task_lr=nan"], "'maze.task_lr' must be a finite number"),
     ([MAZE, "maze.gamma=nan"], "'maze.gamma' must be a finite number"),
     ([ATARI, "atari.a2c.lr=nan"], "'atari.a2c.lr' must be a finite number"),
+    ([ATARI, "atari.test_games=[]"], "'atari.test_games' is empty: the final evaluation has no games"),
+    ([ATARI, "atari.train_games=[]"], "'atari.train_games' is empty: meta-training has no games"),
 ]
 
 
@@ -336,7 +340,8 @@ def test_run_dir_that_is_a_file_under_a_file_or_a_loop(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     os.symlink(tmp_path / "loop", tmp_path / "loop")
     for run_dir, message in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "not usable"),
-                             (tmp_path / "loop", "symbolic link loop"), (tmp_path / "loop" / "run", "symbolic link loop")):
+                             (tmp_path / "loop", "symbolic link loop"),
+                             (tmp_path / "loop" / "run", "symbolic link loop")):
         code, _, err = cli(["train", *S, "meta.steps=1", "--run-dir", run_dir], capsys)
         assert code == 2 and message in one_line(err), err
         code, _, err = cli(["train", "--resume", run_dir], capsys)
@@ -534,3 +539,31 @@ def test_sigterm_during_training_keeps_the_checkpoints(tmp_path):
     assert not list(run_dir.glob("*.tmp")) and not (run_dir / ".metarl.lock").exists()
     state, _ = load_latest(run_dir)
     assert int(state["step"]) >= 2
+
+
+# ------------------------------------------------------------------------------------------------
+# wired in the trainer and the task configs
+
+
+def test_a_meta_step_that_overflows_the_initialisation_is_undone():
+    from torch import nn
+
+    from metarl import MetaOptimizerConfig, Reptile
+    meta = Reptile(nn.Linear(3, 2), meta_optimizer=MetaOptimizerConfig(name="sgd", lr=1e38))
+    before = [p.detach().clone() for p in meta.params]
+    for a in meta._acc:                  # a finite meta-gradient whose step overflows float32
+        a.fill_(1e10)
+    meta.tasks = 1
+    logs = meta.meta_step()
+    assert logs["meta/skipped_step"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, meta.params))
+
+
+@pytest.mark.parametrize("override", ["meta.include=[nonexistent.]", "atari.a2c.lr=-1", "atari.env_threads=-1",
+                                      "atari.test_games=[Pong]", "atari.a2c.gamma=2", "maze.gamma=2"])
+def test_more_bad_values_are_one_line(override, tmp_path, capsys):
+    config = MAZE if override.startswith("maze.") else ATARI if override.startswith("atari.") else CFG
+    args = [config, override, "meta.steps=1", "run.progress=false"] if config != CFG else [*S, override]
+    code, _, err = cli(["train", *args, "--run-dir", tmp_path / "r"], capsys)
+    assert code == 2, err
+    one_line(err)

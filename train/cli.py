@@ -103,6 +103,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _main_rank():                            # rank 0 guards the directory; the others use it
         run_dir = prepare_run_dir(run_dir, resume)
         lock = RunLock(run_dir).acquire()
+        if lock.stale is not None:
+            print(f"warning: {run_dir} was locked by process {lock.stale[0]}, which is gone: taking it over",
+                  file=sys.stderr)
     try:
         if lock is not None:
             if resume:

@@ -492,7 +492,8 @@ def check(cfg: Config) -> None:
         if not all(0.0 <= b < 1.0 for b in opt.betas):
             raise ConfigError(f"config key '{key}.betas' must be in [0, 1), got {list(opt.betas)}")
     if cfg.inner.optimizer not in ("sgd", "adam", "rmsprop"):
-        raise ConfigError(f"config key 'inner.optimizer' must be sgd, adam or rmsprop, got {_show(cfg.inner.optimizer)}")
+        raise ConfigError(f"config key 'inner.optimizer' must be sgd, adam or rmsprop, "
+                          f"got {_show(cfg.inner.optimizer)}")
     if cfg.meta.head not in ("reset", "learned"):
         raise ConfigError(f"config key 'meta.head' must be reset or learned, got {_show(cfg.meta.head)}")
     if cfg.eval.split not in ("val", "test"):
@@ -507,8 +508,9 @@ def check(cfg: Config) -> None:
         if cfg.meta.steps > 0 and not games["train"]:
             raise ConfigError(f"config key '{cfg.task}.train_games' is empty: meta-training has no games")
         if not (games.get(cfg.eval.split) or games["test"]):
-            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty (and so is "
-                              f"'{cfg.task}.test_games'): the final evaluation has no games")
+            also = f" (and so is '{cfg.task}.test_games')" if cfg.eval.split != "test" else ""
+            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty{also}: the final "
+                              f"evaluation has no games")
     from .device import check_device_name
     check_device_name(cfg.run.device)
     if not cfg.name or "/" in cfg.name:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from metarl import MetaLearner
 
-from .checkpoint import load_latest
+from .checkpoint import load_latest, write_json_atomic
 from .config import Config, load_config
 from .errors import UserError
 from .tasks import build_adapter
@@ -42,5 +41,5 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
     logger.scalars({f"eval/{cfg.eval.split}/meta_init/{k}": v for k, v in result.items()}, step)
     logger.close()
     out = {"checkpoint": path.name, "split": cfg.eval.split, **result, "curve": curve}
-    (run_dir / f"eval_{cfg.eval.split}.json").write_text(json.dumps(out, indent=2))
+    write_json_atomic(run_dir / f"eval_{cfg.eval.split}.json", out)
     return out

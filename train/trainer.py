@@ -10,7 +10,6 @@ run draws exactly the tasks and batches an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,12 @@ from torch import nn
 from metarl import MetaLearner
 from metarl.registry import method_class
 
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import load_latest, matches_reference, read_json, save_checkpoint, write_json_atomic, write_text_atomic
 from .config import Config, config_to_yaml
 from .device import configure, resolve_device, to_cpu
 from .distributed import World
 from .errors import ConfigError
+from .rundir import check_resumable
 from .seeding import FIXED, step_generators
 from .tasks import build_adapter
 from .tasks.base import TaskAdapter, curve_auc
@@ -41,8 +41,12 @@ def build_meta_learner(cfg: Config, model: nn.Module, adapter: TaskAdapter) -> M
     """The method named by ``cfg.method`` (metarl.registry) over ``model``'s parameters (head excluded when
     re-drawn)."""
     exclude = list(cfg.meta.exclude) + (list(adapter.head) if cfg.meta.head == "reset" else [])
-    return method_class(cfg.method).build(model, cfg, head=tuple(adapter.head), meta_optimizer=cfg.meta.optimizer,
-                                          include=list(cfg.meta.include), exclude=exclude)
+    try:
+        return method_class(cfg.method).build(model, cfg, head=tuple(adapter.head),
+                                              meta_optimizer=cfg.meta.optimizer, include=list(cfg.meta.include),
+                                              exclude=exclude)
+    except ValueError as e:          # e.g. meta.include matching no parameter
+        raise ConfigError(f"method {cfg.method!r}: {e}") from None
 
 
 def task_model(adapter: TaskAdapter, meta: MetaLearner, task: Any, generator: torch.Generator, head: str) -> nn.Module:
@@ -247,12 +251,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
                           f"needs warpgrad_continual or no_pretraining")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    unit = 0
+    # A checkpoint must fit this run's structure (else the previous one is tried); checked on copies, so a
+    # rejected checkpoint never half-loads into the live meta-learner.
+    reference = {"step": 0, "meta": meta.state_dict(), "adapter": adapter.state_dict()}
+    loaded = load_latest(run_dir, validate=matches_reference(reference), quarantine=True) if resume else None
     if world.is_main:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        check_resumable(run_dir, cfg, loaded[0] if loaded is not None else None)    # before anything is written
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
         if cfg.run.progress:
             print(f"run directory: {run_dir}", file=sys.stderr)
-    unit = 0
-    loaded = load_latest(run_dir) if resume else None
     if loaded is not None:
         meta.load_state_dict(loaded[0]["meta"])
         adapter.load_state_dict(loaded[0].get("adapter", {}))
@@ -318,17 +326,18 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         bar.close()
     result: dict[str, float] = {}
     finished = meta.meta_steps >= cfg.meta.steps
-    if world.is_main and finished and done == 0 and (run_dir / "eval.json").exists():   # resumed a finished run
-        result = {k: v for k, v in json.loads((run_dir / "eval.json").read_text()).items() if k != "curve"}
+    previous = read_json(run_dir / "eval.json") if world.is_main and finished and done == 0 else None
+    if previous is not None:                     # resumed a finished run (an unreadable result is evaluated again)
+        result = {k: v for k, v in previous.items() if k != "curve"}
     elif world.is_main and finished and (protocol := adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps,
                                                                           logger)) is not None:
         result = protocol
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(run_dir / "eval.json", result)
     elif world.is_main and finished:
         result, curve = evaluate(cfg, adapter, meta)
         logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)
         for i, v in enumerate(curve):       # the held-out loss curve of the final initialisation, per inner step
             logger.scalars({"eval/loss_curve": v}, i)
-        (run_dir / "eval.json").write_text(json.dumps({**result, "curve": curve}, indent=2))
+        write_json_atomic(run_dir / "eval.json", {**result, "curve": curve})
     logger.close()
     return result

@@ -67,6 +67,7 @@ class AtariTaskConfig:
     backend: str = "auto"                 # envpool | gymnasium | auto
     max_episode_steps: int = 27000        # agent steps per game (108k frames)
     env_threads: int | None = None        # EnvPool threads; default min(num_envs, cores)
+    test_on_train_games: bool = False     # allow held-out games that are also trained on (the Leap paper does)
     eval_games: int = 20                  # evaluate(): mean over this many most recent games
     eval_steps: int = 0                   # > 0: evaluate with a separate run of this many env steps
     heads: str = "game"                   # game: policy head sized per game; max: max_actions, sliced per game
@@ -95,6 +96,12 @@ class AtariTaskConfig:
             setattr(self, split, [canonical_game(g, self.backend) for g in getattr(self, split)])
         if not (self.train_games or self.val_games or self.test_games):
             raise ValueError("atari: no games configured (train_games, val_games and test_games are all empty)")
+        if self.env_threads is not None and self.env_threads < 1:
+            raise ValueError(f"atari.env_threads must be >= 1 (or null: EnvPool's default), got {self.env_threads}")
+        shared = sorted(set(self.train_games) & set(self.test_games) | set(self.val_games) & set(self.test_games))
+        if shared and not self.test_on_train_games:
+            raise ValueError(f"atari: {', '.join(shared)} both trained on and held out; set "
+                             f"atari.test_on_train_games: true if that is intended")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ scores" without saying which normalisation; we use this one. The final score is 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..atari_scores import REFERENCE, human_normalised
+from ..checkpoint import write_json_atomic, write_text_atomic
 from ..seeding import FIXED, step_generators
 
 INITS = ("meta_init", "random_init")
@@ -197,5 +197,5 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
                    if "final_human_normalised" in r else "no reference")
             lines.append(f"| {game} | {init.replace('_', ' ')} | {r['normalised_auc']:.3f} | "
                          f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
-    (run_dir / "eval_atari.md").write_text("\n".join(lines) + "\n")
-    (run_dir / "eval_atari.json").write_text(json.dumps(table, indent=2))
+    write_text_atomic(run_dir / "eval_atari.md", "\n".join(lines) + "\n")
+    write_json_atomic(run_dir / "eval_atari.json", table)

@@ -59,7 +59,6 @@ Reproduction over seeds and the table of several runs: ``python -m train.continu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +70,7 @@ from torch import Tensor, nn
 
 from metarl.warp_layers import make_warp
 
+from ..checkpoint import write_json_atomic
 from .base import NULL_WATCH, TaskAdapter, finish_task, supervised_step
 
 WEIGHTINGS = ("eq19", "eq19_literal", "mean")
@@ -387,7 +387,7 @@ class ContinualSineAdapter(TaskAdapter):
                                   order=tuple(range(self.config.subtasks)))
         result = forgetting_protocol(self, meta.init_state, tasks, lr=cfg.inner.lr, momentum=cfg.inner.momentum)
         result.update({"step": step, "split": cfg.eval.split, "tasks": len(tasks)})
-        (Path(run_dir) / "forgetting.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(Path(run_dir) / "forgetting.json", result)
         if logger is not None:
             for key, mats in result["matrices"].items():
                 for i, row in enumerate(mats["mean"]):

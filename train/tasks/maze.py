@@ -33,9 +33,9 @@ process trains S independent agents stacked along a leading dimension of every p
 its initialisation (drawn after ``torch.manual_seed(k)``), its maze and sampler streams, its own Adam
 (metarl.seed_batch.SeedAdam: per-seed step counts), its own warps and warp optimiser, per-seed gradient
 clipping and non-finite skipping — and ends where that run would (up to floating-point summation order, ≤ 1e-6
-in the tests). Its curves go to ``run_dir/seed_<k>/`` (a TensorBoard run of its own); at the end each
-``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final
-checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json``
+in the tests). Its curves go to ``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end
+each ``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and
+final checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json``
 holds the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes
 exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given.
 """
@@ -102,6 +102,8 @@ class MazeTaskConfig:
                     "burn_in"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.gamma > 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.maze_size < 5 or self.maze_size % 2 == 0:
             raise ValueError(f"maze_size must be odd and >= 5, got {self.maze_size}")
         if self.init not in INITS:
@@ -353,7 +355,7 @@ class MazeAdapter(TaskAdapter):
             return
         for k, (seed, window) in enumerate(zip(self.seeds, self.windows)):
             self._logs.append((self.global_step, self._window_logs(window, int(self.seed_skipped[k])),
-                               seed_folder(seed)))
+                               f"{seed_folder(seed)}/games"))
             window.reset()
 
     def _window_logs(self, window: _Window, skipped: int) -> dict[str, float]:
@@ -367,8 +369,8 @@ class MazeAdapter(TaskAdapter):
         return logs
 
     def drain_logs(self) -> list[tuple]:
-        """(step, scalars) for the run's games/ TensorBoard run; seed-batched (step, scalars, "seed_<k>"):
-        each seed's own run folder."""
+        """(step, scalars) for the run's games/ TensorBoard run; seed-batched (step, scalars,
+        "seed_<k>/games"): the games/ run of each seed's own run folder."""
         out, self._logs = self._logs, []
         return out
 
