@@ -94,7 +94,7 @@ def test_rgb_frames_and_the_mnih2013_network(one_thread):
 
 
 def test_paper_adapter_trains_on_rgb_frames(one_thread):
-    cfg = AtariTaskConfig(train_games=["Breakout"], test_games=["Breakout"], backend="envpool", network="mnih2013",
+    cfg = AtariTaskConfig(train_games=["Breakout"], test_games=["Pong"], backend="envpool", network="mnih2013",
                           observation="rgb", reward_clip=5.0, a2c=A2CConfig(num_envs=4, n_steps=5))
     adapter = AtariAdapter(cfg, seed=0)
     task = adapter.game("Breakout", 3)

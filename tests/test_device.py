@@ -251,7 +251,8 @@ def test_every_job_keeps_a_step_on_its_device(job, device, tmp_path, monkeypatch
         pytest.importorskip("envpool")
         data = read_yaml(CONFIGS / "atari_leap.yaml")
         over = [*SMALL, "meta.meta_batch=1", "atari.train_games=[Breakout]", "atari.test_games=[Breakout]",
-                "atari.a2c.num_envs=4", "inner.steps=40", "eval.steps=40", "atari.backend=envpool"]
+                "atari.a2c.num_envs=4", "inner.steps=40", "eval.steps=40", "atari.backend=envpool",
+                "atari.test_on_train_games=true"]
     cfg = build_config(data, [*over, f"run.device={device}"])
     spy = DeviceSpy(device)
     spy.install(monkeypatch, factory)

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import pkgutil
 import signal
 import sys
 import threading
@@ -34,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's initialisation on held-out tasks")
     e.add_argument("run_dir")
     e.add_argument("--split", default=None, help="val or test (default: the run's eval.split)")
-    b = sub.add_parser("bench", help="run a benchmark; the last line is a JSON object of figures")
+    b = sub.add_parser("bench", help="run a benchmark; the last line is a JSON object of figures",
+                       description="benchmarks (metarl bench NAME --help for each one's options):\n" + "\n".join(
+                           f"  {name:<20} {what}" for name, (_, what) in sorted(_benchmarks().items())),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("name")
     b.add_argument("args", nargs=argparse.REMAINDER)
     pl = sub.add_parser("plot", help="plot TensorBoard curves of one or more runs to PNG")
@@ -51,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _benchmarks() -> list[str]:
-    from . import benchmarks
-    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(benchmarks.__path__))
+def _benchmarks() -> dict[str, tuple[str, str]]:
+    from .benchmarks import BENCHMARKS
+    return BENCHMARKS
 
 
 def _main_rank() -> bool:
@@ -138,10 +140,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    names = _benchmarks()
-    if args.name not in names:
-        raise UserError(f"unknown benchmark {args.name!r} (valid: {', '.join(names)})")
-    module = importlib.import_module(f"train.benchmarks.{args.name.replace('-', '_')}")
+    benchmarks = _benchmarks()
+    if args.name not in benchmarks:
+        raise UserError(f"unknown benchmark {args.name!r} (valid: {', '.join(sorted(benchmarks))})")
+    module = importlib.import_module(benchmarks[args.name][0])
     figures = module.run(list(args.args))
     from .checkpoint import dumps_json
     print(dumps_json(figures))

@@ -6,7 +6,7 @@ Under torchrun with several ranks, ``auto`` and ``cuda`` give every rank the GPU
 Asking for CUDA where torch has none is a :class:`~train.errors.ConfigError` (the CLI prints one line and
 exits with code 2).
 
-What lives where (docs/RESULTS.md, "Devices"):
+What lives where:
 
 - models, rollout buffers, returns, losses, optimiser states, the meta-learner's θ⁰, accumulators and
   meta-optimiser state: on the device;

@@ -165,6 +165,9 @@ def setup(cfg: Config, adapter: TaskAdapter = None) -> tuple[Any, MetaLearner]:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.seed)
     adapter = adapter or build_adapter(cfg.task, cfg.task_config, cfg.seed)
+    if device.type not in adapter.device_types:
+        raise ConfigError(f"task {cfg.task!r} runs on {' or '.join(adapter.device_types)} only, not {device}: "
+                          f"set run.device={adapter.device_types[0]}")
     adapter.device = device
     _, generator = step_generators(cfg.seed, FIXED, 0)
     template = adapter.make_model(generator).to(device)

@@ -49,6 +49,7 @@ class TaskAdapter:
     # Models are drawn on the CPU by ``make_model`` and moved by ``build_model``; batches are produced on or
     # moved to this device by the family's tasks.
     device: torch.device = torch.device("cpu")
+    device_types: Sequence[str] = ("cpu", "cuda")   # where the family can run
 
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config

@@ -201,6 +201,7 @@ class MazeAdapter(TaskAdapter):
     head = ("policy_head.", "value_head.")
     splits = ("train",)
     periodic_evaluation = False        # the result is the training curve itself
+    device_types = ("cpu",)            # the rollouts write NumPy mazes' observations in place (agents.maze_a2c)
     continual_only = True
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
