@@ -30,7 +30,23 @@ def _ortho_(module: nn.Module, gain: float, generator: torch.Generator | None) -
             nn.init.zeros_(m.bias)
 
 
-class NatureEncoder(nn.Module):
+class _FrameEncoder(nn.Module):
+    """uint8 frames → features through ``self.conv`` (ending in a flatten) and ``self.fc``, which the
+    subclass builds; the /255 scaling happens here, on the small batch."""
+
+    def conv_features(self, obs: Tensor) -> Tensor:
+        """(N, C, 84, 84) uint8 → (N, D) flattened convolutional features (D: 3136 Nature, 2592 Mnih 2013)."""
+        # Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on
+        # CPU (docs/RESULTS.md). Transposing the uint8 frames before the float conversion moves a quarter of
+        # the bytes.
+        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+        return self.conv(x)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.conv_features(obs))
+
+
+class NatureEncoder(_FrameEncoder):
     """(N, 4, 84, 84) uint8 frames → (N, 512) features; the /255 scaling happens here, on the small batch."""
 
     def __init__(self, in_channels: int = 4, features: int = 512) -> None:
@@ -43,19 +59,8 @@ class NatureEncoder(nn.Module):
         )
         self.fc = nn.Sequential(nn.Linear(64 * 7 * 7, features), nn.ReLU())
 
-    def conv_features(self, obs: Tensor) -> Tensor:
-        """(N, 4, 84, 84) uint8 → (N, 3136) flattened convolutional features."""
-        # Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on
-        # CPU (docs/RESULTS.md). Transposing the uint8 frames before the float conversion moves a quarter of
-        # the bytes.
-        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
-        return self.conv(x)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.conv_features(obs))
-
-
-class Mnih2013Encoder(nn.Module):
+class Mnih2013Encoder(_FrameEncoder):
     """(N, C, 84, 84) uint8 frames → (N, 256) features: conv 16 8×8/4, conv 32 4×4/2, fc 256 (Mnih et al.,
     2013). The same interface as :class:`NatureEncoder` (``conv_features``, ``fc``)."""
 
@@ -67,14 +72,6 @@ class Mnih2013Encoder(nn.Module):
             nn.Flatten(),
         )
         self.fc = nn.Sequential(nn.Linear(32 * 9 * 9, features), nn.ReLU())
-
-    def conv_features(self, obs: Tensor) -> Tensor:
-        """(N, C, 84, 84) uint8 → (N, 2592) flattened convolutional features."""
-        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
-        return self.conv(x)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.fc(self.conv_features(obs))
 
 
 # network name → (encoder class, default feature width)

@@ -19,6 +19,7 @@ from PIL import Image
 from metarl.reptile import Reptile
 from train.errors import ConfigError, DataError
 from train.tasks import omniglot as om
+from train.tasks import omniglot_data
 from train.tasks.omniglot import (IndexStream, OmniConv, OmniglotAdapter, OmniglotConfig, OmniglotData,
                                   load_omniglot, random_affine)
 
@@ -73,7 +74,7 @@ def test_second_load_comes_from_cache(data, cache_dir, monkeypatch):
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(om, "_decode", no_decode)
+    monkeypatch.setattr(omniglot_data, "_decode", no_decode)
     again = load_omniglot(ROOT, cache_dir)
     assert np.array_equal(again.images, data.images) and np.array_equal(again.files, data.files)
     assert np.array_equal(again.char_start, data.char_start)

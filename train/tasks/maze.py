@@ -37,13 +37,14 @@ in the tests). Its curves go to ``run_dir/seed_<k>/games/`` (where a run of its 
 each ``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and
 final checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json``
 holds the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes
-exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given.
+exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders,
+configs and checkpoints are written by train/tasks/maze_seeds.py.
+
+Results table of finished runs: ``python -m train.tasks.maze table RUN_DIR ...`` (train/maze_report.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,10 @@ from metarl.continual import continual_update, continual_update_seeds
 from metarl.seam import NULL_WATCH
 from metarl.seed_batch import SeedAdam
 
+from train.maze_report import results_table  # noqa: F401  (re-exported: the table moved there)
+
 from .base import TaskAdapter
+from .maze_seeds import _adam_state, seed_config, seed_folder, split_checkpoint, write_seed_runs  # noqa: F401
 
 LOSS_KEYS = ("loss", "policy_loss", "value_loss", "prob_sq_loss")
 
@@ -268,11 +272,7 @@ class MazeAdapter(TaskAdapter):
         all_params = list(model.parameters())
         curve = []
         for _ in range(steps):
-            t0 = time.perf_counter()
-            burning_in = len(self.returns) < mc.burn_in
-            with torch.set_grad_enabled(not burning_in):
-                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
-                loss = rollout_loss(episodes, self.loss_config)
+            t0, burning_in, episodes, loss = self._task_rollout(model)
             if clip:
                 outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in, clip)
             else:
@@ -285,17 +285,24 @@ class MazeAdapter(TaskAdapter):
             self._record(episodes.mean_return, loss, outcome == "non_finite", seconds)
         return curve
 
+    def _task_rollout(self, model: nn.Module) -> tuple[float, bool, Any, Any]:
+        """One task step's start time, burn-in flag, episodes on the task mazes and their A2C loss (no
+        autograd while burning in): the part shared by the single-seed and the seed-batched step."""
+        mc = self.config
+        t0 = time.perf_counter()
+        burning_in = len(self.returns) < mc.burn_in
+        with torch.set_grad_enabled(not burning_in):
+            episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
+            loss = rollout_loss(episodes, self.loss_config)
+        return t0, burning_in, episodes, loss
+
     def _adapt_seeds(self, model: SeedBatchedModel, optimizer: SeedAdam, steps: int, watch, clip) -> list[float]:
-        mc, S = self.config, len(self.seeds)
+        S = len(self.seeds)
         self._model = model
         all_params = list(model.parameters())
         curve = []
         for _ in range(steps):
-            t0 = time.perf_counter()
-            burning_in = len(self.returns) < mc.burn_in
-            with torch.set_grad_enabled(not burning_in):
-                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
-                loss = rollout_loss(episodes, self.loss_config)
+            t0, burning_in, episodes, loss = self._task_rollout(model)
             self._query_state, self._query_returns = None, None
             outcomes = continual_update_seeds(loss.total, optimizer, watch, all_params, S, burning_in, clip)
             skipped = np.array([o == "non_finite" for o in outcomes])
@@ -414,21 +421,10 @@ class MazeAdapter(TaskAdapter):
                 "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(skipped)}
 
     def _evaluate_seeds(self, cfg: Any, run_dir: Path) -> dict:
-        """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint) and return the
-        batch's result."""
-        from train.checkpoint import load_latest, save_checkpoint, write_json_atomic, write_text_atomic
-        from train.config import config_to_yaml
-
+        """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint; maze_seeds) and
+        return the batch's result."""
         result = self.result()
-        loaded = load_latest(run_dir)
-        splits = split_checkpoint(loaded[0], self.seeds) if loaded is not None else None
-        for k, seed in enumerate(self.seeds):
-            folder = run_dir / seed_folder(seed)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / "eval.json", {"name": cfg.name, "seed": seed, **result["per_seed"][str(seed)]})
-            write_text_atomic(folder / "config.yaml", config_to_yaml(seed_config(cfg, seed)))
-            if splits is not None:
-                save_checkpoint(folder, int(loaded[0]["step"]), splits[k], cfg.run.keep)
+        write_seed_runs(cfg, run_dir, self.seeds, result)
         return result
 
     def state_dict(self) -> dict[str, Any]:
@@ -473,109 +469,7 @@ class MazeAdapter(TaskAdapter):
         self.window.load(state["window"])
 
 
-# ------------------------------------------------------------------------------------------------
-# seed-batched runs: per-seed folders, configs and checkpoints
-
-
-def seed_folder(seed: int) -> str:
-    """The sub-folder of a seed-batched run that holds seed ``seed``'s run (TensorBoard, eval.json, ...)."""
-    return f"seed_{seed}"
-
-
-def seed_config(cfg: Any, seed: int) -> Any:
-    """The config of seed ``seed`` of a seed-batched run as a run of its own: ``seed: <seed>``, no ``seeds``."""
-    return dataclasses.replace(cfg, seed=seed, task_config=dataclasses.replace(cfg.task_config, seeds=[]))
-
-
-def _adam_state(state: dict[str, Any], k: int) -> dict[str, Any]:
-    """Seed k's slice of a :class:`SeedAdam` state_dict as ``torch.optim.Adam``'s state_dict."""
-    out = {"state": {}, "param_groups": []}
-    for i, s in state["state"].items():
-        out["state"][i] = {"step": s["step"][k].clone(), "exp_avg": s["exp_avg"][k].clone(),
-                           "exp_avg_sq": s["exp_avg_sq"][k].clone()}
-    for g in state["param_groups"]:
-        out["param_groups"].append({"lr": g["lr"], "betas": tuple(g["betas"]), "eps": g["eps"],
-                                    "weight_decay": g["weight_decay"], "amsgrad": False, "maximize": False,
-                                    "foreach": None, "capturable": False, "differentiable": False, "fused": None,
-                                    "decoupled_weight_decay": False, "params": list(g["params"])})
-    return out
-
-
-def split_checkpoint(state: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
-    """A seed-batched run's checkpoint as S checkpoints of single-seed runs (``seed_config``): seed k's
-    slice of the model, the optimisers' states (per-seed Adam → ``torch.optim.Adam``), the meta-learner's
-    initialisation, accumulator and counters, and its maze streams, returns and log window. A single run
-    resumed from one continues as that seed would have continued in the batch."""
-    out = []
-    meta, adapter, stream = state["meta"], state["adapter"], state.get("stream")
-    for k in range(len(seeds)):
-        m = {"init": {n: v[k].clone() for n, v in meta["init"].items()},
-             "acc": [a[k].clone() for a in meta["acc"]]}
-        counters = meta["counters"].clone()
-        if "seed_counters" in meta:            # warpgrad_continual: per-seed contributions and φ steps
-            m["meta_optimizer"] = _adam_state(meta["meta_optimizer"], k)
-            counters[0], counters[1] = meta["seed_counters"][0][k], meta["seed_counters"][1][k]
-            m["warp_steps"] = meta["seed_counters"][2][k].clone()
-        else:                                  # no_pretraining: its (never used) SGD has no state per seed
-            m["meta_optimizer"] = meta["meta_optimizer"]
-        m["counters"] = counters
-        a = {"maze_rng": adapter["maze_rng"][k].clone(), "meta_maze_rng": adapter["meta_maze_rng"][k].clone(),
-             "sampler": adapter["sampler"][k].clone(), "meta_sampler": adapter["meta_sampler"][k].clone(),
-             "returns": adapter["returns"][:, k].clone(), "counters": adapter["counters"][k:k + 1].clone(),
-             "wall_time": adapter["wall_time"].clone(), "window": adapter["window"][k].clone()}
-        seed_state = {"step": state["step"], "meta": m, "adapter": a}
-        if stream is not None:
-            seed_state["stream"] = {"model": {n: v[k].clone() for n, v in stream["model"].items()},
-                                    "optimizer": _adam_state(stream["optimizer"], k),
-                                    "torch_rng": stream["torch_rng"].clone()}
-        out.append(seed_state)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# results table: python -m train.tasks.maze table RUN_DIR ...
-
-
-def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table over finished runs (``eval.json``), grouped by config name (the run-directory name
-    before ``__``; a seed folder of a batched run by its ``name``): mean over seeds of each seed's
-    last-window mean return, the std across seeds, the per-seed values and the training wall time per run
-    (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
-    "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
-    listed, are not counted twice."""
-    dirs = [Path(d) for d in run_dirs]
-    listed = {d.resolve() for d in dirs}
-    groups: dict[str, list[tuple[int | None, float]]] = {}
-    walls: dict[str, list[str]] = {}
-    for d in dirs:
-        path = d / "eval.json"
-        if not path.is_file() or d.resolve().parent in listed:
-            continue
-        data = json.loads(path.read_text())
-        name = data.get("name") if d.name.startswith("seed_") and "name" in data else d.name.split("__")[0]
-        if "per_seed" in data:
-            rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
-            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f} for {len(rows)} batched")
-        else:
-            rows = [(data.get("seed"), data["return_last_mean"])]
-            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
-        groups.setdefault(name, []).extend(rows)
-    lines = ["| run | seeds | return, last episodes: mean ± std over seeds | per seed | wall time per run (min) |",
-             "|---|---|---|---|---|"]
-    for name, rows in sorted(groups.items()):
-        means = np.array([float("nan") if m is None else m for _, m in rows])
-        per_seed = ", ".join(f"{m:.1f}" for m in means)
-        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {means.std():.1f} | {per_seed} | "
-                     f"{', '.join(walls[name])} |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
-    import argparse
+    from train.maze_report import main
 
-    parser = argparse.ArgumentParser(prog="python -m train.tasks.maze")
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("table", help="markdown table of finished maze runs")
-    t.add_argument("run_dirs", nargs="+", type=Path)
-    args = parser.parse_args()
-    print(results_table(args.run_dirs))
+    main(prog="python -m train.tasks.maze")
