@@ -14,6 +14,18 @@ Seeds as a batch dimension: with a seed-batched model (agents.seed_batched, S se
 time, (T, S, B, ·), each seed's actions are sampled from its own generator — and the loss is one value per
 seed (S,), each the formula above over that seed's own B episodes: the gradient of their sum is each seed's
 own gradient.
+
+Devices: the model, the rollout's observation / action / reward buffers, logits, values, returns and the
+loss live on the model's device; the mazes (NumPy) step on the CPU. On a GPU the env writes each observation
+into a pinned host buffer and it goes up with a non-blocking copy; the sampled actions come back once per
+step, one small device → host copy, the only sync of a step (a CPU env cannot step before it has its
+actions); the rewards are staged in pinned memory and go up once per rollout, and the returns are computed
+on the device. On the CPU nothing is staged: the env and the sampler write straight into the rollout's
+tensors, as before the GPU path existed. The Gumbel noise of the action sampler is always drawn on the CPU,
+from the CPU generator (once per rollout, then moved): a CPU run keeps its numbers bit for bit, and a GPU
+run given the same seed draws the same noise, so CPU and GPU runs stay comparable (a device generator would
+give the GPU run a different random stream). Warp-RNN's fused unroll (agents.warp_rnn_fused) is float32-CPU
+only; on a GPU the rollout takes the autograd cell path.
 """
 
 from __future__ import annotations
@@ -92,10 +104,11 @@ def rollout(
     """Run one episode in each of the B mazes (reset, then T steps), sampling a_t ~ π(·|h_t).
 
     T defaults to the mazes' episode length and must equal it (episodes are fixed-length). ``generator``
-    drives the action sampling. The recurrent cell runs step by step with autograd; the heads are applied
-    once to all T × B hidden states afterwards (actions are drawn from an identical head computation made
-    without a graph), which keeps per-step work to the cell. With ``fused`` (default) a model that offers
-    ``fused_unroll`` (Warp-RNN) runs its graph-free forward with one hand-written BPTT node instead.
+    drives the action sampling: a CPU generator on every device (module docstring, "Devices"). The recurrent
+    cell runs step by step with autograd; the heads are applied once to all T × B hidden states afterwards
+    (actions are drawn from an identical head computation made without a graph), which keeps per-step work
+    to the cell. With ``fused`` (default) a model that offers ``fused_unroll`` (Warp-RNN, float32 on the
+    CPU) runs its graph-free forward with one hand-written BPTT node instead; off the CPU the cell path runs.
 
     Seed-batched: ``model`` of S stacked seeds, ``maze_batch`` a ``SeedMazeBatch`` of S × B mazes and
     ``generator`` a list of S generators; seed s's Gumbel noise is drawn from its generator exactly as a
@@ -116,17 +129,30 @@ def rollout(
         B = maze_batch.num_mazes
         lead = (B,)
     device = model.policy_head.weight.device
-    if device.type != "cpu":
-        raise ValueError("the maze rollout runs on CPU (NumPy environment, per-step sampling)")
+    staged = device.type != "cpu"
+    if any(g.device.type != "cpu" for g in (generator if seeds else [generator]) if g is not None):
+        raise ValueError("the maze's action sampler draws its noise on the CPU: pass CPU generators")
 
-    # Preallocated buffers shared with NumPy: the env writes observation t+1 straight into obs[t + 1] and the
-    # sampler writes a_t into actions[t], so each step moves no data between NumPy and torch.
-    obs = torch.empty(T + 1, *lead, maze_batch.obs_dim)
-    obs_np = obs.numpy().reshape(T + 1, -1, maze_batch.obs_dim)
-    actions = torch.empty(T, *lead, dtype=torch.int64)
-    actions_np = actions.numpy().reshape(T, -1)
-    rewards = np.empty((T, maze_batch.num_mazes), dtype=np.float32)
-    # Gumbel-max sampling: argmax(logits + g), g = −log(Exp(1)), draws a ~ softmax(logits) exactly.
+    # Host buffers shared with NumPy: the env writes observation t+1 straight into host_obs[t + 1] and
+    # reads a_t from host_actions[t], so each step moves no data between NumPy and torch. On the CPU they are
+    # the rollout's own tensors; on a GPU they are pinned staging buffers (each row written once per rollout)
+    # and the rollout's tensors live on the device.
+    def host(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.empty(*shape, dtype=dtype, pin_memory=staged)
+
+    host_obs = host(T + 1, *lead, maze_batch.obs_dim)
+    obs_np = host_obs.numpy().reshape(T + 1, -1, maze_batch.obs_dim)
+    host_actions = host(T, *lead, dtype=torch.int64)
+    actions_np = host_actions.numpy().reshape(T, -1)
+    host_rewards = host(T, maze_batch.num_mazes)
+    rewards_np = host_rewards.numpy()
+    if staged:
+        obs = torch.empty(T, *lead, maze_batch.obs_dim, device=device)
+        actions = torch.empty(T, *lead, dtype=torch.int64, device=device)
+    else:
+        obs, actions = host_obs, host_actions
+    # Gumbel-max sampling: argmax(logits + g), g = −log(Exp(1)), draws a ~ softmax(logits) exactly. The
+    # noise is drawn on the CPU from the CPU generator on every device (module docstring) and moved once.
     A = model.config.n_actions
     if seeds:
         gumbel = torch.stack([torch.empty(T, B, A).exponential_(generator=g).log_().neg_() for g in generator], 1)
@@ -136,9 +162,14 @@ def rollout(
         gumbel = torch.empty(T, B, A).exponential_(generator=generator).log_().neg_()
         w_pi = model.policy_head.weight.detach().t()
         b_pi = model.policy_head.bias.detach()
+    if staged:
+        gumbel = gumbel.to(device)
 
     maze_batch.reset(out=obs_np[0])
-    unroll = model.fused_unroll(B, T) if fused else None
+    if staged:
+        obs[0].copy_(host_obs[0], non_blocking=True)
+    # The fused unroll is float32-CPU only (the models return None elsewhere; checked here too).
+    unroll = model.fused_unroll(B, T) if fused and not staged else None
     state = model.initial_state(B)
     hidden = []
     info: dict = {}
@@ -153,13 +184,20 @@ def rollout(
                 torch.argmax(torch.baddbmm(b_pi, h, w_pi).add_(gumbel[t]), -1, out=actions[t])
             else:
                 torch.argmax(torch.addmm(b_pi, h, w_pi).add_(gumbel[t]), 1, out=actions[t])
+        if staged:
+            host_actions[t].copy_(actions[t])       # the step's one device → host copy (a sync)
         _, r, _, _, info = maze_batch.step(actions_np[t], out=obs_np[t + 1])
-        rewards[t] = r
+        rewards_np[t] = r
+        if staged and t + 1 < T:
+            obs[t + 1].copy_(host_obs[t + 1], non_blocking=True)
     logits, values = model.heads(unroll.finish() if unroll is not None else torch.stack(hidden))
+    rewards = host_rewards.view(T, *lead)
+    if staged:
+        rewards = rewards.to(device, non_blocking=True)     # once per rollout
     return MazeRollout(
         observations=obs[:T],
         actions=actions,
-        rewards=torch.from_numpy(rewards).view(T, *lead),
+        rewards=rewards,
         logits=logits,
         values=values,
         episode_returns=info["episode_return"].reshape(lead),
@@ -168,7 +206,12 @@ def rollout(
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
-    """R_t = r_t + γ R_{t+1} with R_T = 0 (no bootstrap), over the leading time axis of (T, ...) rewards."""
+    """R_t = r_t + γ R_{t+1} with R_T = 0 (no bootstrap), over the leading time axis of (T, ...) rewards.
+
+    On the CPU: a backward loop in float64 (NumPy). Elsewhere on the rewards' device, without a host sync:
+    R = Γ r with Γ[t, t'] = γ^(t'−t) for t' ≥ t, one float64 product (equal to the loop up to rounding)."""
+    if rewards.device.type != "cpu":
+        return discounted_returns_product(rewards, gamma)
     r = rewards.detach().cpu().double().numpy()
     out = np.empty_like(r)
     acc = np.zeros(r.shape[1:])
@@ -176,6 +219,15 @@ def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
         acc = r[t] + gamma * acc
         out[t] = acc
     return torch.from_numpy(out).to(rewards.dtype)
+
+
+def discounted_returns_product(rewards: Tensor, gamma: float) -> Tensor:
+    """:func:`discounted_returns` as one float64 product R = Γ r on the rewards' device (no host sync)."""
+    T = rewards.shape[0]
+    k = torch.arange(T, device=rewards.device, dtype=torch.float64)
+    lag = k.unsqueeze(0) - k.unsqueeze(1)                            # lag[t, t'] = t' − t
+    weights = torch.where(lag >= 0, torch.pow(gamma, lag.clamp(min=0)), 0.0)
+    return torch.tensordot(weights, rewards.detach().double(), dims=1).to(rewards.dtype)
 
 
 def maze_a2c_loss(

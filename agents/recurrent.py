@@ -19,7 +19,8 @@ module with the same interface over (S, B) batches.
 Interface used by the rollout (agents.maze_a2c): ``initial_state(batch)``; ``cell(x, state) -> (h, state)``,
 the recurrent core; ``heads(h) -> (logits, value)``, which accepts any leading dims so the rollout can apply
 the heads to all T × B hidden states in one call; ``forward_step(obs, state) -> (logits, value, state)``;
-``fused_unroll(batch, steps)``, an optional faster training unroll (Warp-RNN has one), None otherwise.
+``fused_unroll(batch, steps)``, an optional faster training unroll (Warp-RNN has one, float32 on the CPU
+only), None otherwise. The models run on any device (``model.to(device)``; states follow the heads' device).
 Parameter groups for WarpGrad: ``task_parameters()`` (the cell + heads — adapted by the task optimiser) and
 ``warp_parameters()`` (adaptation LSTM + projection — meta-learned; empty for the baselines).
 
@@ -213,7 +214,8 @@ class WarpRNN(TanhRNN):
         return h, (h, z, zc)
 
     def fused_unroll(self, batch: int, steps: int) -> SequenceUnroll | None:
-        """Same maths as ``cell`` from a zero state, faster to train (agents.warp_rnn_fused); float32 CPU only."""
+        """Same maths as ``cell`` from a zero state, faster to train (agents.warp_rnn_fused); float32 CPU only:
+        None on any other device or dtype, where the rollout takes the autograd ``cell`` path."""
         w = self.weight_hh
         if w.dtype != torch.float32 or w.device.type != "cpu":
             return None

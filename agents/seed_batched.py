@@ -179,6 +179,7 @@ class SeedBatchedWarpRNN(SeedBatchedModel):
         return h, (h, z, zc)
 
     def fused_unroll(self, batch: int, steps: int):
+        """The batched fused unroll (agents.warp_rnn_fused); float32 CPU only, None elsewhere (cell path)."""
         w = self.weight_hh
         if w.dtype != torch.float32 or w.device.type != "cpu":
             return None

@@ -17,7 +17,7 @@ def test_atari_run_writes_training_and_eval_curves(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = load_config(CONFIGS / "atari_leap.yaml", [
-        "atari.train_games=[Breakout]", "atari.test_games=[Breakout]", "atari.a2c.num_envs=4",
+        "atari.train_games=[Breakout]", "atari.test_games=[Breakout]", "atari.test_on_train_games=true", "atari.a2c.num_envs=4",
         "inner.steps=1200", "meta.steps=2", "meta.meta_batch=1", "eval.tasks=1", "eval.steps=1200",
         "run.progress=false"])
     result = train(cfg, tmp_path)

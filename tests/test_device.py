@@ -3,7 +3,8 @@ the CPU and mapped on load; CUDA asked for where there is none is one line and e
 
 The CPU tests run everywhere. Tests marked ``cuda`` need a GPU and are skipped when torch sees none: the
 same jobs on ``cuda`` (then the device check is not trivially met), A2C updates and Leap meta-gradients on
-CUDA against the CPU on the same batch, and a run started on CUDA resumed on the CPU.
+CUDA against the CPU on the same batch, a maze iteration (rollout, A2C loss, gradient, Adam step) on CUDA
+against the CPU given the same noise, and a run started on CUDA resumed on the CPU.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def _is_task(obj) -> bool:
     return hasattr(obj, "batch") and hasattr(obj, "loss")
 
 
+# Kept on the host by design, by key or attribute name: pinned staging buffers; optimiser step counts (torch's
+# Adam keeps ``step`` on the CPU unless capturable or fused, and SeedAdam likewise); the seed-batched warp
+# meta-learner's per-seed counters (read as Python numbers).
+HOST_SIDE = ("host_obs", "host", "step", "seed_tasks", "seed_skipped", "seed_warp_steps")
+
+
 def tensors_of(obj, out: list, seen: set, depth: int = 0, skip: tuple[str, ...] = ()) -> list:
     """The tensors reachable from ``obj``: module parameters, buffers and gradients, optimiser states and
     the attributes of the package's own objects (meta-learners, their observers, rollouts). Tasks (they
@@ -101,7 +108,7 @@ def tensors_of(obj, out: list, seen: set, depth: int = 0, skip: tuple[str, ...] 
     elif isinstance(obj, torch.optim.Optimizer):
         for group in obj.param_groups:
             tensors_of(group["params"], out, seen, depth + 1)
-        tensors_of(list(obj.state.values()), out, seen, depth + 1)
+        tensors_of(list(obj.state.values()), out, seen, depth + 1, skip)
     elif isinstance(obj, dict):
         for k, v in obj.items():
             if k not in skip:
@@ -127,7 +134,7 @@ class DeviceSpy:
     def check(self, *objects, what: str) -> None:
         found = []
         for obj in objects:
-            tensors_of(obj, found, set(), skip=("host_obs", "host"))   # pinned staging stays on the host
+            tensors_of(obj, found, set(), skip=HOST_SIDE)
         bad = {str(t.device) for t in found if t.device.type != self.device.type
                or (self.device.index is not None and t.device.index != self.device.index)}
         assert not bad, f"{what}: tensors on {sorted(bad)}, expected {self.device}"
@@ -185,9 +192,19 @@ class DeviceSpy:
             self.check(model, optimizer, values, self.meta, what="a2c update")
             return names, values
 
+        import train.tasks.maze as maze
+        maze_loss = maze.rollout_loss
+
+        def spied_rollout_loss(episodes, config=None):      # the maze: rollout buffers, logits, values, loss
+            self.check(episodes, what="rollout")
+            loss = maze_loss(episodes, config)
+            self.check(loss, what="maze loss")
+            return loss
+
         monkeypatch.setattr(trainer_module, "build_meta_learner", build_meta_learner)
         monkeypatch.setattr(trainer_module, "build_adapter", make_adapter)
         monkeypatch.setattr(a2c, "a2c_step", spied_a2c_step)
+        monkeypatch.setattr(maze, "rollout_loss", spied_rollout_loss)
 
 
 SMALL = ["meta.steps=1", "meta.meta_batch=2", "eval.every=0", "eval.tasks=1", "run.progress=false",
@@ -219,9 +236,30 @@ def _tiered(tmp_path, method: str, algorithm: str = "online") -> tuple[dict, lis
     return data, over
 
 
+def _maze(job: str) -> tuple[dict, list[str]]:
+    """A tiny maze run: Warp-RNN under Algorithm 3 with the meta-batch objective (its query rollouts go through
+    the task's loss), the LSTM baseline, or two seeds of Warp-RNN trained as one batch."""
+    data = {"name": job, "seed": 3, "task": "maze", "method": "warpgrad_continual",
+            "warpgrad_continual": {"objective": "meta_batch"},
+            "maze": {"model": "warp-rnn", "hidden_size": 8, "warp_hidden_size": 6, "batch": 3,
+                     "episode_length": 8, "burn_in": 1, "clip_grad_norm": 1.0},
+            "meta": {"every": 2, "steps": 2, "include": ["warp."], "head": "learned",
+                     "optimizer": {"name": "adam", "lr": 1e-3}},
+            "run": {"checkpoint_every": 1, "progress": False, "threads": 1}}
+    if job == "maze_lstm":
+        data.update(method="no_pretraining")
+        data.pop("warpgrad_continual")
+        data["maze"]["model"] = "lstm"
+        data["meta"].pop("include")
+    elif job == "maze_warp_rnn_seeds":
+        data["maze"]["seeds"] = [0, 1]
+    return data, []
+
+
 JOBS = ["sine_leap", "sine_reptile", "sine_fomaml", "sine_maml", "sine_finetune", "sine_lazy",
         "sine_no_pretraining", "continual_sine_warpgrad", "continual_mode_no_pretraining", "omniglot_leap",
-        "tiered_leap", "tiered_warpgrad_online", "tiered_warpgrad_offline", "atari_leap"]
+        "tiered_leap", "tiered_warpgrad_online", "tiered_warpgrad_offline", "atari_leap", "maze_warp_rnn",
+        "maze_lstm", "maze_warp_rnn_seeds"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -247,6 +285,8 @@ def test_every_job_keeps_a_step_on_its_device(job, device, tmp_path, monkeypatch
     elif job.startswith("tiered_"):
         method = "warpgrad" if "warpgrad" in job else "leap"
         data, over = _tiered(tmp_path, method, job.rsplit("_", 1)[-1])
+    elif job.startswith("maze_"):
+        data, over = _maze(job)
     else:
         pytest.importorskip("envpool")
         data = read_yaml(CONFIGS / "atari_leap.yaml")
@@ -257,7 +297,10 @@ def test_every_job_keeps_a_step_on_its_device(job, device, tmp_path, monkeypatch
     spy = DeviceSpy(device)
     spy.install(monkeypatch, factory)
     trainer_module.train(cfg, tmp_path / "run")
-    expected = {"atari_leap": {"rollout", "a2c update", "adapt end"}}.get(job, {"batch", "step"})
+    expected = {"atari_leap": {"rollout", "a2c update", "adapt end"},
+                "maze_lstm": {"rollout", "maze loss", "adapt end"}}.get(job, {"batch", "step"})
+    if job.startswith("maze_"):
+        expected = expected | {"rollout", "maze loss", "adapt end"}
     assert expected <= spy.where and spy.checked > 0
     # the meta-learner's whole state, and what the checkpoint holds (CPU tensors only)
     spy.check(spy.meta, what="meta-learner")
@@ -307,6 +350,36 @@ def test_run_device_may_change_on_resume():
     from train.config import check_resume_overrides
     saved = _sine("cpu", 4)
     assert check_resume_overrides(saved, _sine("auto", 4, "run.tf32=true")) == ["run.device", "run.tf32"]
+
+
+def test_maze_device_returns_equal_the_host_loop():
+    """The returns a GPU rollout computes on the device (one float64 product) are the CPU loop's."""
+    from agents.maze_a2c import discounted_returns, discounted_returns_product
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.where(torch.rand(40, 2, 5, generator=g) < 0.1, 10.0, 0.0) - 0.1 * (torch.rand(40, 2, 5) < 0.3)
+    for gamma in (0.0, 0.9, 1.0):
+        torch.testing.assert_close(discounted_returns_product(rewards, gamma), discounted_returns(rewards, gamma),
+                                   atol=1e-6, rtol=0)
+
+
+def test_maze_sampler_is_a_cpu_generator_and_cpu_rollouts_stage_nothing():
+    """The maze's action samplers are CPU generators on every device (agents.maze_a2c, "Devices"); a CPU
+    rollout's buffers are plain (unpinned) CPU tensors."""
+    from agents.maze_a2c import rollout
+    from agents.recurrent import RecurrentConfig, build_model
+    from envs.maze import MazeConfig
+    from envs.maze_vector import MazeBatch
+    from train.tasks.maze import MazeAdapter, MazeTaskConfig
+
+    assert tuple(MazeAdapter.device_types) == ("cpu", "cuda")
+    adapter = MazeAdapter(MazeTaskConfig(batch=2, episode_length=4), seed=0)
+    assert adapter.sampler.device.type == "cpu" and adapter.meta_sampler.device.type == "cpu"
+    torch.manual_seed(0)
+    model = build_model("rnn", RecurrentConfig(hidden_size=4))
+    ro = rollout(model, MazeBatch(2, MazeConfig(episode_length=4), seed=0), generator=torch.Generator())
+    for t in (ro.observations, ro.actions, ro.rewards, ro.logits, ro.values):
+        assert t.device.type == "cpu" and not t.is_pinned()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,3 +459,86 @@ def test_resume_a_cuda_checkpoint_on_cpu(tmp_path):
     assert int(gpu["meta"]["counters"][2]) == 4
     _assert_same_init(cpu, gpu, atol=1e-4)
     assert np.isfinite(float(gpu["meta"]["counters"][2]))
+
+
+def _maze_iteration(model, mazes, generators, device: str) -> dict:
+    """One maze iteration on ``device``: rollout, A2C loss, backward, one Adam step (agents.maze_a2c). Adam with
+    Backpropamine's ε = 1e-4 (a first Adam step is ≈ lr · sign(g) where |g| ≪ ε is not: tiny gradients' rounding
+    differences would otherwise decide whole steps)."""
+    from agents.maze_a2c import rollout, rollout_loss
+    from metarl.seed_batch import SeedAdam
+
+    model = model.to(device)
+    seeds = getattr(model, "seeds", 0)
+    opt = (SeedAdam(model.parameters(), seeds, lr=1e-3, eps=1e-4) if seeds
+           else torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4))
+    ro = rollout(model, mazes, generator=generators)
+    assert all(t.device.type == device for t in (ro.observations, ro.actions, ro.rewards, ro.logits, ro.values))
+    loss = rollout_loss(ro)
+    opt.zero_grad()
+    loss.total.sum().backward()
+    grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
+    opt.step()
+    return {"actions": ro.actions.cpu(), "rewards": ro.rewards.cpu(), "observations": ro.observations.cpu(),
+            "logits": ro.logits.detach().cpu(), "values": ro.values.detach().cpu(),
+            "loss": loss.total.detach().cpu(), "returns": ro.episode_returns, "grads": grads,
+            "params": {n: p.detach().cpu() for n, p in model.named_parameters()}}
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["warp-rnn", "lstm", "plastic-rnn-retroactive", "warp-rnn-seeds"])
+def test_maze_iteration_on_cuda_equals_cpu(name):
+    """The same agent, mazes and sampler seeds: on CUDA (autograd cell path, observations through pinned
+    staging) the iteration takes the CPU's actions (the Gumbel noise is drawn on the CPU on both) and its
+    logits, loss, gradients and Adam step agree with the CPU's (Warp-RNN: the fused unroll) within tolerance."""
+    from agents.recurrent import RecurrentConfig, build_model
+    from agents.seed_batched import build_seed_batched
+    from envs.maze import MazeConfig
+    from envs.maze_vector import MazeBatch, SeedMazeBatch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    config, maze = RecurrentConfig(hidden_size=16, warp_hidden_size=12), MazeConfig(episode_length=20)
+    seeds = [4, 7] if name.endswith("-seeds") else []
+    out = {}
+    for dev in ("cpu", "cuda"):
+        if seeds:
+            model = build_seed_batched(name.removesuffix("-seeds"), config, seeds)
+            mazes = SeedMazeBatch([10 + k for k in seeds], 5, maze)
+            gens = [torch.Generator().manual_seed(20 + k) for k in seeds]
+        else:
+            torch.manual_seed(0)
+            model = build_model(name, config)
+            mazes, gens = MazeBatch(5, maze, seed=11), torch.Generator().manual_seed(21)
+        out[dev] = _maze_iteration(model, mazes, gens, dev)
+    cpu, gpu = out["cpu"], out["cuda"]
+    for key in ("actions", "rewards", "observations"):
+        assert torch.equal(gpu[key], cpu[key]), key
+    np.testing.assert_array_equal(gpu["returns"], cpu["returns"])
+    tol = dict(atol=1e-4, rtol=1e-3)
+    for key in ("logits", "values", "loss"):
+        torch.testing.assert_close(gpu[key], cpu[key], **tol, msg=key)
+    for n in cpu["grads"]:
+        torch.testing.assert_close(gpu["grads"][n], cpu["grads"][n], **tol, msg=n)
+        torch.testing.assert_close(gpu["params"][n], cpu["params"][n], **tol, msg=n)
+
+
+@cuda
+@pytest.mark.cuda
+def test_maze_on_cuda_syncs_once_per_step(monkeypatch):
+    """A CUDA maze rollout makes exactly one device → host copy per env step (the actions)."""
+    from agents.maze_a2c import rollout
+    from agents.recurrent import RecurrentConfig, build_model
+    from envs.maze import MazeConfig
+    from envs.maze_vector import MazeBatch
+
+    T = 6
+    torch.manual_seed(0)
+    model = build_model("warp-rnn", RecurrentConfig(hidden_size=8, warp_hidden_size=6)).to("cuda")
+    mazes = MazeBatch(3, MazeConfig(episode_length=T), seed=0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        rollout(model, mazes, generator=torch.Generator().manual_seed(0))
+        torch.cuda.synchronize()
+    d2h = [e for e in prof.events() if "DtoH" in e.name or "Device -> Pageable" in e.name
+           or "Device -> Pinned" in e.name]
+    assert len(d2h) == T, [e.name for e in d2h]

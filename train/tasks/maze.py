@@ -40,6 +40,12 @@ holds the per-seed results and their mean. The run's own checkpoints hold the st
 exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders,
 configs and checkpoints are written by train/tasks/maze_seeds.py.
 
+Devices: the agent, its optimiser, the rollouts and the loss live on ``run.device``; the mazes step in NumPy on
+the CPU and the action samplers stay CPU generators on every device (agents.maze_a2c, "Devices": a CPU run is
+unchanged bit for bit, a GPU run of a seed draws the same noise). The configs keep ``run.device: cpu`` (their
+results are CPU runs; GPU speed is not measured: at 30 mazes × 100 units a step is a few small kernels and one
+device → host sync, and Warp-RNN's fused unroll is CPU only); ``run.device=cuda`` runs the maze on a GPU.
+
 Results table of finished runs: ``python -m train.tasks.maze table RUN_DIR ...`` (train/maze_report.py).
 """
 
@@ -205,7 +211,9 @@ class MazeAdapter(TaskAdapter):
     head = ("policy_head.", "value_head.")
     splits = ("train",)
     periodic_evaluation = False        # the result is the training curve itself
-    device_types = ("cpu",)            # the rollouts write NumPy mazes' observations in place (agents.maze_a2c)
+    # The agent, rollouts and losses on ``run.device``; the NumPy mazes and the samplers' CPU generators on the
+    # CPU (agents.maze_a2c, "Devices").
+    device_types = ("cpu", "cuda")
     continual_only = True
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
