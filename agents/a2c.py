@@ -418,12 +418,14 @@ class A2CResult:
 def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, watch=NULL_WATCH,
                 cfg: A2CConfig | None = None, on_episode: Callable[[Episode], None] | None = None,
                 on_update: Callable[[int, dict[str, float]], None] | None = None, final_loss: bool = False,
-                generator: torch.Generator | None = None) -> A2CResult:
+                generator: torch.Generator | None = None,
+                on_progress: Callable[[int], None] | None = None) -> A2CResult:
     """Run A2C for ``total_steps`` env steps (rounded down to whole updates, at least one).
 
     ``envs`` is a vector env or a list of env groups (all of one game); ``cfg.num_envs`` and ``cfg.groups``
     only say how to build them (``make_atari_groups``), the loop uses the envs it is given.
-    ``on_episode(Episode)`` sees every finished game; ``on_update(global_step, logs)`` every update. With
+    ``on_episode(Episode)`` sees every finished game; ``on_update(global_step, logs)`` every update (reading
+    its losses: one host sync per update on a GPU); ``on_progress(global_step)`` every update, no sync. With
     ``final_loss`` one more rollout is collected without a step; its loss f(θ_K) closes the watch
     (``watch.finish``) and ends the curve.
     """
@@ -444,6 +446,8 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
         table[i] = values
         if on_update is not None:
             on_update(collector.global_step, dict(zip(names, values.tolist())))
+        if on_progress is not None:
+            on_progress(collector.global_step)
     logs = [dict(zip(names, row)) for row in table.tolist()]
     losses = [out["losses/loss"] for out in logs]
     last = None

@@ -163,7 +163,7 @@ def rollout(
         w_pi = model.policy_head.weight.detach().t()
         b_pi = model.policy_head.bias.detach()
     if staged:
-        gumbel = gumbel.to(device)
+        gumbel = gumbel.to(device, non_blocking=True)      # (the driver stages pageable memory: no stream sync)
 
     maze_batch.reset(out=obs_np[0])
     if staged:

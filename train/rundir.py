@@ -294,3 +294,36 @@ def resume_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The checkpoint a resume of ``run_dir`` would start from (silently: the trainer reports skipped ones)."""
     loaded = load_latest(Path(run_dir), log=lambda msg: None)
     return loaded[0] if loaded is not None else None
+
+
+def run_info(adapter: Any = None) -> dict[str, Any]:
+    """What ran: the package version, the git commit of the source tree (None outside a git checkout or
+    without git), Python and torch versions, and the task family's own entries (Atari: its backend)."""
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    import torch
+
+    try:
+        version = metadata.version("metarl")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parent.parent
+    commit, dirty = None, None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info = {"package": "metarl", "version": version, "git_commit": commit, "git_dirty": dirty,
+            "python": platform.python_version(), "torch": torch.__version__, "argv": list(sys.argv)}
+    if adapter is not None:
+        info.update(adapter.run_info())
+    return info

@@ -24,9 +24,12 @@ encoder (``include=["encoder."]``), and give every task fresh heads drawn from t
 Game statistics
 ---------------
 ``adapt`` returns the per-update loss curve (the protocol). Finished games — raw score summed over all
-lives, length, and the env-step at which they ended — are kept on the adapter for the trainer to log as
-``charts/episodic_return`` / ``charts/episodic_length``: read ``drain_games()`` after each task (steps are
-cumulative over every ``adapt`` call of this adapter), or set ``on_game`` / ``on_update`` for live logging.
+lives, length, and the env-step at which they ended — are kept on the adapter for the trainer to log per
+game (``drain_logs``): ``charts/<game>/episodic_return`` / ``episodic_length``, one ``charts/<game>/SPS`` point
+per task, and the A2C losses ``losses/<game>/{policy,value,entropy}`` (means over at most ``LOSS_POINTS``
+blocks of updates per task) — scores of different games never share a curve. Read ``drain_games()`` after
+each task (steps are cumulative over every ``adapt`` call of this adapter), or set ``on_game`` /
+``on_update`` / ``on_progress`` (env steps after each update, no host sync) for live logging.
 ``evaluate`` returns the mean true score of the most recent games of the task's last ``adapt`` (the
 convention of Atari learning curves), or of a separate evaluation run when ``eval_steps > 0``.
 """
@@ -47,6 +50,8 @@ from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari_group
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
+
+LOSS_POINTS = 50           # per task: A2C losses logged as means over at most this many blocks of updates
 from .atari_eval import evaluate_atari
 from .base import TaskAdapter
 
@@ -145,6 +150,8 @@ class AtariAdapter(TaskAdapter):
         self.last_result: A2CResult | None = None
         self.on_game: Callable[[GameRecord], None] | None = None
         self.on_update: Callable[[str, int, dict[str, float]], None] | None = None
+        self.on_progress: Callable[[str, int], None] | None = None       # (game, env steps so far)
+        self._task_logs: list[tuple[int, dict[str, float]]] = []         # per-game SPS and losses of adapt()
 
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
@@ -197,12 +204,18 @@ class AtariAdapter(TaskAdapter):
             def on_update(step: int, logs: dict[str, float]) -> None:
                 self.on_update(task.key, offset + step, logs)
 
+        on_progress = None
+        if self.on_progress is not None:
+            def on_progress(step: int) -> None:
+                self.on_progress(task.key, offset + step)
+
         try:
             result = train_agent(envs, model, optimizer, steps, watch=watch, cfg=a2c,
                                  on_episode=on_episode, on_update=on_update, final_loss=True,
-                                 generator=_generator(model, task.seed))
+                                 generator=_generator(model, task.seed), on_progress=on_progress)
         finally:
             close_all(envs)
+        self._task_logs += _task_logs(task.key, offset, result)
         self.global_step += result.env_steps
         self.recent[task.key] = recent
         self.last_result = result
@@ -233,9 +246,29 @@ class AtariAdapter(TaskAdapter):
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def drain_games(self) -> list[GameRecord]:
-        """Finished games since the last call, oldest first."""
-        out, self.games_played = self.games_played, []
+        """Finished games since the last call, oldest first (the tasks' SPS and loss logs are dropped too:
+        the held-out protocol drains games only)."""
+        out, self.games_played, self._task_logs = self.games_played, [], []
         return out
+
+    def drain_logs(self) -> list[tuple[int, dict[str, float]]]:
+        """Env-step scalars since the last call, per game: finished games, then each task's SPS and losses."""
+        tasks = self._task_logs
+        games = [(g.global_step, {f"charts/{g.task}/episodic_return": g.episodic_return,
+                                  f"charts/{g.task}/episodic_length": float(g.length)}) for g in self.drain_games()]
+        return games + tasks
+
+    def run_info(self) -> dict[str, Any]:
+        """The Atari backend this run steps (``auto`` resolved) and its package's version."""
+        from importlib import metadata
+
+        from envs.atari import _resolve_backend
+        backend = _resolve_backend(self.config.backend)
+        try:
+            version = metadata.version("envpool" if backend == "envpool" else "ale-py")
+        except metadata.PackageNotFoundError:
+            version = None
+        return {"atari_backend": backend, "atari_backend_version": version}
 
     def _envs(self, task: Game, train: bool) -> list:
         cfg = self.config
@@ -255,6 +288,24 @@ class AtariAdapter(TaskAdapter):
         finally:
             close_all(envs)
         return collector.episodes
+
+
+def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dict[str, float]]]:
+    """One task's per-game env-step scalars: its SPS at its end, and its A2C losses as means over at most
+    ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
+    out = [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})]
+    logs = result.logs
+    if not logs:
+        return out
+    per_update = result.env_steps // (len(logs) + (result.final_loss is not None))
+    size = -(-len(logs) // LOSS_POINTS)
+    for start in range(0, len(logs), size):
+        block = logs[start:start + size]
+        out.append((offset + (start + len(block)) * per_update,
+                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy" else "losses/entropy"]
+                                                          for row in block]))
+                     for k in ("policy", "value", "entropy")}))
+    return sorted(out, key=lambda e: e[0])
 
 
 def _generator(model: nn.Module, seed: int) -> torch.Generator:

@@ -97,6 +97,10 @@ class TaskAdapter:
         return [(g.global_step, {"charts/episodic_return": g.episodic_return, "charts/episodic_length": g.length})
                 for g in self.drain_games()]
 
+    def run_info(self) -> dict[str, Any]:
+        """What the run directory's run_info.json records about the family's environment (Atari: backend)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """What the family carries between tasks (counters, environment RNGs) for exact resume."""
         return {}

@@ -1,0 +1,117 @@
+"""Config keys a run does not read, and the refusal of those the user set explicitly (``metarl train``).
+
+A key the run never reads must not be accepted and ignored: ``metarl train`` refuses, in one line (exit 2),
+an unused key given as a command-line override, or present in the config file (or a file it includes)
+with a value other than its default. A config file may carry an unused key at its default value: a run's
+saved ``config.yaml`` lists every key and must stay usable as a config. On ``--resume`` only the overrides
+are checked. The rules, read off where each key is used (train/trainer.py, train/tasks/, metarl/):
+
+- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``).
+- ``leap.*``: only ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap).
+- Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
+  ``inner.steps`` is the env steps per game and ``inner.clip_grad_norm`` overrides ``a2c.max_grad_norm``).
+- The maze: ``inner.optimizer``, ``inner.lr``, ``inner.momentum``, ``inner.steps`` (Adam with ``maze.task_lr``
+  every task step, ``meta.every`` task steps per meta-step) and ``eval.*`` (its result is its training
+  curve; no held-out evaluation).
+- Tasks whose held-out protocol runs once at the end (Atari, the maze, continual sine): ``eval.every`` and
+  ``eval.periodic_split``.
+- Continual mode (``meta.every`` > 0: one never-reset learner): ``meta.meta_batch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from .errors import ConfigError
+
+
+def _periodic_evaluation(task: str) -> bool:
+    from .tasks import TASKS
+    import importlib
+    module, _, adapter_cls = TASKS[task]
+    return bool(getattr(getattr(importlib.import_module(module), adapter_cls), "periodic_evaluation", True))
+
+
+def unused_keys(cfg: Any) -> dict[str, str]:
+    """Dotted keys (or ``section`` for a whole section) that ``cfg``'s run does not read, with the reason."""
+    out: dict[str, str] = {}
+    if cfg.method != "maml":
+        out["maml"] = f"only method maml reads maml.* (this run's method is {cfg.method})"
+    warp_leap = cfg.method == "warpgrad" and getattr(cfg.method_config, "init_objective", None) == "leap"
+    if cfg.method != "leap" and not warp_leap:
+        out["leap"] = (f"only method leap and warpgrad with init_objective: leap read leap.* (this run's method "
+                       f"is {cfg.method})")
+    if cfg.task == "atari":
+        for k in ("optimizer", "lr", "momentum"):
+            out[f"inner.{k}"] = ("Atari's A2C has its own optimiser: set atari.a2c.* instead (inner.steps is "
+                                 "the env steps per game)")
+    if cfg.task == "maze":
+        for k in ("optimizer", "lr", "momentum", "steps"):
+            out[f"inner.{k}"] = ("the maze's learner is Adam with maze.task_lr and maze.adam_eps, "
+                                 "meta.every task steps per meta-step")
+        out["eval"] = "the maze has no held-out evaluation: its result is its training curve (maze.final_window)"
+    elif not _periodic_evaluation(cfg.task):
+        for k in ("every", "periodic_split"):
+            out[f"eval.{k}"] = f"task {cfg.task} evaluates once, at the end (no periodic evaluation)"
+    if cfg.meta.every > 0:
+        out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
+    return out
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def _match(key: str, unused: dict[str, str]) -> str | None:
+    for prefix in unused:
+        if key == prefix or key.startswith(prefix + "."):
+            return prefix
+    return None
+
+
+def _default(key: str) -> Any:
+    from .config import Config
+    node: Any = Config()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            return _NO_DEFAULT
+        node = getattr(node, part)
+    return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
+
+
+_NO_DEFAULT = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def check_used_keys(cfg: Any, file_data: dict[str, Any] | None, overrides: Iterable[str]) -> None:
+    """Refuse (:class:`ConfigError`, one line) an override of a key ``cfg``'s run does not read, or such a
+    key in the config file with a value other than its default."""
+    from .config_yaml import parse_override
+    unused = unused_keys(cfg)
+    if not unused:
+        return
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        prefix = _match(key, unused)
+        if prefix is not None:
+            raise ConfigError(f"config key {key!r} is not used by this run: {unused[prefix]}")
+    for key, value in _flatten({k: v for k, v in (file_data or {}).items()
+                                if k in ("inner", "meta", "leap", "maml", "eval")}).items():
+        prefix = _match(key, unused)
+        if prefix is None:
+            continue
+        default = _default(key)
+        if default is _NO_DEFAULT or not _same(value, default):
+            raise ConfigError(f"config key {key!r} is set in the config file but not used by this run: "
+                              f"{unused[prefix]}; remove it")
