@@ -1,5 +1,7 @@
-"""An Atari meta-training run end to end: TensorBoard curves read back with TensorBoard's own reader."""
+"""An Atari meta-training run end to end: TensorBoard curves read back with TensorBoard's own reader, and
+`metarl plot`'s series of that run (per game, meta-init against random-init)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +15,87 @@ from train.trainer import train  # noqa: E402
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def test_atari_run_writes_training_and_eval_curves(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+@pytest.fixture(scope="module")
+def atari_run(tmp_path_factory):
+    """The tiny run (Breakout trained on and held out, 2 meta-steps), with progress output: (dir, result, stderr)."""
+    import contextlib
+    import io
 
+    run_dir = tmp_path_factory.mktemp("atari_run")
     cfg = load_config(CONFIGS / "atari_leap.yaml", [
         "atari.train_games=[Breakout]", "atari.test_games=[Breakout]", "atari.test_on_train_games=true", "atari.a2c.num_envs=4",
         "inner.steps=1200", "meta.steps=2", "meta.meta_batch=1", "eval.tasks=1", "eval.steps=1200",
-        "run.progress=false"])
-    result = train(cfg, tmp_path)
-    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+        "run.progress=true"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        result = train(cfg, run_dir)
+    return run_dir, result, err.getvalue()
+
+
+def _acc(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
+    return acc
+
+
+def test_atari_run_writes_training_and_eval_curves(atari_run):
+    tmp_path, result, _ = atari_run
+    acc = _acc(tmp_path)
     tags = set(acc.Tags()["scalars"])
-    assert {"meta/grad_norm", "meta/segments",
-            "eval/Breakout/meta_init/episodic_return", "eval/Breakout/random_init/episodic_return"} <= tags
+    assert {"meta/grad_norm", "meta/segments"} <= tags
+    assert not any(t.startswith("eval/") for t in tags)         # env-step curves are not on the meta-step run
     assert [e.step for e in acc.Scalars("meta/grad_norm")] == [1, 2]
-    # finished games are logged at the env step they ended, over both tasks (2 × ~1,200 + final rollouts),
-    # in games/ (their own TensorBoard run: another x-axis, purged on its own on resume)
-    games = EventAccumulator(str(tmp_path / "games"), size_guidance={"scalars": 0})
-    games.Reload()
-    assert {"charts/episodic_return", "charts/episodic_length"} <= set(games.Tags()["scalars"])
-    game_steps = [e.step for e in games.Scalars("charts/episodic_return")]
+    assert "config/text_summary" in acc.Tags()["tensors"]       # the resolved config as TensorBoard text
+    # finished games are logged per game at the env step they ended, over both tasks (2 × ~1,200 + final
+    # rollouts), in games/ (their own TensorBoard run: another x-axis, purged on its own on resume)
+    games = _acc(tmp_path / "games")
+    game_tags = set(games.Tags()["scalars"])
+    assert {"charts/Breakout/episodic_return", "charts/Breakout/episodic_length", "charts/Breakout/SPS",
+            "losses/Breakout/policy", "losses/Breakout/value", "losses/Breakout/entropy"} <= game_tags
+    assert "charts/episodic_return" not in game_tags            # no curve mixing games
+    game_steps = [e.step for e in games.Scalars("charts/Breakout/episodic_return")]
     assert game_steps == sorted(game_steps) and 0 < game_steps[-1] <= 2 * (1200 + 20)
+    assert len(games.Scalars("charts/Breakout/SPS")) == 2       # one point per task
+    # held-out: meta-init and random-init are two TensorBoard runs with the same tags (one card each game)
+    meta, rand = _acc(tmp_path / "eval" / "meta_init"), _acc(tmp_path / "eval" / "random_init")
+    tag = "eval/Breakout/episodic_return"
+    assert tag in meta.Tags()["scalars"] and tag in rand.Tags()["scalars"]
+    assert set(meta.Tags()["scalars"]) == set(rand.Tags()["scalars"])
+    assert "eval/Breakout/episodic_return_std" in meta.Tags()["scalars"]
+    seed = _acc(tmp_path / "eval" / "meta_init" / "seed_0")
+    assert "eval_seeds/Breakout/episodic_return" in seed.Tags()["scalars"]
     grid = set(int(x) for x in np.linspace(1200 / 50, 1200, 50))
-    eval_steps = {e.step for e in acc.Scalars("eval/Breakout/meta_init/episodic_return")}
+    eval_steps = {e.step for e in meta.Scalars(tag)}
     assert eval_steps and eval_steps <= grid
     assert (tmp_path / "eval_atari.png").is_file() and (tmp_path / "eval_atari.md").is_file()
     assert set(result["games"]["Breakout"]) == {"meta_init", "random_init"}
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["version"] and info["atari_backend"] == "envpool" and "git_commit" in info
+
+
+def test_atari_run_prints_progress_and_the_table(atari_run):
+    tmp_path, _, err = atari_run
+    assert "env steps" in err and "SPS" in err                  # the bar's postfix
+    assert "held-out Breakout meta init seed 1/1: final score" in err
+    assert "held-out Breakout random init seed 1/1: final score" in err
+    assert "| Breakout | meta init |" in err                     # the held-out table
+    for line in (f"table: {tmp_path / 'eval_atari.md'}", f"plot: {tmp_path / 'eval_atari.png'}",
+                 f"tensorboard --logdir {tmp_path}"):
+        assert line in err
+
+
+def test_metarl_plot_of_an_atari_run_is_per_game(atari_run, tmp_path):
+    from train.plot import figure, plot_runs, select_series
+
+    run_dir = atari_run[0]
+    name, series = select_series(run_dir)                        # the default: held-out curves
+    assert {(s.panel, s.label) for s in series} == {("Breakout", "meta_init"), ("Breakout", "random_init")}
+    _, training = select_series(run_dir, "charts/episodic_return")     # expanded to the per-game tags
+    assert {(s.panel, s.label) for s in training} == {("Breakout", "training")}
+    fig = figure([run_dir])
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["Breakout"]
+    assert sorted(line.get_label() for line in axes[0].get_lines()) == ["meta init (n=1)", "random init (n=1)"]
+    out = plot_runs([run_dir], out=str(tmp_path / "plot.png"))
+    assert out.is_file() and out.stat().st_size > 0

@@ -45,3 +45,22 @@ def test_two_ranks_match_one_for_online_warpgrad(tmp_path):
     assert any(k.startswith("warps.") for k in one["meta"]["init"])
     for k, v in one["meta"]["init"].items():
         torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
+
+
+def test_torchrun_no_python_runs_the_console_script_beside_a_users_train_py(tmp_path):
+    """The README's launch: `torchrun --no-python metarl train ...` imports the installed package, so a
+    user's own train.py in the working folder does not shadow it (as it would `-m train.cli`)."""
+    import pytest
+    bin_dir = Path(sys.executable).parent
+    torchrun, metarl = bin_dir / "torchrun", bin_dir / "metarl"
+    if not (torchrun.exists() and metarl.exists()):
+        pytest.skip("torchrun or the metarl console script is not installed beside this Python")
+    (tmp_path / "train.py").write_text("raise SystemExit('the user train.py was imported')\n")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--no-python", str(metarl), "train",
+           str(ROOT / "configs" / "sine_leap.yaml"), "--run-dir", "run", "run.progress=false", "eval.every=0",
+           "eval.tasks=1", "meta.steps=2", "meta.meta_batch=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    state, _ = load_latest(tmp_path / "run")
+    assert int(state["step"]) == 2 and (tmp_path / "run" / "eval.json").is_file()

@@ -13,19 +13,10 @@ import scipy.stats
 from train.atari_scores import REFERENCE, human_normalised
 from train.cli import main
 from train.tasks.atari_eval import add_per_seed, summarise, write_outputs
+from train.trainer import Logger
 
 GAMES = ("Breakout", "Pong")
 GRID = np.linspace(100, 1000, 10)
-
-
-class _Logger:
-    def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(run_dir))
-
-    def scalars(self, values: dict, step: int) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
 
 
 def atari_run(root: Path, name: str, finals: dict, seed: int = 0) -> Path:
@@ -40,9 +31,9 @@ def atari_run(root: Path, name: str, finals: dict, seed: int = 0) -> Path:
         curves[key] = np.stack([seed_curves[key].mean(0), seed_curves[key].std(0)])
     table = summarise(list(GAMES), curves, finals)
     add_per_seed(table, finals, seed_curves)
-    logger = _Logger(d)
-    write_outputs(d, list(GAMES), GRID, curves, table, logger)
-    logger.writer.close()
+    logger = Logger(d, purge_step=None)         # the trainer's: eval/<init> runs of their own
+    write_outputs(d, list(GAMES), GRID, curves, table, logger, seed_curves=seed_curves)
+    logger.close()
     (d / "eval.json").write_text(json.dumps({"step": 4, "horizon_env_steps": 1000, "seeds": 5, "window": 10,
                                              "games": table}))
     return d

@@ -1,4 +1,4 @@
-"""The `metarl` command: train, eval, bench, plot, report. User errors print one line and exit with code 2."""
+"""The `metarl` command: train, eval, bench, plot, report, export. User errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -24,12 +24,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metarl", description="Leap and WarpGrad meta-learning for RL and supervised tasks")
+    p.add_argument("--version", action="version", version=f"metarl {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="meta-train from a YAML config")
     t.add_argument("config", nargs="?", help="configs/NAME.yaml (omit with --resume to reuse the run's config)")
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/NAME__SEED__TIME)")
+    t.add_argument("--data", metavar="DIR", help="the data root (as METARL_DATA): a config's relative data "
+                   "folder is taken by its last name under DIR, e.g. DIR/omniglot")
     e = sub.add_parser("eval", help="evaluate a run's initialisation on held-out tasks")
     e.add_argument("run_dir")
     e.add_argument("--split", default=None, help="val or test (default: the run's eval.split)")
@@ -50,7 +53,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="method to compare against, the first one a suite has (repeatable; default random_init)")
     r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    x = sub.add_parser("export", help="write an Atari run's meta-learned encoder for our agent or stable-baselines3")
+    x.add_argument("run_dir")
+    x.add_argument("--out", metavar="FILE", help="encoder.* tensors in our names (ActorCritic)")
+    x.add_argument("--sb3", metavar="FILE", help="the same tensors in SB3's NatureCNN names (A2C('CnnPolicy'))")
     return p
+
+
+def _version() -> str:
+    """The installed package's version (its metadata), or "unknown" when run from an uninstalled tree."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("metarl")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _benchmarks() -> dict[str, tuple[str, str]]:
@@ -68,7 +84,8 @@ def _main_rank() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import dumps_json, remove_temp_files
-    from .config import check_resume_overrides, load_config
+    from .config import DATA_ENV, check_resume_overrides, load_config, read_yaml
+    from .config_usage import check_used_keys
     from .distributed import init_world, shutdown
     from .rundir import (RunLock, check_fresh, check_resumable, prepare_run_dir, resume_state,
                          set_aside_unreadable_results)
@@ -77,6 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # `metarl train --resume RUN_DIR key=value` puts the first override into `config`.
     overrides = list(args.overrides)
     config = args.config
+    if args.data:
+        if not Path(args.data).expanduser().is_dir():
+            raise UserError(f"--data {args.data}: not a folder")
+        os.environ[DATA_ENV] = str(Path(args.data).expanduser().resolve())
     resume = bool(args.resume)
     if resume:
         run_dir = Path(args.resume)
@@ -92,10 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = load_config(run_dir / "config.yaml")
         cfg = load_config(run_dir / "config.yaml", overrides)
         check_resume_overrides(saved, cfg)      # before anything is written
+        check_used_keys(cfg, None, overrides)   # the saved config lists every key: only overrides are checked
     else:
         if config is None:
             raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
         cfg = load_config(config, overrides)
+        check_used_keys(cfg, read_yaml(config), overrides)     # keys this run would ignore: refused
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
     from .device import resolve_device
@@ -158,6 +181,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    for path in export(Path(args.run_dir), out=args.out, sb3=args.sb3):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_runs
     out = plot_runs([Path(d) for d in args.run_dirs], tag=args.tag, out=args.out)
@@ -207,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
-               "report": cmd_report}[args.command]
+               "report": cmd_report, "export": cmd_export}[args.command]
     try:
         with _stop_signals():
             return command(args)

@@ -15,6 +15,7 @@ The YAML reading (strict loader, includes, overrides) is in :mod:`train.config_y
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,64 @@ def build_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    return build_config(read_yaml(path), list(overrides))
+    """The config file ``path`` with ``overrides``; its relative data paths resolved (:func:`resolve_data_paths`)."""
+    data = read_yaml(path)
+    cfg = build_config(data, list(overrides))
+    resolve_data_paths(cfg, data, overrides, Path(path))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# data paths
+
+# Task config keys that name a data folder.
+DATA_KEYS = {"omniglot": ("root",), "tiered": ("root",)}
+DATA_ENV = "METARL_DATA"
+REPOSITORY = Path(__file__).resolve().parent.parent    # the checkout holding configs/ (editable install)
+
+
+def data_root() -> Path | None:
+    """``$METARL_DATA`` when set: the folder holding one folder per data set (omniglot/, tiered-imagenet/)."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def resolve_data_path(value: str, base: Path) -> str:
+    """A relative data path from a config file: with ``$METARL_DATA`` its last component under that folder
+    (``../shared/data/omniglot`` → ``$METARL_DATA/omniglot``), else relative to ``base`` (the folder above
+    the config file's folder: the repository for ``configs/*.yaml``). Absolute paths are kept."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    root = data_root()
+    if root is not None:
+        return str(root / path.name)
+    return str((base / path).resolve())
+
+
+def resolve_data_paths(cfg: Config, data: dict[str, Any], overrides: list[str] | tuple[str, ...],
+                       config_file: Path) -> None:
+    """Make ``cfg``'s data paths absolute, so that a run finds its data from any working folder and its
+    saved ``config.yaml`` names the folder it used. A path given on the command line
+    (``omniglot.root=DIR``) is relative to the current folder, as any path there; one from the config file
+    (or the task's default) is resolved by :func:`resolve_data_path` against the folder above the config
+    file's folder (the repository for ``configs/*.yaml``; the repository for a default)."""
+    keys = DATA_KEYS.get(cfg.task, ())
+    given = {tuple(parse_override(text)[0]) for text in overrides}
+    section = data.get(cfg.task) if isinstance(data.get(cfg.task), dict) else {}
+    try:
+        base = config_file.expanduser().resolve().parent.parent
+    except (OSError, RuntimeError):
+        base = REPOSITORY
+    for key in keys:
+        value = getattr(cfg.task_config, key, None)
+        if not isinstance(value, str) or not value:
+            continue
+        if (cfg.task, key) in given:
+            resolved = str(Path(value).expanduser().resolve())
+        else:
+            resolved = resolve_data_path(value, base if key in section else REPOSITORY)
+        setattr(cfg.task_config, key, resolved)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

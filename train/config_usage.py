@@ -109,7 +109,7 @@ def check_used_keys(cfg: Any, file_data: dict[str, Any] | None, overrides: Itera
     for key, value in _flatten({k: v for k, v in (file_data or {}).items()
                                 if k in ("inner", "meta", "leap", "maml", "eval")}).items():
         prefix = _match(key, unused)
-        if prefix is None:
+        if prefix is None or value == {}:
             continue
         default = _default(key)
         if default is _NO_DEFAULT or not _same(value, default):

@@ -1,11 +1,23 @@
-"""`metarl plot RUN_DIR...`: curves of a scalar tag from runs' TensorBoard event files, one PNG.
+"""`metarl plot RUN_DIR...`: curves from runs' TensorBoard event files, one PNG with a panel per game (or tag).
 
-Runs with the same config name but different seeds are grouped: the plot shows their mean ± std.
+Defaults per task, from the tags a run has (``select_series``):
+
+- Atari with a finished held-out evaluation: ``eval/<game>/episodic_return`` of the runs ``eval/meta_init``
+  and ``eval/random_init`` — one panel per held-out game, meta-init against random-init;
+- Atari still training: ``charts/<game>/episodic_return`` of ``games/``, one panel per training game;
+- otherwise the first of ``DEFAULT_TAGS`` the run has (the maze's return, supervised ``eval/auc`` …).
+
+``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
+expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs with the same config
+name but different seeds are grouped: a line is their mean ± std. Lines of few points carry markers, so a
+single point shows.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +25,97 @@ import numpy as np
 from .errors import UserError
 
 DEFAULT_TAGS = ("charts/episodic_return", "eval/auc", "losses/train_auc")
+INITS = ("meta_init", "random_init")
+MARKERS_UP_TO = 20          # lines with at most this many points are drawn with markers
 
 
-def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.ndarray]:
+@dataclass
+class Series:
+    panel: str              # the game (or tag) of the subplot
+    label: str              # the line within it: meta_init, random_init, training, ''
+    steps: np.ndarray
+    values: np.ndarray
+    xlabel: str = "step"
+
+
+def _accumulators(run_dir: Path) -> dict[str, object]:
+    """The run's TensorBoard runs by name: '' (meta-steps), 'games', 'eval/<init>'."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not run_dir.is_dir():
         raise UserError(f"not a directory: {run_dir}")
-    accs = []
-    for d in (run_dir, run_dir / "games"):      # games/: training games on the env-step axis (RL runs)
-        if d.is_dir():
+    folders = {"": run_dir, "games": run_dir / "games"}
+    if (run_dir / "eval").is_dir():
+        folders.update({f"eval/{d.name}": d for d in sorted((run_dir / "eval").iterdir()) if d.is_dir()})
+    out = {}
+    for name, d in folders.items():
+        if d.is_dir() and any(d.glob("events.out.tfevents.*")):
             acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
             acc.Reload()
-            accs.append(acc)
-    tags = [t for acc in accs for t in acc.Tags().get("scalars", [])]
+            out[name] = acc
+    return out
+
+
+def _points(acc, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    points = {e.step: e.value for e in acc.Scalars(tag)}           # a step logged twice keeps its last value
+    steps = sorted(points)
+    return np.array(steps, dtype=np.float64), np.array([points[s] for s in steps], dtype=np.float64)
+
+
+def _per_game(accs: dict, pattern: str, runs: list[str], label) -> list[Series]:
+    """Series of the tags matching ``pattern`` (group 'game') in ``runs``; ``label(run, match)``."""
+    out = []
+    for run in runs:
+        if run not in accs:
+            continue
+        for tag in sorted(accs[run].Tags().get("scalars", [])):
+            m = re.fullmatch(pattern, tag)
+            if m and m.group("game") != "mean":
+                out.append(Series(m.group("game"), label(run, m), *_points(accs[run], tag), "env steps"))
+    return out
+
+
+def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Series]]:
+    """(the y-axis name, the series to plot) of one run: the task's default (module docstring) or ``tag``."""
+    accs = _accumulators(Path(run_dir))
+    evals = [f"eval/{i}" for i in INITS]
+    init = lambda run, m: run.split("/", 1)[1]                          # noqa: E731
+    if tag is None:
+        for what, series in (
+                ("episodic_return (held-out)", _per_game(accs, r"eval/(?P<game>[^/]+)/episodic_return", evals, init)),
+                ("episodic_return (held-out)",     # runs written before the eval/<init> runs
+                 _per_game(accs, r"eval/(?P<game>[^/]+)/(?P<init>meta_init|random_init)/episodic_return", [""],
+                           lambda run, m: m.group("init"))),
+                ("episodic_return (training)",
+                 _per_game(accs, r"charts/(?P<game>[^/]+)/episodic_return", ["games"], lambda run, m: "training"))):
+            if series:
+                return what, series
+    tags = {t: run for run, acc in accs.items() for t in acc.Tags().get("scalars", [])}
+    chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
+    if chosen is not None:
+        series = [Series(chosen, run.split("/", 1)[-1] if run.startswith("eval/") else "", *_points(acc, chosen),
+                         "env steps" if run else "step")
+                  for run, acc in accs.items() if chosen in acc.Tags().get("scalars", [])]
+        if not series and "/" in chosen:        # charts/episodic_return → charts/<game>/episodic_return
+            head, tail = chosen.split("/", 1)
+            pattern = rf"{re.escape(head)}/(?P<game>[^/]+)/{re.escape(tail)}"
+            series = _per_game(accs, pattern, evals, init) + _per_game(accs, pattern, ["games"],
+                                                                      lambda run, m: "training")
+        if series:
+            return chosen, series
+    raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} "
+                    f"(has: {', '.join(sorted(tags)) or 'none'})")
+
+
+def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.ndarray]:
+    """One tag's (name, steps, values) from the run's own, games/ or eval/<init> event files."""
+    accs = _accumulators(Path(run_dir))
+    tags = [t for acc in accs.values() for t in acc.Tags().get("scalars", [])]
     chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen is None or chosen not in tags:
         raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} (has: {', '.join(sorted(tags)) or 'none'})")
-    events = next(acc for acc in accs if chosen in acc.Tags().get("scalars", [])).Scalars(chosen)
-    return chosen, np.array([e.step for e in events]), np.array([e.value for e in events])
+    acc = next(acc for acc in accs.values() if chosen in acc.Tags().get("scalars", []))
+    return (chosen, *_points(acc, chosen))
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -42,29 +126,62 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
+def collect(run_dirs: list[Path], tag: str | None = None) -> tuple[str, dict[str, dict[str, list[Series]]]]:
+    """{panel: {line label: [the series of each run in the group]}} over ``run_dirs``: runs named alike
+    (``<name>__<seed>…``) are one group; with several groups a line is labelled ``<group> <init>``."""
+    chosen, per_run = None, []
+    for d in run_dirs:
+        name, series = select_series(Path(d), tag)
+        chosen = chosen or name
+        per_run.append((Path(d).name.split("__")[0], series))
+    several = len({g for g, _ in per_run}) > 1
+    panels: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))
+    for group, series in per_run:
+        for s in series:
+            label = " ".join(p for p in (group if several or not s.label else "", s.label.replace("_", " ")) if p)
+            panels[s.panel][label or group].append(s)
+    return chosen, panels
+
+
 def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = None, window: int = 0) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-    chosen = tag
-    for d in run_dirs:
-        chosen, steps, values = read_scalars(d, tag or chosen)
-        groups[d.name.split("__")[0]].append((steps, values))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, runs in sorted(groups.items()):
-        grid = np.unique(np.concatenate([s for s, _ in runs]))
-        curves = np.stack([np.interp(grid, s, smooth(v, window or max(1, len(v) // 50))) for s, v in runs])
-        mean, std = curves.mean(0), curves.std(0)
-        ax.plot(grid, mean, label=f"{name} (n={len(runs)})")
-        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(chosen)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(out) if out else run_dirs[0] / f"{chosen.replace('/', '_')}.png"
+    fig = figure(run_dirs, tag, window)
+    chosen = fig._metarl_tag
+    path = Path(out) if out else Path(run_dirs[0]) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', chosen).strip('_')}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0):
+    """The matplotlib figure `metarl plot` saves: one axes per panel (game), titled by it, one line per label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen, panels = collect(run_dirs, tag)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (panel, lines) in zip(axes.flat, sorted(panels.items())):
+        for label, runs in sorted(lines.items()):
+            grid = np.unique(np.concatenate([s.steps for s in runs]))
+            curves = np.stack([np.interp(grid, s.steps, smooth(s.values, window or max(1, len(s.values) // 50)))
+                               for s in runs])
+            mean, std = curves.mean(0), curves.std(0)
+            ax.plot(grid, mean, label=f"{label} (n={len(runs)})", marker="o" if len(grid) <= MARKERS_UP_TO else None,
+                    markersize=4)
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        ax.set_title(panel)
+        ax.set_xlabel(runs[0].xlabel)
+        ax.set_ylabel(chosen if panel == chosen else chosen.split(" (")[0])
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig._metarl_tag = chosen
+    return fig

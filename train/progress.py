@@ -17,7 +17,7 @@ class RLProgress:
         self.returns: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self.steps = start_step
         self.game = ""
-        self._t, self._mark = time.perf_counter(), start_step
+        self._t, self._mark = None, start_step        # the SPS window starts at the first update seen
         self._sps = None
 
     def attach(self, adapter: Any) -> "RLProgress":
@@ -40,6 +40,8 @@ class RLProgress:
     def on_progress(self, game: str, step: int) -> None:
         self.steps, self.game = step, game
         now = time.perf_counter()
+        if self._t is None:
+            self._t, self._mark = now, step
         if now - self._t < self.interval:
             return
         self._sps = (step - self._mark) / (now - self._t) if step >= self._mark else None
@@ -55,6 +57,15 @@ class RLProgress:
             parts.append(f"{self.game} return {sum(recent) / len(recent):.1f} (last {len(recent)})" if recent
                          else f"{self.game}: no game finished yet")
         return ", ".join(parts)
+
+    def new_task(self) -> None:
+        """Recent returns start afresh (the held-out protocol: each game × init × seed its own run)."""
+        self.returns.clear()
+
+    def finish(self) -> None:
+        if self.count_steps and self.bar.total:
+            self.bar.n = self.bar.total
+        self.bar.set_postfix_str(self.postfix(), refresh=True)
 
     def refresh(self) -> None:
         if self.count_steps:

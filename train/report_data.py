@@ -7,7 +7,8 @@ A run directory is told apart by what it holds (a listed folder without results 
   (train/atari_scores.py), their human-normalised values. ``meta_init`` is named after the run's config
   (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
   (config seed, game) evaluated by several runs is counted once. Curves: TensorBoard
-  ``eval/<game>/<init>/episodic_return`` and ``…_std`` (over the run's evaluation seeds).
+  ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs ``eval/<init>``
+  (earlier runs: ``eval/<game>/<init>/episodic_return`` in the run directory itself).
 - maze (``eval.json`` with ``return_last_mean``, or ``per_seed`` for a seed-batched run; train/tasks/maze.py):
   one task, one score per seed; curves: ``charts/episodic_return`` in ``games/`` (``seed_<k>/`` when batched).
 - supervised (Omniglot, tiered, sine: ``eval.json`` with ``curve``; train/trainer.py): one task (the family),
@@ -25,6 +26,8 @@ import yaml
 
 from .atari_scores import human_normalised
 from .errors import UserError
+
+INITS = ("meta_init", "random_init")      # the held-out protocol's initialisations (train/tasks/atari_eval.py)
 
 SUPERVISED_KEYS = ("test_accuracy", "test_loss", "auc", "final_loss")
 
@@ -154,9 +157,15 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
                 runs.scores.append(Score("atari", method, game, f"{cfg['seed']}/{i}", {
                     "score": float(f), "human_normalised": human_normalised(game, f),
                     "score_auc": float(a), "human_normalised_auc": human_normalised(game, a)}))
-            if tb is None:
-                tags = tuple(f"eval/{g}/{i}/episodic_return{s}" for g in table for i in table[g] for s in ("", "_std"))
-                tb = scalars(d, tags)
+            if tb is None:      # eval/<init> runs, tags eval/<game>/…; earlier runs: eval/<game>/<init>/… in d
+                tb = {}
+                for i in INITS:
+                    tags = tuple(f"eval/{g}/episodic_return{s}" for g in table for s in ("", "_std"))
+                    tb.update({f"eval/{t.split('/')[1]}/{i}/{t.split('/', 2)[2]}": v
+                               for t, v in scalars(d / "eval" / i, tags).items()})
+                if not tb:
+                    tags = tuple(f"eval/{g}/{i}/episodic_return{s}" for g in table for i in table[g] for s in ("", "_std"))
+                    tb = scalars(d, tags)
             tag = f"eval/{game}/{init}/episodic_return"
             if tag in tb:
                 x, mean = tb[tag]

@@ -27,7 +27,7 @@ from .config import Config, config_to_yaml
 from .device import configure, resolve_device, to_cpu
 from .distributed import World
 from .errors import ConfigError
-from .rundir import check_resumable
+from .rundir import check_resumable, run_info
 from .seeding import FIXED, step_generators
 from .tasks import build_adapter
 from .tasks.base import TaskAdapter, curve_auc
@@ -107,7 +107,11 @@ class Logger:
     """TensorBoard scalars on two x-axes: meta-steps (in ``run_dir``) and the env steps at which training
     games ended (RL adapters; in ``run_dir/games``, a run of its own in TensorBoard). TensorBoard purges by
     step across a whole run, so each axis has its own writer: a resumed run purges each past its own
-    checkpointed step, and curves continue without the events written after that checkpoint."""
+    checkpointed step, and curves continue without the events written after that checkpoint.
+
+    ``evaluation(run, values, step)`` writes to ``run_dir/<run>``, a run of its own that replaces what an
+    earlier evaluation wrote there (purge from step 0): the held-out protocol gives each initialisation its
+    run with the same tags (``eval/meta_init``, ``eval/random_init``), so TensorBoard overlays them."""
 
     def __init__(self, run_dir: Path, purge_step: int | None, games_purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -116,6 +120,7 @@ class Logger:
         self.games_purge_step = games_purge_step
         self._games = None
         self._runs: dict[str, Any] = {}     # run_dir/<run>: runs of their own (the seeds of a seed-batched maze run)
+        self._evaluations: dict[str, Any] = {}      # run_dir/<run>: evaluation runs (eval/meta_init, ...)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -134,11 +139,21 @@ class Logger:
         for k, v in values.items():
             writer.add_scalar(k, v, step)
 
+    def evaluation(self, run: str, values: dict[str, float], step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        if run not in self._evaluations:
+            self._evaluations[run] = SummaryWriter(str(self.games_dir.parent / run), purge_step=0)
+        for k, v in values.items():
+            self._evaluations[run].add_scalar(k, v, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
     def close(self) -> None:
         self.writer.close()
         if self._games is not None:
             self._games.close()
-        for writer in self._runs.values():
+        for writer in [*self._runs.values(), *self._evaluations.values()]:
             writer.close()
 
 
@@ -147,6 +162,12 @@ class NullLogger:
         pass
 
     def games(self, values: dict[str, float], step: int, run: str | None = None) -> None:
+        pass
+
+    def evaluation(self, run: str, values: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
         pass
 
     def close(self) -> None:
@@ -262,6 +283,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     if world.is_main:
         check_resumable(run_dir, cfg, loaded[0] if loaded is not None else None)    # before anything is written
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+        write_json_atomic(run_dir / "run_info.json", run_info(adapter))      # version, git commit, backend
         if cfg.run.progress:
             print(f"run directory: {run_dir}", file=sys.stderr)
     if loaded is not None:
@@ -275,10 +297,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     logger = Logger(run_dir, purge_step=start_meta + 1 if continuing else None,
                     games_purge_step=games_step + 1 if continuing and games_step is not None else None) \
         if world.is_main else NullLogger()
+    if loaded is None:      # the resolved config as TensorBoard text (indented: shown as code)
+        logger.text("config", "    " + config_to_yaml(cfg).replace("\n", "\n    "))
     bar = None
     if cfg.run.progress and world.is_main:
         from tqdm import tqdm
-        bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True)
+
+        from .progress import RLProgress
+        bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True, unit="meta-step")
+        if games_step is not None:      # RL families: env steps, SPS and recent return in the postfix
+            RLProgress(bar, start_step=games_step).attach(adapter)
     t0 = time.time()
 
     def log(values: dict[str, float], step: int | None = None, run: str | None = None) -> None:
@@ -327,6 +355,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         stream.close()
     if bar is not None:
         bar.close()
+        from .progress import RLProgress
+        RLProgress.detach(adapter)
     result: dict[str, float] = {}
     finished = meta.meta_steps >= cfg.meta.steps
     previous = read_json(run_dir / "eval.json") if world.is_main and finished and done == 0 else None

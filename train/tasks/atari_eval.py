@@ -2,10 +2,13 @@
 random initialisation, over several seeds, with the same A2C settings and the same seeds for both.
 
 Outputs in the run directory:
-- TensorBoard ``eval/<game>/<init>/episodic_return`` (mean over seeds of the running mean of the last
-  ``window`` finished games — ``atari.eval_window`` — on a grid of env steps) and ``…/episodic_return_std``;
-  for games with published reference scores also ``eval/<game>/<init>/human_normalised`` (and ``_std``), and
-  over those games ``eval/mean/<init>/human_normalised`` (the mean normalised score; its std over seeds);
+- TensorBoard: each initialisation is a run of its own, ``eval/meta_init`` and ``eval/random_init``, with the
+  same tags, so TensorBoard draws both on one card per game: ``eval/<game>/episodic_return`` (mean over seeds
+  of the running mean of the last ``window`` finished games — ``atari.eval_window`` — on a grid of env
+  steps) and ``eval/<game>/episodic_return_std``; for games with published reference scores also
+  ``eval/<game>/human_normalised`` (and ``_std``), and over those games ``eval/mean/human_normalised`` (the
+  mean normalised score; its std over seeds). Each seed is a run too, ``eval/<init>/seed_<k>``, with
+  ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits);
 - ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
 - ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC, the final
   score (mean ± std over seeds) and, where references exist, the human-normalised final score and AUC; and
@@ -22,6 +25,8 @@ scores" without saying which normalisation; we use this one. The final score is 
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -65,10 +70,15 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
+    show = bool(getattr(getattr(cfg, "run", None), "progress", False))
+    bar, progress = _bar(adapter, len(games) * len(INITS) * seeds * horizon) if show else (None, None)
     for game in games:
         for init in INITS:
             per_seed, final = [], []
             for seed in range(seeds):
+                t0 = time.perf_counter()
+                if progress is not None:
+                    progress.new_task()
                 # The same env seed and the same head draw for both initialisations of a (game, seed).
                 rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
                 task = adapter.game(game, int(rng.integers(2**31 - 1)))
@@ -84,6 +94,10 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                 r = np.array([g.episodic_return for g in played], dtype=np.float64)
                 per_seed.append(running_curve(s, r, grid, window))
                 final.append(adapter.evaluate(task, model)["score"])
+                if show:
+                    _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{seeds}: final score "
+                              f"{final[-1]:.1f} ({len(played)} games, {adapter.global_step - start:,} env steps, "
+                              f"{time.perf_counter() - t0:.0f} s)")
             stacked = np.stack(per_seed)
             seed_curves[(game, init)] = stacked
             with warnings.catch_warnings():
@@ -100,8 +114,33 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
             out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m)),
                                                    "final": float(m[-1]), "final_std": float(sd[-1])}
                                             for init, (m, sd) in mean_hns["curves"].items()}
-    write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns)
+    if bar is not None:
+        progress.finish()
+        bar.close()
+        from ..progress import RLProgress
+        RLProgress.detach(adapter)
+    write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves)
+    if show:
+        print("\n" + (run_dir / "eval_atari.md").read_text()
+              + f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
+              f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
     return out
+
+
+def _bar(adapter: Any, total: int) -> tuple[Any, Any]:
+    """A tqdm bar over the protocol's env steps, moved by the adapter's hooks (train/progress.py)."""
+    from tqdm import tqdm
+
+    from ..progress import RLProgress
+    bar = tqdm(total=total, desc="held-out evaluation", unit="env step", unit_scale=True, dynamic_ncols=True)
+    return bar, RLProgress(bar, start_step=adapter.global_step, count_steps=True).attach(adapter)
+
+
+def _say(bar: Any, line: str) -> None:
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
@@ -154,7 +193,7 @@ def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[st
 
 
 def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any,
-                  band: float = 1.0, mean_hns: dict | None = None) -> None:
+                  band: float = 1.0, mean_hns: dict | None = None, seed_curves: dict | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -164,22 +203,28 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
             hns = normalise_curve(game, mean, std) if game in REFERENCE else None
             for i, (x, m, s) in enumerate(zip(grid, mean, std)):
                 if np.isfinite(m):
-                    values = {f"eval/{game}/{init}/episodic_return": float(m),
-                              f"eval/{game}/{init}/episodic_return_std": float(s)}
+                    values = {f"eval/{game}/episodic_return": float(m), f"eval/{game}/episodic_return_std": float(s)}
                     if hns is not None:
-                        values.update({f"eval/{game}/{init}/human_normalised": float(hns[0][i]),
-                                       f"eval/{game}/{init}/human_normalised_std": float(hns[1][i])})
-                    logger.scalars(values, int(x))
+                        values.update({f"eval/{game}/human_normalised": float(hns[0][i]),
+                                       f"eval/{game}/human_normalised_std": float(hns[1][i])})
+                    logger.evaluation(f"eval/{init}", values, int(x))
         for init, (mean, std) in (mean_hns or {}).get("curves", {}).items():
             for x, m, s in zip(grid, mean, std):
                 if np.isfinite(m):
-                    logger.scalars({f"eval/mean/{init}/human_normalised": float(m),
-                                    f"eval/mean/{init}/human_normalised_std": float(s)}, int(x))
+                    logger.evaluation(f"eval/{init}", {"eval/mean/human_normalised": float(m),
+                                                       "eval/mean/human_normalised_std": float(s)}, int(x))
+        for (game, init), stacked in (seed_curves or {}).items():
+            for k, curve in enumerate(stacked):
+                for x, v in zip(grid, curve):
+                    if np.isfinite(v):
+                        logger.evaluation(f"eval/{init}/seed_{k}", {f"eval_seeds/{game}/episodic_return": float(v)},
+                                          int(x))
     fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
     for ax, game in zip(axes[0], games):
         for init in INITS:
             mean, std = curves[(game, init)]
-            ax.plot(grid, mean, label=init.replace("_", " "))
+            ax.plot(grid, mean, label=init.replace("_", " "), marker="o" if np.isfinite(mean).sum() <= 20 else None,
+                    markersize=3)
             ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)
         ax.set_title(game)
         ax.set_xlabel("env steps")

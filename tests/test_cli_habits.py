@@ -1,0 +1,174 @@
+"""CLI habits (issue 13, item 3) and data paths (item 4): --version, bench --help, the interrupt message naming
+the real run directory, unused config keys refused in one line, data folders found from any working folder."""
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from train.cli import main
+from train.config import config_to_yaml, load_config, read_yaml
+from train.config_usage import check_used_keys, unused_keys
+from train.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+SINE = str(CONFIGS / "sine_leap.yaml")
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"metarl {version('metarl')}"
+
+
+def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
+    from train.benchmarks import BENCHMARKS
+    code, out, _ = run(["bench", "--help"], capsys)
+    assert code == 0
+    listed = [l.split()[0] for l in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
+    assert listed == sorted(BENCHMARKS)
+    for name, (_, what) in BENCHMARKS.items():
+        assert f"{name}" in out and what in out
+
+
+# ------------------------------------------------------------------------------------------------
+# unused keys
+
+
+REFUSED = [
+    (["atari_leap.yaml", "inner.lr=0.1"], "'inner.lr' is not used", "atari.a2c"),
+    (["atari_leap.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "atari.a2c"),
+    (["atari_leap.yaml", "eval.every=5"], "'eval.every' is not used", "evaluates once"),
+    (["maze_warp_rnn.yaml", "eval.tasks=3"], "'eval.tasks' is not used", "no held-out evaluation"),
+    (["maze_warp_rnn.yaml", "inner.steps=3"], "'inner.steps' is not used", "maze.task_lr"),
+    (["maze_warp_rnn.yaml", "meta.meta_batch=3"], "'meta.meta_batch' is not used", "continual mode"),
+    (["sine_reptile.yaml", "leap.p=2"], "'leap.p' is not used", "method is reptile"),
+    (["sine_leap.yaml", "maml.steps=2"], "'maml.steps' is not used", "method is leap"),
+    (["sine_leap.yaml", "method=warpgrad", "warpgrad.init_objective=maml", "leap.p=2"], "'leap.p' is not used",
+     "warpgrad"),
+]
+
+
+@pytest.mark.parametrize("args,message,reason", REFUSED, ids=[" ".join(a) for a, _, _ in REFUSED])
+def test_an_override_the_run_does_not_use_is_refused_in_one_line(args, message, reason, capsys, tmp_path):
+    code, _, err = run(["train", str(CONFIGS / args[0]), *args[1:], "--run-dir", str(tmp_path / "r")], capsys)
+    line = one_line(err)
+    assert code == 2 and message in line and reason in line, line
+    assert not (tmp_path / "r").exists()                   # refused before anything is written
+
+
+def test_used_keys_and_defaults_are_accepted():
+    atari = load_config(CONFIGS / "atari_leap.yaml", ["inner.steps=100", "inner.clip_grad_norm=1.0", "eval.tasks=1"])
+    check_used_keys(atari, read_yaml(CONFIGS / "atari_leap.yaml"), ["inner.steps=100", "inner.clip_grad_norm=1.0",
+                                                                     "eval.tasks=1"])
+    warp_leap = load_config(SINE, ["method=warpgrad", "leap.p=2"])
+    check_used_keys(warp_leap, read_yaml(SINE), ["method=warpgrad", "leap.p=2"])       # Warp-Leap reads leap.*
+    maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2"])
+    check_used_keys(maml, read_yaml(CONFIGS / "sine_maml.yaml"), ["maml.steps=2"])
+    assert "maml" not in unused_keys(maml) and "inner.steps" not in unused_keys(atari)
+
+
+def test_every_shipped_config_passes_and_a_saved_config_is_reusable(tmp_path):
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        check_used_keys(load_config(path), read_yaml(path), [])
+    # a run's config.yaml lists every key, unused ones at their defaults: usable as a config
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_to_yaml(load_config(CONFIGS / "maze_warp_rnn.yaml")))
+    check_used_keys(load_config(saved), read_yaml(saved), [])
+    # ... but an unused key changed in a file is refused
+    saved.write_text(saved.read_text().replace("tasks: 5", "tasks: 7"))
+    with pytest.raises(ConfigError, match="'eval.tasks' is set in the config file but not used"):
+        check_used_keys(load_config(saved), read_yaml(saved), [])
+
+
+# ------------------------------------------------------------------------------------------------
+# the interrupt message names the run directory
+
+
+SIGNAL_SELF = """
+import os, signal, sys
+import train.trainer
+def signalled(cfg, run_dir, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("the signal should have stopped the run")
+train.trainer.train = signalled
+from train.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _signalled(args: list[str], cwd: Path) -> str:
+    out = subprocess.run([sys.executable, "-c", SIGNAL_SELF, "train", *args], cwd=cwd, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 143, out.stderr[-2000:]
+    return one_line(out.stderr)
+
+
+def test_sigterm_names_the_generated_run_directory(tmp_path):
+    line = _signalled([SINE, f"run.dir={tmp_path}", "run.progress=false"], ROOT)
+    made = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(made) == 1 and made[0].name.startswith("sine_leap__0__")
+    assert f"metarl train --resume {made[0]})" in line, line
+
+
+def test_sigterm_names_the_resumed_run_directory(tmp_path):
+    run_dir = tmp_path / "resumed"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(config_to_yaml(load_config(SINE)))
+    line = _signalled(["--resume", str(run_dir)], tmp_path)
+    assert f"metarl train --resume {run_dir})" in line, line
+    # --resume of a finished run: tests/test_reliability.py::test_resume_of_a_finished_run_is_refused_and_writes_nothing
+
+
+# ------------------------------------------------------------------------------------------------
+# data paths (item 4)
+
+
+def test_data_paths_resolve_against_the_repository_not_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("METARL_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    omni = load_config(CONFIGS / "omniglot_dev_leap.yaml")        # root: ../shared/data/omniglot
+    assert omni.task_config.root == str((ROOT / ".." / "shared" / "data" / "omniglot").resolve())
+    tiny = load_config(CONFIGS / "tiered_leap_tiny.yaml")          # root: data/tiered_tiny
+    assert tiny.task_config.root == str(ROOT / "data" / "tiered_tiny")
+    # a path on the command line is relative to the working folder, as any path there
+    over = load_config(CONFIGS / "omniglot_dev_leap.yaml", ["omniglot.root=mine/omniglot"])
+    assert over.task_config.root == str(tmp_path / "mine" / "omniglot")
+    # a config file elsewhere: relative to the folder above its own
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "c.yaml").write_text("task: omniglot\nomniglot: {root: data/omni}\n")
+    assert load_config(tmp_path / "exp" / "c.yaml").task_config.root == str(tmp_path / "data" / "omni")
+
+
+def test_metarl_data_overrides_the_data_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METARL_DATA", str(tmp_path))
+    assert load_config(CONFIGS / "omniglot_dev_leap.yaml").task_config.root == str(tmp_path / "omniglot")
+    assert load_config(CONFIGS / "tiered_leap.yaml").task_config.root == str(tmp_path / "tiered-imagenet")
+    absolute = load_config(CONFIGS / "omniglot_dev_leap.yaml", ["omniglot.root=/elsewhere/omniglot"])
+    assert absolute.task_config.root == "/elsewhere/omniglot"
+    # --data DIR sets it for one command; the missing data folder is named in one line
+    monkeypatch.delenv("METARL_DATA")
+    code, _, err = run(["train", str(CONFIGS / "omniglot_dev_leap.yaml"), "--data", str(tmp_path),
+                        "--run-dir", str(tmp_path / "r")], capsys)
+    os.environ.pop("METARL_DATA", None)
+    assert code == 2 and str(tmp_path / "omniglot") in one_line(err)
+    code, _, err = run(["train", SINE, "--data", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a folder" in one_line(err)

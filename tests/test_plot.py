@@ -1,0 +1,75 @@
+"""`metarl plot` without a screenshot: the series it selects and the figure's axes and lines, on runs written
+by the code that writes real runs (train/trainer.py's Logger, train/tasks/atari_eval.py's write_outputs)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from train.plot import MARKERS_UP_TO, figure, select_series
+from train.tasks.atari_eval import INITS, summarise, write_outputs
+from train.trainer import Logger
+
+GAMES = ("Pong", "Breakout")
+GRID = np.linspace(100, 1000, 10)
+
+
+def atari_run(root: Path, name: str, evaluated: bool = True) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    logger = Logger(d, purge_step=None)
+    for game, scale in zip(GAMES, (-20.0, 5.0)):                # training games on the env-step axis
+        for step in (200, 400):
+            logger.games({f"charts/{game}/episodic_return": scale + step / 100}, step)
+    if evaluated:
+        seed_curves = {(g, i): np.array([np.linspace(1, 2, len(GRID)) * (k + 1) * (-20 if g == "Pong" else 5)
+                                         for k in range(2)]) for g in GAMES for i in INITS}
+        curves = {k: np.stack([v.mean(0), v.std(0)]) for k, v in seed_curves.items()}
+        finals = {k: list(v[:, -1]) for k, v in seed_curves.items()}
+        write_outputs(d, list(GAMES), GRID, curves, summarise(list(GAMES), curves, finals), logger,
+                      seed_curves=seed_curves)
+    logger.close()
+    return d
+
+
+def test_default_atari_series_are_held_out_curves_per_game(tmp_path):
+    name, series = select_series(atari_run(tmp_path, "atari_leap__0"))
+    assert name.startswith("episodic_return")
+    assert sorted((s.panel, s.label) for s in series) == sorted((g, i) for g in GAMES for i in INITS)
+    for s in series:        # each series holds one game's values only
+        sign = -1 if s.panel == "Pong" else 1
+        assert np.all(np.sign(s.values) == sign) and s.xlabel == "env steps"
+
+
+def test_training_run_plots_training_games_per_game(tmp_path):
+    _, series = select_series(atari_run(tmp_path, "atari_leap__0", evaluated=False))
+    assert sorted((s.panel, s.label) for s in series) == [("Breakout", "training"), ("Pong", "training")]
+
+
+def test_figure_has_one_axes_per_game_and_groups_seeds(tmp_path):
+    dirs = [atari_run(tmp_path, "atari_leap__0"), atari_run(tmp_path, "atari_leap__1")]
+    fig = figure(dirs)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in axes) == sorted(GAMES)
+    for ax in axes:
+        assert sorted(line.get_label() for line in ax.get_lines()) == ["meta init (n=2)", "random init (n=2)"]
+        for line in ax.get_lines():     # ten points: markers on
+            assert len(line.get_xdata()) == len(GRID) <= MARKERS_UP_TO and line.get_marker() == "o"
+
+
+def test_single_point_is_drawn_with_a_marker(tmp_path):
+    d = tmp_path / "sine__0"
+    logger = Logger(d, purge_step=None)
+    logger.scalars({"losses/train_auc": 1.5}, 1)
+    logger.close()
+    fig = figure([d])
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [1] and line.get_marker() == "o"
+
+
+def test_two_configs_are_labelled_by_name_within_each_game(tmp_path):
+    dirs = [atari_run(tmp_path, "atari_leap__0"), atari_run(tmp_path, "atari_reptile__0")]
+    fig = figure(dirs)
+    for ax in (a for a in fig.axes if a.get_visible()):
+        assert sorted(line.get_label() for line in ax.get_lines()) == [
+            "atari_leap meta init (n=1)", "atari_leap random init (n=1)",
+            "atari_reptile meta init (n=1)", "atari_reptile random init (n=1)"]
