@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train.cli import main
+from cli_helpers import cli, one_line
 from train.config import config_to_yaml, load_config, read_yaml
 from train.config_usage import check_used_keys, unused_keys
 from train.errors import ConfigError
@@ -19,29 +19,16 @@ CONFIGS = ROOT / "configs"
 SINE = str(CONFIGS / "sine_leap.yaml")
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_version_comes_from_the_package_metadata(capsys):
-    code, out, _ = run(["--version"], capsys)
+    code, out, _ = cli(["--version"], capsys)
     assert code == 0 and out.strip() == f"metarl {version('metarl')}"
 
 
 def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
     from train.benchmarks import BENCHMARKS
-    code, out, _ = run(["bench", "--help"], capsys)
+    code, out, _ = cli(["bench", "--help"], capsys)
     assert code == 0
     listed = [l.split()[0] for l in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
     assert listed == sorted(BENCHMARKS)
@@ -69,7 +56,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("args,message,reason", REFUSED, ids=[" ".join(a) for a, _, _ in REFUSED])
 def test_an_override_the_run_does_not_use_is_refused_in_one_line(args, message, reason, capsys, tmp_path):
-    code, _, err = run(["train", str(CONFIGS / args[0]), *args[1:], "--run-dir", str(tmp_path / "r")], capsys)
+    code, _, err = cli(["train", str(CONFIGS / args[0]), *args[1:], "--run-dir", str(tmp_path / "r")], capsys)
     line = one_line(err)
     assert code == 2 and message in line and reason in line, line
     assert not (tmp_path / "r").exists()                   # refused before anything is written
@@ -166,9 +153,9 @@ def test_metarl_data_overrides_the_data_root(tmp_path, monkeypatch, capsys):
     assert absolute.task_config.root == "/elsewhere/omniglot"
     # --data DIR sets it for one command; the missing data folder is named in one line
     monkeypatch.delenv("METARL_DATA")
-    code, _, err = run(["train", str(CONFIGS / "omniglot_dev_leap.yaml"), "--data", str(tmp_path),
+    code, _, err = cli(["train", str(CONFIGS / "omniglot_dev_leap.yaml"), "--data", str(tmp_path),
                         "--run-dir", str(tmp_path / "r")], capsys)
     os.environ.pop("METARL_DATA", None)
     assert code == 2 and str(tmp_path / "omniglot") in one_line(err)
-    code, _, err = run(["train", SINE, "--data", str(tmp_path / "nope")], capsys)
+    code, _, err = cli(["train", SINE, "--data", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a folder" in one_line(err)

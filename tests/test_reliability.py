@@ -18,6 +18,7 @@ import torch
 
 from train import checkpoint as ckpt
 from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from cli_helpers import cli, one_line
 from train.cli import main
 from train.config import load_config
 from train.errors import ConfigError
@@ -27,21 +28,6 @@ CFG = str(ROOT / "configs" / "sine_leap.yaml")
 ATARI = str(ROOT / "configs" / "atari_leap.yaml")
 MAZE = str(ROOT / "configs" / "maze_rnn.yaml")
 S = [CFG, "run.threads=1", "run.progress=false", "eval.every=0", "eval.tasks=2", "inner.steps=3"]
-
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -26,6 +26,7 @@ from metarl.base import MetaOptimizerConfig
 from metarl.leap import LeapConfig
 from metarl.registry import METHODS
 
+from .config_checks import flatten
 from .config_checks import (_INTERNAL, ALLOW_NON_FINITE, FLOAT_MAX, INT_LIMIT, QUOTE_LIMIT,  # noqa: F401
                             _coerce, _optimizer_configs, _show, _type_name, check, from_dict, to_dict)
 from .config_yaml import (MAX_ALIASES, MAX_INCLUDE_DEPTH, MAX_NODES, _count_nodes, _load_yaml,  # noqa: F401
@@ -239,22 +240,13 @@ RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", 
                   "run.dir", "run.device", "run.tf32")      # checkpoints are device-independent
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
 def resume_mutable(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in RESUME_MUTABLE)
 
 
 def resume_changes(saved: Config, new: Config) -> list[str]:
     """Dotted keys whose value differs between a run's saved config and the config it would resume with."""
-    a, b = _flatten(config_to_dict(saved)), _flatten(config_to_dict(new))
+    a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(new))
     return [k for k in (*a, *(k for k in b if k not in a)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
 
 
@@ -267,7 +259,7 @@ def check_resume_overrides(saved: Config, new: Config) -> list[str]:
     changed = resume_changes(saved, new)
     refused = [k for k in changed if not resume_mutable(k)]
     if refused:
-        a, b = _flatten(config_to_dict(saved)), _flatten(config_to_dict(new))
+        a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(new))
         k = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ConfigError(clip(

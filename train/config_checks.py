@@ -213,3 +213,12 @@ def check(cfg: Config) -> None:
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {_show(cfg.name)}")
 
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"dotted.key": value} (an empty mapping stays one entry)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}

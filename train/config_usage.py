@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
+from .config_checks import flatten
 from .errors import ConfigError
 
 
@@ -57,15 +58,6 @@ def unused_keys(cfg: Any) -> dict[str, str]:
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
     return out
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
 
 
 def _match(key: str, unused: dict[str, str]) -> str | None:
@@ -106,7 +98,7 @@ def check_used_keys(cfg: Any, file_data: dict[str, Any] | None, overrides: Itera
         prefix = _match(key, unused)
         if prefix is not None:
             raise ConfigError(f"config key {key!r} is not used by this run: {unused[prefix]}")
-    for key, value in _flatten({k: v for k, v in (file_data or {}).items()
+    for key, value in flatten({k: v for k, v in (file_data or {}).items()
                                 if k in ("inner", "meta", "leap", "maml", "eval")}).items():
         prefix = _match(key, unused)
         if prefix is None or value == {}:
