@@ -37,8 +37,8 @@ episodes, with the updated θ') gives
 
     g_φ += ∇_φ L(sg[θ_i − u_i]; φ, B'_i)
 
-via the task's ``loss(model, batch("query"))``, a graph-carrying loss on a fresh batch. Only ∇_φ is taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient
-is discarded. Cost: one extra forward + backward (a rollout) per iteration.
+via the task's ``loss(model, batch("query"))``, a graph-carrying loss on a fresh batch. Only ∇_φ is
+taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient is discarded. Cost: one extra forward + backward (a rollout) per iteration.
 
 Meta-step: every η task steps, φ steps with the *mean* of the window's finite contributions (the original
 code sums them in φ.grad; with Adam the two differ only through Adam's ε). A contribution with a non-finite
@@ -47,7 +47,8 @@ entry is skipped and counted (``skipped``); a window with no finite contribution
 Burn-in: the original code makes no update at all for its first 100 iterations, and (a quirk) does not zero
 the gradients meanwhile, so its first update uses ~100 iterations of summed gradient. :func:`continual_update`
 offers ``burning_in`` for such iterations with correct zeroing: no backward, no step, nothing accumulates
-(the maze runner's ``burn_in``, default 0). Burn-in iterations are not task steps and do not count towards η.
+(the maze's ``burn_in``, default 0). Burn-in iterations count towards the trainer's windows of η
+(``meta.every``) iterations but add no contribution, so a window of burn-in only takes no φ step.
 
 Checkpoints: ``state_dict()`` holds φ (as the initialisation), the warp optimiser's state, the accumulator
 and the counters — tensors and plain containers only.
