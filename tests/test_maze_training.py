@@ -205,10 +205,10 @@ def test_trainer_moves_phi_exactly_at_meta_steps(tmp_path, monkeypatch, objectiv
     events: list[tuple] = []
     real_update, real_meta_step = maze.continual_update, ContinualWarpGrad.meta_step
 
-    def update(loss, optimizer, watch, params, burning_in=False):
+    def update(loss, optimizer, watch, params, burning_in=False, clip_grad_norm=None):
         stepped = {id(p) for g in optimizer.param_groups for p in g["params"]}
         theta0 = snapshot(p for p in params if id(p) in stepped)
-        out = real_update(loss, optimizer, watch, params, burning_in)
+        out = real_update(loss, optimizer, watch, params, burning_in, clip_grad_norm)
         phi = [p for p in params if id(p) not in stepped]
         theta = [p for p in params if id(p) in stepped]
         events.append(("task", out, snapshot(phi), changed(theta0, theta), all(p.grad is None for p in phi)))

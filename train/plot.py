@@ -40,23 +40,27 @@ class Series:
 
 def _accumulators(run_dir: Path) -> dict[str, object]:
     """The run's TensorBoard runs by name: '' (meta-steps), 'games', 'eval/<init>'."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     if not run_dir.is_dir():
         raise UserError(f"not a directory: {run_dir}")
     folders = {"": run_dir, "games": run_dir / "games"}
     if (run_dir / "eval").is_dir():
         folders.update({f"eval/{d.name}": d for d in sorted((run_dir / "eval").iterdir()) if d.is_dir()})
-    out = {}
-    for name, d in folders.items():
-        if d.is_dir() and any(d.glob("events.out.tfevents.*")):
-            acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
-            acc.Reload()
-            out[name] = acc
-    return out
+    return {name: acc for name, d in folders.items() if (acc := load_events(d)) is not None}
 
 
-def _points(acc, tag: str) -> tuple[np.ndarray, np.ndarray]:
+def load_events(folder: Path):
+    """The TensorBoard scalars of the event files directly in ``folder`` (an EventAccumulator), or None."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
+        return None
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def tag_points(acc, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``tag``, by step."""
     points = {e.step: e.value for e in acc.Scalars(tag)}           # a step logged twice keeps its last value
     steps = sorted(points)
     return np.array(steps, dtype=np.float64), np.array([points[s] for s in steps], dtype=np.float64)
@@ -71,7 +75,7 @@ def _per_game(accs: dict, pattern: str, runs: list[str], label) -> list[Series]:
         for tag in sorted(accs[run].Tags().get("scalars", [])):
             m = re.fullmatch(pattern, tag)
             if m and m.group("game") != "mean":
-                out.append(Series(m.group("game"), label(run, m), *_points(accs[run], tag), "env steps"))
+                out.append(Series(m.group("game"), label(run, m), *tag_points(accs[run], tag), "env steps"))
     return out
 
 
@@ -93,7 +97,7 @@ def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Seri
     tags = {t: run for run, acc in accs.items() for t in acc.Tags().get("scalars", [])}
     chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen is not None:
-        series = [Series(chosen, run.split("/", 1)[-1] if run.startswith("eval/") else "", *_points(acc, chosen),
+        series = [Series(chosen, run.split("/", 1)[-1] if run.startswith("eval/") else "", *tag_points(acc, chosen),
                          "env steps" if run else "step")
                   for run, acc in accs.items() if chosen in acc.Tags().get("scalars", [])]
         if not series and "/" in chosen:        # charts/episodic_return → charts/<game>/episodic_return
@@ -115,7 +119,7 @@ def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.nd
     if chosen is None or chosen not in tags:
         raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} (has: {', '.join(sorted(tags)) or 'none'})")
     acc = next(acc for acc in accs.values() if chosen in acc.Tags().get("scalars", []))
-    return (chosen, *_points(acc, chosen))
+    return (chosen, *tag_points(acc, chosen))
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:

@@ -87,20 +87,13 @@ def _config(d: Path) -> dict:
 def scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``tag: (steps, values)`` for the tags present in the TensorBoard event files directly in ``folder``
     (a step logged twice keeps its last value)."""
-    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from .plot import load_events, tag_points
 
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    acc.Reload()
+    acc = load_events(folder)
+    if acc is None:
+        return {}
     have = set(acc.Tags().get("scalars", []))
-    out = {}
-    for tag in tags:
-        if tag in have:
-            points = {e.step: e.value for e in acc.Scalars(tag)}
-            steps = np.array(sorted(points), dtype=np.float64)
-            out[tag] = (steps, np.array([points[s] for s in sorted(points)], dtype=np.float64))
-    return out
+    return {tag: tag_points(acc, tag) for tag in tags if tag in have}
 
 
 def _has_results(d: Path) -> bool:

@@ -281,10 +281,7 @@ class MazeAdapter(TaskAdapter):
         curve = []
         for _ in range(steps):
             t0, burning_in, episodes, loss = self._task_rollout(model)
-            if clip:
-                outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in, clip)
-            else:
-                outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in)
+            outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in, clip)
             self.skipped += outcome == "non_finite"
             self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
             seconds = time.perf_counter() - t0
