@@ -1,5 +1,5 @@
 # Two entry points, each doing all set-up from a fresh clone:
-#   make run   -> set up .venv, then run the main job on its default config
+#   make run   -> set up .venv, then run the main job on its default config (it ends with its held-out table)
 #   make test  -> set up .venv, then run the test suite
 PY      ?= python3
 VENV    := .venv

@@ -14,7 +14,10 @@ Options: ``observation="rgb"`` gives one 84×84 RGB frame, (3, 84, 84) uint8 cha
 grey 4-stack (``"gray4"``, the default) — the Leap paper's input; with EnvPool it is ``gray_scale=False,
 stack_num=1`` (its RGB stack is 3·stack_num channels). ``reward_bound=b`` (> 0) clips training rewards to
 [−b, b] instead of to their sign (the Leap paper: 5); EnvPool's own clipping only knows the sign, so the bound
-is applied here, to the raw reward.
+is applied here, to the raw reward. ``render=True`` adds ``render()``: the emulator's screen of every env as
+it stands after the last step, (N, 210, 160, 3) uint8 RGB — the real game frame, not the agent's 84×84
+input (EnvPool ``render_mode="rgb_array"``; gymnasium the same per env). With frame skip 4 it shows every
+4th frame, so ``VIDEO_FPS`` (60 / 4) plays a recording at the game's speed.
 
 What one ``step`` returns (arrays of length N):
 
@@ -55,6 +58,7 @@ OBS_SHAPE = (4, 84, 84)
 BACKENDS = ("envpool", "gymnasium", "auto")
 # observation mode → (channels, height, width) of one observation
 OBSERVATIONS = {"gray4": OBS_SHAPE, "rgb": (3, 84, 84)}
+VIDEO_FPS = 15                    # the ALE runs at 60 frames/s; one agent step is 4 of them (frame skip 4)
 
 
 def observation_shape(observation: str = "gray4") -> tuple[int, int, int]:
@@ -170,6 +174,10 @@ class AtariVecEnv:
         self.send(actions)
         return self.recv()
 
+    def render(self) -> np.ndarray:
+        """(N, 210, 160, 3) uint8: each env's screen now (needs ``render=True`` at construction)."""
+        raise NotImplementedError(f"{type(self).__name__} was built without render=True")
+
     def close(self) -> None:
         pass
 
@@ -187,10 +195,11 @@ class EnvPoolAtari(AtariVecEnv):
     def __init__(self, game: str, num_envs: int, seed: int, train: bool, max_episode_steps: int = 27000,
                  noop_max: int = 30, frame_skip: int = 4, num_threads: int | None = None,
                  episodic_life: bool | None = None, reward_clip: bool | None = None,
-                 observation: str = "gray4", reward_bound: float | None = None) -> None:
+                 observation: str = "gray4", reward_bound: float | None = None, render: bool = False) -> None:
         import envpool
 
         self.game, self.backend, self.num_envs, self.train = game, "envpool", num_envs, train
+        self._render = render
         self.observation_shape = observation_shape(observation)
         clip = train if reward_clip is None else reward_clip
         # A bound other than the sign is applied in recv() to the raw reward (EnvPool clips to the sign only).
@@ -205,7 +214,8 @@ class EnvPoolAtari(AtariVecEnv):
             gray_scale=not rgb,
             episodic_life=train if episodic_life is None else episodic_life,
             reward_clip=clip and self._bound is None,
-            repeat_action_probability=0.0, full_action_space=False)
+            repeat_action_probability=0.0, full_action_space=False,
+            **({"render_mode": "rgb_array"} if render else {}))
         self.num_actions = int(self._env.action_space.n)
         self._env_id = np.arange(num_envs, dtype=np.int32)
         self._prev_done = np.zeros(num_envs, dtype=bool)
@@ -240,6 +250,11 @@ class EnvPoolAtari(AtariVecEnv):
         info = {k: v[order] for k, v in info.items() if isinstance(v, np.ndarray) and len(v) == len(ids)}
         return (obs[order], *(a[order] for a in arrays), info)
 
+    def render(self) -> np.ndarray:
+        if not self._render:
+            return super().render()
+        return self._env.render(env_ids=self._env_id)
+
     def close(self) -> None:
         close = getattr(self._env, "close", None)
         if close is not None:
@@ -256,16 +271,17 @@ class GymnasiumAtari(AtariVecEnv):
     def __init__(self, game: str, num_envs: int, seed: int, train: bool, max_episode_steps: int = 27000,
                  noop_max: int = 30, frame_skip: int = 4, episodic_life: bool | None = None,
                  reward_clip: bool | None = None, vectorization: str = "sync", observation: str = "gray4",
-                 reward_bound: float | None = None) -> None:
+                 reward_bound: float | None = None, render: bool = False) -> None:
         import gymnasium as gym
 
         self.game, self.backend, self.num_envs, self.train = game, "gymnasium", num_envs, train
+        self._render = render
         self.observation_shape = observation_shape(observation)
         self.rgb = observation == "rgb"
         self.episodic_life = train if episodic_life is None else episodic_life
         self.reward_clip = train if reward_clip is None else reward_clip
         self.reward_bound = reward_bound
-        fns = [_gym_env_fn(game, max_episode_steps, noop_max, frame_skip, self.rgb) for _ in range(num_envs)]
+        fns = [_gym_env_fn(game, max_episode_steps, noop_max, frame_skip, self.rgb, render) for _ in range(num_envs)]
         if vectorization == "async":
             self._env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         elif vectorization == "sync":
@@ -316,12 +332,17 @@ class GymnasiumAtari(AtariVecEnv):
                "autoreset": autoreset}
         return self._frames(obs), reward, done, out
 
+    def render(self) -> np.ndarray:
+        if not self._render:
+            return super().render()
+        return np.stack(self._env.call("render"))
+
     def close(self) -> None:
         self._env.close()
 
 
 def _gym_env_fn(game: str, max_episode_steps: int, noop_max: int, frame_skip: int,
-                rgb: bool = False) -> Callable[[], Any]:
+                rgb: bool = False, render: bool = False) -> Callable[[], Any]:
     def make():
         import ale_py
         import gymnasium as gym
@@ -330,7 +351,8 @@ def _gym_env_fn(game: str, max_episode_steps: int, noop_max: int, frame_skip: in
         gym.register_envs(ale_py)
         # frameskip=1 in ALE: AtariPreprocessing does the skipping and the max over the last two frames.
         env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False,
-                       max_num_frames_per_episode=max_episode_steps * frame_skip + 1000)
+                       max_num_frames_per_episode=max_episode_steps * frame_skip + 1000,
+                       render_mode="rgb_array" if render else None)
         env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=OBS_SHAPE[1],
                                  terminal_on_life_loss=False, grayscale_obs=not rgb, scale_obs=False)
         env = TimeLimit(env, max_episode_steps)            # counts agent steps, like EnvPool's limit
@@ -349,13 +371,14 @@ def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train
                max_episode_steps: int = 27000, noop_max: int = 30, frame_skip: int = 4,
                num_threads: int | None = None, episodic_life: bool | None = None,
                reward_clip: bool | None = None, vectorization: str = "sync", observation: str = "gray4",
-               reward_bound: float | None = None) -> AtariVecEnv:
+               reward_bound: float | None = None, render: bool = False) -> AtariVecEnv:
     """One Atari vector env; env i is seeded with ``seed + i``.
 
     ``backend="auto"`` uses EnvPool when it imports, else gymnasium + ale-py. ``episodic_life`` and
     ``reward_clip`` default to ``train``. ``num_threads`` (EnvPool) defaults to min(num_envs, cores);
     ``vectorization`` (gymnasium) is ``sync`` or ``async`` (one subprocess per env). ``observation``:
-    ``gray4`` (default) or ``rgb``; ``reward_bound``: clip to [−b, b] instead of the sign (module docstring).
+    ``gray4`` (default) or ``rgb``; ``reward_bound``: clip to [−b, b] instead of the sign; ``render``: add
+    ``render()``, the full-size RGB screens (module docstring).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -364,9 +387,9 @@ def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train
     name = canonical_game(game, backend)
     if backend == "envpool":
         return EnvPoolAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
-                            num_threads, episodic_life, reward_clip, observation, reward_bound)
+                            num_threads, episodic_life, reward_clip, observation, reward_bound, render)
     return GymnasiumAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
-                          episodic_life, reward_clip, vectorization, observation, reward_bound)
+                          episodic_life, reward_clip, vectorization, observation, reward_bound, render)
 
 
 def make_atari_groups(game: str, num_envs: int, seed: int, groups: int = 2, backend: str = "auto",

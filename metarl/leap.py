@@ -28,7 +28,8 @@ from .base import MetaLearner
 @dataclass
 class LeapConfig:
     p: int = 1                 # 1: length metric d₁; 2: energy metric d₂
-    loss: bool = True          # include f(θ) as the (n+1)-th coordinate of the manifold
+    loss: bool = True          # include f(θ) as the (n+1)-th coordinate of the manifold (false: the WarpGrad
+    #                            code's Warp-Leap objective)
     stabilizer: bool = True    # Δf → −|Δf|: the loss term always points downhill (minibatch noise)
     eps: float = 1e-9          # inside the segment norm
 

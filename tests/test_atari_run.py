@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("envpool")
 
+from cli_helpers import cli  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.trainer import train  # noqa: E402
 
@@ -79,7 +80,7 @@ def test_atari_run_prints_progress_and_the_table(atari_run):
     assert "env steps" in err and "SPS" in err                  # the bar's postfix
     assert "held-out Breakout meta init seed 1/1: final score" in err
     assert "held-out Breakout random init seed 1/1: final score" in err
-    assert "| Breakout | meta init |" in err                     # the held-out table
+    assert "| Breakout |" not in err and "video:" not in err    # the table comes from the command, last
     for line in (f"table: {tmp_path / 'eval_atari.md'}", f"plot: {tmp_path / 'eval_atari.png'}",
                  f"tensorboard --logdir {tmp_path}"):
         assert line in err
@@ -99,3 +100,33 @@ def test_metarl_plot_of_an_atari_run_is_per_game(atari_run, tmp_path):
     assert sorted(line.get_label() for line in axes[0].get_lines()) == ["meta init (n=1)", "random init (n=1)"]
     out = plot_runs([run_dir], out=str(tmp_path / "plot.png"))
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_metarl_eval_video_records_each_init_and_ends_with_the_table(atari_run, tmp_path, capsys):
+    """`metarl eval RUN_DIR --video` on a run trained without videos: one MP4 per held-out game and
+    initialisation (read back whole), the same game as a GIF in each TensorBoard evaluation run, the result's
+    `videos`, and the held-out table with the config's note as the last lines."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(atari_run[0], run_dir)
+    saved = run_dir / "config.yaml"
+    saved.write_text(saved.read_text().replace("video_frames: 1000", "video_frames: 200"))    # a short video
+    code, out, err = cli(["eval", str(run_dir), "--video"], capsys)
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    for init in ("meta_init", "random_init"):
+        entry = result["videos"]["Breakout"][init]
+        assert entry["file"] == f"videos/Breakout_{init}.mp4" and 2 <= entry["frames"] <= 200
+        assert entry["game_over"] == (entry["frames"] < 200)
+        assert iio.imread(run_dir / entry["file"], plugin="FFMPEG").shape == (entry["frames"], 210, 160, 3)
+        assert f"video: {run_dir / entry['file']} ({entry['frames']} frames" in err
+        assert _acc(run_dir / "eval" / init).Tags()["images"] == ["videos/Breakout"]
+    lines = err.rstrip().splitlines()
+    note = load_config(saved).eval.note
+    assert note and lines[-1] == note
+    assert lines[-7].startswith("held-out games: 1,200 env steps per run, 1 seed per game")
+    assert lines[-6].split()[:2] == ["game", "init"] and lines[-5].startswith("Breakout        random init")
+    assert lines[-4].startswith("Breakout        Leap init")

@@ -42,7 +42,7 @@ def test_meta_step_benchmark_runs_on_synthetic_data():
     threads = torch.get_num_threads()
     try:
         out = omniglot_meta_step.run(["--data", "synthetic", "--tasks", "1", "--steps", "2", "--rounds", "1",
-                                      "--channels-last", "--filters", "8"])
+                                      "--filters", "8", "--gemm-size", "256"])
     finally:
         torch.set_num_threads(threads)
     assert out["extrapolated"] and out["extrapolation_factor"] == 1000.0

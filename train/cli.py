@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's initialisation on held-out tasks")
     e.add_argument("run_dir")
     e.add_argument("--split", default=None, help="val or test (default: the run's eval.split)")
+    e.add_argument("--video", action="store_true", help="Atari: also record one game per held-out game and "
+                   "initialisation (run_dir/videos/, TensorBoard), as eval.video: true does")
     b = sub.add_parser("bench", help="run a benchmark; the last line is a JSON object of figures",
                        description="benchmarks (metarl bench NAME --help for each one's options):\n" + "\n".join(
                            f"  {name:<20} {what}" for name, (_, what) in sorted(_benchmarks().items())),
@@ -151,14 +153,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             lock.release()
     if world.is_main:
         print(dumps_json(result))
+        _print_summary(cfg, result)
     return 0
 
 
+def _print_summary(cfg, result: dict) -> None:
+    """Atari: the held-out table after the JSON line, where a terminal shows it last (stderr, with the
+    progress output; stdout stays the JSON)."""
+    if cfg.task == "atari" and cfg.run.progress and isinstance(result.get("games"), dict):
+        from .tasks.atari_eval import summary
+        sys.stdout.flush()
+        print("\n" + summary(result, cfg.method, cfg.eval.note, cfg.task_config.eval_games), file=sys.stderr,
+              flush=True)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
     from .checkpoint import dumps_json
-    result = evaluate_run(Path(args.run_dir), args.split)
+    from .config import load_config
+    from .evaluate import evaluate_run
+    result = evaluate_run(Path(args.run_dir), args.split, video=args.video)
     print(dumps_json(result))
+    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result)
     return 0
 
 

@@ -52,6 +52,7 @@ class MetaConfig:
     include: list[str] = field(default_factory=list)   # meta-learn only these parameter prefixes
     exclude: list[str] = field(default_factory=list)
     head: str = "reset"             # reset: every method re-draws the output head per task; learned: it is in θ⁰
+    #                                 (the WarpGrad code re-draws it for Leap, Reptile, FOMAML, no-pretraining only)
     every: int = 0                  # continual mode: a meta-step every N task updates while tasks rotate
 
 
@@ -60,6 +61,10 @@ class MAMLConfig:
     inner_lr: float = 0.01
     steps: int = 5
     first_order: bool = False
+    # The outer loss. query_batch: one batch of held-out data at θ_K (the usual MAML); held_out: the
+    # original Leap / WarpGrad Omniglot code's, every held-out image (in the task's batches) plus the last
+    # inner loss, averaged over the held-out batches (metarl/maml.py; docs/protocols.md §1). Omniglot only.
+    outer_loss: str = "query_batch"
 
 
 @dataclass
@@ -69,6 +74,11 @@ class EvalConfig:
     steps: int = 0                  # adaptation steps at evaluation (0: inner.steps)
     split: str = "test"             # the final evaluation's split (also `metarl eval`'s default)
     periodic_split: str = ""        # the evaluations every `every` meta-steps ("": split); e.g. val while training
+    # Atari only: one game per held-out game and init, of seed 0's final agent, as run_dir/videos/<game>_<init>.mp4
+    # and in TensorBoard (train/tasks/atari_eval.py); cut after video_frames frames (15 per second of game).
+    video: bool = False
+    video_frames: int = 1000
+    note: str = ""                  # Atari: a line printed under the held-out summary (e.g. what the run can show)
 
 
 @dataclass

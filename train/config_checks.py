@@ -165,7 +165,8 @@ def _optimizer_configs(obj: Any, prefix: str = "") -> list[tuple[str, MetaOptimi
 def check(cfg: Config) -> None:
     """Value checks the types cannot express."""
     positive = {"inner.steps": cfg.inner.steps, "meta.meta_batch": cfg.meta.meta_batch,
-                "eval.tasks": cfg.eval.tasks, "run.keep": cfg.run.keep, "maml.steps": cfg.maml.steps}
+                "eval.tasks": cfg.eval.tasks, "run.keep": cfg.run.keep, "maml.steps": cfg.maml.steps,
+                "eval.video_frames": cfg.eval.video_frames}
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {v}")
@@ -193,6 +194,17 @@ def check(cfg: Config) -> None:
                           f"got {_show(cfg.inner.optimizer)}")
     if cfg.meta.head not in ("reset", "learned"):
         raise ConfigError(f"config key 'meta.head' must be reset or learned, got {_show(cfg.meta.head)}")
+    if cfg.maml.outer_loss not in ("query_batch", "held_out"):
+        raise ConfigError(f"config key 'maml.outer_loss' must be query_batch or held_out, "
+                          f"got {_show(cfg.maml.outer_loss)}")
+    if cfg.method == "maml" and cfg.maml.outer_loss == "held_out" and cfg.task != "omniglot":
+        # the original code's outer loss needs the task's held-out batches (OmniglotTask.held_out_batches)
+        raise ConfigError(f"config key 'maml.outer_loss' held_out is the original Omniglot code's: task omniglot "
+                          f"only, not {cfg.task!r}")
+    if cfg.method == "finetune" and cfg.task == "atari" and getattr(cfg.task_config, "heads", None) == "game":
+        # fine-tuning copies each task's head into θ⁰'s (metarl/finetune.py): one head shape for every game
+        raise ConfigError("method finetune on Atari needs one head shape for every game: set atari.heads: max "
+                          "(atari.heads: game sizes each game's head by its own action set)")
     if cfg.eval.split not in ("val", "test"):
         raise ConfigError(f"config key 'eval.split' must be val or test, got {_show(cfg.eval.split)}")
     if cfg.eval.periodic_split not in ("", "val", "test"):

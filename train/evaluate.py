@@ -29,8 +29,10 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     return cfg, adapter, meta, path
 
 
-def evaluate_run(run_dir: Path, split: str | None = None) -> dict:
-    cfg, adapter, meta, path = load_run(run_dir, [f"eval.split={split}"] if split else [])
+def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -> dict:
+    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says."""
+    overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else [])
+    cfg, adapter, meta, path = load_run(run_dir, overrides)
     step = meta.meta_steps
     logger = Logger(run_dir, purge_step=None)
     out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)    # a family's own protocol (Atari: games × seeds)

@@ -14,7 +14,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 def keep_freed_memory() -> bool:
     """Keep freed buffers in glibc's heap: without it every step's activations are mmap-ed, unmapped and
-    page-faulted back in (~18 % of a CPU Omniglot run; `metarl bench omniglot-meta-step --mallopt`).
+    page-faulted back in (~18 % of a CPU Omniglot run; `metarl bench omniglot-meta-step --no-mallopt`).
     Linux glibc only; returns whether both settings took."""
     if sys.platform != "linux":
         return False

@@ -140,11 +140,20 @@ class Logger:
             writer.add_scalar(k, v, step)
 
     def evaluation(self, run: str, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self._evaluation(run).add_scalar(k, v, step)
+
+    def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
+        """``frames`` (T, H, W, 3) uint8 as an animated GIF in the evaluation run ``run`` (images dashboard;
+        train/video.py says why not add_video)."""
+        from .video import gif_summary
+        self._evaluation(run)._get_file_writer().add_summary(gif_summary(tag, frames, fps), step)
+
+    def _evaluation(self, run: str) -> Any:
         from torch.utils.tensorboard import SummaryWriter
         if run not in self._evaluations:
             self._evaluations[run] = SummaryWriter(str(self.games_dir.parent / run), purge_step=0)
-        for k, v in values.items():
-            self._evaluations[run].add_scalar(k, v, step)
+        return self._evaluations[run]
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
@@ -165,6 +174,9 @@ class NullLogger:
         pass
 
     def evaluation(self, run: str, values: dict[str, float], step: int) -> None:
+        pass
+
+    def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
         pass
 
     def text(self, tag: str, text: str, step: int = 0) -> None:

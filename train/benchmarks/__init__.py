@@ -12,6 +12,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {      # name → (module, what it meas
     "leap-overhead-a2c": ("train.benchmarks.leap_overhead_a2c",
                           "an Atari A2C inner loop with and without Leap watching it"),
     "maze-iteration": ("train.benchmarks.maze_iteration", "milliseconds per maze training iteration"),
+    "omniglot-bf16-cosine": ("train.benchmarks.omniglot_bf16_cosine",
+                             "cosine of Leap's Omniglot meta-gradient in bf16 to fp32, against fp32's noise floor"),
     "omniglot-meta-step": ("train.benchmarks.omniglot_meta_step",
-                           "seconds per Leap meta-step at the multi-shot Omniglot paper protocol"),
+                           "seconds per Leap meta-step at the multi-shot Omniglot paper protocol, and its "
+                           "fraction of the GEMM peak"),
 }

@@ -1,36 +1,61 @@
-"""`metarl bench omniglot-meta-step`: seconds per Leap meta-step at the multi-shot Omniglot paper protocol.
+"""`metarl bench omniglot-meta-step`: seconds per Omniglot Leap meta-step and its fraction of the GEMM peak.
 
-One meta-step = 20 tasks (20-way alphabets) × 100 SGD steps (lr 0.1, batch 20, augmented 28×28 images) on
-OmniConv with 64 filters, each under Leap's watch, then the all-reduce and the meta-update — the trainer's
-own ``episodic_unit`` (train/trainer.py), so the figure is what `metarl train configs/omniglot_leap.yaml`
-pays per meta-step. Tasks come from the real Omniglot data (../shared/data/omniglot, via OmniglotAdapter)
-or, with ``--data synthetic``, from random uint8 images of the same shape through the same adapter.
+The multi-shot Omniglot paper protocol: one meta-step = 20 tasks (20-way alphabets) × 100 SGD steps (lr 0.1,
+batch 20, augmented 28×28 images) on OmniConv with 64 filters, each under Leap's watch, then the all-reduce
+and the meta-update. The pieces are the trainer's own: ``--config`` (default configs/omniglot_leap.yaml)
+read by ``load_config``, the adapter and meta-learner from ``trainer.setup``, one meta-batch by
+``trainer.episodic_unit``. So the default is what `metarl train configs/omniglot_leap.yaml` runs, through
+the same code:
+- OmniConv in channels_last, as the adapter builds it (``omniglot.channels_last``, default true);
+- glibc keeps freed memory: ``runtime.keep_freed_memory``, which the `metarl` command calls before any
+  command (the benchmark's ranks call it too, as spawned processes do not pass through the command);
+- OpenMP's short idle spin (``runtime.short_openmp_spin``, set by the `metarl` command; inherited by the
+  benchmark's child processes) and ``run.threads`` torch threads (1 in the Omniglot configs).
+Tasks come from the real Omniglot data (the config's ``omniglot.root``, via OmniglotAdapter) or, with
+``--data synthetic``, from random uint8 images of the same shape through the same adapter.
 
 ``--tasks`` / ``--steps`` run a fraction of the meta-batch / inner loop; the time is then extrapolated
-linearly to ``--full-tasks`` × ``--full-steps`` and the output says so (``"extrapolated": true``).
+linearly to ``--full-tasks`` × ``--full-steps`` (default: the config's) and the output says so
+(``"extrapolated": true``). Figures per timed meta-step: wall-clock seconds (what a run pays, inflated when
+other processes share the cores) and process CPU seconds summed over ranks (≈ the wall time of an
+undisturbed single-thread run). The load average is recorded before and after.
 
-Figures per timed meta-step: wall-clock seconds (what a run pays, inflated when other processes share the
-cores) and process CPU seconds summed over ranks (≈ the wall time of an undisturbed single-thread run).
-The machine's load average (``uptime``) is recorded before and after.
+Opt-outs and options, for comparison:
+  --no-channels-last  ``omniglot.channels_last=false``: NCHW convs and max-pool (CPU max-pool on NCHW is far
+                      slower)
+  --no-mallopt        glibc's default allocator: freed activation buffers are unmapped and page-faulted back
+                      in at every step. mallopt cannot be undone in a process, so this variant runs in a fresh
+                      interpreter that never sets it (``python -m train.benchmarks.omniglot_meta_step``)
+  --bf16              ``omniglot.precision=bf16``: the model's forward under bf16 autocast, BatchNorm and the
+                      loss in fp32 (train/tasks/image_classification.py ``PRECISIONS``)
+  --threads T         torch threads per process (``run.threads``). On a loaded machine 2 threads spin in
+                      OpenMP's barriers (far slower)
+  --ranks R           R gloo processes on this host, the meta-batch's tasks split over them exactly as
+                      train/distributed.py does under torchrun (T threads each)
+  --sweep A,B,...     several variants as subprocesses of the `metarl` command, alternating round by round,
+                      medians per variant; a variant is ``base`` (the default) or '+'-joined tokens of
+                      nocl, nomallopt, bf16, threadsN, ranksN
 
-Speed options (off by default). The trainer itself builds OmniConv in channels_last (``omniglot.channels_last``)
-and sets mallopt in the CLI, so `--mallopt` (plus the adapter's default layout) is what `metarl train` runs:
-  --channels-last  model (and so θ⁰ and the task copies) in channels_last memory format: oneDNN convs and,
-                   above all, max-pool run in NHWC; CPU max-pool on NCHW is far slower (now the
-                   adapter's default, so the flag changes nothing unless that default is turned off)
-  --mallopt        glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): freed activation buffers stay
-                   in the heap instead of being unmapped and page-faulted back in at every step
-  --bf16           bf16 autocast around the task loss (forward convs/linear in bf16; weights stay fp32)
-  --threads T      torch threads per process. On a loaded machine 2 threads spin in OpenMP's barriers
-                   (far slower); run with OMP_WAIT_POLICY=PASSIVE in the environment to compare fairly
-  --ranks R        R gloo processes on this host, the meta-batch's tasks split over them exactly as
-                   train/distributed.py does under torchrun (T threads each)
-  --sweep A,B,...  run several variants (``base`` or '+'-joined tokens of cl, mallopt, bf16, threadsN,
-                   ranksN) as subprocesses, alternating them round by round, and report medians per variant
+FLOPs (:func:`omniconv_flops`), counted analytically. Convention: 2 FLOPs per multiply-add of the conv and
+linear layers only — forward, and backward's input gradient and weight gradient (the images need no input
+gradient, so the first conv has none); biases, BatchNorm, pooling, ReLU, the cross-entropy, the augmentation,
+the SGD update and Leap's O(#parameters) vector work are not counted. That is what
+``torch.utils.flop_counter.FlopCounterMode`` counts (tests/test_bench_omniglot.py checks it). One inner step
+is one forward and one backward; a task is ``steps`` inner steps plus one forward (the closing loss
+f(θ_K), train/tasks/base.py ``finish_task``); a meta-step is ``tasks`` tasks. At 64 filters and batch 20
+one inner step is ≈ 1.16 GFLOP: 0.39 forward, 0.77 backward.
+
+GEMM peak (:func:`gemm_peak`): one ``--gemm-size``² fp32 matmul on one torch thread, the best of
+``--gemm-reps`` timed calls after two warm-up calls, as GFLOP/s; with ``--bf16`` the same in bf16.
+``fraction_of_peak`` = (meta-step FLOPs / wall seconds / cores used) / the wall-time peak of the precision
+run, where cores used = ranks × threads. ``fraction_of_peak_cpu`` = (FLOPs / process CPU seconds) / the
+CPU-time peak (``gemm_peak_gflops_cpu``): both rates as the core delivers them while it runs this job, so
+the steadier figure when other jobs share the cores. On an idle machine the two agree.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -44,13 +69,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runtime import keep_freed_memory
-from ..seeding import FIXED, step_generators
-from ._common import median, parser
+from ..errors import UserError
+from ..runtime import SHORT_OPENMP_SPIN, keep_freed_memory
+from ..seeding import step_generators
+from ._common import median, parser, torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "omniglot"
-TOKENS = {"cl": ["--channels-last"], "mallopt": ["--mallopt"], "bf16": ["--bf16"]}
+CONFIG = ROOT / "configs" / "omniglot_leap.yaml"
+TOKENS = {"nocl": ["--no-channels-last"], "nomallopt": ["--no-mallopt"], "bf16": ["--bf16"]}
+NAME = "metarl bench omniglot-meta-step"
 
 
 def load() -> str:
@@ -76,49 +103,82 @@ def synthetic_data(alphabets: int = 46, characters: int = 20, drawings: int = 20
         alphabet_split=np.array(["images_background"] * alphabets))
 
 
-def make_adapter(args, seed: int):
-    """OmniglotAdapter (20-way, batch 20) with the chosen speed options applied to its models and tasks."""
-    from train.tasks.omniglot import OmniglotAdapter, OmniglotConfig
+# ------------------------------------------------------------------------------------------------
+# FLOPs and the GEMM peak
 
-    class Adapter(OmniglotAdapter):
-        def make_model(self, generator, task=None):
-            model = super().make_model(generator, task)
-            return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
-        def make_task(self, split, alphabet, rng):
-            task = super().make_task(split, alphabet, rng)
-            if args.bf16:
-                loss = task.loss
+def omniconv_flops(filters: int = 64, batch: int = 20, ways: int = 20, size: int = 28, layers: int = 4,
+                   in_channels: int = 1) -> dict[str, int]:
+    """FLOPs of one OmniConv forward and one backward on a batch (the module docstring's convention): each
+    block's 3×3 conv (padding 1) runs at the block's input resolution, then a 2×2 max-pool halves it
+    (28 → 14 → 7 → 3 → 1); the head is Linear(filters · side² → ways)."""
+    forward = weight_grad = input_grad = 0
+    channels, side = in_channels, size
+    for i in range(layers):
+        macs = batch * side * side * filters * channels * 9
+        forward += macs
+        weight_grad += macs
+        if i > 0:                      # the images need no gradient
+            input_grad += macs
+        channels, side = filters, side // 2
+    head = batch * filters * side * side * ways
+    forward, weight_grad, input_grad = forward + head, weight_grad + head, input_grad + head
+    return {"forward": 2 * forward, "backward": 2 * (weight_grad + input_grad)}
 
-                def bf16_loss(model, batch, loss=loss):
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        return loss(model, batch)
-                task.loss = bf16_loss
-            return task
 
-    config = OmniglotConfig(root=str(args.root), num_pretrain=20, batch_size=args.batch, filters=args.filters,
-                            sampler="mod")
-    data = synthetic_data() if args.data == "synthetic" else None
-    return Adapter(config, seed=seed, data=data)
+def meta_step_flops(tasks: int, steps: int, filters: int, batch: int, ways: int) -> int:
+    """Per task ``steps`` forward + backward passes and the closing forward f(θ_K); ``tasks`` tasks."""
+    f = omniconv_flops(filters, batch, ways)
+    return tasks * (steps * (f["forward"] + f["backward"]) + f["forward"])
+
+
+def gemm_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """GFLOP/s of an n×n by n×n matmul on one torch thread, 2n³ FLOPs each: the best of ``reps`` timed
+    calls after two warm-up calls (oneDNN / BLAS set-up, caches), by wall time and by process CPU time
+    (the latter is the core's rate while it runs this thread, when other jobs share the cores)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    wall = cpu = float("inf")
+    with torch_threads(1):
+        for _ in range(2):
+            torch.mm(a, b, out=out)
+        for _ in range(reps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            torch.mm(a, b, out=out)
+            wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return {"wall": 2 * n ** 3 / wall / 1e9, "cpu": 2 * n ** 3 / cpu / 1e9}
+
+
+# ------------------------------------------------------------------------------------------------
+# the measurement
+
+
+def config_overrides(args, fraction: bool = True) -> list[str]:
+    """The command-line options as config overrides (the config's own values where an option is unset);
+    without ``fraction``, the config's meta-batch and inner steps (the full protocol)."""
+    over = ["eval.every=0", "run.progress=false", f"run.threads={args.threads}",
+            f"omniglot.channels_last={'false' if args.no_channels_last else 'true'}",
+            f"omniglot.precision={'bf16' if args.bf16 else 'fp32'}"]
+    for key, value in (("meta.meta_batch", args.tasks if fraction else None),
+                       ("inner.steps", args.steps if fraction else None), ("omniglot.batch_size", args.batch),
+                       ("omniglot.filters", args.filters), ("omniglot.root", args.root)):
+        if value is not None:
+            over.append(f"{key}={value}")
+    return over
 
 
 def build(args):
-    from train.config import build_config
-    from train.trainer import build_meta_learner
-    cfg = build_config({
-        "name": "bench", "seed": 0, "task": "omniglot", "method": "leap",
-        "inner": {"optimizer": "sgd", "lr": 0.1, "steps": args.steps},
-        "meta": {"meta_batch": args.tasks, "steps": 10**6, "optimizer": {"name": "sgd", "lr": 0.1},
-                 "head": "reset"},
-        "leap": {"p": 1, "loss": True, "stabilizer": True},
-        "eval": {"every": 0},
-        "run": {"progress": False, "threads": args.threads},
-        "omniglot": {"root": str(args.root), "num_pretrain": 20, "batch_size": args.batch,
-                     "filters": args.filters},
-    })
-    adapter = make_adapter(args, cfg.seed)
-    _, generator = step_generators(cfg.seed, FIXED, 0)
-    return cfg, adapter, build_meta_learner(cfg, adapter.make_model(generator), adapter)
+    """The trainer's config, adapter and meta-learner, as `metarl train` builds them (``trainer.setup``)."""
+    from train.config import load_config
+    from train.tasks.omniglot import OmniglotAdapter
+    from train.trainer import setup
+    cfg = load_config(args.config, config_overrides(args))
+    adapter = OmniglotAdapter(cfg.task_config, seed=cfg.seed,
+                              data=synthetic_data() if args.data == "synthetic" else None)
+    adapter, meta = setup(cfg, adapter)
+    return cfg, adapter, meta
 
 
 def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
@@ -128,9 +188,8 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
     import torch.distributed as dist
     from train.distributed import World
     from train.trainer import episodic_unit, run_task
-    torch.set_num_threads(args.threads)
-    if args.mallopt:
-        keep_freed_memory()
+    if not args.no_mallopt:
+        keep_freed_memory()          # as the `metarl` command does first (a no-op repeat in its own process)
     if size > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=size)
@@ -153,31 +212,50 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
 
 def _parse(argv: list[str]):
     p = parser(__doc__.split("\n")[0])
-    p.add_argument("--tasks", type=int, default=20, help="tasks run per meta-step (fraction of --full-tasks)")
-    p.add_argument("--steps", type=int, default=100, help="inner steps run per task (fraction of --full-steps)")
-    p.add_argument("--full-tasks", type=int, default=20, help="the protocol's meta-batch")
-    p.add_argument("--full-steps", type=int, default=100, help="the protocol's inner steps")
-    p.add_argument("--batch", type=int, default=20)
-    p.add_argument("--filters", type=int, default=64)
+    p.add_argument("--config", default=str(CONFIG), help="an Omniglot config (default configs/omniglot_leap.yaml)")
+    p.add_argument("--tasks", type=int, default=None, help="tasks run per meta-step (default: the config's)")
+    p.add_argument("--steps", type=int, default=None, help="inner steps run per task (default: the config's)")
+    p.add_argument("--full-tasks", type=int, default=None, help="the protocol's meta-batch (default: the config's)")
+    p.add_argument("--full-steps", type=int, default=None, help="the protocol's inner steps (default: the config's)")
+    p.add_argument("--batch", type=int, default=None, help="omniglot.batch_size (default: the config's)")
+    p.add_argument("--filters", type=int, default=None, help="omniglot.filters (default: the config's)")
     p.add_argument("--data", choices=("real", "synthetic"), default="real")
-    p.add_argument("--root", default=str(DATA), help="Omniglot folder (real data)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--mallopt", action="store_true")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--root", default=None, help="Omniglot folder (default: the config's omniglot.root)")
+    p.add_argument("--no-channels-last", action="store_true", help="omniglot.channels_last=false (NCHW)")
+    p.add_argument("--no-mallopt", action="store_true", help="glibc's default allocator (a fresh interpreter)")
+    p.add_argument("--bf16", action="store_true", help="omniglot.precision=bf16")
+    for old in ("--channels-last", "--mallopt"):    # once opt-in, now the default: older commands still run
+        p.add_argument(old, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ranks", type=int, default=1)
-    p.add_argument("--sweep", default="", help="comma-separated variants, e.g. base,cl,cl+mallopt,cl+ranks2")
+    p.add_argument("--gemm-size", type=int, default=2048, help="side of the square matmul timed for the peak")
+    p.add_argument("--gemm-reps", type=int, default=5, help="timed matmuls (the best counts)")
+    p.add_argument("--sweep", default="", help="comma-separated variants, e.g. base,nocl,nomallopt,bf16,ranks2")
     return p.parse_args(argv)
 
 
-def measure(args, argv: list[str]) -> dict[str, Any]:
-    """Run ``args.rounds`` meta-steps on ``args.ranks`` processes; medians and the extrapolation."""
+def _in_fresh_interpreter(argv: list[str]) -> dict[str, Any]:
+    """:func:`measure` in a new Python process that never calls mallopt; OpenMP's short spin as the command."""
+    env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", SHORT_OPENMP_SPIN)}
+    out = subprocess.run([sys.executable, "-m", "train.benchmarks.omniglot_meta_step", *argv],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    if out.returncode != 0:
+        raise UserError(f"{NAME} --no-mallopt: the fresh interpreter failed: "
+                        f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(args, argv: list[str], fresh: bool = False) -> dict[str, Any]:
+    """Run ``args.rounds`` meta-steps on ``args.ranks`` processes; medians and the extrapolation.
+    ``fresh``: this interpreter has never called mallopt (the ``--no-mallopt`` child)."""
+    if args.no_mallopt and args.ranks == 1 and not fresh:
+        return _in_fresh_interpreter(argv)
     before = load()
     if args.ranks == 1:
         import queue as queue_module
         q: Any = queue_module.SimpleQueue()
         _worker(0, 1, 0, argv, q)
         results = [q.get()]
-    else:
+    else:                              # spawned processes start fresh: mallopt only where _worker sets it
         import torch.multiprocessing as mp
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -203,6 +281,26 @@ def measure(args, argv: list[str]) -> dict[str, Any]:
     }
 
 
+def efficiency(args, timing: dict[str, Any], peaks: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """FLOPs per meta-step at the full protocol and their rate against the GEMM peak (module docstring)."""
+    flops = meta_step_flops(args.full_tasks, args.full_steps, args.filters, args.batch, args.ways)
+    per_step = omniconv_flops(args.filters, args.batch, args.ways)
+    cores = args.ranks * args.threads
+    precision = "bf16" if args.bf16 else "fp32"
+    per_core = flops / timing["seconds_per_meta_step"] / cores / 1e9
+    per_cpu_second = flops / timing["cpu_seconds_per_meta_step"] / 1e9
+    out = {"gflop_per_meta_step": flops / 1e9,
+           "gflop_per_inner_step": (per_step["forward"] + per_step["backward"]) / 1e9,
+           "cores_used": cores, "achieved_gflops_per_core": per_core, "gflops_per_cpu_second": per_cpu_second,
+           "gemm_peak_gflops": peaks["fp32"]["wall"], "gemm_peak_gflops_cpu": peaks["fp32"]["cpu"],
+           "peak_precision": precision,
+           "fraction_of_peak": per_core / peaks[precision]["wall"],
+           "fraction_of_peak_cpu": per_cpu_second / peaks[precision]["cpu"]}
+    if args.bf16:
+        out["gemm_peak_gflops_bf16"], out["gemm_peak_gflops_bf16_cpu"] = peaks["bf16"]["wall"], peaks["bf16"]["cpu"]
+    return out
+
+
 def _variant_flags(name: str) -> list[str]:
     flags: list[str] = []
     for token in name.split("+"):
@@ -215,15 +313,16 @@ def _variant_flags(name: str) -> list[str]:
         elif token.startswith("ranks") and token[5:].isdigit():
             flags += ["--ranks", token[5:]]
         else:
-            raise SystemExit(f"metarl bench omniglot-meta-step: unknown variant token {token!r} "
-                             f"(base, cl, mallopt, bf16, threadsN, ranksN)")
+            raise UserError(f"{NAME}: unknown variant token {token!r} (base, nocl, nomallopt, bf16, threadsN, "
+                            f"ranksN)")
     return flags
 
 
 def sweep(args, argv: list[str]) -> dict[str, Any]:
-    """Each variant in its own subprocess (mallopt and thread pools cannot be undone in-process), one timed
-    meta-step per subprocess, variants alternating round by round so that drifting load hits all alike."""
+    """Each variant in its own `metarl` subprocess (mallopt and thread pools cannot be undone in-process), one
+    timed meta-step per subprocess, variants alternating round by round so that drifting load hits all alike."""
     variants = [v.strip() for v in args.sweep.split(",") if v.strip()]
+    flags = {v: _variant_flags(v) for v in variants}
     common: list[str] = []
     skip = {"--sweep", "--rounds"}
     it = iter(argv)
@@ -234,8 +333,9 @@ def sweep(args, argv: list[str]) -> dict[str, Any]:
                 next(it, None)
             continue
         common.append(a)
-    flags = {v: _variant_flags(v) for v in variants}
-    rows: dict[str, dict[str, list]] = {v: {"wall": [], "cpu": [], "cpu_max": []} for v in variants}
+    keys = ("seconds_per_meta_step", "cpu_seconds_per_meta_step", "cpu_seconds_slowest_rank", "fraction_of_peak",
+            "fraction_of_peak_cpu")
+    rows: dict[str, dict[str, list]] = {v: {k: [] for k in keys} for v in variants}
     loads = [load()]
     for r in range(args.rounds):
         for v in variants:
@@ -243,44 +343,79 @@ def sweep(args, argv: list[str]) -> dict[str, Any]:
                    "--rounds", "1"]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
-                raise SystemExit(f"variant {v} failed: {out.stderr.strip().splitlines()[-1:]}")
+                raise UserError(f"{NAME}: variant {v} failed: {(out.stderr.strip().splitlines() or [''])[-1]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            rows[v]["wall"].append(res["seconds_per_meta_step"])
-            rows[v]["cpu"].append(res["cpu_seconds_per_meta_step"])
-            rows[v]["cpu_max"].append(res["cpu_seconds_slowest_rank"])
+            for k in keys:
+                rows[v][k].append(float("nan") if res[k] is None else res[k])    # None: no FLOP count (warps)
             print(f"round {r} {v:28s} wall {res['seconds_per_meta_step']:7.2f} s  "
-                  f"cpu {res['cpu_seconds_per_meta_step']:7.2f} s  load {res['load_after']}", flush=True)
+                  f"cpu {res['cpu_seconds_per_meta_step']:7.2f} s  of peak {res['fraction_of_peak']:.2f}  "
+                  f"load {res['load_after']}", flush=True)
         loads.append(load())
-    table = {v: {"wall_s": round(median(x["wall"]), 3), "cpu_s": round(median(x["cpu"]), 3),
-                 "cpu_slowest_rank_s": round(median(x["cpu_max"]), 3)} for v, x in rows.items()}
+    table = {v: {"wall_s": round(median(x["seconds_per_meta_step"]), 3),
+                 "cpu_s": round(median(x["cpu_seconds_per_meta_step"]), 3),
+                 "cpu_slowest_rank_s": round(median(x["cpu_seconds_slowest_rank"]), 3),
+                 "fraction_of_peak": round(median(x["fraction_of_peak"]), 3),
+                 "fraction_of_peak_cpu": round(median(x["fraction_of_peak_cpu"]), 3)} for v, x in rows.items()}
     base = table[variants[0]]
-    print(f"\n{'variant':28s} {'wall s':>8s} {'cpu s':>8s} {'cpu/rank s':>10s} {'wall vs ' + variants[0]:>14s}")
+    print(f"\n{'variant':28s} {'wall s':>8s} {'cpu s':>8s} {'cpu/rank s':>10s} {'of peak':>8s} "
+          f"{'wall vs ' + variants[0]:>14s}")
     for v, t in table.items():
         print(f"{v:28s} {t['wall_s']:8.2f} {t['cpu_s']:8.2f} {t['cpu_slowest_rank_s']:10.2f} "
-              f"{base['wall_s'] / t['wall_s']:13.2f}x")
+              f"{t['fraction_of_peak']:8.2f} {base['wall_s'] / t['wall_s']:13.2f}x")
     return {"sweep": table, "rounds": args.rounds, "loads": loads}
+
+
+def resolve(args) -> None:
+    """Fill the options left unset from the config, and check them (one-line errors)."""
+    from train.config import load_config
+    cfg = load_config(args.config, config_overrides(args, fraction=False))
+    if cfg.task != "omniglot" or cfg.meta.every:
+        raise UserError(f"{NAME}: --config must be an episodic Omniglot config, {args.config} is not")
+    c = cfg.task_config
+    args.full_tasks = args.full_tasks or cfg.meta.meta_batch
+    args.full_steps = args.full_steps or cfg.inner.steps
+    args.tasks, args.steps = args.tasks or args.full_tasks, args.steps or args.full_steps
+    args.batch, args.filters, args.ways, args.root = c.batch_size, c.filters, c.ways, c.root
+    args.warp = c.warp
+    args.method = cfg.method
 
 
 def run(argv: list[str]) -> dict:
     warnings.filterwarnings("ignore", message=".*TF32.*")
     args = _parse(argv)
-    for name in ("tasks", "steps", "full_tasks", "full_steps", "batch", "filters", "ranks", "rounds", "threads"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"metarl bench omniglot-meta-step: --{name.replace('_', '-')} must be positive")
+    for name in ("tasks", "steps", "full_tasks", "full_steps", "batch", "filters", "ranks", "rounds", "threads",
+                 "gemm_size", "gemm_reps"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"{NAME}: --{name.replace('_', '-')} must be positive")
+    resolve(args)
     if args.data == "real" and not Path(args.root).is_dir():
-        raise SystemExit(f"metarl bench omniglot-meta-step: no Omniglot data at {args.root} (use --data synthetic)")
+        raise UserError(f"{NAME}: no Omniglot data at {args.root} (use --data synthetic)")
     head = {"protocol": f"{args.full_tasks} tasks x {args.full_steps} SGD steps, batch {args.batch}, "
-                        f"OmniConv {args.filters} filters, 20-way, Leap (p=1, loss, stabilizer)",
+                        f"OmniConv {args.filters} filters, {args.ways}-way, {args.method} ({Path(args.config).name})",
             "data": args.data, "tasks_run": args.tasks, "steps_run": args.steps, "threads": args.threads,
-            "ranks": args.ranks, "channels_last": args.channels_last, "mallopt": args.mallopt, "bf16": args.bf16,
-            "cpu": _cpu(), "cores": os.cpu_count()}
-    if args.sweep:
-        return {**head, **sweep(args, argv)}
+            "ranks": args.ranks, "channels_last": not args.no_channels_last, "mallopt": not args.no_mallopt,
+            "precision": "bf16" if args.bf16 else "fp32", "cpu": _cpu(), "cores": os.cpu_count()}
+    if args.sweep:      # each variant's own options are in its name
+        per_variant = ("ranks", "threads", "channels_last", "mallopt", "precision")
+        return {**{k: v for k, v in head.items() if k not in per_variant}, **sweep(args, argv)}
+    peaks = {"fp32": gemm_peak(torch.float32, args.gemm_size, args.gemm_reps)}
+    if args.bf16:
+        peaks["bf16"] = gemm_peak(torch.bfloat16, args.gemm_size, args.gemm_reps)
     out = {**head, **measure(args, argv)}
+    if args.warp == "none":           # the FLOP count is OmniConv's without warp layers
+        out.update(efficiency(args, out, peaks))
+    else:
+        out.update(gemm_peak_gflops=peaks["fp32"]["wall"], fraction_of_peak=None, fraction_of_peak_cpu=None)
     note = (f" (extrapolated ×{out['extrapolation_factor']:g} from {args.tasks} tasks × {args.steps} steps)"
             if out["extrapolated"] else "")
-    print(f"Leap meta-step: {out['seconds_per_meta_step']:.2f} s wall, {out['cpu_seconds_per_meta_step']:.2f} s "
-          f"CPU{note}; load {out['load_before']} → {out['load_after']}")
+    print(f"{args.method} meta-step: {out['seconds_per_meta_step']:.2f} s wall, "
+          f"{out['cpu_seconds_per_meta_step']:.2f} s CPU{note}; load {out['load_before']} → {out['load_after']}")
+    if out["fraction_of_peak"] is not None:
+        print(f"{out['gflop_per_meta_step']:.4g} GFLOP per meta-step: {out['achieved_gflops_per_core']:.1f} GFLOP/s "
+              f"per core, GEMM peak {peaks[out['peak_precision']]['wall']:.1f} ({out['peak_precision']}, one "
+              f"thread): {out['fraction_of_peak']:.2f} of peak; by CPU time {out['gflops_per_cpu_second']:.1f} of "
+              f"{peaks[out['peak_precision']]['cpu']:.1f}: {out['fraction_of_peak_cpu']:.2f}")
     return out
 
 
@@ -292,3 +427,10 @@ def _cpu() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+if __name__ == "__main__":      # the --no-mallopt child (measure only; the parent adds the rest)
+    _argv = sys.argv[1:]
+    _args = _parse(_argv)
+    resolve(_args)
+    print(json.dumps(measure(_args, _argv, fresh=True)))

@@ -32,6 +32,8 @@ each task (steps are cumulative over every ``adapt`` call of this adapter), or s
 ``on_update`` / ``on_progress`` (env steps after each update, no host sync) for live logging.
 ``evaluate`` returns the mean true score of the most recent games of the task's last ``adapt`` (the
 convention of Atari learning curves), or of a separate evaluation run when ``eval_steps > 0``.
+``record_episode`` plays one whole game with the task's policy and returns its real screens (the video of
+the held-out protocol, ``eval.video``).
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.a2c import A2CConfig, A2CResult, Episode, RolloutCollector, make_optimizer, train_agent
+from agents.a2c import (A2CConfig, A2CResult, Episode, RolloutCollector, autocast, make_optimizer,
+                        sample_actions, train_agent)
 from agents.nets import ENCODERS, ActorCritic
-from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari_groups, num_actions
+from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari, make_atari_groups, num_actions
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
@@ -233,6 +236,32 @@ class AtariAdapter(TaskAdapter):
             return {"score": float("nan"), "length": float("nan"), "games": 0.0}
         return {"score": float(np.mean([g.episodic_return for g in games])),
                 "length": float(np.mean([g.length for g in games])), "games": float(len(games))}
+
+    @torch.no_grad()
+    def record_episode(self, task: Game, model: nn.Module, max_frames: int) -> tuple[np.ndarray, float, bool]:
+        """One whole game (evaluation env: all lives, raw score) with ``model``'s stochastic policy, as
+        (frames (T, 210, 160, 3) uint8 — the real screens, the reset one first —, score, game over). The game is
+        cut after ``max_frames`` frames (game over False, the score so far). Its own env and sampling generator:
+        the runs around it are unchanged."""
+        cfg = self.config
+        env = make_atari(task.key, 1, task.seed, backend=cfg.backend, train=False, num_threads=1,
+                         max_episode_steps=cfg.max_episode_steps, observation=cfg.observation, render=True)
+        device = next(model.parameters()).device
+        generator = _generator(model, task.seed + 2)      # + 1 is the evaluation run's (_evaluation_run)
+        try:
+            obs = env.reset()
+            frames, score, over = [env.render()[0]], 0.0, False
+            while len(frames) < max_frames and not over:
+                with autocast(model, cfg.a2c.precision):
+                    logits, _ = model(torch.from_numpy(obs).to(device))
+                action = sample_actions(logits[:, : task.num_actions], generator)
+                obs, _, _, info = env.step(action.cpu().numpy())
+                score += float(info["raw_reward"][0])
+                frames.append(env.render()[0])
+                over = bool(info["terminated"][0] or info["truncated"][0])
+        finally:
+            env.close()
+        return np.stack(frames), score, over
 
     def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None) -> dict:
         """The held-out protocol: each held-out game from the meta-learned and from a random init."""

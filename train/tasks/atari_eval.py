@@ -13,7 +13,13 @@ Outputs in the run directory:
 - ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC, the final
   score (mean ± std over seeds) and, where references exist, the human-normalised final score and AUC; and
   per seed (the lists ``final_scores``, ``auc_scores`` and ``final_human_normalised_scores``,
-  ``human_normalised_auc_scores``) the raw and human-normalised final score and AUC, read by `metarl report`.
+  ``human_normalised_auc_scores``) the raw and human-normalised final score and AUC, read by `metarl report`;
+- with ``eval.video``: ``videos/<game>_<init>.mp4``, one game played by seed 0's agent at the end of its run
+  (the real 210×160 RGB screens, at most ``eval.video_frames`` of them, 15 per second: envs/atari.py), and
+  the same as an animated GIF in TensorBoard's images dashboard, ``videos/<game>`` in each ``eval/<init>``
+  run; listed in the result under ``videos``.
+
+:func:`summary` is the result as a plain-text table (``metarl train`` and ``metarl eval`` print it last).
 
 Normalisations: (1) per game, the two mean curves are mapped to [0, 1] by the lowest and highest point
 either reaches, and the normalised AUC is the mean of that curve over the horizon: it compares the two
@@ -32,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from envs.atari import VIDEO_FPS
 
 from ..atari_scores import REFERENCE, human_normalised
 from ..checkpoint import write_json_atomic, write_text_atomic
@@ -70,6 +78,8 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
+    videos: dict[str, dict[str, dict[str, Any]]] = {}
+    video = bool(getattr(cfg.eval, "video", False))
     show = bool(getattr(getattr(cfg, "run", None), "progress", False))
     bar, progress = _bar(adapter, len(games) * len(INITS) * seeds * horizon) if show else (None, None)
     for game in games:
@@ -98,6 +108,13 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                     _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{seeds}: final score "
                               f"{final[-1]:.1f} ({len(played)} games, {adapter.global_step - start:,} env steps, "
                               f"{time.perf_counter() - t0:.0f} s)")
+                if video and seed == 0:
+                    entry = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames, logger,
+                                         horizon)
+                    videos.setdefault(game, {})[init] = entry
+                    if show:
+                        _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
+                                  f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
             stacked = np.stack(per_seed)
             seed_curves[(game, init)] = stacked
             with warnings.catch_warnings():
@@ -110,6 +127,8 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
         add_per_seed(table, finals, seed_curves)
         mean_hns = mean_normalised(games, seed_curves)
         out = {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "window": window, "games": table}
+        if videos:
+            out["videos"] = videos
         if mean_hns:
             out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m)),
                                                    "final": float(m[-1]), "final_std": float(sd[-1])}
@@ -120,11 +139,67 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
         from ..progress import RLProgress
         RLProgress.detach(adapter)
     write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves)
-    if show:
-        print("\n" + (run_dir / "eval_atari.md").read_text()
-              + f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
+    if show:        # the table itself comes last, from the command (summary)
+        print(f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
               f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
     return out
+
+
+def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, init: str, max_frames: int,
+                 logger: Any, step: int) -> dict[str, Any]:
+    """One game of ``model`` as ``run_dir/videos/<game>_<init>.mp4`` and, with a logger, as the GIF
+    ``videos/<game>`` in the run ``eval/<init>`` at env step ``step``; returns what the result lists."""
+    from ..video import write_mp4
+
+    frames, score, over = adapter.record_episode(task, model, max_frames)
+    path = write_mp4(run_dir / "videos" / f"{game}_{init}.mp4", frames, VIDEO_FPS)
+    if logger is not None:
+        logger.video(f"eval/{init}", f"videos/{game}", frames, VIDEO_FPS, step)
+    return {"file": str(path.relative_to(run_dir)), "frames": len(frames), "score": score, "game_over": over}
+
+
+# the meta-learned initialisation's name in the summary, by method
+METHOD_NAMES = {"leap": "Leap", "reptile": "Reptile", "finetune": "pretrained", "no_pretraining": "fixed random",
+                "fomaml": "FOMAML", "maml": "MAML"}
+
+
+def summary(result: dict[str, Any], method: str = "meta-learned", note: str = "", last_games: int = 0) -> str:
+    """The held-out result (what eval.json holds) as a plain-text table: per game the random and the
+    meta-learned initialisation, final score and human-normalised final score, mean ± std over seeds; then
+    the mean over the games with reference scores, and ``note`` as the last line. ``last_games``: the games
+    a run's score averages (``atari.eval_games``), for the header."""
+    label = {"random_init": "random init", "meta_init": f"{METHOD_NAMES.get(method, method)} init"}
+    rows = [("game", "init", "final score", "human-normalised")]
+    for game, by_init in (result.get("games") or {}).items():
+        for init in ("random_init", "meta_init"):
+            r = by_init.get(init)
+            if r is not None:
+                hns = (_pm(r.get("final_human_normalised"), r.get("final_human_normalised_std"), 3)
+                       if "final_human_normalised" in r else "no reference")
+                rows.append((game, label[init], _pm(r.get("final_score"), r.get("final_score_std"), 1), hns))
+    for init in ("random_init", "meta_init"):
+        m = (result.get("mean_human_normalised") or {}).get(init)
+        if m is not None:
+            rows.append((f"mean of {_plural(len(m['games']), 'game')}", label[init], "",
+                         _pm(m.get("final"), m.get("final_std"), 3)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    last = _plural(last_games, "game") if last_games else "games"
+    lines = [f"held-out games: {result.get('horizon_env_steps', 0):,} env steps per run, "
+             f"{_plural(result.get('seeds', 0), 'seed')} per game and initialisation (mean ± std over seeds; "
+             f"a run's score: the mean true score of its last {last})"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + ([note] if note else []))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _pm(mean: Any, std: Any, digits: int) -> str:
+    """mean ± std; "n/a" where eval.json holds null (NaN: no game finished within the horizon)."""
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and np.isfinite(std) else f"{mean:.{digits}f}"
 
 
 def _bar(adapter: Any, total: int) -> tuple[Any, Any]:

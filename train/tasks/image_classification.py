@@ -6,7 +6,8 @@
   categories), the inner loop (re-seed the task's streams, then the supervised loop), the held-out
   evaluation in ``eval()`` mode, the head / warp parameter prefixes and the warp-factory resolution;
 - :func:`build_warps` / :func:`init_task_layers`: a model's warp layers built under a forked global RNG
-  seeded from the model's generator, and its conv / linear task layers drawn from that generator.
+  seeded from the model's generator, and its conv / linear task layers drawn from that generator;
+- :data:`PRECISIONS` / :func:`autocast`: the models' compute precision (``<family>.precision``).
 
 A family supplies its data, its model, :meth:`~ImageClassificationAdapter.task_pool`,
 :meth:`~ImageClassificationAdapter.make_task` and :meth:`~ImageClassificationAdapter.held_out_metrics`.
@@ -92,6 +93,24 @@ def build_warps(build: Callable[[], nn.Module], generator: torch.Generator | Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+# ``<family>.precision`` of a classification model's forward pass. bf16: the model's forward runs under bf16
+# autocast, so convs and linear layers compute in bf16 while weights, gradients and optimiser state stay
+# fp32; BatchNorm takes fp32 input (CPU autocast would run it in bf16) and the logits come back fp32, so
+# the cross-entropy, every loss value a meta-learner sees and Leap's scalar maths stay fp32. Training and
+# evaluation both call the model, so both run at the same precision.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+
+
+def autocast(precision: str, device_type: str) -> torch.autocast:
+    """bf16 autocast for ``precision="bf16"``, a disabled one for fp32 (see :data:`PRECISIONS`)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def init_task_layers(modules: Iterable[nn.Module], generator: torch.Generator) -> None:

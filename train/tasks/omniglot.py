@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, build_warps,
-                                   init_task_layers)
+from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, autocast,
+                                   build_warps, check_precision, init_task_layers)
 from .omniglot_data import (_ARRAYS, _CACHE_FORMAT, DEFAULT_CACHE_DIR, SPLITS, OmniglotData,  # noqa: F401
                             _decode, _decode_all, _one_line, _read_cache, _Source, _source_key, _sources,
                             _write_cache, cache_path, load_omniglot)
@@ -157,6 +157,14 @@ class OmniglotTask(ClassificationTask):
         g = torch.Generator().manual_seed(self._seeds[3])
         return self._images(self.test_images, g), self.test_labels.to(self.device)
 
+    def held_out_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """The test batch (every held-out image, its augmentation) cut into batches of ``batch_size`` in a
+        random order fixed per task: how the original code feeds held-out images to MAML's outer loss and to
+        any evaluation with batch statistics, where the batches' make-up changes the result."""
+        x, y = self.test_batch()
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self._seeds[3] + 1)).to(y.device)
+        return [(x[i], y[i]) for i in order.split(self.batch_size)]
+
 
 # ------------------------------------------------------------------------------------------------
 # model
@@ -173,7 +181,8 @@ class ConvBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.pool(self.conv(x))))
+        # BatchNorm's statistics in fp32 under bf16 autocast (which would run it in bf16); no-op in fp32
+        return self.relu(self.bn(self.pool(self.conv(x)).float()))
 
 
 class OmniConv(nn.Module):
@@ -182,12 +191,16 @@ class OmniConv(nn.Module):
     ``warp(channels)`` (optional) builds one warp layer inserted after each block. Names: ``blocks.i.conv``,
     ``blocks.i.bn``, ``warps.i``, ``head`` — task parameters are everything not under ``warps.``.
     With ``generator`` the initialisation is drawn from it (warp layers are built under a forked global
-    RNG seeded from it, so they keep their own init scheme and stay reproducible).
+    RNG seeded from it, so they keep their own init scheme and stay reproducible). ``precision``: fp32 or
+    bf16 (autocast inside the forward; fp32 logits; train/tasks/image_classification.py ``PRECISIONS``).
     """
 
     def __init__(self, num_classes: int = 20, filters: int = 64, layers: int = 4, in_channels: int = 1,
-                 warp: Callable[[int], nn.Module] | None = None, generator: torch.Generator | None = None) -> None:
+                 warp: Callable[[int], nn.Module] | None = None, generator: torch.Generator | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__()
+        check_precision(precision)
+        self.precision = precision
         self.blocks = nn.ModuleList([ConvBlock(in_channels if i == 0 else filters, filters) for i in range(layers)])
         self.warps = (build_warps(lambda: nn.ModuleList([warp(filters) for _ in range(layers)]), generator)
                       if warp is not None else None)
@@ -198,11 +211,13 @@ class OmniConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if self.warps is not None:
-                x = self.warps[i](x)
-        return self.head(x.flatten(1))     # flatten(1), not squeeze(): batch size 1 keeps its batch dim
+        with autocast(self.precision, x.device.type):
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if self.warps is not None:
+                    x = self.warps[i](x)
+            logits = self.head(x.flatten(1))     # flatten(1), not squeeze(): batch size 1 keeps its batch dim
+        return logits.float()                    # the loss in fp32 (no-op in fp32)
 
 
 def conv_warp(channels: int) -> nn.Module:
@@ -215,6 +230,9 @@ WARPS: dict[str, Callable[[int], nn.Module] | None] = {"none": None, "conv": con
 
 # ------------------------------------------------------------------------------------------------
 # adapter
+
+
+BATCH_NORM_EVAL = ("running", "refit", "batch")
 
 
 @dataclass
@@ -235,9 +253,14 @@ class OmniglotConfig:
     filters: int = 64
     warp: str = "none"              # none | conv (linear 3×3 conv after each block, WarpGrad Omniglot)
     channels_last: bool = True      # CPU max-pool and conv are much faster in channels_last (docs/RESULTS.md)
+    # fp32 | bf16: the model's forward under bf16 autocast, training and evaluation alike; weights, BatchNorm,
+    # logits and loss stay fp32 (image_classification.PRECISIONS; `metarl bench omniglot-bf16-cosine`)
+    precision: str = "fp32"
     # Held-out evaluation's BatchNorm statistics. running: eval() with the statistics gathered during the
     # task's own training (the original protocol); refit: re-estimated first by one pass over the task's
-    # training images (not transductive), which removes their lag after short inner loops (docs/RESULTS.md)
+    # training images (not transductive), which removes their lag after short inner loops (docs/RESULTS.md);
+    # batch: each held-out batch (OmniglotTask.held_out_batches) normalised by its own statistics, as the
+    # original code evaluates MAML (it never calls eval()) — transductive (docs/protocols.md §1)
     batch_norm_eval: str = "running"
 
     def __post_init__(self) -> None:
@@ -249,8 +272,9 @@ class OmniglotConfig:
             raise ValueError(f"sampler must be mod or cycle, got {self.sampler!r}")
         if self.warp not in WARPS:
             raise ValueError(f"warp must be one of {', '.join(WARPS)}, got {self.warp!r}")
-        if self.batch_norm_eval not in ("running", "refit"):
-            raise ValueError(f"batch_norm_eval must be running or refit, got {self.batch_norm_eval!r}")
+        if self.batch_norm_eval not in BATCH_NORM_EVAL:
+            raise ValueError(f"batch_norm_eval must be running, refit or batch, got {self.batch_norm_eval!r}")
+        check_precision(self.precision)
 
 
 def refit_batch_norm(model: nn.Module, task: OmniglotTask) -> nn.Module:
@@ -268,6 +292,17 @@ def refit_batch_norm(model: nn.Module, task: OmniglotTask) -> nn.Module:
     with torch.no_grad():
         for idx in order.split(task.batch_size):
             model(task._images(task.train_images[idx], generator))
+    return model
+
+
+def batch_statistics(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm layers normalise with the statistics of the batch they see, in
+    eval() mode too (no running statistics kept, none updated); the parameters are untouched."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
     return model
 
 
@@ -300,7 +335,7 @@ class OmniglotAdapter(ImageClassificationAdapter):
 
     def make_model(self, generator: torch.Generator, task: Any = None) -> OmniConv:    # same for every task
         c = self.config
-        model = OmniConv(c.ways, c.filters, warp=self.warp, generator=generator)
+        model = OmniConv(c.ways, c.filters, warp=self.warp, generator=generator, precision=c.precision)
         return model.to(memory_format=torch.channels_last) if c.channels_last else model
 
     def task_pool(self, split: str) -> list[str]:
@@ -336,11 +371,25 @@ class OmniglotAdapter(ImageClassificationAdapter):
 
     def evaluation_model(self, task: OmniglotTask, model: nn.Module) -> nn.Module:
         """``model``, or (``batch_norm_eval: refit``) a copy with BatchNorm statistics re-estimated on the
-        task's training images; otherwise evaluation uses those gathered during the task's own training."""
-        return refit_batch_norm(model, task) if self.config.batch_norm_eval == "refit" else model
+        task's training images, or (``batch``) a copy normalising with batch statistics; otherwise evaluation
+        uses those gathered during the task's own training."""
+        mode = self.config.batch_norm_eval
+        if mode == "refit":
+            return refit_batch_norm(model, task)
+        return batch_statistics(model) if mode == "batch" else model
 
     def held_out_metrics(self, task: OmniglotTask, model: nn.Module) -> dict[str, float]:
-        """Loss and accuracy on the test batch (one augmented draw of all held-out images)."""
+        """Loss and accuracy on the test batch (one augmented draw of all held-out images). Under
+        ``batch_norm_eval: batch`` the same images in the task's held-out batches, as the original scores
+        them: the loss is the mean over batches, the accuracy over images."""
+        if self.config.batch_norm_eval == "batch":
+            losses, correct, total = [], 0, 0
+            for x, y in task.held_out_batches():
+                logits = model(x)
+                losses.append(float(F.cross_entropy(logits, y)))
+                correct += int((logits.argmax(-1) == y).sum())
+                total += len(y)
+            return {"test_loss": float(np.mean(losses)), "test_accuracy": correct / total}
         x, y = task.batch("test")
         logits = model(x)
         loss = F.cross_entropy(logits, y)

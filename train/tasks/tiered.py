@@ -48,8 +48,8 @@ from torch import Tensor, nn
 from metarl.warp_layers import CONV_WARP_KINDS, MAP_WARP_KINDS, make_warp
 
 from ..errors import ConfigError, DataError
-from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, build_warps,
-                                   init_task_layers)
+from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, autocast,
+                                   build_warps, check_precision, init_task_layers)
 from .tiered_data import (IMAGE_SHAPE, LABEL_KEYS, SPLITS, TieredSplit, _as_str, _int_labels,  # noqa: F401
                           _names, _one_line, decode_png, images_path, labels_path, load_pickle)
 
@@ -140,7 +140,8 @@ class TieredBlock(nn.Module):
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.relu(self.bn(self.conv(x))))
+        # BatchNorm's statistics in fp32 under bf16 autocast (which would run it in bf16); no-op in fp32
+        return self.pool(self.relu(self.bn(self.conv(x).float())))
 
 
 class TieredConv(nn.Module):
@@ -149,13 +150,17 @@ class TieredConv(nn.Module):
     ``filters``: one entry per block; every block but the last max-pools. ``warp(channels)`` builds the
     warp layer after each block in ``warp_blocks`` (None: all blocks), stored as ``warps.<block>``.
     With ``generator`` the conv / linear weights are drawn from it; warp layers are built under a forked
-    global RNG seeded from it, keeping their own init scheme and staying reproducible.
+    global RNG seeded from it, keeping their own init scheme and staying reproducible. ``precision``: fp32
+    or bf16 (autocast inside the forward; fp32 logits; train/tasks/image_classification.py ``PRECISIONS``).
     """
 
     def __init__(self, num_classes: int = 10, filters: Sequence[int] = (64, 64, 160, 160, 256, 256),
                  warp: Callable[[int], nn.Module] | None = None, warp_blocks: Sequence[int] | None = None,
-                 generator: torch.Generator | None = None, image_size: int = IMAGE_SHAPE[0]) -> None:
+                 generator: torch.Generator | None = None, image_size: int = IMAGE_SHAPE[0],
+                 precision: str = "fp32") -> None:
         super().__init__()
+        check_precision(precision)
+        self.precision = precision
         filters = [int(f) for f in filters]
         if not filters or min(filters) <= 0:
             raise ValueError(f"filters must be a non-empty list of positive widths, got {filters}")
@@ -179,11 +184,13 @@ class TieredConv(nn.Module):
             init_task_layers([*self.blocks.modules(), self.head], generator)
 
     def forward(self, x: Tensor) -> Tensor:
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if self.warps is not None and str(i) in self.warps:
-                x = self.warps[str(i)](x)
-        return self.head(x.flatten(1))
+        with autocast(self.precision, x.device.type):
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if self.warps is not None and str(i) in self.warps:
+                    x = self.warps[str(i)](x)
+            logits = self.head(x.flatten(1))
+        return logits.float()                    # the loss in fp32 (no-op in fp32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,6 +212,7 @@ class TieredConfig:
     normalize: bool = True          # subtract / divide by the per-channel RGB mean / std (MEAN, STD)
     cache_images: int = 2048        # decoded images kept per split (LRU); 0 disables the cache
     eval_batch_size: int = 128      # images per forward pass in evaluate()
+    precision: str = "fp32"         # fp32 | bf16: the model's forward under bf16 autocast (as omniglot.precision)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -224,6 +232,10 @@ class TieredConfig:
             raise ValueError(f"warp_blocks must lie in 0…{len(self.filters) - 1}, got {self.warp_blocks}")
         if self.warp_batch_norm and self.warp not in CONV_WARP_KINDS:
             raise ValueError(f"warp_batch_norm needs a conv warp, got warp {self.warp!r}")
+        check_precision(self.precision)
+        if self.precision == "bf16" and self.warp_batch_norm:    # the warps' BatchNorm would run in bf16
+            raise ValueError("precision bf16 keeps BatchNorm in fp32 only in the blocks: set warp_batch_norm "
+                             "false or precision fp32")
 
     @property
     def train_per_class(self) -> int | None:
@@ -295,7 +307,7 @@ class TieredAdapter(ImageClassificationAdapter):
     def make_model(self, generator: torch.Generator, task: Any = None) -> TieredConv:   # same for every task
         c = self.config
         return TieredConv(c.ways, c.filters, warp=self.warp, warp_blocks=c.warp_blocks or None,
-                          generator=generator)
+                          generator=generator, precision=c.precision)
 
     def make_task(self, split: str, category: int, rng: np.random.Generator) -> TieredTask:
         """One task of ``category``: classes, held-out / training images and the task seed drawn from ``rng``."""

@@ -1,0 +1,135 @@
+"""The Atari demo's closing table and the transfer study's configs (issue 14): the held-out summary printed
+from what eval.json holds, the configs/atari_transfer_*.yaml protocol and budget, and the config errors of
+the new keys."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import cli, one_line
+from train.atari_scores import REFERENCE
+from train.cli import _print_summary
+from train.config import config_to_dict, load_config, read_yaml
+from train.config_checks import flatten
+from train.config_usage import check_used_keys
+from train.tasks.atari_eval import summary
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STUDY = ("leap", "reptile", "pretrained")
+
+
+def _row(final, std, hns=None, hns_std=None):
+    row = {"normalised_auc": 0.5, "final_score": final, "final_score_std": std}
+    if hns is not None:
+        row.update({"final_human_normalised": hns, "final_human_normalised_std": hns_std})
+    return row
+
+
+# eval.json of a make run: Atlantis, 2 seeds (the figures of docs/RESULTS.md), as the file holds it
+MAKE_RUN = {"step": 4, "horizon_env_steps": 60000, "seeds": 2, "window": 10,
+            "games": {"Atlantis": {"meta_init": _row(16130.0, 1160.0, 0.20274, 0.07170),
+                                   "random_init": _row(14205.0, 475.0, 0.08376, 0.02936)}},
+            "mean_human_normalised": {"meta_init": {"games": ["Atlantis"], "auc": 0.1, "final": 0.20274,
+                                                    "final_std": 0.07170},
+                                      "random_init": {"games": ["Atlantis"], "auc": 0.1, "final": 0.08376,
+                                                      "final_std": 0.02936}}}
+
+
+def test_make_run_ends_with_its_held_out_table_and_the_note(tmp_path, capsys):
+    (tmp_path / "eval.json").write_text(json.dumps(MAKE_RUN, indent=2))
+    result = json.loads((tmp_path / "eval.json").read_text())
+    cfg = load_config(CONFIGS / "atari_leap.yaml")          # what `make run` trains
+    _print_summary(cfg, result)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "held-out games: 60,000 env steps per run, 2 seeds per game and initialisation (mean ± std over seeds; "
+        "a run's score: the mean true score of its last 10 games)",
+        "game            init         final score       human-normalised",
+        "Atlantis        random init  14205.0 ± 475.0   0.084 ± 0.029",
+        "Atlantis        Leap init    16130.0 ± 1160.0  0.203 ± 0.072",
+        "mean of 1 game  random init                    0.084 ± 0.029",
+        "mean of 1 game  Leap init                      0.203 ± 0.072",
+        cfg.eval.note]
+    assert "shows the pipeline, not transfer" in cfg.eval.note and "configs/atari_transfer_*.yaml" in cfg.eval.note
+    # quiet runs print nothing but their JSON
+    _print_summary(load_config(CONFIGS / "atari_leap.yaml", ["run.progress=false"]), result)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_table_names_the_method_and_shows_missing_scores():
+    result = {"horizon_env_steps": 1200, "seeds": 1,
+              "games": {"AirRaid": {"meta_init": _row(500.0, 0.0), "random_init": _row(None, None)}}}
+    lines = summary(result, "reptile").splitlines()
+    assert lines[0].startswith("held-out games: 1,200 env steps per run, 1 seed per game")
+    assert lines[2].split() == ["AirRaid", "random", "init", "n/a", "no", "reference"]     # null: no game finished
+    assert lines[3].split() == ["AirRaid", "Reptile", "init", "500.0", "±", "0.0", "no", "reference"]
+    assert len(lines) == 4                                 # no mean row without reference scores, no note
+
+
+# ------------------------------------------------------------------------------------------------
+# the transfer study
+
+
+def _study(name):
+    path = CONFIGS / f"atari_transfer_{name}.yaml"
+    cfg = load_config(path)
+    check_used_keys(cfg, read_yaml(path), [])
+    return cfg
+
+
+def test_the_study_runs_differ_in_the_initialisation_only():
+    cfgs = {name: _study(name) for name in STUDY}
+    assert {n: c.method for n, c in cfgs.items()} == {"leap": "leap", "reptile": "reptile", "pretrained": "finetune"}
+    leap = cfgs["leap"].leap
+    assert (leap.p, leap.loss, leap.stabilizer) == (2, True, True)
+    flat = {n: flatten(config_to_dict(c)) for n, c in cfgs.items()}
+    own = re.compile(r"^(name|method|leap\..*)$")
+    shared = {k: v for k, v in flat["leap"].items() if not own.match(k)}
+    for name in ("reptile", "pretrained"):
+        assert {k: v for k, v in flat[name].items() if not own.match(k)} == shared, name
+    assert len({c.name for c in cfgs.values()}) == 3          # `metarl report` names each init after its run
+
+
+def test_the_study_protocol_and_its_budget_arithmetic():
+    cfg = _study("leap")
+    atari = cfg.task_config
+    held_out, trained = atari.test_games, atari.train_games
+    assert len(held_out) >= 3 and not set(held_out) & set(trained) and cfg.eval.tasks >= 5
+    assert all(g in REFERENCE for g in held_out)             # human-normalised scores for every held-out game
+    assert atari.heads == "max" and cfg.meta.include == ["encoder."] and cfg.eval.video
+    meta_steps = cfg.meta.steps * cfg.meta.meta_batch * cfg.inner.steps
+    eval_steps = len(held_out) * 2 * cfg.eval.tasks * cfg.eval.steps
+    header = (CONFIGS / "atari_transfer_base.yaml").read_text()
+    assert meta_steps == 1_200_000 and "= 1.2M" in header
+    assert eval_steps == 4_500_000 and "= 4.5M" in header
+    assert 3 * (meta_steps + eval_steps) == 17_100_000 and "= 17.1M" in header
+    # the check trains every game of the study from random encoders, longer than a held-out run
+    check = _study("check")
+    assert check.method == "no_pretraining" and check.meta.steps == 0
+    assert set(trained) | set(held_out) <= set(check.task_config.test_games)
+    assert check.eval.steps > cfg.eval.steps
+    for game in check.task_config.test_games:                # the command loop in the header covers them all
+        assert re.search(rf"for g in [^;]*\b{game}\b", header), game
+
+
+# ------------------------------------------------------------------------------------------------
+# config errors: one line
+
+
+BAD = [
+    (["atari_transfer_pretrained.yaml", "atari.heads=game"], "method finetune on Atari needs one head shape"),
+    (["atari_leap.yaml", "eval.video_frames=0"], "'eval.video_frames' must be positive"),
+    (["sine_leap.yaml", "eval.video=true"], "'eval.video' is not used by this run: only Atari"),
+    (["sine_leap.yaml", "eval.note=hi"], "'eval.note' is not used by this run: only Atari"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_video_and_study_settings_are_one_line(args, message, capsys, tmp_path):
+    code, _, err = cli(["train", str(CONFIGS / args[0]), *args[1:], "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,39 @@
+"""Episode videos: MP4 files (imageio with imageio-ffmpeg's ffmpeg) and animated GIFs for TensorBoard.
+
+TensorBoard has no video dashboard: a "video" is an animated GIF in an image summary, shown (animated) by the
+images dashboard. torch's ``SummaryWriter.add_video`` builds that GIF with ``moviepy.editor``, which moviepy 2
+removed — add_video then only prints a warning and writes an empty image —, so the GIF is encoded here with
+imageio (Pillow) and written as the same kind of summary, with no moviepy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
+    """(T, H, W, 3) uint8 frames → an H.264 MP4 at ``path`` (its folder created), written to a temp file and
+    renamed, so a killed run leaves no half-written video under the final name."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    # H.264 in yuv420p needs even sides; macro_block_size=2 keeps Atari's 210 × 160 as it is (16, imageio's
+    # default, would scale it to 224 × 160).
+    iio.imwrite(tmp, frames, plugin="FFMPEG", fps=fps, macro_block_size=2)
+    tmp.replace(path)
+    return path
+
+
+def gif_summary(tag: str, frames: np.ndarray, fps: int):
+    """A TensorBoard image summary holding ``frames`` as an animated GIF (what add_video writes)."""
+    import imageio.v3 as iio
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    gif = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+    _, h, w, c = frames.shape
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=h, width=w, colorspace=c,
+                                                                     encoded_image_string=gif))])
