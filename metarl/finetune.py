@@ -18,11 +18,15 @@ class FineTuning(MetaLearner):
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":
-        return cls(model, head=tuple(head), **common)
+        return cls(model, head=tuple(head), learned_head=cfg.meta.head == "learned", **common)
 
-    def __init__(self, model: nn.Module, head: Sequence[str] = ("head.",), **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, head: Sequence[str] = ("head.",), learned_head: bool = True,
+                 **kwargs: Any) -> None:
         kwargs["exclude"] = tuple(kwargs.get("exclude", ())) + tuple(head)
         super().__init__(model, **kwargs)
+        # Under meta.head: reset a task never starts from θ⁰'s head, and per-game heads (Atari) need not
+        # even have its shape: only a learned head follows the trunk into θ⁰.
+        self.learned_head = learned_head
         self.head_names = select([n for n, _ in model.named_parameters()], include=head)
         self.heads: dict[str, dict[str, Tensor]] = {}
 
@@ -75,7 +79,7 @@ class _Continue(Observer):
             return
         # Parameters only: buffers (BatchNorm statistics) stay at their initial values, so every task
         # starts with fresh statistics, as for every other method.
-        for n in (*self.ft.names, *self.ft.head_names):
+        for n in (*self.ft.names, *(self.ft.head_names if self.ft.learned_head else ())):
             self.ft.init_state[n].copy_(state[n])
         self.ft.heads[str(self.task_key)] = {n: state[n].clone() for n in self.ft.head_names}
         self.ft.tasks += 1

@@ -100,7 +100,7 @@ def test_the_study_protocol_and_its_budget_arithmetic():
     held_out, trained = atari.test_games, atari.train_games
     assert len(held_out) >= 3 and not set(held_out) & set(trained) and cfg.eval.tasks >= 5
     assert all(g in REFERENCE for g in held_out)             # human-normalised scores for every held-out game
-    assert atari.heads == "max" and cfg.meta.include == ["encoder."] and cfg.eval.video
+    assert atari.heads == "game" and cfg.meta.include == ["encoder."] and cfg.eval.video
     meta_steps = cfg.meta.steps * cfg.meta.meta_batch * cfg.inner.steps
     eval_steps = len(held_out) * 2 * cfg.eval.tasks * cfg.eval.steps
     header = (CONFIGS / "atari_transfer_base.yaml").read_text()
@@ -121,7 +121,7 @@ def test_the_study_protocol_and_its_budget_arithmetic():
 
 
 BAD = [
-    (["atari_transfer_pretrained.yaml", "atari.heads=game"], "method finetune on Atari needs one head shape"),
+    (["atari_transfer_pretrained.yaml", "meta.head=learned"], "method finetune with meta.head: learned needs one head"),
     (["atari_leap.yaml", "eval.video_frames=0"], "'eval.video_frames' must be positive"),
     (["sine_leap.yaml", "eval.video=true"], "'eval.video' is not used by this run: only Atari"),
     (["sine_leap.yaml", "eval.note=hi"], "'eval.note' is not used by this run: only Atari"),
@@ -133,3 +133,23 @@ def test_bad_video_and_study_settings_are_one_line(args, message, capsys, tmp_pa
     code, _, err = cli(["train", str(CONFIGS / args[0]), *args[1:], "--run-dir", str(tmp_path / "r")], capsys)
     assert code == 2 and message in one_line(err)
     assert not (tmp_path / "r").exists()
+
+
+def test_pretrained_encoder_runs_with_per_game_heads(tmp_path):
+    """Fine-tuning over games of different action sets (Breakout 4, Pong 6) with per-game heads: the
+    encoder is carried from visit to visit, each game keeps its own head, and θ⁰'s head is never written."""
+    import torch
+
+    from train.trainer import train
+    cfg = load_config(CONFIGS / "atari_transfer_pretrained.yaml", [
+        "atari.train_games=[Breakout,Pong]", "atari.test_games=[Freeway]", "atari.a2c.num_envs=2",
+        "inner.steps=200", "meta.steps=2", "meta.meta_batch=2", "eval.tasks=1", "eval.steps=200",
+        "eval.video=false", "run.progress=false"])
+    assert cfg.task_config.heads == "game"
+    train(cfg, tmp_path)
+    state = torch.load(sorted(tmp_path.glob("checkpoint-*.pt"))[-1], weights_only=True)
+    meta = state["meta"]
+    assert meta["head_keys"] == ["Breakout", "Pong"]
+    sizes = {k: {n: tuple(v.shape) for n, v in h.items()} for k, h in zip(meta["head_keys"], meta["heads"])}
+    assert sizes["Breakout"] != sizes["Pong"]
+    assert (tmp_path / "eval.json").exists()

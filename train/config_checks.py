@@ -201,10 +201,10 @@ def check(cfg: Config) -> None:
         # the original code's outer loss needs the task's held-out batches (OmniglotTask.held_out_batches)
         raise ConfigError(f"config key 'maml.outer_loss' held_out is the original Omniglot code's: task omniglot "
                           f"only, not {cfg.task!r}")
-    if cfg.method == "finetune" and cfg.task == "atari" and getattr(cfg.task_config, "heads", None) == "game":
-        # fine-tuning copies each task's head into θ⁰'s (metarl/finetune.py): one head shape for every game
-        raise ConfigError("method finetune on Atari needs one head shape for every game: set atari.heads: max "
-                          "(atari.heads: game sizes each game's head by its own action set)")
+    if cfg.method == "finetune" and cfg.meta.head == "learned" and getattr(cfg.task_config, "heads", None) == "game":
+        # a learned head follows the trunk into θ⁰ (metarl/finetune.py), so it needs one shape for every game
+        raise ConfigError("method finetune with meta.head: learned needs one head shape for every game: set "
+                          "atari.heads: max (atari.heads: game sizes each game's head by its own action set)")
     if cfg.eval.split not in ("val", "test"):
         raise ConfigError(f"config key 'eval.split' must be val or test, got {_show(cfg.eval.split)}")
     if cfg.eval.periodic_split not in ("", "val", "test"):
