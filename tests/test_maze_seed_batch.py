@@ -276,3 +276,31 @@ def test_maze_iteration_benchmark_reports_single_and_batched_costs():
     for key in ("ms_per_iteration", "ms_per_seed_iteration_batched", "cpu_ms_per_seed_iteration_batched",
                 "batched_per_seed_ratio"):
         assert set(result[key]) == {"rnn", "warp-rnn"} and all(v > 0 for v in result[key].values()), key
+
+
+def test_maze_curves_are_the_mean_and_quartiles_over_seeds(tmp_path):
+    """curves: a batched run's seed folders and single-seed runs grouped by name, smoothed per seed, then
+    the mean and the 25th/75th percentiles over seeds, equal to a direct computation."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from train.maze_report import plot_curves, seed_curves
+    rng = np.random.default_rng(0)
+    returns = rng.normal(10, 5, size=(4, 50))
+    batch = tmp_path / "maze_x_4seeds"
+    for k in range(3):                                  # three seeds of a batched run
+        with SummaryWriter(str(batch / f"seed_{k}" / "games")) as w:
+            for i, r in enumerate(returns[k]):
+                w.add_scalar("charts/episodic_return", r, 30 * (i + 1))
+    single = tmp_path / "maze_y__0"                    # a single-seed run of another config
+    with SummaryWriter(str(single / "games")) as w:
+        for i, r in enumerate(returns[3]):
+            w.add_scalar("charts/episodic_return", r, 30 * (i + 1))
+    curves = seed_curves([batch, single], window=10)
+    assert set(curves) == {"maze_x_4seeds", "maze_y"} and curves["maze_x_4seeds"][1].shape == (3, 50)
+    summary = plot_curves([batch, single], tmp_path / "curves.png", window=10)
+    last = returns[:3, -10:].mean(1)                   # the last point: each seed's last 10 iterations
+    assert summary["maze_x_4seeds"]["mean"] == pytest.approx(last.mean(), rel=1e-6)
+    assert summary["maze_x_4seeds"]["q25"] == pytest.approx(np.percentile(last, 25), rel=1e-6)
+    assert summary["maze_x_4seeds"]["q75"] == pytest.approx(np.percentile(last, 75), rel=1e-6)
+    assert summary["maze_y"]["seeds"] == 1 and summary["maze_x_4seeds"]["episodes"] == 1500
+    assert (tmp_path / "curves.png").stat().st_size > 0

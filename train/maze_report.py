@@ -1,5 +1,7 @@
-"""Results table of finished maze runs (train/tasks/maze.py):
-``python -m train.maze_report table RUN_DIR ...`` (also ``python -m train.tasks.maze table RUN_DIR ...``).
+"""Results of finished maze runs (train/tasks/maze.py):
+``python -m train.maze_report table RUN_DIR ...`` (also ``python -m train.tasks.maze table RUN_DIR ...``) and
+``python -m train.maze_report curves RUN_DIR ... --out PNG``: per config, the mean over seeds of the
+smoothed episode-return curve with the inter-quartile band, as the WarpGrad paper's maze figure.
 """
 
 from __future__ import annotations
@@ -46,13 +48,64 @@ def results_table(run_dirs: list[Path]) -> str:
 
 
 
+def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{config name: (episodes, returns (seeds × points))}: each seed's ``charts/episodic_return`` (one point
+    per iteration: the mean over its batch of mazes), smoothed over ``window`` iterations, on the x of the
+    shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
+    or single-seed runs grouped by the name before ``__``."""
+    from .plot import load_events, smooth, tag_points
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for d in (Path(d) for d in run_dirs):
+        seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
+        name = d.name.split("__")[0]
+        for folder in seeds:
+            x, y = tag_points(load_events(folder), "charts/episodic_return")
+            groups.setdefault(name, []).append((x, smooth(y, window)))
+    out = {}
+    for name, runs in groups.items():
+        n = min(len(x) for x, _ in runs)
+        out[name] = (runs[0][0][:n], np.stack([y[:n] for _, y in runs]))
+    return out
+
+
+def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str, dict[str, float]]:
+    """The figure of :func:`seed_curves`: mean (line) and 25th–75th percentile over seeds (band). Returns
+    per config the final point's mean, quartiles and seed count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves = seed_curves(run_dirs, window)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    summary = {}
+    for name, (x, y) in sorted(curves.items()):
+        q25, q75 = np.percentile(y, [25, 75], axis=0)
+        line, = ax.plot(x, y.mean(0), label=f"{name} ({len(y)} seeds)")
+        ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.2)
+        summary[name] = {"episodes": float(x[-1]), "mean": float(y[:, -1].mean()), "q25": float(q25[-1]),
+                         "q75": float(q75[-1]), "seeds": len(y)}
+    ax.set(xlabel="episodes", ylabel=f"return per episode ({window}-iteration mean)",
+           title="Maze: mean and inter-quartile range over seeds")
+    ax.legend()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return summary
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report") -> None:
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("table", help="markdown table of finished maze runs")
     t.add_argument("run_dirs", nargs="+", type=Path)
+    c = sub.add_parser("curves", help="mean and inter-quartile band of the return curves over seeds")
+    c.add_argument("run_dirs", nargs="+", type=Path)
+    c.add_argument("--out", type=Path, required=True, help="PNG path")
+    c.add_argument("--window", type=int, default=100, help="iterations per smoothing window")
     args = parser.parse_args(argv)
-    print(results_table(args.run_dirs))
+    if args.command == "table":
+        print(results_table(args.run_dirs))
+    else:
+        print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
 
 
 if __name__ == "__main__":
