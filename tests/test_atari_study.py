@@ -82,12 +82,14 @@ def _study(name):
 
 
 def test_the_study_runs_differ_in_the_initialisation_only():
+    """... and in eval.random_init: the random init, the same in the three runs, is evaluated by the Leap run only."""
     cfgs = {name: _study(name) for name in STUDY}
     assert {n: c.method for n, c in cfgs.items()} == {"leap": "leap", "reptile": "reptile", "pretrained": "finetune"}
+    assert {n: c.eval.random_init for n, c in cfgs.items()} == {"leap": True, "reptile": False, "pretrained": False}
     leap = cfgs["leap"].leap
     assert (leap.p, leap.loss, leap.stabilizer) == (2, True, True)
     flat = {n: flatten(config_to_dict(c)) for n, c in cfgs.items()}
-    own = re.compile(r"^(name|method|leap\..*)$")
+    own = re.compile(r"^(name|method|leap\..*|eval\.random_init)$")
     shared = {k: v for k, v in flat["leap"].items() if not own.match(k)}
     for name in ("reptile", "pretrained"):
         assert {k: v for k, v in flat[name].items() if not own.match(k)} == shared, name
@@ -102,11 +104,14 @@ def test_the_study_protocol_and_its_budget_arithmetic():
     assert all(g in REFERENCE for g in held_out)             # human-normalised scores for every held-out game
     assert atari.heads == "game" and cfg.meta.include == ["encoder."] and cfg.eval.video
     meta_steps = cfg.meta.steps * cfg.meta.meta_batch * cfg.inner.steps
-    eval_steps = len(held_out) * 2 * cfg.eval.tasks * cfg.eval.steps
+    one_init = len(held_out) * cfg.eval.tasks * cfg.eval.steps          # one initialisation's held-out runs
     header = (CONFIGS / "atari_transfer_base.yaml").read_text()
     assert meta_steps == 1_200_000 and "= 1.2M" in header
-    assert eval_steps == 4_500_000 and "= 4.5M" in header
-    assert 3 * (meta_steps + eval_steps) == 17_100_000 and "= 17.1M" in header
+    assert one_init == 2_250_000 and "= 2.25M" in header
+    runs = {n: meta_steps + one_init * (1 + _study(n).eval.random_init) for n in STUDY}
+    assert runs == {"leap": 5_700_000, "reptile": 3_450_000, "pretrained": 3_450_000}
+    assert "= 5.7M" in header and "= 3.45M" in header
+    assert sum(runs.values()) == 12_600_000 and "= 12.6M" in header
     # the check trains every game of the study from random encoders, longer than a held-out run
     check = _study("check")
     assert check.method == "no_pretraining" and check.meta.steps == 0
@@ -125,6 +130,8 @@ BAD = [
     (["atari_leap.yaml", "eval.video_frames=0"], "'eval.video_frames' must be positive"),
     (["sine_leap.yaml", "eval.video=true"], "'eval.video' is not used by this run: only Atari"),
     (["sine_leap.yaml", "eval.note=hi"], "'eval.note' is not used by this run: only Atari"),
+    (["sine_leap.yaml", "eval.random_init=false"], "'eval.random_init' is not used by this run: only Atari"),
+    (["atari_leap.yaml", "eval.random_init=maybe"], "eval.random_init"),
 ]
 
 

@@ -117,6 +117,37 @@ def test_atari_report_aggregates_equal_direct_computation(atari_runs, tmp_path, 
         assert (out / png).stat().st_size > 1000
 
 
+def test_a_study_compares_every_method_with_the_one_run_that_evaluated_random_init(tmp_path, capsys):
+    """The transfer study: only the Leap run evaluates the random init (eval.random_init: false in the others);
+    its random_init rows are the baseline of every method, and nothing is said about the runs without them."""
+    rng = np.random.default_rng(1)
+    rand = {(g, "random_init"): list(rng.uniform(*REFERENCE[g], size=5)) for g in GAMES}
+    inits = {name: {(g, "meta_init"): list(rng.uniform(*REFERENCE[g], size=5) * 1.1) for g in GAMES}
+             for name in ("atari_transfer_leap", "atari_transfer_reptile", "atari_transfer_pretrained")}
+    dirs = [atari_run(tmp_path / "runs", name, {**finals, **(rand if name.endswith("leap") else {})})
+            for name, finals in inits.items()]
+    assert set(json.loads((dirs[1] / "eval.json").read_text())["games"]["Pong"]) == {"meta_init"}
+    out = tmp_path / "report"
+    code, _, err = run_report([*map(str, dirs), "--out", str(out), "--reps", "200"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    atari = report["suites"]["atari"]
+    assert atari["baseline"] == "random_init" and atari["tasks"] == sorted(GAMES)
+    np.testing.assert_allclose(atari["matrices"]["random_init"], hns_matrix(rand), rtol=1e-12)
+    for name, finals in inits.items():
+        x, y = hns_matrix(finals), hns_matrix(rand)
+        poi = np.mean([np.mean((x[:, [g]] > y[:, g]) + 0.5 * (x[:, [g]] == y[:, g])) for g in range(2)])
+        assert atari["aggregates"][name]["P(improvement)"]["value"] == pytest.approx(poi)
+    assert atari["notes"] == [] and report["notes"] == []
+    md = (out / "report.md").read_text()
+    assert "| Pong | random_init | 5 |" in md and not [line for line in md.splitlines() if line.startswith("- ")]
+    # without the Leap run there is no baseline, and the note says where it is
+    code, _, err = run_report([str(dirs[1]), str(dirs[2]), "--out", str(tmp_path / "r2"), "--reps", "50"], capsys)
+    assert code == 0, err
+    [note] = json.loads((tmp_path / "r2" / "report.json").read_text())["suites"]["atari"]["notes"]
+    assert note.startswith("no baseline among the methods (random_init) (runs with eval.random_init: false")
+
+
 def test_atari_curves_pool_mean_and_std_over_seeds(atari_runs):
     from train.report import pooled
     from train.report_data import load_runs

@@ -94,6 +94,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return _write_atomic(Path(path), lambda f: f.write(data), "file")
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`write_text_atomic` for bytes (the held-out protocol's stored GIFs)."""
+    return _write_atomic(Path(path), lambda f: f.write(data), "file")
+
+
 def json_safe(obj: Any) -> tuple[Any, int]:
     """``obj`` with every non-finite float (NaN, ±inf, also in tensors' ``.item()`` floats) replaced by
     None, and the number replaced. Tuples become lists, mapping keys strings, as JSON has them."""

@@ -79,6 +79,9 @@ class EvalConfig:
     video: bool = False
     video_frames: int = 1000
     note: str = ""                  # Atari: a line printed under the held-out summary (e.g. what the run can show)
+    # Atari: false skips the random-init baseline (the same in every run of a config seed): `metarl report`
+    # compares the run with the random init of a run that has it (the transfer study's Leap run)
+    random_init: bool = True
 
 
 @dataclass

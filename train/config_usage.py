@@ -16,7 +16,8 @@ are checked. The rules, read off where each key is used (train/trainer.py, train
 - Tasks whose held-out protocol runs once at the end (Atari, the maze, continual sine): ``eval.every`` and
   ``eval.periodic_split``.
 - Continual mode (``meta.every`` > 0: one never-reset learner): ``meta.meta_batch``.
-- Every task but Atari: ``eval.video``, ``eval.video_frames``, ``eval.note`` (Atari's held-out protocol only).
+- Every task but Atari: ``eval.video``, ``eval.video_frames``, ``eval.note``, ``eval.random_init`` (Atari's
+  held-out protocol only).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def unused_keys(cfg: Any) -> dict[str, str]:
         for k in ("every", "periodic_split"):
             out[f"eval.{k}"] = f"task {cfg.task} evaluates once, at the end (no periodic evaluation)"
     if cfg.task not in ("atari", "maze"):      # the maze refuses all of eval.* above
-        for k in ("video", "video_frames", "note"):
+        for k in ("video", "video_frames", "note", "random_init"):
             out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"

@@ -7,8 +7,9 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
 - aggregates over tasks × seeds of the suite's score (``--metric``; default: Atari the human-normalised final
   score, maze the last episodes' return, supervised the test accuracy): IQM, median and mean with 95%
   stratified bootstrap confidence intervals, and the probability of improvement of each method over the
-  baseline (``--baseline``, default ``random_init``), with its interval — all from rliable (Agarwal et al.,
-  2021, "Deep RL at the Edge of the Statistical Precipice"), not re-implemented here;
+  baseline (``--baseline``, default ``random_init``: Atari's random initialisation, from whichever listed run
+  evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at the Edge of the
+  Statistical Precipice"), not re-implemented here;
 - figures: ``curves_<suite>.png`` (per task, mean and ± 1 std band over seeds), ``aggregates_<suite>.png``
   and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
 
@@ -213,8 +214,10 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                      ("baseline" if m == baseline else "—") for k in (*AGGREGATES, "P(improvement)")]
             lines.append(f"| {m} | {matrices[m].shape[0]} × {matrices[m].shape[1]} | " + " | ".join(cells) + " |")
         if baseline is None:
-            notes.append(f"no baseline among the methods ({', '.join(baselines)}): no probability of improvement; "
-                         f"name one with --baseline")
+            hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
+                    if suite == "atari" and "random_init" in baselines else "")
+            notes.append(f"no baseline among the methods ({', '.join(baselines)}){hint}: no probability of "
+                         f"improvement; name one with --baseline")
         if figures:
             plot_aggregates(agg, metric, suite, out / f"aggregates_{suite}.png", out / f"profile_{suite}.png")
             lines += ["", f"![aggregates](aggregates_{suite}.png) ![performance profile](profile_{suite}.png)"]

@@ -6,8 +6,9 @@ A run directory is told apart by what it holds (a listed folder without results 
   held-out game; per seed the raw final score and AUC and, for games with reference scores
   (train/atari_scores.py), their human-normalised values. ``meta_init`` is named after the run's config
   (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
-  (config seed, game) evaluated by several runs is counted once. Curves: TensorBoard
-  ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs ``eval/<init>``
+  (config seed, game) evaluated by several runs is counted once, and a run without it (``eval.random_init:
+  false``: the transfer study's Reptile and pretrained runs) is compared with the one of the run that has it.
+  Curves: TensorBoard ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs ``eval/<init>``
   (earlier runs: ``eval/<game>/<init>/episodic_return`` in the run directory itself).
 - maze (``eval.json`` with ``return_last_mean``, or ``per_seed`` for a seed-batched run; train/tasks/maze.py):
   one task, one score per seed; curves: ``charts/episodic_return`` in ``games/`` (``seed_<k>/`` when batched).

@@ -146,8 +146,13 @@ class Logger:
     def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
         """``frames`` (T, H, W, 3) uint8 as an animated GIF in the evaluation run ``run`` (images dashboard;
         train/video.py says why not add_video)."""
+        from .video import encode_gif
+        self.gif(run, tag, encode_gif(frames, fps), step)
+
+    def gif(self, run: str, tag: str, gif: bytes, step: int) -> None:
+        """An encoded animated GIF (a stored one: the held-out protocol's finished parts) as :meth:`video`."""
         from .video import gif_summary
-        self._evaluation(run)._get_file_writer().add_summary(gif_summary(tag, frames, fps), step)
+        self._evaluation(run)._get_file_writer().add_summary(gif_summary(tag, gif), step)
 
     def _evaluation(self, run: str) -> Any:
         from torch.utils.tensorboard import SummaryWriter
@@ -177,6 +182,9 @@ class NullLogger:
         pass
 
     def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
+        pass
+
+    def gif(self, run: str, tag: str, gif: bytes, step: int) -> None:
         pass
 
     def text(self, tag: str, text: str, step: int = 0) -> None:

@@ -28,12 +28,18 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
     return path
 
 
-def gif_summary(tag: str, frames: np.ndarray, fps: int):
-    """A TensorBoard image summary holding ``frames`` as an animated GIF (what add_video writes)."""
+def encode_gif(frames: np.ndarray, fps: int) -> bytes:
+    """(T, H, W, 3) uint8 frames → the bytes of an animated GIF (Pillow, through imageio)."""
     import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def gif_summary(tag: str, gif: bytes):
+    """A TensorBoard image summary holding the animated GIF ``gif`` (what add_video writes); its size is read
+    from the GIF's header (bytes 6–9: width, height, little-endian), so a stored GIF needs no frames."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    gif = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
-    _, h, w, c = frames.shape
-    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=h, width=w, colorspace=c,
+    width, height = int.from_bytes(gif[6:8], "little"), int.from_bytes(gif[8:10], "little")
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=3,
                                                                      encoded_image_string=gif))])

@@ -1,5 +1,12 @@
 """Held-out Atari evaluation: every held-out game is trained from the meta-learned initialisation and from a
 random initialisation, over several seeds, with the same A2C settings and the same seeds for both.
+``eval.random_init: false`` leaves the random initialisation out: its runs depend on the config seed and the
+games only, so among runs of one seed (the transfer study's) one run evaluates it and `metarl report` compares
+every run with that one (train/report_data.py).
+
+Each held-out run (game, initialisation, seed) is saved when it ends, and an evaluation of the same run
+directory under the same settings reads it back instead of running it again (train/tasks/atari_eval_parts.py):
+an evaluation interrupted in ``metarl train`` continues on ``--resume`` and ends as an uninterrupted one would.
 
 Outputs in the run directory:
 - TensorBoard: each initialisation is a run of its own, ``eval/meta_init`` and ``eval/random_init``, with the
@@ -8,12 +15,15 @@ Outputs in the run directory:
   steps) and ``eval/<game>/episodic_return_std``; for games with published reference scores also
   ``eval/<game>/human_normalised`` (and ``_std``), and over those games ``eval/mean/human_normalised`` (the
   mean normalised score; its std over seeds). Each seed is a run too, ``eval/<init>/seed_<k>``, with
-  ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits);
+  ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits).
+  All of it is written at the end, from the parts (the GIFs below too), each of these runs from step 0 on: what
+  an interrupted evaluation wrote there is replaced, not repeated;
 - ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
-- ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC, the final
-  score (mean ± std over seeds) and, where references exist, the human-normalised final score and AUC; and
-  per seed (the lists ``final_scores``, ``auc_scores`` and ``final_human_normalised_scores``,
-  ``human_normalised_auc_scores``) the raw and human-normalised final score and AUC, read by `metarl report`;
+- ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC (where
+  both initialisations were evaluated), the final score (mean ± std over seeds) and, where references exist,
+  the human-normalised final score and AUC; and per seed (the lists ``final_scores``, ``auc_scores`` and
+  ``final_human_normalised_scores``, ``human_normalised_auc_scores``) the raw and human-normalised final score
+  and AUC, read by `metarl report`;
 - with ``eval.video``: ``videos/<game>_<init>.mp4``, one game played by seed 0's agent at the end of its run
   (the real 210×160 RGB screens, at most ``eval.video_frames`` of them, 15 per second: envs/atari.py), and
   the same as an animated GIF in TensorBoard's images dashboard, ``videos/<game>`` in each ``eval/<init>``
@@ -44,6 +54,8 @@ from envs.atari import VIDEO_FPS
 from ..atari_scores import REFERENCE, human_normalised
 from ..checkpoint import write_json_atomic, write_text_atomic
 from ..seeding import FIXED, step_generators
+from .atari_eval_parts import FORMAT, Parts, final_score, fingerprint, part_settings
+from .atari_eval_parts import curve as part_curve
 
 INITS = ("meta_init", "random_init")
 
@@ -68,59 +80,53 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                    points: int = 50, window: int | None = None) -> dict[str, Any]:
     """Run the protocol with ``adapter`` (an :class:`~train.tasks.atari.AtariAdapter`: ``games``, ``game``,
     ``build_model``, ``make_optimizer``, ``adapt``, ``drain_games``, ``evaluate``) and write the outputs.
-    ``window``: games in each moving average (default ``atari.eval_window``)."""
+    ``window``: games in each moving average (default ``atari.eval_window``). Held-out runs finished by an
+    earlier evaluation of ``run_dir`` under the same settings are read back (train/tasks/atari_eval_parts.py)."""
     window = window or getattr(adapter.config, "eval_window", 10)
     band = getattr(adapter.config, "eval_band", 1.0)
     games = adapter.games[cfg.eval.split] or adapter.games["test"]
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
     grid = np.linspace(horizon / points, horizon, points)
+    inits = INITS if getattr(cfg.eval, "random_init", True) else ("meta_init",)
+    video = bool(getattr(cfg.eval, "video", False))
+    show = bool(getattr(getattr(cfg, "run", None), "progress", False))
+    parts = Parts(run_dir, cfg.eval.split)
+    settings = {init: part_settings(cfg, adapter, meta, init, horizon, points, window) for init in inits}
+    runs = [(game, init, seed) for game in games for init in inits for seed in range(seeds)]
+    done = {}                   # finished by an earlier evaluation: read back, not run again
+    for game, init, seed in runs:
+        part = parts.load(game, init, seed, settings[init], cfg.eval.video_frames if video and seed == 0 else None)
+        if part is not None:
+            done[(game, init, seed)] = part
+    if parts.note():
+        print(parts.note(), file=sys.stderr)
+    todo = len(runs) - len(done)
+    bar, progress = _bar(adapter, todo * horizon) if show and todo else (None, None)
+    if show and done:
+        _say(bar, f"held-out: {len(done)} of {len(runs)} runs read from {parts.folder} (finished earlier)")
+    finished: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for game, init, seed in runs:
+        finished[(game, init, seed)] = done.get((game, init, seed)) or run_part(
+            cfg, adapter, meta, run_dir, parts, game, init, seed, settings[init], horizon, grid, window,
+            video and seed == 0, bar, progress, show)
     curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
     videos: dict[str, dict[str, dict[str, Any]]] = {}
-    video = bool(getattr(cfg.eval, "video", False))
-    show = bool(getattr(getattr(cfg, "run", None), "progress", False))
-    bar, progress = _bar(adapter, len(games) * len(INITS) * seeds * horizon) if show else (None, None)
+    gifs: dict[tuple[str, str], Path] = {}
     for game in games:
-        for init in INITS:
-            per_seed, final = [], []
-            for seed in range(seeds):
-                t0 = time.perf_counter()
-                if progress is not None:
-                    progress.new_task()
-                # The same env seed and the same head draw for both initialisations of a (game, seed).
-                rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
-                task = adapter.game(game, int(rng.integers(2**31 - 1)))
-                model = adapter.build_model(generator, task)      # drawn on the CPU, on the run's device
-                if init == "meta_init":
-                    meta.load_init(model, skip=tuple(adapter.head))
-                optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
-                adapter.drain_games()
-                start = adapter.global_step
-                adapter.adapt(task, model, optimizer, horizon)
-                played = adapter.drain_games()
-                s = np.array([g.global_step - start for g in played], dtype=np.float64)
-                r = np.array([g.episodic_return for g in played], dtype=np.float64)
-                per_seed.append(running_curve(s, r, grid, window))
-                final.append(adapter.evaluate(task, model)["score"])
-                if show:
-                    _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{seeds}: final score "
-                              f"{final[-1]:.1f} ({len(played)} games, {adapter.global_step - start:,} env steps, "
-                              f"{time.perf_counter() - t0:.0f} s)")
-                if video and seed == 0:
-                    entry = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames, logger,
-                                         horizon)
-                    videos.setdefault(game, {})[init] = entry
-                    if show:
-                        _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
-                                  f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
-            stacked = np.stack(per_seed)
+        for init in inits:
+            group = [finished[(game, init, seed)] for seed in range(seeds)]
+            stacked = np.stack([part_curve(p) for p in group])
             seed_curves[(game, init)] = stacked
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 curves[(game, init)] = np.stack([np.nanmean(stacked, 0), np.nanstd(stacked, 0)])
-            finals[(game, init)] = final
+            finals[(game, init)] = [final_score(p) for p in group]
+            if video:
+                videos.setdefault(game, {})[init] = group[0]["video"]["entry"]
+                gifs[(game, init)] = parts.folder / group[0]["video"]["gif"]
     with warnings.catch_warnings():      # games with no finished episode yet give all-NaN slices
         warnings.simplefilter("ignore", RuntimeWarning)
         table = summarise(games, curves, finals)
@@ -138,6 +144,12 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
         bar.close()
         from ..progress import RLProgress
         RLProgress.detach(adapter)
+    # TensorBoard gets the whole evaluation here, from the parts, fresh or read back: each evaluation run
+    # (eval/<init>, eval/<init>/seed_<k>) is written from step 0 on, which hides whatever an earlier,
+    # interrupted or other-settings evaluation wrote there (Logger.evaluation), so no point shows twice.
+    if logger is not None:
+        for (game, init), gif in gifs.items():
+            logger.gif(f"eval/{init}", f"videos/{game}", gif.read_bytes(), horizon)
     write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves)
     if show:        # the table itself comes last, from the command (summary)
         print(f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
@@ -145,17 +157,55 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     return out
 
 
-def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, init: str, max_frames: int,
-                 logger: Any, step: int) -> dict[str, Any]:
-    """One game of ``model`` as ``run_dir/videos/<game>_<init>.mp4`` and, with a logger, as the GIF
-    ``videos/<game>`` in the run ``eval/<init>`` at env step ``step``; returns what the result lists."""
-    from ..video import write_mp4
+def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, game: str, init: str, seed: int,
+             settings: dict[str, Any], horizon: int, grid: np.ndarray, window: int, video: bool, bar: Any,
+             progress: Any, show: bool) -> dict[str, Any]:
+    """One held-out run — ``game`` from ``init`` with seed index ``seed`` — saved as a part and returned as read
+    back. ``video``: also record one game of the final agent."""
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress.new_task()
+    # The same env seed and the same head draw for both initialisations of a (game, seed), whatever ran before.
+    rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
+    task = adapter.game(game, int(rng.integers(2**31 - 1)))
+    model = adapter.build_model(generator, task)      # drawn on the CPU, on the run's device
+    if init == "meta_init":
+        meta.load_init(model, skip=tuple(adapter.head))
+    optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
+    adapter.drain_games()
+    start = adapter.global_step
+    adapter.adapt(task, model, optimizer, horizon)
+    played = adapter.drain_games()
+    s = np.array([g.global_step - start for g in played], dtype=np.float64)
+    r = np.array([g.episodic_return for g in played], dtype=np.float64)
+    final = adapter.evaluate(task, model)
+    part = {"format": FORMAT, "fingerprint": fingerprint(settings), "settings": settings, "game": game,
+            "init": init, "seed": seed, "curve": running_curve(s, r, grid, window), "final_score": final["score"],
+            "final_games": int(final["games"]), "games": len(played), "env_steps": adapter.global_step - start}
+    if show:
+        _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{cfg.eval.tasks}: final score "
+                  f"{final['score']:.1f} ({len(played)} games, {adapter.global_step - start:,} env steps, "
+                  f"{time.perf_counter() - t0:.0f} s)")
+    gif = None
+    if video:
+        entry, gif = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames)
+        part["video"] = {"entry": entry, "max_frames": cfg.eval.video_frames}
+        if show:
+            _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
+                      f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
+    return parts.save(part, gif)
+
+
+def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, init: str,
+                 max_frames: int) -> tuple[dict[str, Any], bytes]:
+    """One game of ``model`` as ``run_dir/videos/<game>_<init>.mp4``; returns what the result lists and the game
+    as an animated GIF (for TensorBoard, logged with the evaluation's curves)."""
+    from ..video import encode_gif, write_mp4
 
     frames, score, over = adapter.record_episode(task, model, max_frames)
     path = write_mp4(run_dir / "videos" / f"{game}_{init}.mp4", frames, VIDEO_FPS)
-    if logger is not None:
-        logger.video(f"eval/{init}", f"videos/{game}", frames, VIDEO_FPS, step)
-    return {"file": str(path.relative_to(run_dir)), "frames": len(frames), "score": score, "game_over": over}
+    entry = {"file": str(path.relative_to(run_dir)), "frames": len(frames), "score": score, "game_over": over}
+    return entry, encode_gif(frames, VIDEO_FPS)
 
 
 # the meta-learned initialisation's name in the summary, by method
@@ -225,7 +275,7 @@ def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
     if not known:
         return {}
     result = {}
-    for init in INITS:
+    for init in (i for i in INITS if (known[0], i) in seed_curves):
         per_seed = np.mean([(seed_curves[(g, init)] - REFERENCE[g][0]) / (REFERENCE[g][1] - REFERENCE[g][0])
                             for g in known], axis=0)                      # (seeds, points)
         result[init] = (np.nanmean(per_seed, 0), np.nanstd(per_seed, 0))
@@ -245,18 +295,23 @@ def add_per_seed(table: dict, finals: dict, seed_curves: dict) -> None:
 
 
 def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Per game and evaluated initialisation: final score and, with reference scores, human-normalised
+    values; the min–max normalised AUC only where both initialisations were evaluated (it compares them)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for game in games:
-        both = np.concatenate([curves[(game, i)][0] for i in INITS])
+        inits = [i for i in INITS if (game, i) in curves]
+        both = np.concatenate([curves[(game, i)][0] for i in inits])
         lo, hi = (np.nanmin(both), np.nanmax(both)) if np.isfinite(both).any() else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
         table[game] = {}
-        for init in INITS:
+        for init in inits:
             mean = curves[(game, init)][0]
             final = np.asarray(finals[(game, init)], dtype=np.float64)
-            table[game][init] = {
-                "normalised_auc": float(np.nanmean((mean - lo) / span)) if np.isfinite(mean).any() else float("nan"),
-                "final_score": float(np.nanmean(final)), "final_score_std": float(np.nanstd(final))}
+            row = table[game][init] = {}
+            if len(inits) == len(INITS):
+                row["normalised_auc"] = (float(np.nanmean((mean - lo) / span)) if np.isfinite(mean).any()
+                                         else float("nan"))
+            row.update({"final_score": float(np.nanmean(final)), "final_score_std": float(np.nanstd(final))})
             if game in REFERENCE:
                 hns = np.array([human_normalised(game, f) for f in final])
                 curve, _ = normalise_curve(game, mean, curves[(game, init)][1])
@@ -296,7 +351,7 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
                                           int(x))
     fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
     for ax, game in zip(axes[0], games):
-        for init in INITS:
+        for init in (i for i in INITS if (game, i) in curves):
             mean, std = curves[(game, init)]
             ax.plot(grid, mean, label=init.replace("_", " "), marker="o" if np.isfinite(mean).sum() <= 20 else None,
                     markersize=3)
@@ -315,7 +370,8 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
         for init, r in rows.items():
             hns = (f"{r['final_human_normalised']:.3f} ± {r['final_human_normalised_std']:.3f}"
                    if "final_human_normalised" in r else "no reference")
-            lines.append(f"| {game} | {init.replace('_', ' ')} | {r['normalised_auc']:.3f} | "
+            auc = f"{r['normalised_auc']:.3f}" if "normalised_auc" in r else "—"     # one init: nothing to compare
+            lines.append(f"| {game} | {init.replace('_', ' ')} | {auc} | "
                          f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
     write_text_atomic(run_dir / "eval_atari.md", "\n".join(lines) + "\n")
     write_json_atomic(run_dir / "eval_atari.json", table)
