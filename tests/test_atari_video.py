@@ -65,12 +65,13 @@ def test_the_video_is_an_animated_gif_in_the_evaluation_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from train.trainer import Logger
+    from train.video import encode_gif
 
     frames = np.zeros((6, 210, 160, 3), dtype=np.uint8)
     for t in range(6):
         frames[t, 20 * t:20 * t + 20] = (200, 40 * t, 10)                  # a moving band: six distinct frames
     logger = Logger(tmp_path, purge_step=None)
-    logger.video("eval/meta_init", "videos/Breakout", frames, VIDEO_FPS, 1200)
+    logger.gif("eval/meta_init", "videos/Breakout", encode_gif(frames, VIDEO_FPS), 1200)
     logger.close()
     acc = EventAccumulator(str(tmp_path / "eval" / "meta_init"), size_guidance={"images": 0})
     acc.Reload()

@@ -143,14 +143,9 @@ class Logger:
         for k, v in values.items():
             self._evaluation(run).add_scalar(k, v, step)
 
-    def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
-        """``frames`` (T, H, W, 3) uint8 as an animated GIF in the evaluation run ``run`` (images dashboard;
-        train/video.py says why not add_video)."""
-        from .video import encode_gif
-        self.gif(run, tag, encode_gif(frames, fps), step)
-
     def gif(self, run: str, tag: str, gif: bytes, step: int) -> None:
-        """An encoded animated GIF (a stored one: the held-out protocol's finished parts) as :meth:`video`."""
+        """An encoded animated GIF (train/video.py ``encode_gif``) in the evaluation run ``run``, shown by the
+        images dashboard (train/video.py says why not add_video)."""
         from .video import gif_summary
         self._evaluation(run)._get_file_writer().add_summary(gif_summary(tag, gif), step)
 
@@ -179,9 +174,6 @@ class NullLogger:
         pass
 
     def evaluation(self, run: str, values: dict[str, float], step: int) -> None:
-        pass
-
-    def video(self, run: str, tag: str, frames: np.ndarray, fps: int, step: int) -> None:
         pass
 
     def gif(self, run: str, tag: str, gif: bytes, step: int) -> None:
