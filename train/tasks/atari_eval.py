@@ -88,9 +88,9 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
     grid = np.linspace(horizon / points, horizon, points)
-    inits = INITS if getattr(cfg.eval, "random_init", True) else ("meta_init",)
-    video = bool(getattr(cfg.eval, "video", False))
-    show = bool(getattr(getattr(cfg, "run", None), "progress", False))
+    inits = INITS if cfg.eval.random_init else ("meta_init",)
+    video = cfg.eval.video
+    show = cfg.run.progress
     parts = Parts(run_dir, cfg.eval.split)
     settings = {init: part_settings(cfg, adapter, meta, init, horizon, points, window) for init in inits}
     runs = [(game, init, seed) for game in games for init in inits for seed in range(seeds)]
