@@ -210,6 +210,6 @@ def test_without_random_init_the_meta_init_numbers_are_the_same(uninterrupted, t
     assert sorted(p.name for p in (run_dir / "eval_parts" / "test").glob("*.json")) == [
         "Breakout__meta_init__0.json", "Breakout__meta_init__1.json"]
     assert not (run_dir / "eval" / "random_init").exists()
-    assert "| Breakout | meta init | — |" in (run_dir / "eval_atari.md").read_text()
+    assert "| Breakout | Leap init | — |" in (run_dir / "eval_atari.md").read_text()   # named after the method
     lines = summary(result, "leap").splitlines()
     assert [line.split()[:3] for line in lines[2:]] == [["Breakout", "Leap", "init"], ["mean", "of", "1"]]

@@ -150,7 +150,8 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     if logger is not None:
         for (game, init), gif in gifs.items():
             logger.gif(f"eval/{init}", f"videos/{game}", gif.read_bytes(), horizon)
-    write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves)
+    write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves,
+                  method=cfg.method)
     if show:        # the table itself comes last, from the command (summary)
         print(f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
               f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
@@ -213,12 +214,17 @@ METHOD_NAMES = {"leap": "Leap", "reptile": "Reptile", "finetune": "pretrained", 
                 "fomaml": "FOMAML", "maml": "MAML"}
 
 
+def init_labels(method: str) -> dict[str, str]:
+    """How tables and plots name the two initialisations: the meta-learned one after its method."""
+    return {"random_init": "random init", "meta_init": f"{METHOD_NAMES.get(method, method)} init"}
+
+
 def summary(result: dict[str, Any], method: str = "meta-learned", note: str = "", last_games: int = 0) -> str:
     """The held-out result (what eval.json holds) as a plain-text table: per game the random and the
     meta-learned initialisation, final score and human-normalised final score, mean ± std over seeds; then
     the mean over the games with reference scores, and ``note`` as the last line. ``last_games``: the games
     a run's score averages (``atari.eval_games``), for the header."""
-    label = {"random_init": "random init", "meta_init": f"{METHOD_NAMES.get(method, method)} init"}
+    label = init_labels(method)
     rows = [("game", "init", "final score", "human-normalised")]
     for game, by_init in (result.get("games") or {}).items():
         for init in ("random_init", "meta_init"):
@@ -323,11 +329,13 @@ def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[st
 
 
 def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any,
-                  band: float = 1.0, mean_hns: dict | None = None, seed_curves: dict | None = None) -> None:
+                  band: float = 1.0, mean_hns: dict | None = None, seed_curves: dict | None = None,
+                  method: str = "meta-learned") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    label = init_labels(method)
     if logger is not None:
         for (game, init), (mean, std) in curves.items():
             hns = normalise_curve(game, mean, std) if game in REFERENCE else None
@@ -353,7 +361,7 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
     for ax, game in zip(axes[0], games):
         for init in (i for i in INITS if (game, i) in curves):
             mean, std = curves[(game, init)]
-            ax.plot(grid, mean, label=init.replace("_", " "), marker="o" if np.isfinite(mean).sum() <= 20 else None,
+            ax.plot(grid, mean, label=label[init], marker="o" if np.isfinite(mean).sum() <= 20 else None,
                     markersize=3)
             ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)
         ax.set_title(game)
@@ -371,7 +379,7 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
             hns = (f"{r['final_human_normalised']:.3f} ± {r['final_human_normalised_std']:.3f}"
                    if "final_human_normalised" in r else "no reference")
             auc = f"{r['normalised_auc']:.3f}" if "normalised_auc" in r else "—"     # one init: nothing to compare
-            lines.append(f"| {game} | {init.replace('_', ' ')} | {auc} | "
+            lines.append(f"| {game} | {label[init]} | {auc} | "
                          f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
     write_text_atomic(run_dir / "eval_atari.md", "\n".join(lines) + "\n")
     write_json_atomic(run_dir / "eval_atari.json", table)
