@@ -24,8 +24,8 @@ on the device. On the CPU nothing is staged: the env and the sampler write strai
 tensors, as before the GPU path existed. The Gumbel noise of the action sampler is always drawn on the CPU,
 from the CPU generator (once per rollout, then moved): a CPU run keeps its numbers bit for bit, and a GPU
 run given the same seed draws the same noise, so CPU and GPU runs stay comparable (a device generator would
-give the GPU run a different random stream). Warp-RNN's fused unroll (agents.warp_rnn_fused) is float32-CPU
-only; on a GPU the rollout takes the autograd cell path.
+give the GPU run a different random stream). The fused unrolls (Warp-RNN: agents.warp_rnn_fused; the plastic
+RNNs: agents.plastic_rnn_fused) are float32-CPU only; on a GPU the rollout takes the autograd cell path.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def rollout(
     drives the action sampling: a CPU generator on every device (module docstring, "Devices"). The recurrent
     cell runs step by step with autograd; the heads are applied once to all T × B hidden states afterwards
     (actions are drawn from an identical head computation made without a graph), which keeps per-step work
-    to the cell. With ``fused`` (default) a model that offers ``fused_unroll`` (Warp-RNN, float32 on the
-    CPU) runs its graph-free forward with one hand-written BPTT node instead; off the CPU the cell path runs.
+    to the cell. With ``fused`` (default) a model that offers ``fused_unroll`` (Warp-RNN and the plastic
+    RNNs, float32 on the CPU) runs its graph-free forward with one hand-written BPTT node instead; off the
+    CPU the cell path runs.
 
     Seed-batched: ``model`` of S stacked seeds, ``maze_batch`` a ``SeedMazeBatch`` of S × B mazes and
     ``generator`` a list of S generators; seed s's Gumbel noise is drawn from its generator exactly as a

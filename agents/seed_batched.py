@@ -6,11 +6,12 @@ parameter is the S models' tensors stacked along a new leading dimension ([S, ..
 :meth:`SeedBatchedModel.seed_state_dict` gives it back in the single model's format.
 
 The batched module has the single models' interface over (S, B) batches: ``initial_state(B)`` → tensors
-(S, B, n); ``cell(x (S, B, nx), state)``; ``heads(h (..., S, B, H))``; ``fused_unroll`` (Warp-RNN: the same
-fused BPTT, batched, agents.warp_rnn_fused); ``task_parameters()`` / ``warp_parameters()``. Each cell is its
-single model's maths with every matrix product batched over seeds (bmm / matmul broadcasting), so no
-operation mixes seeds: the gradient of the sum of the S seeds' losses is, slice by slice, each seed's own
-gradient (up to floating-point summation order).
+(S, B, n); ``cell(x (S, B, nx), state)``; ``heads(h (..., S, B, H))``; ``fused_unroll`` (Warp-RNN and the
+plastic RNNs: the same fused BPTT, batched, agents.warp_rnn_fused / agents.plastic_rnn_fused);
+``task_parameters()`` / ``warp_parameters()``. Each cell is its single model's maths with every matrix
+product batched over seeds (bmm / matmul broadcasting), so no operation mixes seeds: the gradient of the
+sum of the S seeds' losses is, slice by slice, each seed's own gradient (up to floating-point summation
+order).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from agents.recurrent import (
     build_model,
     plastic_step,
 )
+from agents.plastic_rnn_fused import PlasticRNNUnroll
 from agents.warp_rnn_fused import WarpRNNUnroll, WorkspaceSlot
 
 
@@ -211,6 +213,10 @@ class SeedBatchedWarpLSTM(SeedBatchedModel):
 class SeedBatchedPlasticRNN(SeedBatchedModel):
     single = ModulatedPlasticRNN
 
+    def __init__(self, models: list[RecurrentActorCritic]) -> None:
+        super().__init__(models)
+        self._fused_slot = WorkspaceSlot()
+
     def state_sizes(self) -> tuple[int, ...]:
         H = self.config.hidden_size
         return (H, H * H)
@@ -224,6 +230,14 @@ class SeedBatchedPlasticRNN(SeedBatchedModel):
     def cell(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, hebb, _ = self._step(x, state[0], state[1], None)
         return h, (h, hebb.flatten(-2))
+
+    def fused_unroll(self, batch: int, steps: int):
+        """The batched fused unroll (agents.plastic_rnn_fused; also the retroactive subclass); float32 CPU
+        only, None elsewhere (cell path)."""
+        w = self.weight
+        if w.dtype != torch.float32 or w.device.type != "cpu":
+            return None
+        return PlasticRNNUnroll(self, batch, steps)
 
 
 class SeedBatchedRetroactivePlasticRNN(SeedBatchedPlasticRNN):

@@ -33,6 +33,7 @@ from metarl.seed_batch import SeedAdam
 from ._common import BenchParser
 
 DEFAULT_MODELS = "rnn,lstm,warp-rnn"
+FUSED_MODELS = ("warp-rnn", "plastic-rnn", "plastic-rnn-retroactive")  # the models with a fused unroll
 
 
 def _cpu_name() -> str:
@@ -108,7 +109,8 @@ def run(argv: list[str]) -> dict:
     parser.add_argument("--iterations", type=int, default=8, help="timed rounds; the medians are reported")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--compare-threads", action="store_true", help="also time every model with 2 threads")
-    parser.add_argument("--unfused", action="store_true", help="also time warp-rnn without its fused unroll")
+    parser.add_argument("--unfused", action="store_true",
+                        help=f"also time the models with a fused unroll ({', '.join(FUSED_MODELS)}) without it")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -140,8 +142,8 @@ def run(argv: list[str]) -> dict:
             torch.set_num_threads(threads)
             figures: dict[str, dict[str, float]] = {k: {} for k in ("single", "single_cpu", "batched", "batched_cpu")}
             variants = [(m, True) for m in models]
-            if args.unfused and "warp-rnn" in models:
-                variants.append(("warp-rnn", False))
+            if args.unfused:
+                variants += [(m, False) for m in models if m in FUSED_MODELS]
             for model_name, fused in variants:
                 label = model_name if fused else f"{model_name}-unfused"
                 times = time_iterations(model_name, args.mazes, args.steps, args.warmup, args.iterations, args.seed,
