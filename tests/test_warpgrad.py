@@ -481,3 +481,46 @@ def test_warp_batchnorm_statistics_reset_every_task():
     wg.load_init(model)                                             # … and the next task starts afresh
     assert torch.equal(model.warps[0].norm.running_mean, init_stats)
     assert torch.equal(wg.init_state["warps.0.norm.running_mean"], init_stats)
+
+
+# ------------------------------------------------------------------------------------------------
+# memory layout of replayed parameters
+
+
+class _LayoutProbe(nn.Module):
+    """A channels_last conv (one input channel: its NCHW and channels_last weights differ in strides only)
+    whose forward records the weight strides it is called with, then a warp scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.warp = ChannelScale(4)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(self.conv.weight.stride())
+        return self.warp(self.conv(x)).mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("kind", ["full", "first_order"])
+def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kind):
+    """A stored point comes back, and θ' = θ − α∇L is handed to the model, in the parameter's layout
+    (channels_last here), so replayed convolutions run as the inner loop's do (and max-pooling stays fast)."""
+    from metarl.warpgrad.replay import _flat, _Trajectory
+
+    torch.manual_seed(0)
+    model = _LayoutProbe().to(memory_format=torch.channels_last)
+    cl = model.conv.weight.stride()
+    assert cl != torch.empty(model.conv.weight.shape).stride()      # the probe can tell the two layouts apart
+    names = ["conv.weight", "conv.bias"]
+    params = [model.conv.weight, model.conv.bias]
+    traj = _Trajectory(None, model, names, params)
+    theta = traj.unpack(_flat(params, torch.float32, torch.device("cpu")))
+    assert [t.stride() for t in theta] == [p.stride() for p in params]
+    assert all(torch.equal(t, p) for t, p in zip(theta, params))
+    x1, x2 = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)
+    y1, y2 = torch.randn(3), torch.randn(3)
+    loss = lambda m, b: F.mse_loss(m(b[0]), b[1])
+    phi = {n: p for n, p in model.named_parameters() if n.startswith("warp.")}
+    WarpObjective(kind)(model, dict(zip(names, theta)), phi, loss, (x1, y1), (x2, y2), SGDRule(0.1))
+    assert model.seen == [cl, cl]                              # the task loss at θ and the meta loss at θ'

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..maml import _Functional
 from .config import OBJECTIVES
 from .inner import SGDRule, sgd_step
+from .replay import laid_out
 
 
 class WarpValue(NamedTuple):
@@ -73,6 +74,7 @@ class WarpObjective:
             else:
                 with torch.no_grad():      # sg[θ − α d]: the step is kept, its dependence on φ is not
                     new = sgd_step([t.detach() for t in th], [gi.detach() for gi in g], rules, momentum)
+            new = [laid_out(n, t.stride()) for n, t in zip(new, th)]   # θ's layout (e.g. channels_last)
             meta_loss = loss_fn(_Functional(model, {**fixed, **dict(zip(names, new))}), batch_meta)
             grads = torch.autograd.grad(meta_loss, phi_values, allow_unused=True)
         grads = [torch.zeros_like(p) if gp is None else gp.detach() for p, gp in zip(phi_values, grads)]

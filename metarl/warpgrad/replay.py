@@ -29,6 +29,7 @@ class _Trajectory:
     def __init__(self, task: Any, model: nn.Module, names: list[str], params: Sequence[Tensor]) -> None:
         self.task, self.model, self.names = task, model, names
         self.shapes = [p.shape for p in params]
+        self.strides = [p.stride() for p in params]      # memory layouts (e.g. channels_last), see unpack
         self.numels = [p.numel() for p in params]
         self.dtypes = [p.dtype for p in params]
         self.device = params[0].device if params else torch.device("cpu")
@@ -41,9 +42,19 @@ class _Trajectory:
         sizes = [n for n, keep in zip(self.numels, present) if keep]
         chunks = iter(flat.split(sizes)) if sizes else iter(())
         out: list[Tensor | None] = []
-        for keep, shape, dtype in zip(present, self.shapes, self.dtypes):
-            out.append(next(chunks).to(self.device, dtype).reshape(shape) if keep else None)
+        for keep, shape, stride, dtype in zip(present, self.shapes, self.strides, self.dtypes):
+            out.append(laid_out(next(chunks).to(self.device, dtype).reshape(shape), stride) if keep else None)
         return out
+
+
+def laid_out(t: Tensor, stride: tuple[int, ...]) -> Tensor:
+    """``t`` (differentiably) in the memory layout ``stride`` of the parameter it stands for. A point stored
+    flat comes back contiguous, and a step's gradient may come back in another layout than its parameter; a
+    channels_last model's convolutions would then run and return NCHW, where this CPU build's max-pooling is
+    many times slower (docs/RESULTS.md, omniglot-meta-step)."""
+    if t.stride() == stride:
+        return t
+    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def _flat(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
