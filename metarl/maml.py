@@ -38,6 +38,16 @@ class _Functional(nn.Module):
         return functional_call(self.model, self.params, args, kwargs)
 
 
+def laid_out(t: Tensor, stride: tuple[int, ...]) -> Tensor:
+    """``t`` (differentiably) in the memory layout ``stride`` of the parameter it stands for. A step's gradient
+    may come back in another layout than its parameter (and a point stored flat comes back contiguous); a
+    channels_last model's convolutions would then run and return NCHW, where this CPU build's max-pooling is
+    many times slower (docs/RESULTS.md, omniglot-meta-step)."""
+    if t.stride() == stride:
+        return t
+    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+
+
 OUTER_LOSSES = ("query_batch", "held_out")
 
 

@@ -8,10 +8,9 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..maml import _Functional
+from ..maml import _Functional, laid_out
 from .config import OBJECTIVES
 from .inner import SGDRule, sgd_step
-from .replay import laid_out
 
 
 class WarpValue(NamedTuple):

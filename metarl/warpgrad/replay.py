@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..maml import laid_out
 from .inner import InnerSGD, SGDRule
 from .observers import _PointSelector
 
@@ -45,16 +46,6 @@ class _Trajectory:
         for keep, shape, stride, dtype in zip(present, self.shapes, self.strides, self.dtypes):
             out.append(laid_out(next(chunks).to(self.device, dtype).reshape(shape), stride) if keep else None)
         return out
-
-
-def laid_out(t: Tensor, stride: tuple[int, ...]) -> Tensor:
-    """``t`` (differentiably) in the memory layout ``stride`` of the parameter it stands for. A point stored
-    flat comes back contiguous, and a step's gradient may come back in another layout than its parameter; a
-    channels_last model's convolutions would then run and return NCHW, where this CPU build's max-pooling is
-    many times slower (docs/RESULTS.md, omniglot-meta-step)."""
-    if t.stride() == stride:
-        return t
-    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def _flat(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
