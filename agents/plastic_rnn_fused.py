@@ -54,12 +54,12 @@ The code is dtype-generic (the tests run it in float64); the models offer it for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from agents.warp_rnn_fused import WorkspaceSlot, _addmm, _mm
+from agents.fused_unroll import FusedUnroll, _addmm, _mm
 
 if TYPE_CHECKING:
     from agents.recurrent import ModulatedPlasticRNN
@@ -122,7 +122,7 @@ class _Workspace:
         self.D = traces() if retroactive else None  # ∂L/∂E (backward)
 
 
-class PlasticRNNUnroll:
+class PlasticRNNUnroll(FusedUnroll):
     """Record one unroll of a neuromodulated plastic RNN (simple or retroactive, from the model's ``eta``)
     of ``steps`` steps over ``batch`` sequences from a zero state.
 
@@ -131,6 +131,8 @@ class PlasticRNNUnroll:
     pass. The parameters must not change between the first ``step`` and that backward pass. With S seeds
     stacked (parameters [S, ...]) x is (S, B, nx), h_t (S, B, H) and ``finish()`` (T, S, B, H).
     """
+
+    name = "fused plastic-RNN"
 
     def __init__(self, model: "ModulatedPlasticRNN", batch: int, steps: int) -> None:
         c = model.config
@@ -159,34 +161,17 @@ class PlasticRNNUnroll:
         one = torch.tensor(1.0, dtype=dtype)
         self.bound = float(torch.nextafter(one, 2 * one))  # just above 1: hardtanh's open bound = clamp's closed one
         # Reuse the model's workspace unless another unroll still holds it.
-        slot: WorkspaceSlot = model._fused_slot
-        ws = slot.workspace
         key = (steps, batch, nx, H, seeds, self.retroactive, dtype)
-        if ws is None or ws.key != key or ws.in_use:
-            ws = _Workspace(*key)
-            if slot.workspace is None or not slot.workspace.in_use:
-                slot.workspace = ws
-        ws.in_use = True
-        self.ws: _Workspace | None = ws
+        ws = self._take_workspace(model._fused_slot, key, lambda: _Workspace(*key))
         ws.U[0, ..., nx:] = 0.0  # h_0 = 0
         ws.hebb.zero_()  # Hebb_0 = 0
         ws.plastic.zero_()  # P_1 h_0 = 0
         if ws.E is not None:
             ws.E[0] = 0.0  # E_0 = 0
-        self.t = 0
-
-    def release(self) -> None:
-        if self.ws is not None:
-            self.ws.in_use = False
-            self.ws = None
-
-    def __del__(self) -> None:
-        self.release()
 
     def step(self, x: Tensor) -> Tensor:
-        t, nx, ws = self.t, self.nx, self.ws
-        if ws is None or t >= self.T:
-            raise RuntimeError(f"unroll already has its {self.T} steps")
+        t, nx = self.t, self.nx
+        ws = self._next_step()
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
         # h_t = tanh(P_t h_{t−1} + [W_in, W] [x_t, h_{t−1}]), P_t h_{t−1} prepared by the previous step
@@ -215,19 +200,12 @@ class PlasticRNNUnroll:
         P = torch.mul(_own(self.alpha, k), hebb, out=_own(ws.a, k))
         _vec_mat(h, P.mT, out=_own(ws.plastic, k))
 
-    def finish(self) -> Tensor:
-        if self.t != self.T:
-            raise RuntimeError(f"unroll has {self.t} of {self.T} steps")
-        out = _PlasticRNNBPTT.apply(self, *self.params)
-        if not out.requires_grad:  # no backward will come (e.g. evaluation under no_grad)
-            self.release()
-        return out
+    def hidden(self) -> Tensor:
+        return self.ws.U[1:, ..., self.nx :]
 
     # ------------------------------------------------------------------------------------------------
     def backward(self, dH: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
-        ws = self.ws
-        if ws is None:
-            raise RuntimeError("a fused plastic-RNN unroll supports a single backward pass")
+        ws = self._backward_workspace()
         T, nx = self.T, self.nx
         ws.d.zero_()  # Σ_t Hebb_{t−1} ⊙ δ_t h_{t−1}ᵀ per sequence, summed into ∂α at the end
         # Seed by seed: one seed's traces (B × H × H) stay in cache through a step; all S seeds' would not.
@@ -318,16 +296,3 @@ class PlasticRNNUnroll:
         """Σ_rows aᵀ b over all T·B rows, per seed when stacked."""
         ra, rb = self._rows(a), self._rows(b)
         return torch.bmm(ra.mT, rb) if self.seeds else ra.t() @ rb
-
-
-class _PlasticRNNBPTT(torch.autograd.Function):
-    """One autograd node for a recorded plastic-RNN unroll: forward returns the stored h_1..h_T."""
-
-    @staticmethod
-    def forward(ctx: Any, unroll: PlasticRNNUnroll, *params: Tensor) -> Tensor:
-        ctx.unroll = unroll
-        return unroll.ws.U[1:, ..., unroll.nx :].clone()
-
-    @staticmethod
-    def backward(ctx: Any, dH: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *ctx.unroll.backward(dH.contiguous(), ctx.needs_input_grad[1:]))

@@ -33,7 +33,8 @@ from agents.recurrent import (
     plastic_step,
 )
 from agents.plastic_rnn_fused import PlasticRNNUnroll
-from agents.warp_rnn_fused import WarpRNNUnroll, WorkspaceSlot
+from agents.fused_unroll import WorkspaceSlot
+from agents.warp_rnn_fused import WarpRNNUnroll
 
 
 def _row(v: Tensor) -> Tensor:

@@ -26,23 +26,15 @@ Notation (per step t; nx = obs size, H = hidden, K = warp hidden, G = nx + 4H ga
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from agents.fused_unroll import FusedUnroll, WorkspaceSlot, _addmm, _mm
+
 if TYPE_CHECKING:
     from agents.recurrent import WarpRNN
-
-
-def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """a @ b for matrices (mm) or seed-stacked matrices (bmm)."""
-    return torch.mm(a, b, out=out) if a.dim() == 2 else torch.bmm(a, b, out=out)
-
-
-def _addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """c + a @ b for matrices (addmm) or seed-stacked matrices (baddbmm)."""
-    return torch.addmm(c, a, b, out=out) if a.dim() == 2 else torch.baddbmm(c, a, b, out=out)
 
 
 class _Workspace:
@@ -86,24 +78,7 @@ class _Workspace:
         self.DA = e(T, 4 * K)
 
 
-class WorkspaceSlot:
-    """Where a model keeps its reusable workspace (~115 MB at B = 30, T = 200). Not model state: it
-    deep-copies and pickles as an empty slot, so copying a model does not copy the buffers."""
-
-    def __init__(self) -> None:
-        self.workspace: _Workspace | None = None
-
-    def __deepcopy__(self, memo: dict) -> "WorkspaceSlot":
-        return WorkspaceSlot()
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.workspace = None
-
-
-class WarpRNNUnroll:
+class WarpRNNUnroll(FusedUnroll):
     """Record one Warp-RNN unroll of ``steps`` steps over ``batch`` sequences from a zero state.
 
     ``step(x)`` returns h_t (a view into the buffers: read it, do not keep or modify it). ``finish()``
@@ -111,6 +86,8 @@ class WarpRNNUnroll:
     backward pass. The parameters must not change between the first ``step`` and that backward pass.
     With S seeds stacked (parameters [S, ...]) x is (S, B, nx), h_t (S, B, H) and ``finish()`` (T, S, B, H).
     """
+
+    name = "fused Warp-RNN"
 
     def __init__(self, model: "WarpRNN", batch: int, steps: int) -> None:
         c = model.config
@@ -145,33 +122,15 @@ class WarpRNNUnroll:
                 self.a_bias_fwd = self.a_bias_fwd.unsqueeze(1)
                 self.b = self.b.unsqueeze(1)
         # Reuse the model's workspace unless another unroll still holds it.
-        slot: WorkspaceSlot = model._fused_slot
-        ws = slot.workspace
         key = (steps, batch, nx, H, K, seeds)
-        if ws is None or ws.key != key or ws.in_use:
-            ws = _Workspace(*key)
-            if slot.workspace is None or not slot.workspace.in_use:
-                slot.workspace = ws
-        ws.in_use = True
-        self.ws: _Workspace | None = ws
+        ws = self._take_workspace(model._fused_slot, key, lambda: _Workspace(*key))
         ws.U[0, ..., nx:] = 0.0  # h_0 = z_0 = 0
         ws.C[0] = 0.0
         ws.MMB[..., 2, :] = self.b
-        self.t = 0
-
-    def release(self) -> None:
-        if self.ws is not None:
-            self.ws.in_use = False
-            self.ws = None
-
-    def __del__(self) -> None:
-        self.release()
 
     def step(self, x: Tensor) -> Tensor:
         t, nx, H, K = self.t, self.nx, self.H, self.K
-        ws = self.ws
-        if ws is None or t >= self.T:
-            raise RuntimeError(f"unroll already has its {self.T} steps")
+        ws = self._next_step()
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
         s = _addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
@@ -188,19 +147,12 @@ class WarpRNNUnroll:
         self.t = t + 1
         return h
 
-    def finish(self) -> Tensor:
-        if self.t != self.T:
-            raise RuntimeError(f"unroll has {self.t} of {self.T} steps")
-        out = _WarpRNNBPTT.apply(self, *self.params)
-        if not out.requires_grad:  # no backward will come (e.g. evaluation under no_grad)
-            self.release()
-        return out
+    def hidden(self) -> Tensor:
+        return self.ws.U[1:, ..., self.nx : self.nx + self.H]
 
     # ------------------------------------------------------------------------------------------------
     def backward(self, dH: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
-        ws = self.ws
-        if ws is None:
-            raise RuntimeError("a fused Warp-RNN unroll supports a single backward pass")
+        ws = self._backward_workspace()
         T, B, nx, H, K, G = self.T, self.B, self.nx, self.H, self.K, self.G
         lead, seeds = self.lead, self.seeds
         U, S, PG = ws.U, ws.S, ws.PG
@@ -275,16 +227,3 @@ class WarpRNNUnroll:
             grads[7] = weight_grad(DQ, U[1:, ..., nx + H :])
         self.release()
         return tuple(grads)
-
-
-class _WarpRNNBPTT(torch.autograd.Function):
-    """One autograd node for a recorded Warp-RNN unroll: forward returns the stored h_1..h_T."""
-
-    @staticmethod
-    def forward(ctx: Any, unroll: WarpRNNUnroll, *params: Tensor) -> Tensor:
-        ctx.unroll = unroll
-        return unroll.ws.U[1:, ..., unroll.nx : unroll.nx + unroll.H].clone()
-
-    @staticmethod
-    def backward(ctx: Any, dH: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, *ctx.unroll.backward(dH.contiguous(), ctx.needs_input_grad[1:]))
