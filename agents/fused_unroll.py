@@ -24,8 +24,9 @@ def _addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor
 
 
 class WorkspaceSlot:
-    """Where a model keeps its reusable workspace (~115 MB for Warp-RNN at B = 30, T = 200). Not model state:
-    it deep-copies and pickles as an empty slot, so copying a model does not copy the buffers."""
+    """Where a model keeps its reusable workspace (Warp-RNN ≈ 115 MB at B = 30, T = 200; a plastic RNN
+    4·T·B·H² bytes per trace and seed). Not model state: it deep-copies and pickles as an empty slot, so
+    copying a model does not copy the buffers."""
 
     def __init__(self) -> None:
         self.workspace: Any = None
@@ -45,9 +46,10 @@ class FusedUnroll:
     gradients for), call :meth:`_take_workspace` once, count steps with :meth:`_next_step`, and implement
     ``hidden()`` (the stored h_1..h_T) and ``backward(dH, needs)``."""
 
-    name = "fused"          # for error messages
+    name = "fused"  # for error messages
     T: int
     params: tuple[Tensor, ...]
+    ws: Any = None  # (also when building the workspace failed: release() and __del__ still work)
 
     def _take_workspace(self, slot: WorkspaceSlot, key: tuple, build: Callable[[], Any]) -> Any:
         """The model's workspace for ``key``, or a new one (kept in the slot unless another unroll holds it)."""
@@ -57,8 +59,11 @@ class FusedUnroll:
             if slot.workspace is None or not slot.workspace.in_use:
                 slot.workspace = ws
         ws.in_use = True
-        self.ws: Any = ws
+        self.ws = ws
         self.t = 0
+        # The forward keeps detached views of the parameters: an in-place update before the backward would
+        # go unnoticed (autograd through the cell would raise), so the backward checks their versions.
+        self._versions = [p._version for p in self.params]
         return ws
 
     def release(self) -> None:
@@ -78,6 +83,10 @@ class FusedUnroll:
     def _backward_workspace(self) -> Any:
         if self.ws is None:
             raise RuntimeError(f"a {self.name} unroll supports a single backward pass")
+        if [p._version for p in self.params] != self._versions:
+            self.release()
+            raise RuntimeError(f"a parameter of a {self.name} unroll was modified in place between its steps "
+                               "and its backward pass")
         return self.ws
 
     def finish(self) -> Tensor:

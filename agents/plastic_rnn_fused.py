@@ -36,9 +36,7 @@ every E_{t−1} (the lerp cannot be run backwards stably: it would divide by (1 
 that is 4·T·B·H² bytes per trace: 240 MB simple, 480 MB retroactive at T = 200, B = 30, H = 100, times S for S
 stacked seeds (2.4 / 4.8 GB at S = 10); the vector buffers are small. Autograd through the cell saves more per
 step (the clip's input, α ⊙ Hebb and Hebb; retroactive also the traces and h_t h_{t−1}ᵀ), so the fused path
-needs less memory, not more: a whole training iteration at B = 30, T = 200, H = 100 peaked at 0.56 GB resident
-fused against 1.25 GB through the cell (simple; retroactive 0.79 against 1.72 GB; 4 stacked seeds 1.3 against
-4.0 GB and 2.2 against 5.9 GB; 10 stacked seeds fused 2.8 and 5.1 GB). The mask is applied by ATen's hardtanh
+needs less memory, not more (measured: docs/RESULTS.md, "maze-iteration, plastic RNNs fused"). The mask is applied by ATen's hardtanh
 backward with bounds one ulp beyond ±1, which passes exactly the values torch.clamp's backward passes
 (−1 ≤ Q ≤ 1), in one pass.
 
@@ -250,6 +248,7 @@ class PlasticRNNUnroll(FusedUnroll):
         dtanh_h = torch.mul(Hs[1:], Hs[1:]).neg_().add_(1)
         dtanh_m = torch.mul(M, M).neg_().add_(1)
         carry = torch.zeros_like(dH[0])  # ∂L/∂h_t arriving from step t + 1
+        # The loop's t is 0-based: it handles step t + 1 of the notation; the comments use the notation's steps.
         for t in range(T - 1, -1, -1):
             h, h_prev, m = Hs[t + 1], Hs[t], M[t]
             dh = dH[t] + carry

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.plastic_rnn_fused import PlasticRNNUnroll
 from agents.fused_unroll import WorkspaceSlot
+from agents.plastic_rnn_fused import PlasticRNNUnroll
 from agents.warp_rnn_fused import WarpRNNUnroll
 
 State = tuple[Tensor, ...]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from agents.fused_unroll import WorkspaceSlot
+from agents.plastic_rnn_fused import PlasticRNNUnroll
 from agents.recurrent import (
     LSTMActorCritic,
     ModulatedPlasticRNN,
@@ -32,8 +34,6 @@ from agents.recurrent import (
     build_model,
     plastic_step,
 )
-from agents.plastic_rnn_fused import PlasticRNNUnroll
-from agents.fused_unroll import WorkspaceSlot
 from agents.warp_rnn_fused import WarpRNNUnroll
 
 

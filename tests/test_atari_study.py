@@ -116,7 +116,7 @@ def test_the_study_protocol_and_its_budget_arithmetic():
     check = _study("check")
     assert check.method == "no_pretraining" and check.meta.steps == 0
     assert set(trained) | set(held_out) <= set(check.task_config.test_games)
-    assert check.eval.steps >= cfg.eval.steps >= cfg.inner.steps    # as long as a held-out run
+    assert check.eval.steps == cfg.eval.steps >= cfg.inner.steps    # as long as a held-out run
     for game in check.task_config.test_games:                # the command loop in the header covers them all
         assert re.search(rf"for g in [^;]*\b{game}\b", header), game
 

@@ -491,7 +491,8 @@ def _maze_iteration(model, mazes, generators, device: str) -> dict:
 def test_maze_iteration_on_cuda_equals_cpu(name):
     """The same agent, mazes and sampler seeds: on CUDA (autograd cell path, observations through pinned
     staging) the iteration takes the CPU's actions (the Gumbel noise is drawn on the CPU on both) and its
-    logits, loss, gradients and Adam step agree with the CPU's (Warp-RNN and the plastic RNNs: their fused unrolls) within tolerance."""
+    logits, loss, gradients and Adam step agree with the CPU's (fused unrolls for Warp-RNN, plastic RNNs)
+    within tolerance."""
     from agents.recurrent import RecurrentConfig, build_model
     from agents.seed_batched import build_seed_batched
     from envs.maze import MazeConfig

@@ -192,3 +192,58 @@ def test_clip_bounds_pass_gradient_as_torch_clamp_does(name):
     Q = m._fused_slot.workspace.Q[12 : T - 1]
     assert int((Q.abs() == 1).sum()) > 20  # pre-clip values on the bounds
     _check(m, H_f, g_f, H_ref, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+@pytest.mark.parametrize("name", KINDS)
+def test_short_unrolls_and_frozen_parameters(name, T):
+    """Unrolls of 1–3 steps (the first and last steps' special cases meet) and parameters that need no
+    gradient: those get none, the others autograd's (a parameter autograd leaves without a gradient — w at
+    T = 1, η at T ≤ 2, which reach no output yet — gets zeros)."""
+    B, H = 3, 8
+    gen = torch.Generator().manual_seed(6)
+    xs = torch.rand(T, B, 17, generator=gen, dtype=torch.float64)
+    w = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    for frozen in ((), ("alpha", "weight_in", "eta"), ("weight", "modulation")):
+        m = _model(name, H, None, saturate=True)
+        for n, p in m.named_parameters():
+            p.requires_grad_(n not in frozen)
+        H_ref, g_ref, _ = _reference(m, xs, w)
+        H_f, g_f, _ = _fused(m, xs, w)
+        torch.testing.assert_close(H_f, H_ref, rtol=1e-12, atol=1e-14)
+        for n, p in m.named_parameters():
+            if n.startswith(("policy_head", "value_head")):
+                continue                                   # the heads are not the unroll's
+            if n in frozen:
+                assert g_f[n] is None, n
+            elif g_ref[n] is None:
+                assert g_f[n] is not None and not g_f[n].any(), n
+            else:
+                torch.testing.assert_close(g_f[n], g_ref[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_two_unrolls_alive_at_once_and_in_place_updates(name):
+    """A second unroll while the first awaits its backward builds its own workspace and leaves the model's
+    slot to the first; both backward passes are right. A parameter changed in place between an unroll's
+    steps and its backward is refused (the forward holds detached views of the parameters)."""
+    T, B, H = 10, 3, 8
+    m = _model(name, H, None, saturate=True)
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.rand(T, B, 17, generator=gen, dtype=torch.float64)
+    w = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    H_ref, g_ref, _ = _reference(m, xs, w)
+    first, second = PlasticRNNUnroll(m, B, T), PlasticRNNUnroll(m, B, T)
+    assert m._fused_slot.workspace is first.ws and second.ws is not first.ws
+    for unroll in (second, first):
+        H_f, g_f, _ = _fused(m, xs, w, unroll)
+        _check(m, H_f, g_f, H_ref, g_ref, rtol=1e-10, atol=1e-12)
+    unroll = PlasticRNNUnroll(m, B, T)
+    for t in range(T):
+        unroll.step(xs[t])
+    out = unroll.finish()
+    with torch.no_grad():
+        m.alpha.mul_(0.5)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        (out * w).sum().backward()
+    assert not m._fused_slot.workspace.in_use          # released: the next unroll can take it

@@ -3,6 +3,7 @@ warp, offline replay vs online accumulation, Warp-Leap / Warp-MAML composition, 
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -522,5 +523,13 @@ def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kin
     y1, y2 = torch.randn(3), torch.randn(3)
     loss = lambda m, b: F.mse_loss(m(b[0]), b[1])
     phi = {n: p for n, p in model.named_parameters() if n.startswith("warp.")}
-    WarpObjective(kind)(model, dict(zip(names, theta)), phi, loss, (x1, y1), (x2, y2), SGDRule(0.1))
+    value = WarpObjective(kind)(model, dict(zip(names, theta)), phi, loss, (x1, y1), (x2, y2), SGDRule(0.1))
     assert model.seen == [cl, cl]                              # the task loss at θ and the meta loss at θ'
+    # the relaid θ' still carries the gradient: the same as an NCHW model's
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    params = [nchw.conv.weight.detach().clone(), nchw.conv.bias]   # NCHW strides (the probe's weight has C=1)
+    ref = WarpObjective(kind)(nchw, dict(zip(names, params)), {n: p for n, p in nchw.named_parameters()
+                              if n.startswith("warp.")}, loss, (x1, y1), (x2, y2), SGDRule(0.1))
+    assert nchw.seen[-1] != cl and all(g.abs().sum() > 0 for g in value.grads)
+    for g, r in zip(value.grads, ref.grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
