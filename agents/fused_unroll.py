@@ -51,6 +51,14 @@ class FusedUnroll:
     params: tuple[Tensor, ...]
     ws: Any = None  # (also when building the workspace failed: release() and __del__ still work)
 
+    @classmethod
+    def where_supported(cls, model: Any, weight: Tensor, batch: int, steps: int) -> "FusedUnroll | None":
+        """``cls(model, batch, steps)`` where the fused unrolls run — float32 on the CPU, judged by one of the
+        model's weights — else None: the rollout then takes the model's autograd ``cell`` path."""
+        if weight.dtype != torch.float32 or weight.device.type != "cpu":
+            return None
+        return cls(model, batch, steps)
+
     def _take_workspace(self, slot: WorkspaceSlot, key: tuple, build: Callable[[], Any]) -> Any:
         """The model's workspace for ``key``, or a new one (kept in the slot unless another unroll holds it)."""
         ws = slot.workspace

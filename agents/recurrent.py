@@ -219,10 +219,7 @@ class WarpRNN(TanhRNN):
     def fused_unroll(self, batch: int, steps: int) -> SequenceUnroll | None:
         """Same maths as ``cell`` from a zero state, faster to train (agents.warp_rnn_fused); float32 CPU only:
         None on any other device or dtype, where the rollout takes the autograd ``cell`` path."""
-        w = self.weight_hh
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            return None
-        return WarpRNNUnroll(self, batch, steps)
+        return WarpRNNUnroll.where_supported(self, self.weight_hh, batch, steps)
 
     def warp_parameters(self) -> list[nn.Parameter]:
         return list(self.warp.parameters())
@@ -299,10 +296,7 @@ class ModulatedPlasticRNN(RecurrentActorCritic):
     def fused_unroll(self, batch: int, steps: int) -> SequenceUnroll | None:
         """Same maths as ``cell`` from a zero state, faster to train (agents.plastic_rnn_fused; also the
         retroactive subclass); float32 CPU only: None elsewhere, where the rollout takes the ``cell`` path."""
-        w = self.weight
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            return None
-        return PlasticRNNUnroll(self, batch, steps)
+        return PlasticRNNUnroll.where_supported(self, self.weight, batch, steps)
 
     def cell_parameters(self) -> list[nn.Parameter]:
         return [self.weight_in, self.weight, self.alpha, self.modulation]

@@ -183,10 +183,7 @@ class SeedBatchedWarpRNN(SeedBatchedModel):
 
     def fused_unroll(self, batch: int, steps: int):
         """The batched fused unroll (agents.warp_rnn_fused); float32 CPU only, None elsewhere (cell path)."""
-        w = self.weight_hh
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            return None
-        return WarpRNNUnroll(self, batch, steps)
+        return WarpRNNUnroll.where_supported(self, self.weight_hh, batch, steps)
 
 
 class SeedBatchedWarpLSTM(SeedBatchedModel):
@@ -235,10 +232,7 @@ class SeedBatchedPlasticRNN(SeedBatchedModel):
     def fused_unroll(self, batch: int, steps: int):
         """The batched fused unroll (agents.plastic_rnn_fused; also the retroactive subclass); float32 CPU
         only, None elsewhere (cell path)."""
-        w = self.weight
-        if w.dtype != torch.float32 or w.device.type != "cpu":
-            return None
-        return PlasticRNNUnroll(self, batch, steps)
+        return PlasticRNNUnroll.where_supported(self, self.weight, batch, steps)
 
 
 class SeedBatchedRetroactivePlasticRNN(SeedBatchedPlasticRNN):
