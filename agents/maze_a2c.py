@@ -148,10 +148,9 @@ def rollout(
     host_rewards = host(T, maze_batch.num_mazes)
     rewards_np = host_rewards.numpy()
     if staged:
-        obs = torch.empty(T, *lead, maze_batch.obs_dim, device=device)
         actions = torch.empty(T, *lead, dtype=torch.int64, device=device)
     else:
-        obs, actions = host_obs, host_actions
+        actions = host_actions
     # Gumbel-max sampling: argmax(logits + g), g = −log(Exp(1)), draws a ~ softmax(logits) exactly. The
     # noise is drawn on the CPU from the CPU generator on every device (module docstring) and moved once.
     A = model.config.n_actions
@@ -167,8 +166,10 @@ def rollout(
         gumbel = gumbel.to(device, non_blocking=True)      # (the driver stages pageable memory: no stream sync)
 
     maze_batch.reset(out=obs_np[0])
-    if staged:
-        obs[0].copy_(host_obs[0], non_blocking=True)
+    # On a GPU each step's observation is a device tensor of its own: the cell saves it for the backward, and
+    # copying step t + 1 into a shared device buffer would be an in-place change autograd refuses. (On the
+    # CPU the env writes through NumPy, which autograd does not see, into rows no one writes again.)
+    obs = [host_obs[0].to(device, non_blocking=True)] if staged else host_obs
     # The fused unroll is float32-CPU only (the models return None elsewhere; checked here too).
     unroll = model.fused_unroll(B, T) if fused and not staged else None
     state = model.initial_state(B)
@@ -190,13 +191,13 @@ def rollout(
         _, r, _, _, info = maze_batch.step(actions_np[t], out=obs_np[t + 1])
         rewards_np[t] = r
         if staged and t + 1 < T:
-            obs[t + 1].copy_(host_obs[t + 1], non_blocking=True)
+            obs.append(host_obs[t + 1].to(device, non_blocking=True))
     logits, values = model.heads(unroll.finish() if unroll is not None else torch.stack(hidden))
     rewards = host_rewards.view(T, *lead)
     if staged:
         rewards = rewards.to(device, non_blocking=True)     # once per rollout
     return MazeRollout(
-        observations=obs[:T],
+        observations=torch.stack(obs) if staged else obs[:T],
         actions=actions,
         rewards=rewards,
         logits=logits,

@@ -272,7 +272,7 @@ def test_maze_iteration_benchmark_reports_single_and_batched_costs():
 
     result = run(["--models", "rnn,warp-rnn", "--mazes", "2", "--steps", "4", "--seeds", "2", "--warmup", "0",
                   "--iterations", "1"])
-    assert result["batched_seeds"] == 2
+    assert result["batched_seeds"] == 2 and result["device"] == "cpu"
     for key in ("ms_per_iteration", "ms_per_seed_iteration_batched", "cpu_ms_per_seed_iteration_batched",
                 "batched_per_seed_ratio"):
         assert set(result[key]) == {"rnn", "warp-rnn"} and all(v > 0 for v in result[key].values()), key

@@ -48,20 +48,23 @@ def _cpu_name() -> str:
 
 
 def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused: bool = True,
-                       seeds: int = 0) -> Callable[[], None]:
+                       seeds: int = 0, device: torch.device | None = None) -> Callable[[], None]:
     """One training iteration as a callable: a single agent (``seeds`` = 0) or ``seeds`` stacked agents
-    (seeds seed, seed + 1, ...), with their mazes, samplers and Adam."""
+    (seeds seed, seed + 1, ...), with their mazes, samplers and Adam, the agent on ``device`` (default CPU;
+    the mazes step on the CPU either way, as in training). On a GPU the callable ends with a synchronize, so
+    a wall-clock timing of it includes the queued kernels."""
+    device = torch.device("cpu") if device is None else device
     config = MazeConfig(episode_length=steps)
     loss_config = MazeA2CConfig()
     if seeds:
         ids = list(range(seed, seed + seeds))
-        model = build_seed_batched(model_name, RecurrentConfig(), ids)
+        model = build_seed_batched(model_name, RecurrentConfig(), ids).to(device)
         optimiser = SeedAdam(model.task_parameters(), seeds, lr=1e-3)
         maze_batch = SeedMazeBatch(ids, mazes, config)
         generator = [torch.Generator().manual_seed(s) for s in ids]
     else:
         torch.manual_seed(seed)
-        model = build_model(model_name)
+        model = build_model(model_name).to(device)
         optimiser = torch.optim.Adam(model.task_parameters(), lr=1e-3)
         maze_batch = MazeBatch(mazes, config, seed=seed)
         generator = torch.Generator().manual_seed(seed)
@@ -71,6 +74,8 @@ def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused
         batch = rollout(model, maze_batch, generator=generator, fused=fused)
         rollout_loss(batch, loss_config).total.sum().backward()
         optimiser.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return iteration
 
@@ -82,12 +87,12 @@ def _timed(fn: Callable[[], None]) -> tuple[float, float]:
 
 
 def time_iterations(model_name: str, mazes: int, steps: int, warmup: int, iterations: int, seed: int,
-                    fused: bool = True, seeds: int = 0) -> dict[str, list[float]]:
+                    fused: bool = True, seeds: int = 0, device: torch.device | None = None) -> dict[str, list[float]]:
     """Seconds per iteration (wall and process CPU), single agent and — with ``seeds`` — per seed of the
     seed-batched iteration, timed alternately: {"single": [...], "single_cpu", "batched", "batched_cpu"}."""
-    runs = {"single": training_iteration(model_name, mazes, steps, seed, fused)}
+    runs = {"single": training_iteration(model_name, mazes, steps, seed, fused, device=device)}
     if seeds:
-        runs["batched"] = training_iteration(model_name, mazes, steps, seed, fused, seeds)
+        runs["batched"] = training_iteration(model_name, mazes, steps, seed, fused, seeds, device)
     out: dict[str, list[float]] = {}
     for i in range(warmup + iterations):
         for label, fn in runs.items():
@@ -112,6 +117,8 @@ def run(argv: list[str]) -> dict:
     parser.add_argument("--unfused", action="store_true",
                         help=f"also time the models with a fused unroll ({', '.join(FUSED_MODELS)}) without it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda, cuda:N or auto: where the agents compute (the mazes step on the CPU)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
@@ -122,12 +129,18 @@ def run(argv: list[str]) -> dict:
             parser.error(f"--{name} must be >= 1")
     if args.seeds < 0 or args.warmup < 0:
         parser.error("--seeds and --warmup must be >= 0")
+    from ..device import resolve_device
+    device = resolve_device(args.device, option="--device")     # CUDA absent: one line, exit 2
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores"
+    if device.type == "cuda":
+        machine += f"; {torch.cuda.get_device_name(device)}"
 
     thread_counts = [args.threads] + ([2] if args.compare_threads and args.threads != 2 else [])
     previous_threads = torch.get_num_threads()
     result: dict = {
         "benchmark": "maze-iteration",
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "machine": machine,
+        "device": str(device),
         "torch": torch.__version__,
         "mazes": args.mazes,
         "steps": args.steps,
@@ -147,7 +160,7 @@ def run(argv: list[str]) -> dict:
             for model_name, fused in variants:
                 label = model_name if fused else f"{model_name}-unfused"
                 times = time_iterations(model_name, args.mazes, args.steps, args.warmup, args.iterations, args.seed,
-                                        fused, args.seeds)
+                                        fused, args.seeds, device)
                 for key, xs in times.items():
                     figures[key][label] = round(1e3 * statistics.median(xs), 2)
                 line = (f"{label:>18}: {figures['single'][label]:7.1f} ms/iteration alone (CPU "
