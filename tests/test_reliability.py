@@ -20,7 +20,7 @@ from train import checkpoint as ckpt
 from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from cli_helpers import cli, one_line
 from train.cli import main
-from train.config import load_config
+from train.config import build_config, load_config, read_yaml
 from train.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,17 @@ def test_resume_may_change_the_documented_keys_only():
                      "sine.batch_size=3"):
         with pytest.raises(ConfigError, match="on resume"):
             check_resume_overrides(saved, load_config(CFG, [override]))
+
+
+def test_resume_may_move_the_data_folders():
+    """A run moved to another machine resumes with that machine's data and cache folders (and device)."""
+    from train.config import check_resume_overrides
+    data = read_yaml(ROOT / "configs" / "omniglot_quick_leap.yaml")
+    saved = build_config(data, ["omniglot.root=/gpu/omniglot", "omniglot.cache_dir=/tmp/cache", "run.device=cuda"])
+    here = build_config(data, [])
+    assert sorted(check_resume_overrides(saved, here)) == ["omniglot.cache_dir", "omniglot.root", "run.device"]
+    with pytest.raises(ConfigError, match="on resume"):
+        check_resume_overrides(saved, build_config(data, ["omniglot.root=/gpu/omniglot", "omniglot.filters=32"]))
 
 
 def test_resume_with_allowed_overrides_continues(run_copy, capsys):

@@ -249,8 +249,10 @@ def config_to_yaml(cfg: Config) -> str:
 # `metarl train --resume RUN_DIR key=value`: only keys that do not change what the checkpoint holds or how
 # its state goes on may change; everything else (the model, the task, the method, learning rates and
 # optimisers — restored from the checkpoint —, seeds, batch sizes) is refused before anything is written.
+# Checkpoints are device-independent, and where a machine keeps the data is the machine's business: a run moved
+# to another machine (a GPU's, then back to a CPU) resumes with its device and data folders overridden.
 RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", "run.keep", "run.threads",
-                  "run.dir", "run.device", "run.tf32")      # checkpoints are device-independent
+                  "run.dir", "run.device", "run.tf32", "omniglot.root", "omniglot.cache_dir", "tiered.root")
 
 
 def resume_mutable(key: str) -> bool:
