@@ -8,9 +8,11 @@ iteration for S independent seeds stacked along a leading parameter dimension, o
 per-seed Adam (metarl.seed_batch.SeedAdam); its time divided by S is the per-seed cost. The single-seed and
 batched iterations of a model are timed alternately (one of each per round, after a few warm-up rounds), so
 a change of load on a shared machine affects both; the medians are reported, wall clock and process CPU time.
+``--device cuda`` puts the agents on a GPU (the mazes still step on the CPU; the fused unrolls are CPU-only, so
+the autograd cell path runs there).
 
 Last line (JSON): ``ms_per_iteration`` and ``ms_per_seed_iteration_batched`` (dicts by model),
-``batched_seeds``, their CPU-time counterparts, and ``batched_per_seed_ratio`` (per-seed batched / single).
+``batched_seeds``, ``device``, their CPU-time counterparts, and ``batched_per_seed_ratio`` (per-seed batched / single).
 """
 
 from __future__ import annotations
