@@ -73,3 +73,19 @@ def test_two_configs_are_labelled_by_name_within_each_game(tmp_path):
         assert sorted(line.get_label() for line in ax.get_lines()) == [
             "atari_leap meta init (n=1)", "atari_leap random init (n=1)",
             "atari_reptile meta init (n=1)", "atari_reptile random init (n=1)"]
+
+
+def test_seed_suffixes_group_runs_of_one_experiment(tmp_path):
+    def run(name, value):
+        d = tmp_path / name
+        logger = Logger(d, purge_step=None)
+        logger.scalars({"losses/train_auc": value}, 1)
+        logger.close()
+        return d
+
+    dirs = [run("quick_leap_s0", 1.0), run("quick_leap_s1", 3.0), run("quick_leap_seed2", 2.0),
+            run("quick_reptile__0", 5.0), run("quick_leap_s0-4", 7.0)]
+    (ax,) = [a for a in figure(dirs).axes if a.get_visible()]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    # the three seeds of quick_leap average to 2.0; a folder without a seed suffix is its own group
+    assert lines == {"quick_leap (n=3)": [2.0], "quick_reptile (n=1)": [5.0], "quick_leap_s0-4 (n=1)": [7.0]}

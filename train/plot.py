@@ -8,9 +8,10 @@ Defaults per task, from the tags a run has (``select_series``):
 - otherwise the first of ``DEFAULT_TAGS`` the run has (the maze's return, supervised ``eval/auc`` …).
 
 ``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
-expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs with the same config
-name but different seeds are grouped: a line is their mean ± std. Lines of few points carry markers, so a
-single point shows.
+expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs of one experiment
+with different seeds are grouped, a line being their mean ± std; a run folder's group is its name without
+the seed: ``<group>__<seed>`` (the README's convention), or ``<group>_s<seed>`` / ``<group>_seed<seed>``.
+Lines of few points carry markers, so a single point shows.
 """
 
 from __future__ import annotations
@@ -130,14 +131,19 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
+def run_group(folder: str) -> str:
+    """The experiment a run folder belongs to: its name without the seed (module docstring)."""
+    return re.sub(r"_s(?:eed)?\d+$", "", folder.split("__")[0]) or folder
+
+
 def collect(run_dirs: list[Path], tag: str | None = None) -> tuple[str, dict[str, dict[str, list[Series]]]]:
     """{panel: {line label: [the series of each run in the group]}} over ``run_dirs``: runs named alike
-    (``<name>__<seed>…``) are one group; with several groups a line is labelled ``<group> <init>``."""
+    (``run_group``) are one group; with several groups a line is labelled ``<group> <init>``."""
     chosen, per_run = None, []
     for d in run_dirs:
         name, series = select_series(Path(d), tag)
         chosen = chosen or name
-        per_run.append((Path(d).name.split("__")[0], series))
+        per_run.append((run_group(Path(d).name), series))
     several = len({g for g, _ in per_run}) > 1
     panels: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))
     for group, series in per_run:
