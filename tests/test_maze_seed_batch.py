@@ -238,6 +238,19 @@ def test_results_table_gives_a_batched_run_one_value_per_seed(tmp_path):
     assert "| maze_x | 1 | 20.0 ± 0.0 | 20.0 |" in alone
 
 
+def test_seed_batched_runs_of_one_config_name_are_one_group(tmp_path):
+    """Seeds 0–1 and 2–3 trained as two batched runs of one experiment (config ``name``) report as 4 seeds."""
+    for folder, seeds in (("plastic_s0-1", (0, 1)), ("plastic_s2-3", (2, 3))):
+        d = tmp_path / folder
+        d.mkdir()
+        (d / "config.yaml").write_text("name: maze_plastic\nseed: 0\n")
+        (d / "eval.json").write_text(json.dumps({
+            "seeds": list(seeds), "return_last_mean": 0.0, "wall_time_s": 60.0,
+            "per_seed": {str(k): {"return_last_mean": 10.0 * (k + 1)} for k in seeds}}))
+    table = results_table(sorted(tmp_path.iterdir()))
+    assert "| maze_plastic | 4 | 25.0 ± 11.2 | 10.0, 20.0, 30.0, 40.0 | 1.0 for 2 batched, 1.0 for 2 batched |" in table
+
+
 def test_backpropamine_configs_hold_its_settings():
     for name, model in (("maze_rnn_backpropamine", "rnn"), ("maze_plastic_simple", "plastic-rnn"),
                         ("maze_plastic_retroactive", "plastic-rnn-retroactive")):

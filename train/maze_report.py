@@ -13,9 +13,24 @@ from pathlib import Path
 import numpy as np
 
 
+def config_name(run_dir: Path) -> str:
+    """The experiment a run belongs to: the ``name`` in its config.yaml (so seeds split over several
+    seed-batched runs, e.g. seeds 0–4 and 5–9, are one group), else the folder name before ``__``."""
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        import yaml
+        try:
+            name = (yaml.safe_load(path.read_text()) or {}).get("name")
+        except yaml.YAMLError:
+            name = None
+        if isinstance(name, str) and name:
+            return name
+    return Path(run_dir).name.split("__")[0]
+
+
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table over finished runs (``eval.json``), grouped by config name (the run-directory name
-    before ``__``; a seed folder of a batched run by its ``name``): mean over seeds of each seed's
+    """Markdown table over finished runs (``eval.json``), grouped by :func:`config_name` (a seed folder of a
+    batched run by the ``name`` in its eval.json): mean over seeds of each seed's
     last-window mean return, the std across seeds, the per-seed values and the training wall time per run
     (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
@@ -29,7 +44,7 @@ def results_table(run_dirs: list[Path]) -> str:
         if not path.is_file() or d.resolve().parent in listed:
             continue
         data = json.loads(path.read_text())
-        name = data.get("name") if d.name.startswith("seed_") and "name" in data else d.name.split("__")[0]
+        name = data.get("name") if d.name.startswith("seed_") and "name" in data else config_name(d)
         if "per_seed" in data:
             rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
             walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f} for {len(rows)} batched")
@@ -52,12 +67,12 @@ def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.n
     """{config name: (episodes, returns (seeds × points))}: each seed's ``charts/episodic_return`` (one point
     per iteration: the mean over its batch of mazes), smoothed over ``window`` iterations, on the x of the
     shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
-    or single-seed runs grouped by the name before ``__``."""
+    or single-seed runs, grouped by :func:`config_name`."""
     from .plot import load_events, smooth, tag_points
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for d in (Path(d) for d in run_dirs):
         seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
-        name = d.name.split("__")[0]
+        name = config_name(d)
         for folder in seeds:
             x, y = tag_points(load_events(folder), "charts/episodic_return")
             groups.setdefault(name, []).append((x, smooth(y, window)))
