@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import time
 from typing import Callable, Iterator
@@ -46,8 +47,24 @@ def atari_game(name: str) -> str:
         raise UserError(str(e)) from None
 
 
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str | torch.device = "cpu") -> str:
+    """What a benchmark ran on: the CPU, its cores, torch's threads and, on a GPU, the GPU's name."""
+    host = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    device = torch.device(device)
+    if device.type == "cuda":
+        host += f"; {torch.cuda.get_device_name(device)}"
+    return host
 
 
 def timed_both(fn: Callable[[], object]) -> tuple[float, float]:

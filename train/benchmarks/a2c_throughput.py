@@ -197,7 +197,7 @@ def run(argv: list[str]) -> dict:
         if args.serve:
             _serve(args)
             return {}
-        host = machine()
+        host = machine(args.device)
         measures = {v: _in_child(argv, v) for v in variants}
         samples: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):

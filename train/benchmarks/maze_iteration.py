@@ -17,8 +17,6 @@ Last line (JSON): ``ms_per_iteration`` and ``ms_per_seed_iteration_batched`` (di
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -32,21 +30,10 @@ from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch, SeedMazeBatch
 from metarl.seed_batch import SeedAdam
 
-from ._common import BenchParser
+from ._common import BenchParser, machine
 
 DEFAULT_MODELS = "rnn,lstm,warp-rnn"
 FUSED_MODELS = ("warp-rnn", "plastic-rnn", "plastic-rnn-retroactive")  # the models with a fused unroll
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused: bool = True,
@@ -133,15 +120,13 @@ def run(argv: list[str]) -> dict:
         parser.error("--seeds and --warmup must be >= 0")
     from ..device import resolve_device
     device = resolve_device(args.device, option="--device")     # CUDA absent: one line, exit 2
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores"
-    if device.type == "cuda":
-        machine += f"; {torch.cuda.get_device_name(device)}"
+    host = machine(device)
 
     thread_counts = [args.threads] + ([2] if args.compare_threads and args.threads != 2 else [])
     previous_threads = torch.get_num_threads()
     result: dict = {
         "benchmark": "maze-iteration",
-        "machine": machine,
+        "machine": host,
         "device": str(device),
         "torch": torch.__version__,
         "mazes": args.mazes,
