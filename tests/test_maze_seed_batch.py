@@ -317,3 +317,11 @@ def test_maze_curves_are_the_mean_and_quartiles_over_seeds(tmp_path):
     assert summary["maze_x_4seeds"]["q75"] == pytest.approx(np.percentile(last, 75), rel=1e-6)
     assert summary["maze_y"]["seeds"] == 1 and summary["maze_x_4seeds"]["episodes"] == 1500
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+    # a run logging every 5 iterations: its window of 10 iterations is 2 logged points
+    coarse = tmp_path / "maze_z__0"
+    with SummaryWriter(str(coarse / "games")) as w:
+        for i, r in enumerate(returns[3, :10]):
+            w.add_scalar("charts/episodic_return", r, 150 * (i + 1))
+    (coarse / "config.yaml").write_text("name: maze_z\nmaze:\n  log_every: 5\n")
+    assert seed_curves([coarse], window=10)["maze_z"][1][0, -1] == pytest.approx(returns[3, 8:10].mean(), rel=1e-6)

@@ -13,19 +13,30 @@ from pathlib import Path
 import numpy as np
 
 
+def _run_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a dict ({} if it has none or it does not parse)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def config_name(run_dir: Path) -> str:
     """The experiment a run belongs to: the ``name`` in its config.yaml (so seeds split over several
     seed-batched runs, e.g. seeds 0–4 and 5–9, are one group), else the folder name before ``__``."""
-    path = Path(run_dir) / "config.yaml"
-    if path.is_file():
-        import yaml
-        try:
-            name = (yaml.safe_load(path.read_text()) or {}).get("name")
-        except yaml.YAMLError:
-            name = None
-        if isinstance(name, str) and name:
-            return name
-    return Path(run_dir).name.split("__")[0]
+    name = _run_config(run_dir).get("name")
+    return name if isinstance(name, str) and name else Path(run_dir).name.split("__")[0]
+
+
+def log_every(run_dir: Path) -> int:
+    """Iterations per logged point of a maze run (``maze.log_every``; 1 if the config does not say)."""
+    value = (_run_config(run_dir).get("maze") or {}).get("log_every", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 def results_table(run_dirs: list[Path]) -> str:
@@ -65,17 +76,17 @@ def results_table(run_dirs: list[Path]) -> str:
 
 def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{config name: (episodes, returns (seeds × points))}: each seed's ``charts/episodic_return`` (one point
-    per iteration: the mean over its batch of mazes), smoothed over ``window`` iterations, on the x of the
-    shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
+    per ``maze.log_every`` iterations: the mean over their mazes), smoothed over ``window`` iterations (so
+    over window / log_every points), on the x of the shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
     or single-seed runs, grouped by :func:`config_name`."""
     from .plot import load_events, smooth, tag_points
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for d in (Path(d) for d in run_dirs):
         seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
-        name = config_name(d)
+        name, points = config_name(d), max(1, round(window / log_every(d)))
         for folder in seeds:
             x, y = tag_points(load_events(folder), "charts/episodic_return")
-            groups.setdefault(name, []).append((x, smooth(y, window)))
+            groups.setdefault(name, []).append((x, smooth(y, points)))
     out = {}
     for name, runs in groups.items():
         n = min(len(x) for x, _ in runs)
