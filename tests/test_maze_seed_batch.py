@@ -251,6 +251,18 @@ def test_seed_batched_runs_of_one_config_name_are_one_group(tmp_path):
     assert "| maze_plastic | 4 | 25.0 ± 11.2 | 10.0, 20.0, 30.0, 40.0 | 1.0 for 2 batched, 1.0 for 2 batched |" in table
 
 
+def test_maze_report_with_an_unreadable_config_is_one_line_and_exit_2(tmp_path, capsys):
+    from train.maze_report import main
+    d = tmp_path / "maze_x__0"
+    d.mkdir()
+    (d / "config.yaml").write_text("name: [unclosed\n")
+    (d / "eval.json").write_text(json.dumps({"return_last_mean": 1.0, "wall_time_s": 1.0}))
+    with pytest.raises(SystemExit) as e:
+        main(["table", str(d)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unreadable" in err and "Traceback" not in err and err.count("\n") == 1
+
+
 def test_backpropamine_configs_hold_its_settings():
     for name, model in (("maze_rnn_backpropamine", "rnn"), ("maze_plastic_simple", "plastic-rnn"),
                         ("maze_plastic_retroactive", "plastic-rnn-retroactive")):

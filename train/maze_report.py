@@ -12,36 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _run_config(run_dir: Path) -> dict:
-    """The run's config.yaml as a dict ({} if it has none or it does not parse)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
+from .errors import UserError, clip
+from .report_data import run_config
 
 
-def config_name(run_dir: Path) -> str:
-    """The experiment a run belongs to: the ``name`` in its config.yaml (so seeds split over several
-    seed-batched runs, e.g. seeds 0–4 and 5–9, are one group), else the folder name before ``__``."""
-    name = _run_config(run_dir).get("name")
-    return name if isinstance(name, str) and name else Path(run_dir).name.split("__")[0]
-
-
-def log_every(run_dir: Path) -> int:
-    """Iterations per logged point of a maze run (``maze.log_every``; 1 if the config does not say)."""
-    value = (_run_config(run_dir).get("maze") or {}).get("log_every", 1)
+def log_every(cfg: dict) -> int:
+    """Iterations per logged point of a maze run's config (``maze.log_every``; 1 if it does not say)."""
+    value = (cfg.get("maze") or {}).get("log_every", 1)
     return value if isinstance(value, int) and value >= 1 else 1
 
 
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table over finished runs (``eval.json``), grouped by :func:`config_name` (a seed folder of a
-    batched run by the ``name`` in its eval.json): mean over seeds of each seed's
+    """Markdown table over finished runs (``eval.json``), grouped by the ``name`` in their config.yaml
+    (``run_config``; so seeds split over several seed-batched runs, e.g. seeds 0–4 and 5–9, are one group; a
+    seed folder of a batched run by the ``name`` in its eval.json): mean over seeds of each seed's
     last-window mean return, the std across seeds, the per-seed values and the training wall time per run
     (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
@@ -55,7 +39,7 @@ def results_table(run_dirs: list[Path]) -> str:
         if not path.is_file() or d.resolve().parent in listed:
             continue
         data = json.loads(path.read_text())
-        name = data.get("name") if d.name.startswith("seed_") and "name" in data else config_name(d)
+        name = data.get("name") if d.name.startswith("seed_") and "name" in data else run_config(d)["name"]
         if "per_seed" in data:
             rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
             walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f} for {len(rows)} batched")
@@ -78,12 +62,13 @@ def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.n
     """{config name: (episodes, returns (seeds × points))}: each seed's ``charts/episodic_return`` (one point
     per ``maze.log_every`` iterations: the mean over their mazes), smoothed over ``window`` iterations (so
     over window / log_every points), on the x of the shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
-    or single-seed runs, grouped by :func:`config_name`."""
+    or single-seed runs, grouped by config name as there."""
     from .plot import load_events, smooth, tag_points
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for d in (Path(d) for d in run_dirs):
         seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
-        name, points = config_name(d), max(1, round(window / log_every(d)))
+        cfg = run_config(d)
+        name, points = cfg["name"], max(1, round(window / log_every(cfg)))
         for folder in seeds:
             x, y = tag_points(load_events(folder), "charts/episodic_return")
             groups.setdefault(name, []).append((x, smooth(y, points)))
@@ -128,10 +113,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
     c.add_argument("--out", type=Path, required=True, help="PNG path")
     c.add_argument("--window", type=int, default=100, help="iterations per smoothing window")
     args = parser.parse_args(argv)
-    if args.command == "table":
-        print(results_table(args.run_dirs))
-    else:
-        print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
+    try:
+        if args.command == "table":
+            print(results_table(args.run_dirs))
+        else:
+            print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
+    except UserError as e:           # e.g. an unreadable config.yaml: one line, exit 2
+        parser.exit(2, f"{parser.prog}: error: {clip(str(e), 1000)}\n")
 
 
 if __name__ == "__main__":

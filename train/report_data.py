@@ -73,7 +73,9 @@ def _json(path: Path) -> dict:
     return data
 
 
-def _config(d: Path) -> dict:
+def run_config(d: Path) -> dict:
+    """The run's config.yaml as a dict, with ``name`` and ``seed`` taken from a ``NAME__SEED`` folder name
+    where the file (or the key) is missing; an unreadable file is a user error."""
     try:
         cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
     except (OSError, yaml.YAMLError) as e:
@@ -113,7 +115,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     for d in dirs:
         if d.name.startswith("seed_") and d.resolve().parent in listed:
             continue                    # a seed folder of a batched run that is listed too
-        cfg = _config(d)
+        cfg = run_config(d)
         data = _json(d / "eval.json") if (d / "eval.json").is_file() else {}
         if (d / "eval_atari.json").is_file() or isinstance(data.get("games"), dict):
             # eval_atari.json is rewritten by `metarl eval`: the newest evaluation
