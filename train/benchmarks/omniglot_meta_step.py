@@ -72,7 +72,7 @@ import torch
 from ..errors import UserError
 from ..runtime import SHORT_OPENMP_SPIN, keep_freed_memory
 from ..seeding import step_generators
-from ._common import median, parser, torch_threads
+from ._common import cpu_name, median, parser, torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "omniglot_leap.yaml"
@@ -395,7 +395,7 @@ def run(argv: list[str]) -> dict:
                         f"OmniConv {args.filters} filters, {args.ways}-way, {args.method} ({Path(args.config).name})",
             "data": args.data, "tasks_run": args.tasks, "steps_run": args.steps, "threads": args.threads,
             "ranks": args.ranks, "channels_last": not args.no_channels_last, "mallopt": not args.no_mallopt,
-            "precision": "bf16" if args.bf16 else "fp32", "cpu": _cpu(), "cores": os.cpu_count()}
+            "precision": "bf16" if args.bf16 else "fp32", "cpu": cpu_name(), "cores": os.cpu_count()}
     if args.sweep:      # each variant's own options are in its name
         per_variant = ("ranks", "threads", "channels_last", "mallopt", "precision")
         return {**{k: v for k, v in head.items() if k not in per_variant}, **sweep(args, argv)}
@@ -417,16 +417,6 @@ def run(argv: list[str]) -> dict:
               f"thread): {out['fraction_of_peak']:.2f} of peak; by CPU time {out['gflops_per_cpu_second']:.1f} of "
               f"{peaks[out['peak_precision']]['cpu']:.1f}: {out['fraction_of_peak_cpu']:.2f}")
     return out
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":      # the --no-mallopt child (measure only; the parent adds the rest)
