@@ -13,9 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(nproc: int, run_dir: Path, config: str, *overrides: str) -> None:
+    train(nproc, config, "--run-dir", str(run_dir), "run.progress=false", "eval.every=0", "eval.tasks=1", *overrides)
+
+
+def train(nproc: int, *args: str) -> None:
+    """``metarl train ARGS`` under torchrun with ``nproc`` ranks."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "train.cli", "train", config, "--run-dir", str(run_dir),
-           "run.progress=false", "eval.every=0", "eval.tasks=1", *overrides]
+           "-m", "train.cli", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -30,6 +34,20 @@ def test_two_ranks_match_one_for_leap(tmp_path):
     for k, v in one["meta"]["init"].items():
         torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
     assert len(list((tmp_path / "two").glob("checkpoint-*.pt"))) >= 1
+
+
+def test_two_ranks_resumed_mid_run_match_one_rank_run_through(tmp_path):
+    """Long runs (the Omniglot paper protocol) go in parts: a 2-rank run stopped at a checkpoint and resumed
+    by 2 ranks ends where one rank that never stopped does."""
+    cfg = str(ROOT / "configs" / "sine_leap.yaml")
+    launch(2, tmp_path / "two", cfg, "meta.steps=4", "meta.meta_batch=4", "run.checkpoint_every=2")
+    train(2, "--resume", str(tmp_path / "two"), "meta.steps=6")
+    launch(1, tmp_path / "one", cfg, "meta.steps=6", "meta.meta_batch=4", "run.checkpoint_every=2")
+    one, _ = load_latest(tmp_path / "one")
+    two, path = load_latest(tmp_path / "two")
+    assert path.name == "checkpoint-0000006.pt"
+    for k, v in one["meta"]["init"].items():
+        torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
 
 
 def test_two_ranks_match_one_for_online_warpgrad(tmp_path):
