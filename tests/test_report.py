@@ -240,6 +240,26 @@ def test_omniglot_and_maze_report(tmp_path, capsys):
     assert omni["lower_is_better"] and omni["aggregates"]["omniglot_leap"]["P(improvement)"]["value"] == 1.0
 
 
+def test_a_run_trained_on_the_val_split_reports_its_test_result_or_none(tmp_path, capsys):
+    """A sweep run (eval.split: val) has the validation score in eval.json: the report takes its test score
+    from eval_test.json (metarl eval --split test), and skips a sweep run that has none."""
+    for seed, acc in enumerate([0.6, 0.7]):
+        supervised_run(tmp_path / "runs", "omniglot_reptile", seed, acc)
+    tested = supervised_run(tmp_path / "runs", "omniglot_reptile", 2, 0.99)     # 0.99: the val score
+    untested = supervised_run(tmp_path / "runs", "omniglot_reptile", 3, 0.98)
+    for d in (tested, untested):
+        (d / "config.yaml").write_text((d / "config.yaml").read_text() + "eval: {split: val}\n")
+    (tested / "eval_test.json").write_text(json.dumps({"split": "test", "test_accuracy": 0.8, "curve": [1.0]}))
+    out = tmp_path / "report"
+    code, _, err = run_report([str(tmp_path / "runs"), "--out", str(out), "--reps", "50"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    mean = report["suites"]["omniglot"]["aggregates"]["omniglot_reptile"]["mean"]["value"]
+    assert mean == pytest.approx(np.mean([0.6, 0.7, 0.8]))
+    assert any(str(untested) in n and "skipped" in n for n in report["notes"])
+    assert any(str(tested) in n and "eval_test.json" in n for n in report["notes"])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda t: [str(t / "missing")], "not a directory: "),
     (lambda t: [str(t)], "no finished runs (eval.json or eval_atari.json) in: "),

@@ -124,7 +124,9 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         elif "return_last_mean" in data:
             _maze(d, cfg, data, runs)
         elif "curve" in data:
-            _supervised(d, cfg, data, runs)
+            test = _test_split(d, cfg, data, runs)
+            if test is not None:
+                _supervised(d, cfg, test, runs)
         else:
             runs.notes.append(f"{d}: eval.json of a kind the report does not read; skipped")
     if not runs.scores:
@@ -184,6 +186,21 @@ def _maze(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
         if tag in tb:
             x, y = tb[tag]
             runs.curves.append(Curve(suite, name, suite, x, y, np.zeros_like(y), 1, "episodes", "episodic return"))
+
+
+def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
+    """A supervised run's result on the test split. eval.json holds the split the run was trained to evaluate
+    (``eval.split``): for a run trained with ``eval.split: val`` (a hyper-parameter sweep) that is the
+    validation alphabets, so its test result is ``eval_test.json`` (``metarl eval --split test``), or none."""
+    split = (cfg.get("eval") or {}).get("split", "test") if isinstance(cfg.get("eval"), dict) else "test"
+    if split == "test":
+        return data
+    if (d / "eval_test.json").is_file():
+        runs.notes.append(f"{d}: trained with eval.split: {split}; its test result read from eval_test.json")
+        return _json(d / "eval_test.json")
+    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json (metarl eval "
+                      f"--split test); skipped")
+    return None
 
 
 def _supervised(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
