@@ -72,7 +72,8 @@ def test_quick_configs_switch_on_the_original_choices():
         assert (cfg.eval.periodic_split, cfg.eval.split, cfg.eval.tasks) == ("val", "test", 10), method
         assert cfg.eval.every == (0 if method == "no_pretraining" else 10), method     # a fixed init: flat curve
         assert (cfg.inner.optimizer, cfg.inner.lr) == ("sgd", 0.1), method
-        outer = 0.5 if method in ("maml", "fomaml") else 0.1
+        # the WarpGrad code's outer lrs, but Reptile's and FOMAML's (chosen on test there) are chosen on validation
+        outer = {"maml": 0.5, "reptile": 1.0, "fomaml": 1.0}.get(method, 0.1)
         assert (cfg.meta.optimizer.name, cfg.meta.optimizer.lr) == ("sgd", outer), method
         assert cfg.meta.head == HEAD[method], method
         assert omni.batch_norm_eval == ("batch" if method == "maml" else "running"), method
