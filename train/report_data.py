@@ -192,7 +192,8 @@ def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
     """A supervised run's result on the test split. eval.json holds the split the run was trained to evaluate
     (``eval.split``): for a run trained with ``eval.split: val`` (a hyper-parameter sweep) that is the
     validation alphabets, so its test result is ``eval_test.json`` (``metarl eval --split test``), or none."""
-    split = (cfg.get("eval") or {}).get("split", "test") if isinstance(cfg.get("eval"), dict) else "test"
+    ev = cfg.get("eval")
+    split = ev.get("split", "test") if isinstance(ev, dict) else "test"
     if split == "test":
         return data
     if (d / "eval_test.json").is_file():
