@@ -263,6 +263,17 @@ def test_maze_report_with_an_unreadable_config_is_one_line_and_exit_2(tmp_path, 
     assert e.value.code == 2 and "unreadable" in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_maze_report_with_a_corrupt_eval_json_is_one_line_and_exit_2(tmp_path, capsys):
+    from train.maze_report import main
+    d = tmp_path / "maze_x__0"
+    d.mkdir()
+    (d / "eval.json").write_text("{truncated")
+    with pytest.raises(SystemExit) as e:
+        main(["table", str(d)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unreadable {d / 'eval.json'}" in err and err.count("\n") == 1
+
+
 def test_backpropamine_configs_hold_its_settings():
     for name, model in (("maze_rnn_backpropamine", "rnn"), ("maze_plastic_simple", "plastic-rnn"),
                         ("maze_plastic_retroactive", "plastic-rnn-retroactive")):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, clip
-from .report_data import run_config
+from .report_data import read_object, run_config
 
 
 def log_every(cfg: dict) -> int:
@@ -38,7 +38,7 @@ def results_table(run_dirs: list[Path]) -> str:
         path = d / "eval.json"
         if not path.is_file() or d.resolve().parent in listed:
             continue
-        data = json.loads(path.read_text())
+        data = read_object(path)
         name = data.get("name") if d.name.startswith("seed_") and "name" in data else run_config(d)["name"]
         if "per_seed" in data:
             rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]

@@ -63,7 +63,8 @@ class Runs:
     seen: set = field(default_factory=set)
 
 
-def _json(path: Path) -> dict:
+def read_object(path: Path) -> dict:
+    """A JSON file holding an object (eval.json, eval_atari.json); anything else is a user error."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -116,10 +117,10 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         if d.name.startswith("seed_") and d.resolve().parent in listed:
             continue                    # a seed folder of a batched run that is listed too
         cfg = run_config(d)
-        data = _json(d / "eval.json") if (d / "eval.json").is_file() else {}
+        data = read_object(d / "eval.json") if (d / "eval.json").is_file() else {}
         if (d / "eval_atari.json").is_file() or isinstance(data.get("games"), dict):
             # eval_atari.json is rewritten by `metarl eval`: the newest evaluation
-            table = _json(d / "eval_atari.json") if (d / "eval_atari.json").is_file() else data["games"]
+            table = read_object(d / "eval_atari.json") if (d / "eval_atari.json").is_file() else data["games"]
             _atari(d, cfg, table, runs)
         elif "return_last_mean" in data:
             _maze(d, cfg, data, runs)
@@ -198,7 +199,7 @@ def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
         return data
     if (d / "eval_test.json").is_file():
         runs.notes.append(f"{d}: trained with eval.split: {split}; its test result read from eval_test.json")
-        return _json(d / "eval_test.json")
+        return read_object(d / "eval_test.json")
     runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json (metarl eval "
                       f"--split test); skipped")
     return None
