@@ -6,6 +6,7 @@ inner loss, and evaluation with BatchNorm batch statistics. Real Omniglot data, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,21 @@ def test_quick_configs_switch_on_the_original_choices():
     assert (wg.algorithm, wg.init_objective, wg.stride, wg.eta, wg.final_point, wg.init_schedule) == \
         ("offline", "leap", 1, 1, False, "meta_batch")
     assert warp.leap.loss is False and warp.leap.p == 1 and warp.task_config.warp == "conv"
+
+
+def test_paper_protocol_warp_leap_original_is_the_quick_one_at_the_paper_scale():
+    paper = load_config(ROOT / "configs" / "omniglot_warp_leap_original.yaml")
+    quick = load_config(ROOT / "configs" / "omniglot_quick_warp_leap.yaml")
+    leap = load_config(ROOT / "configs" / "omniglot_leap.yaml")
+    assert paper.name == "omniglot_warp_leap_original" and paper.method == "warpgrad"
+    # every original choice as the quick config
+    assert paper.method_config == quick.method_config and paper.leap == quick.leap
+    assert (paper.meta.head, paper.meta.optimizer, paper.task_config.warp) == \
+        (quick.meta.head, quick.meta.optimizer, quick.task_config.warp)
+    # the scale, data and evaluation of the paper protocol, as the Leap run it compares with
+    assert (paper.meta.meta_batch, paper.meta.steps, paper.inner, paper.eval, paper.run) == \
+        (leap.meta.meta_batch, leap.meta.steps, leap.inner, leap.eval, leap.run)
+    assert paper.task_config == dataclasses.replace(leap.task_config, warp="conv")
 
 
 def test_bad_switch_values_are_one_line_config_errors():
