@@ -274,6 +274,25 @@ def test_maze_report_with_a_corrupt_eval_json_is_one_line_and_exit_2(tmp_path, c
     assert e.value.code == 2 and f"unreadable {d / 'eval.json'}" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", (["table"], ["curves", "--out", "x.png"]))
+def test_maze_report_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys, command):
+    from train.maze_report import main
+    with pytest.raises(SystemExit) as e:
+        main([*command, str(tmp_path / "no_such_run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("python -m train.maze_report: error: ") and "no_such_run" in err
+    assert err.count("\n") == 1
+
+
+def test_maze_report_curves_of_a_folder_without_returns_is_one_line_and_exit_2(tmp_path, capsys):
+    from train.maze_report import main
+    (tmp_path / "not_a_maze_run").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["curves", "--out", str(tmp_path / "x.png"), str(tmp_path / "not_a_maze_run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no episode returns logged" in err and err.count("\n") == 1
+
+
 def test_backpropamine_configs_hold_its_settings():
     for name, model in (("maze_rnn_backpropamine", "rnn"), ("maze_plastic_simple", "plastic-rnn"),
                         ("maze_plastic_retroactive", "plastic-rnn-retroactive")):

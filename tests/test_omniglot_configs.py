@@ -72,3 +72,12 @@ def test_batch_norm_diagnostic_replays_the_evaluation(tmp_path):
     assert out["loss_refreshed"] == pytest.approx(saved["refit"]["test_loss"], rel=1e-6)
     assert out["loss_refreshed"] != pytest.approx(out["loss_running"], rel=1e-6)
     assert 0.0 <= out["acc_batch"] <= 1.0 and out["loss_batch"] > 0
+
+
+def test_batch_norm_diagnostic_on_a_bad_folder_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "train.diagnostics", str(tmp_path / "no_such_run")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("python -m train.diagnostics: error: not a run directory")

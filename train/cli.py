@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import UserError, clip
+from .errors import UserError, error_line
 from .runtime import keep_freed_memory, short_openmp_spin
 
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         with _stop_signals():
             return command(args)
     except UserError as e:
-        print(f"metarl: error: {clip(str(e), 1000)}", file=sys.stderr)
+        print(error_line("metarl", e), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         run_dir = getattr(args, "active_run_dir", None)

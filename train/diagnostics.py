@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, error_line
 from .evaluate import load_run
 from .tasks.omniglot import OmniglotAdapter, OmniglotTask, refit_batch_norm
 from .trainer import evaluate
@@ -56,5 +56,5 @@ if __name__ == "__main__":
             raise UserError("usage: python -m train.diagnostics RUN_DIR")
         batch_norm_gap(Path(sys.argv[1]))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line("python -m train.diagnostics", err), file=sys.stderr)
         sys.exit(2)

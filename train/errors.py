@@ -20,6 +20,11 @@ class RunDirError(UserError):
 MAX_MESSAGE = 300
 
 
+def error_line(prog: str, err: UserError) -> str:
+    """The one line every entry point prints to stderr, before exit code 2, for a :class:`UserError`."""
+    return f"{prog}: error: {clip(str(err), 1000)}"
+
+
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` on one line and at most ``limit`` characters (error messages quote what the user gave)."""
     raw = str(text)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, clip
+from .errors import UserError, error_line
 from .report_data import read_object, run_config
 
 
@@ -20,6 +20,13 @@ def log_every(cfg: dict) -> int:
     """Iterations per logged point of a maze run's config (``maze.log_every``; 1 if it does not say)."""
     value = (cfg.get("maze") or {}).get("log_every", 1)
     return value if isinstance(value, int) and value >= 1 else 1
+
+
+def _folders(run_dirs: list[Path]) -> list[Path]:
+    dirs = [Path(d) for d in run_dirs]
+    if missing := [str(d) for d in dirs if not d.is_dir()]:
+        raise UserError(f"not a run folder: {', '.join(missing)}")
+    return dirs
 
 
 def results_table(run_dirs: list[Path]) -> str:
@@ -30,7 +37,7 @@ def results_table(run_dirs: list[Path]) -> str:
     (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
     listed, are not counted twice."""
-    dirs = [Path(d) for d in run_dirs]
+    dirs = _folders(run_dirs)
     listed = {d.resolve() for d in dirs}
     groups: dict[str, list[tuple[int | None, float]]] = {}
     walls: dict[str, list[str]] = {}
@@ -65,12 +72,15 @@ def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.n
     or single-seed runs, grouped by config name as there."""
     from .plot import load_events, smooth, tag_points
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for d in (Path(d) for d in run_dirs):
+    for d in _folders(run_dirs):
         seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
         cfg = run_config(d)
         name, points = cfg["name"], max(1, round(window / log_every(cfg)))
         for folder in seeds:
-            x, y = tag_points(load_events(folder), "charts/episodic_return")
+            events = load_events(folder)
+            if events is None or "charts/episodic_return" not in events.Tags()["scalars"]:
+                raise UserError(f"no episode returns logged in {folder} (is {d} a maze run?)")
+            x, y = tag_points(events, "charts/episodic_return")
             groups.setdefault(name, []).append((x, smooth(y, points)))
     out = {}
     for name, runs in groups.items():
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
         else:
             print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
     except UserError as e:           # e.g. an unreadable config.yaml: one line, exit 2
-        parser.exit(2, f"{parser.prog}: error: {clip(str(e), 1000)}\n")
+        parser.exit(2, error_line(parser.prog, e) + "\n")
 
 
 if __name__ == "__main__":
