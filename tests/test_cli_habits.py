@@ -159,3 +159,26 @@ def test_metarl_data_overrides_the_data_root(tmp_path, monkeypatch, capsys):
     assert code == 2 and str(tmp_path / "omniglot") in one_line(err)
     code, _, err = cli(["train", SINE, "--data", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a folder" in one_line(err)
+
+
+def test_the_progress_bar_sets_and_clears_every_adapters_hooks():
+    from types import SimpleNamespace
+
+    from train.progress import RLProgress
+    from train.tasks.sine import SineAdapter, SineConfig
+
+    class Bar:
+        n, total, text = 0, None, ""
+
+        def set_postfix_str(self, text, refresh=True):
+            self.text = text
+
+    adapter = SineAdapter(SineConfig())               # no games: the hooks are the base class's, never called
+    assert adapter.on_game is None and adapter.on_progress is None
+    progress = RLProgress(Bar(), start_step=5).attach(adapter)
+    adapter.on_game(SimpleNamespace(task="pong", episodic_return=3.0))
+    adapter.on_progress("pong", 25)
+    progress.refresh()
+    assert progress.bar.text == "env steps 20, pong return 3.0 (last 1)"
+    RLProgress.detach(adapter)
+    assert adapter.on_game is None and adapter.on_progress is None

@@ -21,18 +21,13 @@ class RLProgress:
         self._sps = None
 
     def attach(self, adapter: Any) -> "RLProgress":
-        """Set ``adapter``'s hooks (those it has) to this bar."""
-        if hasattr(adapter, "on_game"):
-            adapter.on_game = self.on_game
-        if hasattr(adapter, "on_progress"):
-            adapter.on_progress = self.on_progress
+        """Point ``adapter``'s progress hooks (TaskAdapter.on_game, .on_progress) at this bar."""
+        adapter.on_game, adapter.on_progress = self.on_game, self.on_progress
         return self
 
     @staticmethod
     def detach(adapter: Any) -> None:
-        for hook in ("on_game", "on_progress"):
-            if hasattr(adapter, hook):
-                setattr(adapter, hook, None)
+        adapter.on_game = adapter.on_progress = None
 
     def on_game(self, record: Any) -> None:
         self.returns[record.task].append(float(record.episodic_return))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ class TaskAdapter:
     periodic_evaluation = True                 # held-out evaluation every eval.every meta-steps
     continual_only = False                     # True: one never-reset learner (trainer's continual mode)
     global_step: int | None = None             # RL families: env steps so far (the games' x-axis)
+    # Live-progress hooks (train/progress.py sets them): families that play games call on_game(record) per
+    # finished game and on_progress(game, env_steps) per update; the others never call them.
+    on_game: Callable[[Any], None] | None = None
+    on_progress: Callable[[str, int], None] | None = None
     # Where models, batches and buffers live (the trainer sets it from ``run.device``, train/device.py).
     # Models are drawn on the CPU by ``make_model`` and moved by ``build_model``; batches are produced on or
     # moved to this device by the family's tasks.
