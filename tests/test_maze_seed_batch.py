@@ -233,9 +233,9 @@ def test_results_table_gives_a_batched_run_one_value_per_seed(tmp_path):
     (batch / "seed_1" / "eval.json").write_text(json.dumps({"name": "maze_x", "seed": 1, "return_last_mean": 20.0,
                                                             "wall_time_s": 120.0}))
     table = results_table([single, batch, batch / "seed_1"])     # the seed folder is not counted twice
-    assert "| maze_x | 3 | 20.0 ± 8.2 | 10.0, 20.0, 30.0 | 1.0, 2.0 for 2 batched |" in table
+    assert "| maze_x | 3 | 20.0 ± 10.0 | 10.0, 20.0, 30.0 | 1.0, 2.0 for 2 batched |" in table
     alone = results_table([batch / "seed_1"])                     # a seed folder alone: grouped by its name
-    assert "| maze_x | 1 | 20.0 ± 0.0 | 20.0 |" in alone
+    assert "| maze_x | 1 | 20.0 ± — | 20.0 |" in alone
 
 
 def test_seed_batched_runs_of_one_config_name_are_one_group(tmp_path):
@@ -248,7 +248,7 @@ def test_seed_batched_runs_of_one_config_name_are_one_group(tmp_path):
             "seeds": list(seeds), "return_last_mean": 0.0, "wall_time_s": 60.0,
             "per_seed": {str(k): {"return_last_mean": 10.0 * (k + 1)} for k in seeds}}))
     table = results_table(sorted(tmp_path.iterdir()))
-    assert "| maze_plastic | 4 | 25.0 ± 11.2 | 10.0, 20.0, 30.0, 40.0 | 1.0 for 2 batched, 1.0 for 2 batched |" in table
+    assert "| maze_plastic | 4 | 25.0 ± 12.9 | 10.0, 20.0, 30.0, 40.0 | 1.0 for 2 batched, 1.0 for 2 batched |" in table
 
 
 def test_maze_report_with_an_unreadable_config_is_one_line_and_exit_2(tmp_path, capsys):

@@ -33,7 +33,7 @@ def results_table(run_dirs: list[Path]) -> str:
     """Markdown table over finished runs (``eval.json``), grouped by the ``name`` in their config.yaml
     (``run_config``; so seeds split over several seed-batched runs, e.g. seeds 0–4 and 5–9, are one group; a
     seed folder of a batched run by the ``name`` in its eval.json): mean over seeds of each seed's
-    last-window mean return, the std across seeds, the per-seed values and the training wall time per run
+    last-window mean return, the sample std across seeds (n − 1), the per-seed values and the training wall time per run
     (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
     listed, are not counted twice."""
@@ -54,12 +54,13 @@ def results_table(run_dirs: list[Path]) -> str:
             rows = [(data.get("seed"), data["return_last_mean"])]
             walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
         groups.setdefault(name, []).extend(rows)
-    lines = ["| run | seeds | return, last episodes: mean ± std over seeds | per seed | wall time per run (min) |",
+    lines = ["| run | seeds | return, last episodes: mean ± sample std over seeds | per seed | wall time per run (min) |",
              "|---|---|---|---|---|"]
     for name, rows in sorted(groups.items()):
         means = np.array([float("nan") if m is None else m for _, m in rows])
         per_seed = ", ".join(f"{m:.1f}" for m in means)
-        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {means.std():.1f} | {per_seed} | "
+        spread = f"{means.std(ddof=1):.1f}" if len(means) > 1 else "—"
+        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {spread} | {per_seed} | "
                      f"{', '.join(walls[name])} |")
     return "\n".join(lines)
 

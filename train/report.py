@@ -2,7 +2,7 @@
 
 Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglot, ...), method and task
 (an Atari game, or the task family). Per suite:
-- per task and method: each score's mean ± std over seeds (Atari: the raw final score next to the
+- per task and method: each score's mean ± sample std over seeds (Atari: the raw final score next to the
   human-normalised one, and both AUCs);
 - aggregates over tasks × seeds of the suite's score (``--metric``; default: Atari the human-normalised final
   score, maze the last episodes' return, supervised the test accuracy): IQM, median and mean with 95%
@@ -181,7 +181,7 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
     metric = metric or default_metric(scores)
     if metric not in have:
         raise UserError(f"{suite} runs have no score {metric!r} (have: {', '.join(have)})")
-    lines = [f"## {suite}", "", "Per task: mean ± std over seeds.", "",
+    lines = [f"## {suite}", "", "Per task: mean ± sample std over seeds (n − 1; — for one seed).", "",
              "| task | method | seeds | " + " | ".join(LABELS.get(k, k) for k in have) + " |",
              "|---|---|---|" + "---|" * len(have)]
     per_task = {}
@@ -192,8 +192,10 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
             for k in have:
                 v = np.array([s.values.get(k, np.nan) for s in group], dtype=np.float64)
                 ok = v[np.isfinite(v)]
-                row[k] = {"mean": float(ok.mean()) if ok.size else None, "std": float(ok.std()) if ok.size else None}
-                cells.append(f"{fmt(ok.mean())} ± {fmt(ok.std())}" if ok.size else "—")
+                std = float(ok.std(ddof=1)) if ok.size > 1 else None
+                row[k] = {"mean": float(ok.mean()) if ok.size else None, "std": std}
+                spread = "—" if std is None else fmt(std)
+                cells.append(f"{fmt(ok.mean())} ± {spread}" if ok.size else "—")
             per_task.setdefault(task, {})[method] = row
             lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(cells) + " |")
     tasks, matrices, notes = score_matrices(scores, metric)
