@@ -367,3 +367,20 @@ def test_maze_curves_are_the_mean_and_quartiles_over_seeds(tmp_path):
             w.add_scalar("charts/episodic_return", r, 150 * (i + 1))
     (coarse / "config.yaml").write_text("name: maze_z\nmaze:\n  log_every: 5\n")
     assert seed_curves([coarse], window=10)["maze_z"][1][0, -1] == pytest.approx(returns[3, 8:10].mean(), rel=1e-6)
+
+
+def test_maze_learning_areas_are_each_seeds_mean_return_over_the_run_and_its_start(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from train.maze_report import learning_areas
+    returns = np.random.default_rng(1).normal(10, 5, size=(3, 40))
+    batch = tmp_path / "maze_x_3seeds"
+    for k, n in enumerate((40, 40, 30)):               # seed 2 stopped early: "whole run" is its 30 iterations
+        with SummaryWriter(str(batch / f"seed_{k}" / "games")) as w:
+            for i in range(n):
+                w.add_scalar("charts/episodic_return", returns[k, i], 30 * (i + 1))
+    whole = np.array([returns[0, :30].mean(), returns[1, :30].mean(), returns[2, :30].mean()])
+    first = returns[:, :10].mean(1)                     # 300 episodes: the first 10 iterations
+    table = learning_areas([batch], early=300)
+    assert f"| maze_x_3seeds | 3 | 900 | {whole.mean():.1f} ± {whole.std(ddof=1):.1f} | " \
+           f"{first.mean():.1f} ± {first.std(ddof=1):.1f} |" in table

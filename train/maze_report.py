@@ -1,7 +1,9 @@
 """Results of finished maze runs (train/tasks/maze.py):
 ``python -m train.maze_report table RUN_DIR ...`` (also ``python -m train.tasks.maze table RUN_DIR ...``) and
 ``python -m train.maze_report curves RUN_DIR ... --out PNG``: per config, the mean over seeds of the
-smoothed episode-return curve with the inter-quartile band, as the WarpGrad paper's maze figure.
+smoothed episode-return curve with the inter-quartile band, as the WarpGrad paper's maze figure;
+``python -m train.maze_report areas RUN_DIR ... [--early EPISODES]``: the mean return over the whole run and
+over its first episodes (areas under the learning curves), per config.
 """
 
 from __future__ import annotations
@@ -66,23 +68,47 @@ def results_table(run_dirs: list[Path]) -> str:
 
 
 
-def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{config name: (episodes, returns (seeds × points))}: each seed's ``charts/episodic_return`` (one point
-    per ``maze.log_every`` iterations: the mean over their mazes), smoothed over ``window`` iterations (so
-    over window / log_every points), on the x of the shortest seed. Seeds are found as in :func:`results_table`: a seed-batched run's ``seed_<k>`` folders,
-    or single-seed runs, grouped by config name as there."""
-    from .plot import load_events, smooth, tag_points
-    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+def seed_returns(run_dirs: list[Path]):
+    """Yield (config name, iterations per logged point, episodes, returns) per seed: each seed's
+    ``charts/episodic_return`` (one point per ``maze.log_every`` iterations: the mean over their mazes). Seeds
+    are a seed-batched run's ``seed_<k>`` folders, or single-seed runs, grouped by config name as in
+    :func:`results_table`."""
+    from .plot import load_events, tag_points
     for d in _folders(run_dirs):
-        seeds = sorted(d.glob("seed_*/games")) or [d / "games"]
         cfg = run_config(d)
-        name, points = cfg["name"], max(1, round(window / log_every(cfg)))
-        for folder in seeds:
+        for folder in sorted(d.glob("seed_*/games")) or [d / "games"]:
             events = load_events(folder)
             if events is None or "charts/episodic_return" not in events.Tags()["scalars"]:
                 raise UserError(f"no episode returns logged in {folder} (is {d} a maze run?)")
-            x, y = tag_points(events, "charts/episodic_return")
-            groups.setdefault(name, []).append((x, smooth(y, points)))
+            yield (cfg["name"], log_every(cfg), *tag_points(events, "charts/episodic_return"))
+
+
+def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
+    """Markdown table per config of the area under each seed's learning curve: its mean return over the whole
+    run and over its first ``early`` episodes (every logged point weighs the same), mean ± sample std over
+    seeds. Where the seeds of a config ran for different lengths, "whole run" covers the shortest."""
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name, _, x, y in seed_returns(run_dirs):
+        groups.setdefault(name, []).append((x, y))
+    lines = [f"| run | seeds | episodes | whole run: mean return, mean ± sample std over seeds | first "
+             f"{early:,.0f} episodes |", "|---|---|---|---|---|"]
+    for name, runs in sorted(groups.items()):
+        end = min(x[-1] for x, _ in runs)
+        whole = np.array([y[x <= end].mean() for x, y in runs])
+        first = np.array([y[x <= early].mean() for x, y in runs])
+        cells = [f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f} ± —"
+                 for v in (whole, first)]
+        lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{config name: (episodes, returns (seeds × points))}: each seed's returns (:func:`seed_returns`),
+    smoothed over ``window`` iterations (so over window / log_every points), on the x of the shortest seed."""
+    from .plot import smooth
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name, every, x, y in seed_returns(run_dirs):
+        groups.setdefault(name, []).append((x, smooth(y, max(1, round(window / every)))))
     out = {}
     for name, runs in groups.items():
         n = min(len(x) for x, _ in runs)
@@ -123,10 +149,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
     c.add_argument("run_dirs", nargs="+", type=Path)
     c.add_argument("--out", type=Path, required=True, help="PNG path")
     c.add_argument("--window", type=int, default=100, help="iterations per smoothing window")
+    a = sub.add_parser("areas", help="mean return over the whole run and over its first episodes, per config")
+    a.add_argument("run_dirs", nargs="+", type=Path)
+    a.add_argument("--early", type=float, default=50_000, help="episodes counted as the start (default 50,000)")
     args = parser.parse_args(argv)
     try:
         if args.command == "table":
             print(results_table(args.run_dirs))
+        elif args.command == "areas":
+            print(learning_areas(args.run_dirs, args.early))
         else:
             print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
     except UserError as e:           # e.g. an unreadable config.yaml: one line, exit 2
