@@ -89,3 +89,23 @@ def test_seed_suffixes_group_runs_of_one_experiment(tmp_path):
     lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
     # the three seeds of quick_leap average to 2.0; a folder without a seed suffix is its own group
     assert lines == {"quick_leap (n=3)": [2.0], "quick_reptile (n=1)": [5.0], "quick_leap_s0-4 (n=1)": [7.0]}
+
+
+def test_a_resumed_runs_events_read_without_purge_warnings(tmp_path, caplog):
+    """The points the killed run logged past its checkpoint give way to the resumed run's, silently."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from train.plot import load_events, tag_points
+    with SummaryWriter(str(tmp_path)) as w:              # the first part, killed after step 9
+        for step in range(1, 10):
+            w.add_scalar("x", 1.0, step)
+    time.sleep(1.1)                                      # event files are named by the second
+    with SummaryWriter(str(tmp_path), purge_step=6) as w:    # resumed from the checkpoint at step 5
+        for step in range(6, 12):
+            w.add_scalar("x", 2.0, step)
+    with caplog.at_level("INFO"):
+        steps, values = tag_points(load_events(tmp_path), "x")
+    assert list(steps) == list(range(1, 12)) and list(values) == [1.0] * 5 + [2.0] * 6
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]

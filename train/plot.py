@@ -16,6 +16,7 @@ Lines of few points carry markers, so a single point shows.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -56,7 +57,15 @@ def load_events(folder: Path):
     if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
         return None
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    acc.Reload()
+    # A resumed run's file purges the points its killed predecessor logged past the checkpoint; TensorBoard
+    # warns of each purge as of a fault, but here it is the expected way a resume reads.
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_logger.setLevel(level)
     return acc
 
 
