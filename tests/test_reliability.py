@@ -281,7 +281,8 @@ def test_an_empty_eval_json_is_recomputed_on_resume(run_copy, capsys):
     (run_copy / "eval.json").write_text("")
     code, out, err = cli(["train", "--resume", run_copy], capsys)
     assert code == 0, err
-    assert "auc" in json.loads((run_copy / "eval.json").read_text())
+    saved = json.loads((run_copy / "eval.json").read_text())
+    assert "auc" in saved and saved["split"] == "test"             # the split the result is on
     assert (run_copy / "eval.json.corrupt").exists()
 
 

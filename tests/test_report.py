@@ -250,6 +250,9 @@ def test_a_run_trained_on_the_val_split_reports_its_test_result_or_none(tmp_path
     for d in (tested, untested):
         (d / "config.yaml").write_text((d / "config.yaml").read_text() + "eval: {split: val}\n")
     (tested / "eval_test.json").write_text(json.dumps({"split": "test", "test_accuracy": 0.8, "curve": [1.0]}))
+    # an eval.json that says its split outranks the config (a run resumed with another eval.split)
+    said = supervised_run(tmp_path / "runs", "omniglot_reptile", 4, 0.97)
+    (said / "eval.json").write_text(json.dumps({**json.loads((said / "eval.json").read_text()), "split": "val"}))
     out = tmp_path / "report"
     code, _, err = run_report([str(tmp_path / "runs"), "--out", str(out), "--reps", "50"], capsys)
     assert code == 0, err
@@ -257,6 +260,7 @@ def test_a_run_trained_on_the_val_split_reports_its_test_result_or_none(tmp_path
     mean = report["suites"]["omniglot"]["aggregates"]["omniglot_reptile"]["mean"]["value"]
     assert mean == pytest.approx(np.mean([0.6, 0.7, 0.8]))
     assert any(str(untested) in n and "skipped" in n for n in report["notes"])
+    assert any(str(said) in n and "on the val split" in n for n in report["notes"])
     assert any(str(tested) in n and "eval_test.json" in n for n in report["notes"])
 
 

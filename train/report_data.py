@@ -191,10 +191,11 @@ def _maze(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
 
 def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
     """A supervised run's result on the test split. eval.json holds the split the run was trained to evaluate
-    (``eval.split``): for a run trained with ``eval.split: val`` (a hyper-parameter sweep) that is the
-    validation alphabets, so its test result is ``eval_test.json`` (``metarl eval --split test``), or none."""
+    (its ``split``; written before it said, the config's ``eval.split``): for a run trained with
+    ``eval.split: val`` (a hyper-parameter sweep) that is the validation alphabets, so its test result is
+    ``eval_test.json`` (``metarl eval --split test``), or none."""
     ev = cfg.get("eval")
-    split = ev.get("split", "test") if isinstance(ev, dict) else "test"
+    split = data.get("split", ev.get("split", "test") if isinstance(ev, dict) else "test")
     if split == "test":
         return data
     if (d / "eval_test.json").is_file():

@@ -373,7 +373,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     finished = meta.meta_steps >= cfg.meta.steps
     previous = read_json(run_dir / "eval.json") if world.is_main and finished and done == 0 else None
     if previous is not None:                     # resumed a finished run (an unreadable result is evaluated again)
-        result = {k: v for k, v in previous.items() if k != "curve"}
+        result = {k: v for k, v in previous.items() if k not in ("curve", "split")}
     elif world.is_main and finished and (protocol := adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps,
                                                                           logger)) is not None:
         result = protocol
@@ -383,6 +383,6 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)
         for i, v in enumerate(curve):       # the held-out loss curve of the final initialisation, per inner step
             logger.scalars({"eval/loss_curve": v}, i)
-        write_json_atomic(run_dir / "eval.json", {**result, "curve": curve})
+        write_json_atomic(run_dir / "eval.json", {**result, "split": cfg.eval.split, "curve": curve})
     logger.close()
     return result
