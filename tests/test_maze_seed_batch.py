@@ -216,6 +216,18 @@ def test_batched_resume_is_exact(tmp_path):
     assert full["per_seed"] == {k: {**v, "wall_time_s": full["per_seed"][k]["wall_time_s"]}
                                 for k, v in resumed["per_seed"].items()}
 
+    # a finished batched run extended by raising meta.steps (how longer runs are made in parts) ends as the
+    # longer run does
+    train(tiny_cfg("warp-rnn", 0, SEEDS, "meta.steps=2"), tmp_path / "extended")
+    extended = train(cfg, tmp_path / "extended", resume=True)
+    c = load_latest(tmp_path / "extended")[0]
+    same({k: a[k] for k in ("stream", "meta", "adapter")}, {k: c[k] for k in ("stream", "meta", "adapter")})
+    assert {k: v["return_last_mean"] for k, v in extended["per_seed"].items()} == \
+        {k: v["return_last_mean"] for k, v in full["per_seed"].items()}
+    for seed in SEEDS:
+        saved = json.loads((tmp_path / "extended" / f"seed_{seed}" / "eval.json").read_text())
+        assert saved["return_last_mean"] == full["per_seed"][str(seed)]["return_last_mean"]
+
 
 # ------------------------------------------------------------------------------------------------
 # results table, configs
