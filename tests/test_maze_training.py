@@ -336,5 +336,5 @@ def test_results_table_groups_seeds(tmp_path):
     (tmp_path / "maze_y__0").mkdir()            # unfinished run (no eval.json): left out
     (tmp_path / "maze_y__0" / "result.json").write_text(json.dumps({"return_last_mean": 1.0, "wall_time_s": 1.0}))
     table = results_table(sorted(tmp_path.iterdir()))
-    assert "| maze_x | 2 | 15.0 ± 5.0 | 10.0, 20.0 | 2.0, 2.0 |" in table
+    assert "| maze_x | 2 | 15.0 ± 7.1 | 10.0, 20.0 | 2.0, 2.0 |" in table     # the sample std
     assert "maze_y" not in table
