@@ -161,7 +161,7 @@ def test_metarl_data_overrides_the_data_root(tmp_path, monkeypatch, capsys):
     assert code == 2 and "not a folder" in one_line(err)
 
 
-def test_the_progress_bar_sets_and_clears_every_adapters_hooks():
+def test_the_progress_bar_sets_and_clears_the_hooks_of_an_adapter_without_games():
     from types import SimpleNamespace
 
     from train.progress import RLProgress

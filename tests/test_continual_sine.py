@@ -339,3 +339,10 @@ def test_configs_train_and_evaluate_end_to_end(tmp_path):
     assert [sum(v is not None for v in row) for row in m] == [1, 2, 3, 4, 5]     # lower triangular
     rows = table([tmp_path, tmp_path])["rows"]
     assert rows["sgd/train_order"]["final_std"] == [0.0] * 5
+
+
+def test_the_table_of_a_folder_without_forgetting_json_is_one_line_and_exit_2(tmp_path, capsys):
+    from train.continual_sine_report import main
+    assert main(["table", str(tmp_path / "no_such_run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m train.continual_sine_report: error: unreadable ") and err.count("\n") == 1

@@ -224,9 +224,13 @@ def test_batched_resume_is_exact(tmp_path):
     same({k: a[k] for k in ("stream", "meta", "adapter")}, {k: c[k] for k in ("stream", "meta", "adapter")})
     assert {k: v["return_last_mean"] for k, v in extended["per_seed"].items()} == \
         {k: v["return_last_mean"] for k, v in full["per_seed"].items()}
+    assert int(c["step"]) == int(a["step"]) == 4
     for seed in SEEDS:
         saved = json.loads((tmp_path / "extended" / f"seed_{seed}" / "eval.json").read_text())
         assert saved["return_last_mean"] == full["per_seed"][str(seed)]["return_last_mean"]
+        mine, theirs = (load_latest(tmp_path / run / f"seed_{seed}")[0] for run in ("extended", "full"))
+        assert int(mine["step"]) == int(theirs["step"]) == 4
+        same(mine["stream"], theirs["stream"], f"seed_{seed}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,11 +290,11 @@ def test_maze_report_with_a_corrupt_eval_json_is_one_line_and_exit_2(tmp_path, c
     assert e.value.code == 2 and f"unreadable {d / 'eval.json'}" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("command", (["table"], ["curves", "--out", "x.png"]))
+@pytest.mark.parametrize("command", (["table"], ["curves", "--out", "x.png"], ["areas"]))
 def test_maze_report_on_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys, command):
     from train.maze_report import main
     with pytest.raises(SystemExit) as e:
-        main([*command, str(tmp_path / "no_such_run")])
+        main([*(str(tmp_path / c) if c.endswith(".png") else c for c in command), str(tmp_path / "no_such_run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("python -m train.maze_report: error: ") and "no_such_run" in err
     assert err.count("\n") == 1
@@ -396,3 +400,9 @@ def test_maze_learning_areas_are_each_seeds_mean_return_over_the_run_and_its_sta
     table = learning_areas([batch], early=300)
     assert f"| maze_x_3seeds | 3 | 900 | {whole.mean():.1f} ± {whole.std(ddof=1):.1f} | " \
            f"{first.mean():.1f} ± {first.std(ddof=1):.1f} |" in table
+    # a start past the shortest seed's end covers what every seed has; its seed folder listed too counts once
+    assert f"| maze_x_3seeds | 3 | 900 | {whole.mean():.1f} ± {whole.std(ddof=1):.1f} | " \
+           f"{whole.mean():.1f} ± {whole.std(ddof=1):.1f} |" in learning_areas([batch, batch / "seed_0"], early=2000)
+    from train.errors import UserError
+    with pytest.raises(UserError, match="no episode returns logged within the first 10 episodes"):
+        learning_areas([batch], early=10)

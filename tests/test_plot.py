@@ -4,6 +4,7 @@ by the code that writes real runs (train/trainer.py's Logger, train/tasks/atari_
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from train.plot import MARKERS_UP_TO, figure, select_series
 from train.tasks.atari_eval import INITS, summarise, write_outputs
@@ -64,6 +65,19 @@ def test_single_point_is_drawn_with_a_marker(tmp_path):
     fig = figure([d])
     (line,) = fig.axes[0].get_lines()
     assert list(line.get_xdata()) == [1] and line.get_marker() == "o"
+
+
+def test_the_band_is_the_sample_std_over_seeds(tmp_path):
+    dirs = []
+    for seed, value in enumerate((1.0, 2.0, 6.0)):
+        d = tmp_path / f"sine__{seed}"
+        logger = Logger(d, purge_step=None)
+        logger.scalars({"losses/train_auc": value}, 1)
+        logger.close()
+        dirs.append(d)
+    (band,) = figure(dirs).axes[0].collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert min(ys) == pytest.approx(3.0 - np.std([1, 2, 6], ddof=1)) and max(ys) == pytest.approx(3.0 + np.std([1, 2, 6], ddof=1))
 
 
 def test_two_configs_are_labelled_by_name_within_each_game(tmp_path):

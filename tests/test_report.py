@@ -159,12 +159,12 @@ def test_atari_curves_pool_mean_and_std_over_seeds(atari_runs):
     np.testing.assert_allclose(curve.x, GRID.astype(int))
     np.testing.assert_allclose(curve.mean, seeds.mean(0), rtol=1e-5)
     np.testing.assert_allclose(curve.std, seeds.std(0), rtol=1e-5)
-    # two halves of the seeds as two runs pool back to the mean and std over all seeds
+    # two halves of the seeds as two runs pool back to the mean and the sample std over all seeds
     halves = [type(curve)(**{**curve.__dict__, "mean": s.mean(0), "std": s.std(0), "n": len(s)})
               for s in (seeds[:2], seeds[2:])]
     _, m, s, n = pooled(halves)
     np.testing.assert_allclose(m, seeds.mean(0), rtol=1e-9)
-    np.testing.assert_allclose(s, seeds.std(0), rtol=1e-9)
+    np.testing.assert_allclose(s, seeds.std(0, ddof=1), rtol=1e-9)
     assert n == 5
 
 

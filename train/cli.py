@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import UserError, error_line
+from .errors import UserError, clip, error_line
 from .runtime import keep_freed_memory, short_openmp_spin
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse would also print the usage)
-        print(f"metarl: error: {message}", file=sys.stderr)
+        print(f"metarl: error: {clip(message, 1000)}", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -15,12 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import UserError, error_line
+from .report_data import read_object
 from .tasks.continual_sine import lower_triangle
 
 
 def table(run_dirs: Sequence[Path]) -> dict[str, Any]:
     """Mean ± std over runs of the final row (loss on each sub-task after all five) from ``forgetting.json``."""
-    results = [json.loads((Path(d) / "forgetting.json").read_text()) for d in run_dirs]
+    results = [read_object(Path(d) / "forgetting.json") for d in run_dirs]
     out: dict[str, Any] = {"runs": [str(d) for d in run_dirs], "rows": {}}
     for key in results[0]["summary"]:
         finals = np.array([r["summary"][key]["final"] for r in results])
@@ -80,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--out", default="runs/continual_sine")
     args = p.parse_args(argv)
-    if args.command == "table":
-        summary = table([Path(d) for d in args.run_dirs])
-    else:
-        summary = reproduce(Path(args.config), args.seeds, Path(args.out), args.overrides)
+    try:
+        if args.command == "table":
+            summary = table([Path(d) for d in args.run_dirs])
+        else:
+            summary = reproduce(Path(args.config), args.seeds, Path(args.out), args.overrides)
+    except UserError as e:
+        print(error_line(p.prog, e), file=sys.stderr)
+        return 2
     print(format_table(summary))
     print(json.dumps(summary))
     return 0

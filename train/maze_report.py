@@ -74,7 +74,11 @@ def seed_returns(run_dirs: list[Path]):
     are a seed-batched run's ``seed_<k>`` folders, or single-seed runs, grouped by config name as in
     :func:`results_table`."""
     from .plot import load_events, tag_points
-    for d in _folders(run_dirs):
+    dirs = _folders(run_dirs)
+    listed = {d.resolve() for d in dirs}
+    for d in dirs:
+        if d.resolve().parent in listed:        # a seed folder of a batched run also listed: counted once
+            continue
         cfg = run_config(d)
         for folder in sorted(d.glob("seed_*/games")) or [d / "games"]:
             events = load_events(folder)
@@ -86,7 +90,7 @@ def seed_returns(run_dirs: list[Path]):
 def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
     """Markdown table per config of the area under each seed's learning curve: its mean return over the whole
     run and over its first ``early`` episodes (every logged point weighs the same), mean ± sample std over
-    seeds. Where the seeds of a config ran for different lengths, "whole run" covers the shortest."""
+    seeds. Where the seeds of a config ran for different lengths, both cover at most the shortest."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for name, _, x, y in seed_returns(run_dirs):
         groups.setdefault(name, []).append((x, y))
@@ -94,8 +98,10 @@ def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
              f"{early:,.0f} episodes |", "|---|---|---|---|---|"]
     for name, runs in sorted(groups.items()):
         end = min(x[-1] for x, _ in runs)
+        if min(x[0] for x, _ in runs) > early:
+            raise UserError(f"{name}: no episode returns logged within the first {early:,.0f} episodes (--early)")
         whole = np.array([y[x <= end].mean() for x, y in runs])
-        first = np.array([y[x <= early].mean() for x, y in runs])
+        first = np.array([y[x <= min(early, end)].mean() for x, y in runs])
         cells = [f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f} ± —"
                  for v in (whole, first)]
         lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {cells[0]} | {cells[1]} |")

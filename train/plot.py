@@ -9,7 +9,7 @@ Defaults per task, from the tags a run has (``select_series``):
 
 ``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
 expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs of one experiment
-with different seeds are grouped, a line being their mean ± std; a run folder's group is its name without
+with different seeds are grouped, a line being their mean ± sample std (band); a run folder's group is its name without
 the seed: ``<group>__<seed>`` (the README's convention), or ``<group>_s<seed>`` / ``<group>_seed<seed>``.
 Lines of few points carry markers, so a single point shows.
 """
@@ -58,7 +58,8 @@ def load_events(folder: Path):
         return None
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     # A resumed run's file purges the points its killed predecessor logged past the checkpoint; TensorBoard
-    # warns of each purge as of a fault, but here it is the expected way a resume reads.
+    # warns of each purge as of a fault, but that is how a resumed run reads. (This hides its other
+    # warnings while reading too; errors still show.)
     tb_logger = logging.getLogger("tensorboard")
     level = tb_logger.level
     tb_logger.setLevel(logging.ERROR)
@@ -192,7 +193,8 @@ def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0):
             grid = np.unique(np.concatenate([s.steps for s in runs]))
             curves = np.stack([np.interp(grid, s.steps, smooth(s.values, window or max(1, len(s.values) // 50)))
                                for s in runs])
-            mean, std = curves.mean(0), curves.std(0)
+            mean = curves.mean(0)
+            std = curves.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)      # the sample std
             ax.plot(grid, mean, label=f"{label} (n={len(runs)})", marker="o" if len(grid) <= MARKERS_UP_TO else None,
                     markersize=4)
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)

@@ -10,7 +10,7 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
   baseline (``--baseline``, default ``random_init``: Atari's random initialisation, from whichever listed run
   evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at the Edge of the
   Statistical Precipice"), not re-implemented here;
-- figures: ``curves_<suite>.png`` (per task, mean and ± 1 std band over seeds), ``aggregates_<suite>.png``
+- figures: ``curves_<suite>.png`` (per task, mean and ± 1 sample std band over seeds), ``aggregates_<suite>.png``
   and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
 
 Score matrices are runs × tasks: only tasks every method has (and, for Atari's normalised scores, with
@@ -107,13 +107,16 @@ def aggregate(matrices: dict[str, np.ndarray], baseline: str | None, metric: str
 
 
 def pooled(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Curves of several runs of one (method, task) on the x of the longest: mean and std over all their seeds."""
+    """Curves of several runs of one (method, task) on the x of the longest: mean and sample std (n − 1) over
+    all their seeds. Each curve's ``std`` is over its own ``n`` seeds with divisor n (0 for one seed)."""
     x = max(curves, key=lambda c: len(c.x)).x
     n = np.array([c.n for c in curves], dtype=np.float64)[:, None]
     mean = np.stack([np.interp(x, c.x, c.mean) for c in curves])
     second = np.stack([np.interp(x, c.x, c.std ** 2 + c.mean ** 2) for c in curves])
-    m = (n * mean).sum(0) / n.sum()
-    return x, m, np.sqrt(np.maximum((n * second).sum(0) / n.sum() - m ** 2, 0.0)), int(n.sum())
+    total = n.sum()
+    m = (n * mean).sum(0) / total
+    var = np.maximum((n * second).sum(0) / total - m ** 2, 0.0) * (total / (total - 1) if total > 1 else 0.0)
+    return x, m, np.sqrt(var), int(total)
 
 
 def fmt(x: float) -> str:
@@ -139,7 +142,7 @@ def plot_curves(curves: list[Curve], path: Path) -> None:
             x, m, s, n = pooled(group)
             ax.plot(x, m, label=f"{method} (n={n})")
             ax.fill_between(x, m - s, m + s, alpha=0.2)
-        ax.set(title=task, xlabel=group[0].xlabel, ylabel=f"{group[0].ylabel}, ± 1 std")
+        ax.set(title=task, xlabel=group[0].xlabel, ylabel=f"{group[0].ylabel}, ± 1 sample std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):]:
@@ -226,7 +229,7 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
     curves = [c for c in runs.curves if c.suite == suite]
     if curves and figures:
         plot_curves(curves, out / f"curves_{suite}.png")
-        lines += ["", f"![learning curves: mean ± 1 std over seeds](curves_{suite}.png)"]
+        lines += ["", f"![learning curves: mean ± 1 sample std over seeds](curves_{suite}.png)"]
     lines += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     return lines, result
 

@@ -199,7 +199,7 @@ def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
     if split == "test":
         return data
     if (d / "eval_test.json").is_file():
-        runs.notes.append(f"{d}: trained with eval.split: {split}; its test result read from eval_test.json")
+        runs.notes.append(f"{d}: its eval.json is on the {split} split; its test result read from eval_test.json")
         return read_object(d / "eval_test.json")
     runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json (metarl eval "
                       f"--split test); skipped")

@@ -397,13 +397,13 @@ class MazeAdapter(TaskAdapter):
 
     def result(self) -> dict[str, float]:
         """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time.
-        Seed-batched: the mean over seeds of their ``return_last_mean``, its std over seeds and each seed's
+        Seed-batched: the mean over seeds of their ``return_last_mean``, its sample std over seeds and each seed's
         result under ``per_seed``."""
         if self.seeds:
             rows = self.seed_results()
             means = np.array([r["return_last_mean"] for r in rows])
             return {"seeds": list(self.seeds), "return_last_mean": float(means.mean()),
-                    "return_last_mean_std_over_seeds": float(means.std()),
+                    "return_last_mean_std_over_seeds": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
                     "final_window_episodes": rows[0]["final_window_episodes"], "iterations": float(len(self.returns)),
                     "episodes": float(self.global_step), "wall_time_s": self.wall,
                     "skipped_steps": float(self.seed_skipped.sum()),
