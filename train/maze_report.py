@@ -25,10 +25,18 @@ def log_every(cfg: dict) -> int:
 
 
 def _folders(run_dirs: list[Path]) -> list[Path]:
+    """The listed run folders, less the seed folders of a listed seed-batched run (its seeds count once)."""
     dirs = [Path(d) for d in run_dirs]
     if missing := [str(d) for d in dirs if not d.is_dir()]:
         raise UserError(f"not a run folder: {', '.join(missing)}")
-    return dirs
+    listed = {d.resolve() for d in dirs}
+    return [d for d in dirs if d.resolve().parent not in listed]
+
+
+def _mean_spread(values: np.ndarray) -> str:
+    """"mean ± sample std" (n − 1; "—" for one value)."""
+    spread = f"{values.std(ddof=1):.1f}" if len(values) > 1 else "—"
+    return f"{values.mean():.1f} ± {spread}"
 
 
 def results_table(run_dirs: list[Path]) -> str:
@@ -40,12 +48,11 @@ def results_table(run_dirs: list[Path]) -> str:
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
     listed, are not counted twice."""
     dirs = _folders(run_dirs)
-    listed = {d.resolve() for d in dirs}
     groups: dict[str, list[tuple[int | None, float]]] = {}
     walls: dict[str, list[str]] = {}
     for d in dirs:
         path = d / "eval.json"
-        if not path.is_file() or d.resolve().parent in listed:
+        if not path.is_file():
             continue
         data = read_object(path)
         name = data.get("name") if d.name.startswith("seed_") and "name" in data else run_config(d)["name"]
@@ -61,8 +68,7 @@ def results_table(run_dirs: list[Path]) -> str:
     for name, rows in sorted(groups.items()):
         means = np.array([float("nan") if m is None else m for _, m in rows])
         per_seed = ", ".join(f"{m:.1f}" for m in means)
-        spread = f"{means.std(ddof=1):.1f}" if len(means) > 1 else "—"
-        lines.append(f"| {name} | {len(rows)} | {means.mean():.1f} ± {spread} | {per_seed} | "
+        lines.append(f"| {name} | {len(rows)} | {_mean_spread(means)} | {per_seed} | "
                      f"{', '.join(walls[name])} |")
     return "\n".join(lines)
 
@@ -74,11 +80,7 @@ def seed_returns(run_dirs: list[Path]):
     are a seed-batched run's ``seed_<k>`` folders, or single-seed runs, grouped by config name as in
     :func:`results_table`."""
     from .plot import load_events, tag_points
-    dirs = _folders(run_dirs)
-    listed = {d.resolve() for d in dirs}
-    for d in dirs:
-        if d.resolve().parent in listed:        # a seed folder of a batched run also listed: counted once
-            continue
+    for d in _folders(run_dirs):
         cfg = run_config(d)
         for folder in sorted(d.glob("seed_*/games")) or [d / "games"]:
             events = load_events(folder)
@@ -102,9 +104,7 @@ def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
             raise UserError(f"{name}: no episode returns logged within the first {early:,.0f} episodes (--early)")
         whole = np.array([y[x <= end].mean() for x, y in runs])
         first = np.array([y[x <= min(early, end)].mean() for x, y in runs])
-        cells = [f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f} ± —"
-                 for v in (whole, first)]
-        lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {_mean_spread(whole)} | {_mean_spread(first)} |")
     return "\n".join(lines)
 
 
