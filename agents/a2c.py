@@ -33,6 +33,7 @@ staged and the numbers are those of a CPU-only build.
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -124,6 +125,39 @@ class RMSpropTF(torch.optim.Optimizer):
             torch._foreach_sqrt_(denom)
             torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
         return loss
+
+
+def rmsprop_stats(optimizer: torch.optim.Optimizer, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
+    """Quantiles over every coordinate of RMSprop's mean square ``v`` and of its step multiplier ``1/denom``
+    (the effective step is lr × multiplier × g): ``sqrt(v + ε)`` for :class:`RMSpropTF`, ``sqrt(v) + ε`` for
+    torch's. {} for another optimiser or before its first step. Read-only: the run's numbers do not change.
+
+    This is how the warm-up of ``rmsprop_tf`` is seen (docs/RESULTS.md): its ``v`` starts at 1, so with small
+    clipped gradients the multiplier climbs from ≈ 1 towards 1/√ε over hundreds of updates; torch's starts
+    at 0 and takes full-size steps from the first update."""
+    if not isinstance(optimizer, (RMSpropTF, torch.optim.RMSprop)):
+        return {}
+    tf = isinstance(optimizer, RMSpropTF)
+    squares, multipliers = [], []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            v = optimizer.state.get(p, {}).get("square_avg")
+            if v is None:
+                continue
+            v = v.detach().float().reshape(-1)
+            squares.append(v)
+            multipliers.append(1.0 / ((v + group["eps"]).sqrt() if tf else v.sqrt() + group["eps"]))
+    if not squares:
+        return {}
+    q = torch.tensor(quantiles, dtype=torch.float32, device=squares[0].device)
+    out = {}
+    for name, values in (("square_avg", squares), ("step_multiplier", multipliers)):
+        flat = torch.cat(values)
+        # torch.quantile sorts; an evenly strided subsample keeps it cheap on multi-million-entry models
+        flat = flat[:: max(1, flat.numel() // 1_000_000)]
+        for qq, v in zip(quantiles, torch.quantile(flat, q).tolist()):
+            out[f"{name}_q{round(qq * 100):02d}"] = v
+    return out
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: A2CConfig) -> torch.optim.Optimizer:
@@ -413,6 +447,11 @@ class A2CResult:
     seconds: float
     sps: float                                # env steps per second
     final_loss: float | None = None
+    # (env step, rmsprop_stats) at up to OPTIMIZER_POINTS updates spread over the run, the first one included
+    optimizer_stats: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+
+
+OPTIMIZER_POINTS = 20      # per run: RMSprop accumulator quantiles (rmsprop_stats) read at this many updates
 
 
 def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, watch=NULL_WATCH,
@@ -437,10 +476,14 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     updates = max(1, total_steps // steps_per_update)
     names: list[str] = []
     table: Tensor | None = None           # (updates, len(names)) losses/* on the device, read once at the end
+    stats_at = set(np.linspace(0, updates - 1, min(OPTIMIZER_POINTS, updates)).round().astype(int).tolist())
+    optimizer_stats = []
     start = time.perf_counter()
     for i in range(updates):
         ro = collector.collect()
         names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
+        if i in stats_at and (stats := rmsprop_stats(optimizer)):
+            optimizer_stats.append((collector.global_step, stats))
         if table is None:
             table = values.new_empty(updates, len(names))
         table[i] = values
@@ -461,4 +504,4 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
         losses.append(last)
     seconds = time.perf_counter() - start
     return A2CResult(losses, logs, collector.episodes, updates, collector.global_step, seconds,
-                     collector.global_step / max(seconds, 1e-9), last)
+                     collector.global_step / max(seconds, 1e-9), last, optimizer_stats)

@@ -37,6 +37,10 @@ class MetaOptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     clip_grad_norm: float = 0.0     # > 0: clip the meta-gradient's global norm (guards against finite blow-ups)
+    # > 0: the sized outer step — rescale the meta-gradient to this fraction of the meta-batch's mean per-task
+    # displacement ‖θᴷ − θ⁰‖, so that SGD with lr 1 moves θ⁰ by that fraction of a task's path per meta-step
+    # whatever the metric's scale (docs/leap.md, "Sizing the outer step"). Seam methods only.
+    step_fraction: float = 0.0
 
 
 def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.optim.Optimizer:
@@ -55,6 +59,7 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
+@torch.no_grad()
 def global_norm(tensors: Sequence[Tensor]) -> float:
     """‖(t_1, …, t_n)‖₂ over all entries, as clip_grad_norm_ computes it (0 for an empty list)."""
     return float(torch.stack([t.norm() for t in tensors]).norm()) if tensors else 0.0
@@ -74,7 +79,7 @@ class _TaskMerge(Observer):
         self.meta = meta
 
     def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
-        self.meta._merge_task()
+        self.meta._merge_task(params)
 
 
 class MetaLearner:
@@ -123,6 +128,7 @@ class MetaLearner:
         self.meta_optimizer = make_optimizer(self.params, self.meta_optimizer_config)
         self.tasks = 0            # finite tasks merged since the last meta-step
         self.skipped = 0          # tasks dropped for a non-finite meta-gradient, since the last meta-step
+        self.displacement = 0.0   # Σ ‖θᴷ − θ⁰‖ over those merged tasks (meta-learned parameters only)
         self.meta_steps = 0
 
     @property
@@ -165,18 +171,23 @@ class MetaLearner:
         torch._foreach_zero_(self._task_acc)
         return OptimizerWatch(optimizer, self.watched(model), [*self.observers(task), _TaskMerge(self)])
 
-    def _merge_task(self) -> None:
+    def _merge_task(self, params: Sequence[Tensor] | None = None) -> None:
+        """Add the task's meta-gradient to the meta-batch sum if finite; ``params``: the task's θᴷ of the
+        meta-learned parameters, whose distance from θ⁰ is counted (methods that run their own loop omit it)."""
         if all_finite(self._task_acc):
             torch._foreach_add_(self._acc, self._task_acc)
             self.tasks += 1
+            if params is not None:
+                with torch.no_grad():
+                    self.displacement += global_norm(torch._foreach_sub(list(params), self.params))
         else:
             self.skipped += 1
 
     def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
         """Sum the meta-batch accumulators over workers with ``reduce`` (in place), before ``meta_step``."""
-        counts = torch.tensor([self.tasks, self.skipped], dtype=torch.float64)
+        counts = torch.tensor([self.tasks, self.skipped, self.displacement], dtype=torch.float64)
         reduce([*self._acc, counts])
-        self.tasks, self.skipped = int(counts[0]), int(counts[1])
+        self.tasks, self.skipped, self.displacement = int(counts[0]), int(counts[1]), float(counts[2])
 
     def meta_gradient(self) -> list[Tensor]:
         """The accumulated meta-gradient, averaged over the finite tasks of the meta-batch."""
@@ -187,7 +198,16 @@ class MetaLearner:
         logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
         if self.tasks > 0:
             grads = self.meta_gradient()
-            logs["meta/grad_norm"] = global_norm(grads)
+            logs["meta/grad_norm"] = norm = global_norm(grads)
+            # ‖θᴷ − θ⁰‖ per task beside ‖Δθ⁰‖ below: how far a meta-step moves θ⁰ in units of one task's path
+            visit = self.displacement / self.tasks
+            logs["meta/visit_displacement"] = visit
+            fraction = self.meta_optimizer_config.step_fraction
+            if fraction > 0:
+                if visit <= 0:
+                    raise RuntimeError(f"meta.optimizer.step_fraction needs each task's displacement, which "
+                                       f"{type(self).__name__} does not measure")
+                torch._foreach_mul_(grads, fraction * visit / max(norm, 1e-30))
             for p, g in zip(self.params, grads):
                 p.grad = g
             if self.meta_optimizer_config.clip_grad_norm > 0:
@@ -200,9 +220,14 @@ class MetaLearner:
                 with torch.no_grad():
                     torch._foreach_copy_(self.params, undo[1])
                 logs["meta/skipped_step"] = 1.0
+            with torch.no_grad():
+                logs["meta/init_displacement"] = step = global_norm(torch._foreach_sub(undo[1], self.params))
+            if visit > 0:
+                logs["meta/step_over_visit"] = step / visit
         torch._foreach_zero_(self._acc)
         self.tasks = 0
         self.skipped = 0
+        self.displacement = 0.0
         self.meta_steps += 1
         return logs
 
@@ -211,7 +236,8 @@ class MetaLearner:
         return {"init": {k: v.clone() for k, v in self.init_state.items()},
                 "meta_optimizer": self.meta_optimizer.state_dict(),
                 "acc": [a.clone() for a in self._acc],
-                "counters": torch.tensor([self.tasks, self.skipped, self.meta_steps])}
+                "counters": torch.tensor([self.tasks, self.skipped, self.meta_steps, self.displacement],
+                                         dtype=torch.float64)}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,5 +245,7 @@ class MetaLearner:
             self.init_state[k].copy_(v)
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])     # moves its state to the params' device
         torch._foreach_copy_(self._acc, [a.to(self.device) for a in state["acc"]])
-        self.tasks, self.skipped, self.meta_steps = (int(x) for x in state["counters"])
+        counters = state["counters"].tolist()
+        self.tasks, self.skipped, self.meta_steps = (int(x) for x in counters[:3])
+        self.displacement = float(counters[3]) if len(counters) > 3 else 0.0    # older checkpoints: 3 counters
 

@@ -8,6 +8,8 @@ are checked. The rules, read off where each key is used (train/trainer.py, train
 
 - ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``).
 - ``leap.*``: only ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap).
+- ``meta.optimizer.step_fraction``: only Leap, Reptile and FOMAML, whose tasks end through the base class's
+  watch that measures each task's displacement.
 - Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
   ``inner.steps`` is the env steps per game and ``inner.clip_grad_norm`` overrides ``a2c.max_grad_norm``).
 - The maze: ``inner.optimizer``, ``inner.lr``, ``inner.momentum``, ``inner.steps`` (Adam with ``maze.task_lr``
@@ -29,6 +31,10 @@ from .config_checks import flatten
 from .errors import ConfigError
 
 
+# methods whose tasks end through the base class's watch, which measures ‖θᴷ − θ⁰‖ (metarl/base.py)
+SIZED_STEP_METHODS = ("leap", "reptile", "fomaml")
+
+
 def _periodic_evaluation(task: str) -> bool:
     from .tasks import TASKS
     import importlib
@@ -45,6 +51,10 @@ def unused_keys(cfg: Any) -> dict[str, str]:
     if cfg.method != "leap" and not warp_leap:
         out["leap"] = (f"only method leap and warpgrad with init_objective: leap read leap.* (this run's method "
                        f"is {cfg.method})")
+    if cfg.method not in SIZED_STEP_METHODS:
+        out["meta.optimizer.step_fraction"] = (f"only methods {', '.join(SIZED_STEP_METHODS)} measure each task's "
+                                               f"displacement that the sized step needs (this run's method is "
+                                               f"{cfg.method})")
     if cfg.task == "atari":
         for k in ("optimizer", "lr", "momentum"):
             out[f"inner.{k}"] = ("Atari's A2C has its own optimiser: set atari.a2c.* instead (inner.steps is "

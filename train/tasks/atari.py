@@ -323,6 +323,7 @@ def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dic
     """One task's per-game env-step scalars: its SPS at its end, and its A2C losses as means over at most
     ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
     out = [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})]
+    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()}) for step, stats in result.optimizer_stats]
     logs = result.logs
     if not logs:
         return out

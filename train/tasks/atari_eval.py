@@ -15,7 +15,8 @@ Outputs in the run directory:
   steps) and ``eval/<game>/episodic_return_std``; for games with published reference scores also
   ``eval/<game>/human_normalised`` (and ``_std``), and over those games ``eval/mean/human_normalised`` (the
   mean normalised score; its std over seeds). Each seed is a run too, ``eval/<init>/seed_<k>``, with
-  ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits).
+  ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits) and
+  RMSprop's accumulator quantiles over the run, ``optim/<game>/*`` (agents/a2c.py ``rmsprop_stats``).
   All of it is written at the end, from the parts (the GIFs below too), each of these runs from step 0 on: what
   an interrupted evaluation wrote there is replaced, not repeated;
 - ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
@@ -150,6 +151,9 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     if logger is not None:
         for (game, init), gif in gifs.items():
             logger.gif(f"eval/{init}", f"videos/{game}", gif.read_bytes(), horizon)
+        for (game, init, seed), part in finished.items():        # RMSprop's warm-up, per held-out run
+            for step, stats in part.get("optimizer") or []:
+                logger.evaluation(f"eval/{init}/seed_{seed}", {f"optim/{game}/{k}": v for k, v in stats.items()}, step)
     write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves,
                   method=cfg.method)
     if show:        # the table itself comes last, from the command (summary)
@@ -182,7 +186,8 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
     final = adapter.evaluate(task, model)
     part = {"format": FORMAT, "fingerprint": fingerprint(settings), "settings": settings, "game": game,
             "init": init, "seed": seed, "curve": running_curve(s, r, grid, window), "final_score": final["score"],
-            "final_games": int(final["games"]), "games": len(played), "env_steps": adapter.global_step - start}
+            "final_games": int(final["games"]), "games": len(played), "env_steps": adapter.global_step - start,
+            "optimizer": [[step, stats] for step, stats in adapter.last_result.optimizer_stats]}
     if show:
         _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{cfg.eval.tasks}: final score "
                   f"{final['score']:.1f} ({len(played)} games, {adapter.global_step - start:,} env steps, "

@@ -1,0 +1,119 @@
+"""The second Atari transfer study (issue 27): the two inner optimisers' first steps against hand-computed
+values and their warm-up statistics, the consistency metrics against direct computations, the sized outer
+step, and the fixed-template arm's encoder against the meta-training starting point."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agents.a2c import A2CConfig, RMSpropTF, make_optimizer, rmsprop_stats
+
+LR, ALPHA, EPS = 7e-4, 0.99, 1e-5
+
+
+def _one_step(optimizer_name: str, grad: list[float]) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+    p = torch.nn.Parameter(torch.zeros(len(grad), dtype=torch.float64))
+    opt = make_optimizer([p], A2CConfig(optimizer=optimizer_name, lr=LR, rms_alpha=ALPHA, rms_eps=EPS))
+    p.grad = torch.tensor(grad, dtype=torch.float64)
+    opt.step()
+    return p.detach(), opt
+
+
+def test_rmsprop_tf_first_step_starts_its_mean_square_at_one_with_eps_inside_the_root():
+    theta, opt = _one_step("rmsprop_tf", [0.01, -0.002, 0.0])
+    assert isinstance(opt, RMSpropTF)
+    # v₁ = 0.99·1 + 0.01·g², θ₁ = −lr·g/√(v₁ + ε)
+    expected = [-LR * g / math.sqrt(0.99 + 0.01 * g * g + EPS) for g in (0.01, -0.002, 0.0)]
+    assert theta.tolist() == pytest.approx(expected, rel=1e-12, abs=0)
+    assert expected[0] == pytest.approx(-7.0353e-6, rel=1e-4)          # ≈ lr·g: a damped first step
+
+
+def test_torch_rmsprop_first_step_starts_at_zero_with_eps_outside_the_root():
+    theta, opt = _one_step("rmsprop", [0.01, -0.002, 0.0])
+    assert type(opt) is torch.optim.RMSprop
+    # v₁ = 0.01·g², θ₁ = −lr·g/(√v₁ + ε): ≈ −10·lr·sign(g) whatever |g| is
+    expected = [-LR * g / (math.sqrt(0.01 * g * g) + EPS) for g in (0.01, -0.002, 0.0)]
+    assert theta.tolist() == pytest.approx(expected, rel=1e-12, abs=0)
+    assert expected[0] == pytest.approx(-6.9307e-3, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["rmsprop_tf", "rmsprop"])
+def test_rmsprop_stats_are_the_quantiles_of_the_mean_square_and_of_the_step_multiplier(name):
+    grads = [0.0, 0.001, 0.01, 0.1, 1.0]
+    _, opt = _one_step(name, grads)
+    stats = rmsprop_stats(opt, quantiles=(0.0, 0.5, 1.0))
+    start = 1.0 if name == "rmsprop_tf" else 0.0
+    v = sorted(ALPHA * start + (1 - ALPHA) * g * g for g in grads)
+    mult = sorted(1 / math.sqrt(x + EPS) if name == "rmsprop_tf" else 1 / (math.sqrt(x) + EPS) for x in v)
+    assert [stats[f"square_avg_q{q}"] for q in ("00", "50", "100")] == pytest.approx([v[0], v[2], v[4]], rel=1e-5)
+    assert [stats[f"step_multiplier_q{q}"] for q in ("00", "50", "100")] == \
+        pytest.approx([mult[0], mult[2], mult[4]], rel=1e-5)
+    assert rmsprop_stats(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)) == {}
+
+
+# -- the sized outer step (meta.optimizer.step_fraction) ---------------------------------------------------
+
+def _meta_batch(meta, model, targets):
+    """One meta-batch: per target, a few SGD steps on ‖w − target‖² from θ⁰ under the method's watch."""
+    from torch import nn
+    ends = []
+    for target in targets:
+        meta.load_init(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with meta.watch(model, opt) as watch:
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                loss = (model.weight - target).square().sum()
+                loss.backward()
+                watch.report(loss)
+                opt.step()
+            watch.finish((model.weight - target).square().sum())
+        ends.append(model.weight.detach().clone())
+    assert isinstance(model, nn.Linear)
+    return ends
+
+
+@pytest.mark.parametrize("method", ["reptile", "leap"])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_the_sized_outer_step_moves_the_init_by_the_chosen_fraction_of_a_visit(method, fraction):
+    from torch import nn
+
+    from metarl.base import MetaOptimizerConfig
+    from metarl.leap import Leap, LeapConfig
+    from metarl.reptile import Reptile
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1, bias=False).double()
+    opt = MetaOptimizerConfig(name="sgd", lr=1.0, step_fraction=fraction)
+    meta = (Reptile(model, meta_optimizer=opt) if method == "reptile"
+            else Leap(model, LeapConfig(p=2, loss=True), meta_optimizer=opt))
+    start = meta.params[0].detach().clone()
+    targets = [torch.tensor([[1.0, 0.0, 0.0, 2.0]]), torch.tensor([[0.0, -1.0, 3.0, 0.0]])]
+    ends = _meta_batch(meta, model, [t.double() for t in targets])
+    logs = meta.meta_step()
+    visits = [float((e - start).norm()) for e in ends]                  # ‖θᴷ − θ⁰‖ per task, directly
+    moved = float((meta.params[0].detach() - start).norm())
+    assert logs["meta/visit_displacement"] == pytest.approx(sum(visits) / 2, rel=1e-12)
+    assert logs["meta/init_displacement"] == pytest.approx(moved, rel=1e-12)
+    assert logs["meta/step_over_visit"] == pytest.approx(moved / (sum(visits) / 2), rel=1e-12)
+    if fraction > 0:
+        assert moved == pytest.approx(fraction * sum(visits) / 2, rel=1e-12)
+    elif method == "reptile":                     # unsized, lr 1: θ⁰ moves to the mean of the tasks' θᴷ
+        assert torch.allclose(meta.params[0].detach(), (ends[0] + ends[1]) / 2, rtol=0, atol=1e-12)
+    assert meta.displacement == 0.0 and meta.tasks == 0
+
+
+def test_the_sized_outer_step_refuses_a_method_that_does_not_measure_visits():
+    from torch import nn
+
+    from metarl.base import MetaOptimizerConfig
+    from metarl.reptile import Reptile
+
+    meta = Reptile(nn.Linear(2, 1), meta_optimizer=MetaOptimizerConfig(step_fraction=0.5))
+    meta._task_acc[0].fill_(1.0)
+    meta._merge_task()                 # a method running its own loop merges without θᴷ (MAML, continual)
+    with pytest.raises(RuntimeError, match="step_fraction needs each task's displacement"):
+        meta.meta_step()
