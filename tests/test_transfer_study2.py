@@ -117,3 +117,60 @@ def test_the_sized_outer_step_refuses_a_method_that_does_not_measure_visits():
     meta._merge_task()                 # a method running its own loop merges without θᴷ (MAML, continual)
     with pytest.raises(RuntimeError, match="step_fraction needs each task's displacement"):
         meta.meta_step()
+
+
+# -- the study's metrics ----------------------------------------------------------------------------------
+
+def test_consistency_metrics_against_direct_computations():
+    import numpy as np
+
+    from train.report import consistency
+
+    base = np.array([[0.0, 10.0], [1.0, 12.0], [2.0, 14.0], [3.0, 16.0], [4.0, 18.0]])    # 5 seeds × 2 tasks
+    tight = np.array([[1.9, 13.0], [2.0, 14.0], [2.1, 15.0], [2.0, 14.0], [0.5, 11.0]])
+    out = consistency({"random": base, "meta": tight}, "random")
+    # sample variances: base 2.5 and 10, tight 1.82/4 = 0.455 and 9.2/4 = 2.3
+    assert out["random"]["std_ratio"] == pytest.approx(1.0)
+    assert out["meta"]["std_ratio"] == pytest.approx(math.sqrt((0.455 + 2.3) / 2) / math.sqrt((2.5 + 10) / 2))
+    # worst quarter of 5 seeds: the lowest ⌈5/4⌉ = 2 per task, then the mean over tasks
+    assert out["random"]["cvar25"] == pytest.approx(((0.0 + 1.0) / 2 + (10 + 12) / 2) / 2)
+    assert out["meta"]["cvar25"] == pytest.approx(((0.5 + 1.9) / 2 + (11 + 13) / 2) / 2)
+    # the baseline's 25th percentiles are 1.0 and 12.0: below them, base has 1 + 1 of 10, tight 1 + 1 of 10
+    assert out["random"]["p_failed"] == pytest.approx(0.2) and out["meta"]["p_failed"] == pytest.approx(0.2)
+    # lower is better: the worst seeds are the highest, failure is above the baseline's 75th percentile
+    low = consistency({"random": base, "meta": tight}, "random", lower=True)
+    assert low["meta"]["cvar25"] == pytest.approx(((2.1 + 2.0) / 2 + (15 + 14) / 2) / 2)
+    assert low["meta"]["p_failed"] == pytest.approx(0.0) and low["random"]["p_failed"] == pytest.approx(0.2)
+
+
+def test_the_auc_leaves_out_the_warm_up_before_auc_start():
+    import numpy as np
+
+    from train.tasks.atari_eval import add_per_seed, summarise
+
+    grid = np.linspace(10, 100, 10)
+    start = int(np.searchsorted(grid, 35))                    # first point at or after env step 35: 40
+    assert grid[start] == 40
+    seeds = np.array([np.arange(10.0), np.arange(10.0) * 2])
+    curves = {("Pong", "meta_init"): np.stack([seeds.mean(0), seeds.std(0)])}
+    finals = {("Pong", "meta_init"): [9.0, 18.0]}
+    table = summarise(["Pong"], curves, finals, start)
+    add_per_seed(table, finals, {("Pong", "meta_init"): seeds}, start)
+    row = table["Pong"]["meta_init"]
+    assert row["auc_scores"] == pytest.approx([np.mean(range(3, 10)), 2 * np.mean(range(3, 10))])
+    hn = [(a - (-20.7)) / (14.6 - (-20.7)) for a in row["auc_scores"]]
+    assert row["human_normalised_auc_scores"] == pytest.approx(hn)
+    assert row["human_normalised_auc"] == pytest.approx(np.mean(hn))
+
+
+def test_minimum_detectable_effect_matches_a_simulated_power():
+    import numpy as np
+    from scipy import stats
+
+    from train.power import detectable_effect
+
+    d = detectable_effect(30, alpha=0.05, power=0.8)
+    assert d == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * math.sqrt(2 / 30), rel=0.05)
+    rng = np.random.default_rng(0)
+    hits = [stats.ttest_ind(rng.normal(d, 1, 30), rng.normal(0, 1, 30)).pvalue < 0.05 for _ in range(4000)]
+    assert np.mean(hits) == pytest.approx(0.8, abs=0.025)

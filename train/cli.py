@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs (or folders holding them)")
     r.add_argument("--out", default="report", metavar="DIR", help="output folder (default: ./report)")
     r.add_argument("--baseline", action="append", default=None, metavar="METHOD",
-                   help="method to compare against, the first one a suite has (repeatable; default random_init)")
+                   help="method to compare against (repeatable: a probability of improvement over each one a suite "
+                   "has; consistency against the first; default random_init)")
     r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     x = sub.add_parser("export", help="write an Atari run's meta-learned encoder for our agent or stable-baselines3")

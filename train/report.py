@@ -6,10 +6,12 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
   human-normalised one, and both AUCs);
 - aggregates over tasks × seeds of the suite's score (``--metric``; default: Atari the human-normalised final
   score, maze the last episodes' return, supervised the test accuracy): IQM, median and mean with 95%
-  stratified bootstrap confidence intervals, and the probability of improvement of each method over the
-  baseline (``--baseline``, default ``random_init``: Atari's random initialisation, from whichever listed run
-  evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at the Edge of the
+  stratified bootstrap confidence intervals, and the probability of improvement of each method over each
+  baseline (``--baseline``, repeatable, default ``random_init``: Atari's random initialisation, from whichever
+  listed run evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at the Edge of the
   Statistical Precipice"), not re-implemented here;
+- consistency over seeds against the first baseline (:func:`consistency`): the std ratio, CVaR₂₅ and
+  P(failed seed);
 - figures: ``curves_<suite>.png`` (per task, mean and ± 1 sample std band over seeds), ``aggregates_<suite>.png``
   and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
 
@@ -74,10 +76,11 @@ def score_matrices(scores: list[Score], metric: str) -> tuple[list[str], dict[st
 
 
 def aggregate(matrices: dict[str, np.ndarray], baseline: str | None, metric: str, reps: int,
-              seed: int = 0) -> dict:
-    """rliable's IQM, median, mean and probability of improvement over ``baseline``, with 95% stratified
-    bootstrap CIs (percentile, ``reps`` resamples); the bootstrap draws from NumPy's global generator, seeded
-    here with ``seed`` and restored after."""
+              seed: int = 0, others: tuple[str, ...] = ()) -> dict:
+    """rliable's IQM, median, mean and probability of improvement over ``baseline`` (and over each of
+    ``others``: ``P(improvement vs NAME)``), with 95% stratified bootstrap CIs (percentile, ``reps``
+    resamples); the bootstrap draws from NumPy's global generator, seeded here with ``seed`` and restored
+    after."""
     from rliable import library as rly
     from rliable import metrics
 
@@ -91,12 +94,15 @@ def aggregate(matrices: dict[str, np.ndarray], baseline: str | None, metric: str
         out = {m: {name: {"value": float(point[m][i]), "ci": [float(ci[m][0][i]), float(ci[m][1][i])]}
                    for i, name in enumerate(AGGREGATES)} for m in matrices}
         sign = -1.0 if lower_is_better(metric) else 1.0
-        if baseline in matrices:
-            pairs = {m: [sign * x, sign * matrices[baseline]] for m, x in matrices.items() if m != baseline}
+        for b in (baseline, *others):
+            if b not in matrices:
+                continue
+            pairs = {m: [sign * x, sign * matrices[b]] for m, x in matrices.items() if m != b}
             if pairs:
                 p, pci = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps)
+                key = "P(improvement)" if b == baseline else f"P(improvement vs {b})"
                 for m in pairs:
-                    out[m]["P(improvement)"] = {"value": float(p[m]), "ci": [float(pci[m][0][0]), float(pci[m][1][0])]}
+                    out[m][key] = {"value": float(p[m]), "ci": [float(pci[m][0][0]), float(pci[m][1][0])]}
         lo, hi = min(x.min() for x in matrices.values()), max(x.max() for x in matrices.values())
         taus = np.linspace(lo, hi if hi > lo else lo + 1.0, 101)
         below = (lambda s, t: np.array([np.mean(s <= v) for v in t])) if lower_is_better(metric) else None
@@ -104,6 +110,30 @@ def aggregate(matrices: dict[str, np.ndarray], baseline: str | None, metric: str
     finally:
         np.random.set_state(state)
     return {"methods": out, "profile": {"tau": taus, "profiles": profiles, "cis": profile_cis}}
+
+
+def consistency(matrices: dict[str, np.ndarray], baseline: str, lower: bool = False) -> dict[str, dict[str, float]]:
+    """How consistent each method is across seeds, from its runs × tasks matrix, against ``baseline``'s:
+
+    - ``std_ratio``: √(mean over tasks of the method's variance over seeds) / the same for the baseline
+      (sample variances, pooled over tasks): below 1, the method's seeds spread less;
+    - ``cvar25``: per task the mean of the worst quarter of seeds (⌈n/4⌉ of n), then the mean over tasks;
+    - ``p_failed``: the fraction of (seed, task) runs below the baseline's 25th percentile on that task
+      (a quarter, give or take the interpolation, for the baseline itself).
+
+    ``lower``: lower scores are better (worst = highest; failed = above the baseline's 75th percentile)."""
+    sign = -1.0 if lower else 1.0
+    base = sign * matrices[baseline]
+    base_spread = np.sqrt(np.mean(base.var(axis=0, ddof=1)))
+    cut = np.quantile(base, 0.25, axis=0)                     # per task
+    out = {}
+    for m, x in matrices.items():
+        x = sign * x
+        worst = int(np.ceil(x.shape[0] / 4))
+        out[m] = {"std_ratio": float(np.sqrt(np.mean(x.var(axis=0, ddof=1))) / base_spread),
+                  "cvar25": float(sign * np.mean(np.sort(x, axis=0)[:worst].mean(axis=0))),
+                  "p_failed": float(np.mean(x < cut))}
+    return out
 
 
 def pooled(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -205,19 +235,31 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
     result = {"metric": metric, "lower_is_better": lower_is_better(metric), "tasks": tasks, "per_task": per_task,
               "matrices": {m: x.tolist() for m, x in matrices.items()}, "notes": notes}
     if matrices:
-        baseline = next((b for b in baselines if b in matrices), None)
-        agg = aggregate(matrices, baseline, metric, reps)
+        present = [b for b in dict.fromkeys(baselines) if b in matrices]
+        baseline, others = (present[0], tuple(present[1:])) if present else (None, ())
+        agg = aggregate(matrices, baseline, metric, reps, others=others)
         result.update(baseline=baseline, aggregates=agg["methods"])
         lower = lower_is_better(metric)
+        than = "<" if lower else ">"
+        keys = ("P(improvement)", *(f"P(improvement vs {b})" for b in others))
         lines += ["", f"Aggregates of the {LABELS.get(metric, metric)} ({'lower' if lower else 'higher'} is better) "
                   f"over {len(tasks)} task(s) × seeds ({', '.join(tasks)}): point estimate [95% stratified bootstrap "
                   f"CI, {reps} resamples] (rliable).", "",
                   f"| method | runs × tasks | {' | '.join(AGGREGATES)} | "
-                  f"P(method {'<' if lower else '>'} {baseline or 'baseline'}) |", "|---|---|---|---|---|---|"]
+                  + " | ".join(f"P(method {than} {b})" for b in (baseline or "baseline", *others)) + " |",
+                  "|---|---|" + "---|" * (len(AGGREGATES) + len(keys))]
         for m, a in agg["methods"].items():
             cells = [f"{fmt(a[k]['value'])} [{fmt(a[k]['ci'][0])}, {fmt(a[k]['ci'][1])}]" if k in a else
-                     ("baseline" if m == baseline else "—") for k in (*AGGREGATES, "P(improvement)")]
+                     ("baseline" if m in (baseline, *others) else "—") for k in (*AGGREGATES, *keys)]
             lines.append(f"| {m} | {matrices[m].shape[0]} × {matrices[m].shape[1]} | " + " | ".join(cells) + " |")
+        if baseline is not None:
+            result["consistency"] = cons = consistency(matrices, baseline, lower)
+            lines += ["", f"Consistency over seeds against {baseline} ({LABELS.get(metric, metric)}): the std over "
+                      f"seeds as a ratio of {baseline}'s (pooled over tasks), CVaR₂₅ (mean of the worst quarter of "
+                      f"seeds, averaged over tasks) and P(failed seed) (runs below {baseline}'s 25th percentile on "
+                      f"their task).", "", "| method | std ratio | CVaR₂₅ | P(failed seed) |", "|---|---|---|---|"]
+            lines += [f"| {m} | {c['std_ratio']:.2f} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |"
+                      for m, c in cons.items()]
         if baseline is None:
             hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
                     if suite == "atari" and "random_init" in baselines else "")

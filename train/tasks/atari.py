@@ -84,6 +84,7 @@ class AtariTaskConfig:
     reward_clip: float = 0.0              # training rewards: 0 → their sign (DQN); c > 0 → clipped to [−c, c]
     eval_window: int = 10                 # held-out protocol: finished games in each curve's moving average
     eval_band: float = 1.0                # held-out plots: mean ± this many standard deviations over seeds
+    auc_start: int = 0                    # held-out AUCs: the running curve from this env step to the horizon
     a2c: A2CConfig = field(default_factory=A2CConfig)
 
     def __post_init__(self) -> None:
@@ -95,8 +96,8 @@ class AtariTaskConfig:
             raise ValueError(f"atari.network must be one of {', '.join(ENCODERS)}, got {self.network!r}")
         if self.observation not in OBSERVATIONS:
             raise ValueError(f"atari.observation must be one of {', '.join(OBSERVATIONS)}, got {self.observation!r}")
-        if self.reward_clip < 0 or self.eval_window < 1 or self.eval_band < 0:
-            raise ValueError("atari.reward_clip and eval_band must be >= 0, eval_window >= 1")
+        if self.reward_clip < 0 or self.eval_window < 1 or self.eval_band < 0 or self.auc_start < 0:
+            raise ValueError("atari.reward_clip, eval_band and auc_start must be >= 0, eval_window >= 1")
         if self.eval_games < 1 or self.eval_steps < 0 or self.max_episode_steps < 1:
             raise ValueError("atari.eval_games and max_episode_steps must be >= 1, eval_steps >= 0")
         # Unknown names fail here, at config time, with one line listing the valid names.

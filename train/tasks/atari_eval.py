@@ -33,7 +33,9 @@ Outputs in the run directory:
 :func:`summary` is the result as a plain-text table (``metarl train`` and ``metarl eval`` print it last).
 
 Normalisations: (1) per game, the two mean curves are mapped to [0, 1] by the lowest and highest point
-either reaches, and the normalised AUC is the mean of that curve over the horizon: it compares the two
+either reaches, and the normalised AUC is the mean of that curve over the horizon (every AUC here starts at
+the first grid point at or after ``atari.auc_start``, 0 by default, so that a warm-up can be left out;
+eval.json says where: ``auc_from_env_step``): it compares the two
 initialisations on one game. (2) The human-normalised score (score − random) / (human − random) with the
 published random and human reference scores (train/atari_scores.py) — the Leap paper plots "normalised
 scores" without saying which normalisation; we use this one. The final score is the mean true game score
@@ -89,6 +91,8 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
     grid = np.linspace(horizon / points, horizon, points)
+    # AUCs leave out the grid points before atari.auc_start (the warm-up; never the last point)
+    start = min(int(np.searchsorted(grid, getattr(adapter.config, "auc_start", 0))), points - 1)
     inits = INITS if cfg.eval.random_init else ("meta_init",)
     video = cfg.eval.video
     show = cfg.run.progress
@@ -130,14 +134,15 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
                 gifs[(game, init)] = parts.folder / group[0]["video"]["gif"]
     with warnings.catch_warnings():      # games with no finished episode yet give all-NaN slices
         warnings.simplefilter("ignore", RuntimeWarning)
-        table = summarise(games, curves, finals)
-        add_per_seed(table, finals, seed_curves)
+        table = summarise(games, curves, finals, start)
+        add_per_seed(table, finals, seed_curves, start)
         mean_hns = mean_normalised(games, seed_curves)
-        out = {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "window": window, "games": table}
+        out = {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "window": window,
+               "auc_from_env_step": float(grid[start]), "games": table}
         if videos:
             out["videos"] = videos
         if mean_hns:
-            out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m)),
+            out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m[start:])),
                                                    "final": float(m[-1]), "final_std": float(sd[-1])}
                                             for init, (m, sd) in mean_hns["curves"].items()}
     if bar is not None:
@@ -293,30 +298,32 @@ def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
     return {"games": known, "curves": result}
 
 
-def add_per_seed(table: dict, finals: dict, seed_curves: dict) -> None:
-    """Each seed's raw final score and AUC (mean of its running-return curve over the horizon) into ``table``,
-    and their human-normalised values where the game has reference scores (the raw ones are kept)."""
+def add_per_seed(table: dict, finals: dict, seed_curves: dict, start: int = 0) -> None:
+    """Each seed's raw final score and AUC (mean of its running-return curve from grid point ``start`` — the
+    first at or after ``atari.auc_start`` — to the horizon) into ``table``, and their human-normalised values
+    where the game has reference scores (the raw ones are kept)."""
     for (game, init), final in finals.items():
         row = table[game][init]
         row["final_scores"] = [float(f) for f in final]
-        row["auc_scores"] = [float(np.nanmean(c)) for c in seed_curves[(game, init)]]
+        row["auc_scores"] = [float(np.nanmean(c[start:])) for c in seed_curves[(game, init)]]
         if game in REFERENCE:
             row["final_human_normalised_scores"] = [human_normalised(game, f) for f in row["final_scores"]]
             row["human_normalised_auc_scores"] = [human_normalised(game, a) for a in row["auc_scores"]]
 
 
-def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(games: list[str], curves: dict, finals: dict, start: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Per game and evaluated initialisation: final score and, with reference scores, human-normalised
-    values; the min–max normalised AUC only where both initialisations were evaluated (it compares them)."""
+    values; the min–max normalised AUC only where both initialisations were evaluated (it compares them).
+    AUCs run from grid point ``start`` (``add_per_seed``)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for game in games:
         inits = [i for i in INITS if (game, i) in curves]
-        both = np.concatenate([curves[(game, i)][0] for i in inits])
+        both = np.concatenate([curves[(game, i)][0][start:] for i in inits])
         lo, hi = (np.nanmin(both), np.nanmax(both)) if np.isfinite(both).any() else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
         table[game] = {}
         for init in inits:
-            mean = curves[(game, init)][0]
+            mean = curves[(game, init)][0][start:]
             final = np.asarray(finals[(game, init)], dtype=np.float64)
             row = table[game][init] = {}
             if len(inits) == len(INITS):
@@ -325,7 +332,7 @@ def summarise(games: list[str], curves: dict, finals: dict) -> dict[str, dict[st
             row.update({"final_score": float(np.nanmean(final)), "final_score_std": float(np.nanstd(final))})
             if game in REFERENCE:
                 hns = np.array([human_normalised(game, f) for f in final])
-                curve, _ = normalise_curve(game, mean, curves[(game, init)][1])
+                curve, _ = normalise_curve(game, mean, curves[(game, init)][1][start:])
                 table[game][init].update({
                     "final_human_normalised": float(np.nanmean(hns)),
                     "final_human_normalised_std": float(np.nanstd(hns)),

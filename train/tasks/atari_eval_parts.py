@@ -13,9 +13,10 @@ A part file (JSON):
 - ``format``: 1; ``game``, ``init``, ``seed``: which run it is;
 - ``settings``: what decides the part's numbers — the config ``seed``, ``method``, ``env_steps`` per run, the
   curve's grid (``points``) and moving average (``window``), the ``device`` type, the ``atari`` section without
-  the game lists and the plot band, its ``backend`` resolved (``max_actions`` added where ``atari.heads: max``
-  sizes the head by all games), and for ``meta_init`` the initialisation: ``init.meta_step`` (the checkpoint's
-  meta-step) and ``init.sha256`` (16 hex digits of θ⁰'s tensors, heads excluded: they are drawn per run);
+  the game lists, the plot band and the AUC's start (``auc_start`` reads the curve, it does not make it), its
+  ``backend`` resolved (``max_actions`` added where ``atari.heads: max`` sizes the head by all games), and for
+  ``meta_init`` the initialisation: ``init.meta_step`` (the checkpoint's meta-step) and ``init.sha256``
+  (16 hex digits of θ⁰'s tensors, heads excluded: they are drawn per run);
 - ``fingerprint``: the first 16 hex digits of the sha256 of ``settings`` as sorted-key JSON;
 - ``curve``: the running mean of the last ``window`` finished games at each grid point (null before the first);
 - ``final_score`` (null: no game finished) over ``final_games`` games; ``games`` and ``env_steps`` of the run;
@@ -45,7 +46,7 @@ from ..checkpoint import dumps_json, read_json, write_bytes_atomic, write_text_a
 
 FORMAT = 1
 FOLDER = "eval_parts"
-NOT_IN_SETTINGS = ("train_games", "val_games", "test_games", "eval_band", "test_on_train_games")
+NOT_IN_SETTINGS = ("train_games", "val_games", "test_games", "eval_band", "test_on_train_games", "auc_start")
 
 
 def init_digest(meta: Any, skip: tuple[str, ...]) -> str:
