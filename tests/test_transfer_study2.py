@@ -174,3 +174,50 @@ def test_minimum_detectable_effect_matches_a_simulated_power():
     rng = np.random.default_rng(0)
     hits = [stats.ttest_ind(rng.normal(d, 1, 30), rng.normal(0, 1, 30)).pvalue < 0.05 for _ in range(4000)]
     assert np.mean(hits) == pytest.approx(0.8, abs=0.025)
+
+
+# -- the study's arms ----------------------------------------------------------------------------------------
+
+def test_the_fixed_template_arm_evaluates_the_meta_training_starting_point():
+    from pathlib import Path
+
+    from train.config import load_config
+    from train.trainer import setup
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    inits = {}
+    for arm in ("template", "leap", "reptile", "pretrained"):
+        _, meta = setup(load_config(configs / f"atari_transfer2_{arm}.yaml"))
+        inits[arm] = {k: v for k, v in meta.init_state.items() if k.startswith("encoder.")}
+    assert inits["template"] and set(inits["template"]) == set(inits["leap"])
+    for arm in ("leap", "reptile", "pretrained"):      # before its first meta-step, every arm is at the template
+        assert all(torch.equal(inits["template"][k], inits[arm][k]) for k in inits["template"])
+    _, other = setup(load_config(configs / "atari_transfer2_template.yaml", ["seed=1"]))
+    assert not torch.equal(other.init_state["encoder.conv.0.weight"], inits["template"]["encoder.conv.0.weight"])
+
+
+def test_the_study_arms_differ_in_their_initialisation_only():
+    from pathlib import Path
+
+    from train.config import config_to_dict, load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    flat = {}
+    for arm in ("template", "leap", "reptile", "pretrained", "control"):
+        d = config_to_dict(load_config(configs / f"atari_transfer2_{arm}.yaml"))
+        flat[arm] = d
+    shared = ("seed", "eval")
+    for arm in ("leap", "reptile", "pretrained"):
+        for key in shared:
+            want = {k: v for k, v in flat["template"][key].items() if k != "random_init"} \
+                if key == "eval" else flat["template"][key]
+            got = {k: v for k, v in flat[arm][key].items() if k != "random_init"} if key == "eval" else flat[arm][key]
+            assert got == want, (arm, key)
+        assert flat[arm]["atari"] == flat["template"]["atari"]
+        assert flat[arm]["inner"] == flat["template"]["inner"] and flat[arm]["meta"]["steps"] == 16
+    # the control shares the held-out protocol (its random arm is the study's on its game): A2C, horizon, seeds
+    atari = {k: v for k, v in flat["control"]["atari"].items() if not k.endswith("games")}
+    assert atari == {k: v for k, v in flat["template"]["atari"].items() if not k.endswith("games")}
+    assert flat["control"]["eval"] == flat["template"]["eval"] and flat["control"]["seed"] == flat["template"]["seed"]
+    assert flat["template"]["atari"]["a2c"]["optimizer"] == "rmsprop"
+    assert flat["template"]["eval"]["random_init"] and not flat["leap"]["eval"]["random_init"]
