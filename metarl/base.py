@@ -39,7 +39,7 @@ class MetaOptimizerConfig:
     clip_grad_norm: float = 0.0     # > 0: clip the meta-gradient's global norm (guards against finite blow-ups)
     # > 0: the sized outer step — rescale the meta-gradient to this fraction of the meta-batch's mean per-task
     # displacement ‖θᴷ − θ⁰‖, so that SGD with lr 1 moves θ⁰ by that fraction of a task's path per meta-step
-    # whatever the metric's scale (docs/leap.md, "Sizing the outer step"). Seam methods only.
+    # whatever the metric's scale (docs/leap.md §8, "Sizing the outer step"). Seam methods only.
     step_fraction: float = 0.0
 
 

@@ -221,3 +221,36 @@ def test_the_study_arms_differ_in_their_initialisation_only():
     assert flat["control"]["eval"] == flat["template"]["eval"] and flat["control"]["seed"] == flat["template"]["seed"]
     assert flat["template"]["atari"]["a2c"]["optimizer"] == "rmsprop"
     assert flat["template"]["eval"]["random_init"] and not flat["leap"]["eval"]["random_init"]
+
+
+def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
+    import csv
+    import json
+
+    import numpy as np
+
+    from train.report import report
+    from train.tasks.atari_eval import add_per_seed, summarise
+
+    run = tmp_path / "run"
+    (run / "eval_parts" / "test").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: arm\nseed: 0\ntask: atari\nmethod: leap\neval: {split: test}\n")
+    curves = {("Pong", "meta_init"): [[None, -20.0, -19.5, -19.0], [-21.0, -20.5, -20.0, -18.0]],
+              ("Pong", "random_init"): [[None, -21.0, -20.5, -20.0], [-21.0, -21.0, -20.5, -20.0]]}
+    for (game, init), seeds in curves.items():
+        for k, c in enumerate(seeds):
+            (run / "eval_parts" / "test" / f"{game}__{init}__{k}.json").write_text(json.dumps(
+                {"format": 1, "game": game, "init": init, "seed": k, "curve": c, "settings": {"env_steps": 400}}))
+    arrays = {key: np.array([[np.nan if v is None else v for v in c] for c in seeds]) for key, seeds in curves.items()}
+    finals = {key: list(a[:, -1]) for key, a in arrays.items()}
+    mean = {key: np.stack([np.nanmean(a, 0), np.nanstd(a, 0)]) for key, a in arrays.items()}
+    table = summarise(["Pong"], mean, finals)
+    add_per_seed(table, finals, arrays)
+    (run / "eval_atari.json").write_text(json.dumps(table))
+    report([run], tmp_path / "out", reps=50, figures=False)
+    rows = list(csv.DictReader((tmp_path / "out" / "seed_curves.csv").open()))
+    assert len(rows) == 4 * 4
+    got = [(r["method"], r["seed"], float(r["step"]), r["value"]) for r in rows if r["task"] == "Pong"]
+    assert got[:4] == [("arm", "0/0", 100.0, ""), ("arm", "0/0", 200.0, "-20"), ("arm", "0/0", 300.0, "-19.5"),
+                       ("arm", "0/0", 400.0, "-19")]
+    assert {r["method"] for r in rows} == {"arm", "random_init"}

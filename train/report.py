@@ -12,6 +12,7 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
   Statistical Precipice"), not re-implemented here;
 - consistency over seeds against the first baseline (:func:`consistency`): the std ratio, CVaR₂₅ and
   P(failed seed);
+- ``seed_curves.csv``: every held-out run's curve (Atari: from its evaluation parts), per seed;
 - figures: ``curves_<suite>.png`` (per task, mean and ± 1 sample std band over seeds), ``aggregates_<suite>.png``
   and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
 
@@ -276,6 +277,16 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
     return lines, result
 
 
+def write_seed_curves(curves: list, path: Path) -> None:
+    """One CSV row per (suite, method, task, seed) and grid point: the evidence behind every AUC of the report,
+    kept small enough to commit (what the run directories held, without them)."""
+    rows = ["suite,method,task,seed,step,value"]
+    for c in sorted(curves, key=lambda c: (c.suite, c.method, c.task, c.seed)):
+        rows += [f"{c.suite},{c.method},{c.task},{c.seed},{x:g},{'' if not np.isfinite(y) else f'{y:.6g}'}"
+                 for x, y in zip(c.x, c.y)]
+    path.write_text("\n".join(rows) + "\n")
+
+
 def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines: tuple[str, ...] = ("random_init",),
            reps: int = 2000, figures: bool = True) -> Path:
     """Write ``out``/report.md, report.json and the figures; return the Markdown's path."""
@@ -291,6 +302,9 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
     for suite in sorted({s.suite for s in runs.scores}):
         suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures)
         lines += suite_lines
+    if runs.seed_curves:
+        write_seed_curves(runs.seed_curves, out / "seed_curves.csv")
+        lines += ["", "Per-seed curves (each held-out run's running score on its grid): seed_curves.csv", ""]
     lines += [f"- {n}" for n in runs.notes]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
     (out / "report.json").write_text(json.dumps({"suites": results, "notes": runs.notes}, indent=2))

@@ -56,9 +56,21 @@ class Curve:
 
 
 @dataclass
+class SeedCurve:
+    """One held-out run's running-score curve on its grid (Atari: from the run's evaluation parts)."""
+    suite: str
+    method: str
+    task: str
+    seed: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
 class Runs:
     scores: list[Score] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
+    seed_curves: list[SeedCurve] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seen: set = field(default_factory=set)
 
@@ -135,6 +147,23 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     return runs
 
 
+def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, runs: Runs) -> None:
+    """Each seed's curve of (game, init) from the run's evaluation parts (train/tasks/atari_eval_parts.py) of its
+    evaluated split; a run without parts (or with unreadable ones) adds none."""
+    ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
+    folder = d / "eval_parts" / str(ev.get("split", "test"))
+    for path in sorted(folder.glob(f"{game}__{init}__*.json")):
+        try:
+            part = json.loads(path.read_text())
+            settings = part["settings"]
+            y = np.array([np.nan if v is None else float(v) for v in part["curve"]], dtype=np.float64)
+            x = np.linspace(settings["env_steps"] / len(y), settings["env_steps"], len(y))
+            seed = int(part["seed"])
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+        runs.seed_curves.append(SeedCurve("atari", method, game, f"{cfg['seed']}/{seed}", x, y))
+
+
 def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
     tb = None
     for game, rows in table.items():
@@ -146,6 +175,7 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
                                   f"another run; counted once")
                 continue
             runs.seen.add(key)
+            _atari_seed_curves(d, cfg, game, init, method, runs)
             finals = r.get("final_scores")
             if finals is None:          # written before per-seed scores were kept: the mean over seeds only
                 runs.notes.append(f"{d}: no per-seed scores for {game}/{init}; its mean counts as one seed")
