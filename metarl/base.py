@@ -54,6 +54,35 @@ def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of sgd, adam, rmsprop")
 
 
+@dataclass
+class Update:
+    """One optimiser's share of a meta-step: it steps ``params`` with ``grads`` (matched in order), their
+    global norm first clipped to ``clip_grad_norm`` when > 0."""
+    optimizer: torch.optim.Optimizer
+    params: Sequence[Tensor]
+    grads: Sequence[Tensor]
+    clip_grad_norm: float = 0.0
+
+
+def apply_update(update: Update) -> bool:
+    """Clip, step and zero; a step that leaves a parameter non-finite is undone — parameters and optimiser
+    state restored — and False returned. (A finite gradient can still overflow, e.g. with a huge lr.)"""
+    params = list(update.params)
+    for p, g in zip(params, update.grads):
+        p.grad = g.to(p.dtype)
+    if update.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, update.clip_grad_norm)
+    undo = copy.deepcopy(update.optimizer.state_dict()), [p.detach().clone() for p in params]
+    update.optimizer.step()
+    update.optimizer.zero_grad(set_to_none=True)
+    if all_finite(params):
+        return True
+    update.optimizer.load_state_dict(undo[0])
+    with torch.no_grad():
+        torch._foreach_copy_(params, undo[1])
+    return False
+
+
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """True when every entry of every tensor is finite (an empty list is finite); one host sync."""
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
@@ -208,20 +237,12 @@ class MetaLearner:
                     raise RuntimeError(f"meta.optimizer.step_fraction needs each task's displacement, which "
                                        f"{type(self).__name__} does not measure")
                 torch._foreach_mul_(grads, fraction * visit / max(norm, 1e-30))
-            for p, g in zip(self.params, grads):
-                p.grad = g
-            if self.meta_optimizer_config.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.meta_optimizer_config.clip_grad_norm)
-            undo = copy.deepcopy(self.meta_optimizer.state_dict()), [p.detach().clone() for p in self.params]
-            self.meta_optimizer.step()
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            if not all_finite(self.params):     # a finite meta-gradient can still overflow θ⁰ (e.g. a huge lr)
-                self.meta_optimizer.load_state_dict(undo[0])
-                with torch.no_grad():
-                    torch._foreach_copy_(self.params, undo[1])
+            start = [p.detach().clone() for p in self.params]
+            if not apply_update(Update(self.meta_optimizer, self.params, grads,
+                                       self.meta_optimizer_config.clip_grad_norm)):
                 logs["meta/skipped_step"] = 1.0
             with torch.no_grad():
-                logs["meta/init_displacement"] = step = global_norm(torch._foreach_sub(undo[1], self.params))
+                logs["meta/init_displacement"] = step = global_norm(torch._foreach_sub(start, self.params))
             if visit > 0:
                 logs["meta/step_over_visit"] = step / visit
         torch._foreach_zero_(self._acc)

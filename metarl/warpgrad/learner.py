@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..base import MetaLearner, MetaOptimizerConfig, all_finite, global_norm, make_optimizer, select
+from ..base import (MetaLearner, MetaOptimizerConfig, Update, all_finite, apply_update, global_norm, make_optimizer,
+                    select)
 from ..leap import LeapConfig
 from ..seam import OptimizerWatch
 from .config import WarpGradConfig, warp_maml_config
@@ -67,6 +68,7 @@ class WarpGrad(MetaLearner):
         self._stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
         self._replay: list[_Trajectory] = []
         self.warp_updates = 0                 # φ steps since construction
+        self._undone = 0                      # steps of this meta-step undone for a non-finite result
         self.last_warp_grad: list[Tensor] = [torch.zeros_like(p) for p in self.warp_params]
         # the mean warp gradient over the points of the last meta-step (diagnostic)
 
@@ -169,12 +171,16 @@ class WarpGrad(MetaLearner):
             self._replay.append(trajectory)
 
     # -- meta-step ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _apply(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-        for p, g in zip(params, grads):
-            p.grad = g.to(p.dtype)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def _apply(self, warp: bool, grads: Sequence[Tensor]) -> bool:
+        """Step φ (``warp``) or θ⁰ with its own optimiser and clip (``warpgrad.warp_optimizer.clip_grad_norm``,
+        ``meta.optimizer.clip_grad_norm``); a step that leaves them non-finite is undone and counted."""
+        if warp:
+            update = Update(self.warp_optimizer, self.warp_params, grads, self.config.warp_optimizer.clip_grad_norm)
+        else:
+            update = Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm)
+        taken = apply_update(update)
+        self._undone += not taken
+        return taken
 
     @property
     def learns_init(self) -> bool:
@@ -182,6 +188,7 @@ class WarpGrad(MetaLearner):
 
     def meta_step(self) -> dict[str, float]:
         logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
+        self._undone = 0
         if self.config.algorithm == "online":
             logs.update(self._online_step())
         else:
@@ -189,6 +196,8 @@ class WarpGrad(MetaLearner):
         if isinstance(self.init_objective, LeapInit):
             tasks = max(self.tasks + self.skipped, 1)
             logs.update({k: v / tasks for k, v in self.init_objective.pop_logs().items()})
+        if self._undone:
+            logs["meta/skipped_step"] = float(self._undone)
         torch._foreach_zero_(self._acc)
         torch._foreach_zero_(self._warp_acc)
         self._stats.zero_()
@@ -216,13 +225,13 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_grad_norm"] = global_norm(g)
             logs["meta/warp_loss"] = float(self._stats[META_LOSS]) / points
             logs["meta/warp_task_loss"] = float(self._stats[TASK_LOSS]) / points
-            self._apply(self.warp_optimizer, self.warp_params, g)
-            self.warp_updates += 1
-            logs["meta/warp_steps"] = 1.0
+            taken = self._apply(True, g)
+            self.warp_updates += taken
+            logs["meta/warp_steps"] = float(taken)
         if self.tasks > 0 and self.learns_init:
             g0 = self._init_mean()
             logs["meta/init_grad_norm"] = global_norm(g0)
-            self._apply(self.meta_optimizer, self.params, g0)
+            self._apply(False, g0)
         return logs
 
     def _offline_step(self) -> dict[str, float]:
@@ -260,16 +269,16 @@ class WarpGrad(MetaLearner):
                 if finite_in_chunk:
                     mean = [g / finite_in_chunk for g in g_phi]
                     torch._foreach_add_(total, g_phi)
-                    self._apply(self.warp_optimizer, self.warp_params, mean)
-                    self.warp_updates += 1
-                    steps += 1
+                    taken = self._apply(True, mean)
+                    self.warp_updates += taken
+                    steps += taken
                 if per_eta_init:
-                    self._apply(self.meta_optimizer, self.params, g_init)
+                    self._apply(False, g_init)
                     torch._foreach_zero_(g_init)
                 torch._foreach_zero_(g_phi)
                 in_chunk = finite_in_chunk = 0
         if self.learns_init and cfg.init_schedule == "meta_batch" and self.tasks > 0:
-            self._apply(self.meta_optimizer, self.params, self._init_mean())
+            self._apply(False, self._init_mean())
         self.last_warp_grad = [x / max(used, 1) for x in total]
         logs.update({"meta/warp_steps": float(steps), "meta/skipped_points": float(skipped),
                      "meta/warp_grad_norm": global_norm(self.last_warp_grad)})
