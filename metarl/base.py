@@ -127,6 +127,12 @@ class MetaLearner:
     continual = False       # True: can meta-learn over one never-reset task stream (Algorithm 3, meta.every)
 
     @classmethod
+    def distributed_refusal(cls, cfg: Any) -> str:
+        """Why a run of ``cfg`` cannot split its meta-batches over torchrun ranks ("" when it can: the
+        meta-batch's sums are all-reduced, so every rank takes the step one process would)."""
+        return ""
+
+    @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = (), **common: Any) -> "MetaLearner":
         """The method over ``model`` from a run config ``cfg`` (its ``leap``, ``maml`` or method section);
         ``head``: the task family's output-head prefixes; ``common``: meta_optimizer, include, exclude."""

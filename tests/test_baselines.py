@@ -155,3 +155,32 @@ def test_finetune_continues_trunk_and_keeps_one_head_per_task():
     ft2 = FineTuning(Net(), head=("head.",))
     ft2.load_state_dict(state)
     torch.testing.assert_close(ft2.heads["a"]["head.weight"], model.head.weight.detach())
+
+
+def test_finetune_counts_a_diverged_task_once_and_resets_the_count_every_meta_step():
+    """A task whose trunk ends non-finite leaves θ⁰ alone and is counted in that meta-step's
+    meta/skipped_tasks only (the count used to carry over into every later meta-step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    ft = FineTuning(model, head=("2.",))
+    before = {k: v.clone() for k, v in ft.init_state.items()}
+
+    def task(key, lr):
+        ft.load_init(model)
+        ft.prepare(model, key)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        with ft.watch(model, opt, key) as watch:
+            for x, y in make_batches(3):
+                loss = ((model(x) - y) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                watch.report(loss)
+                opt.step()
+
+    task("a", float("inf"))             # the trunk ends non-finite
+    logs = ft.meta_step()
+    assert (logs["meta/tasks"], logs["meta/skipped_tasks"], ft.skipped) == (0, 1, 0)
+    assert all(torch.equal(v, ft.init_state[k]) for k, v in before.items())
+    task("b", 0.1)
+    logs = ft.meta_step()
+    assert (logs["meta/tasks"], logs["meta/skipped_tasks"]) == (1, 0)

@@ -38,6 +38,12 @@ class WarpGrad(MetaLearner):
     name = "warpgrad"
 
     @classmethod
+    def distributed_refusal(cls, cfg: Any) -> str:
+        if cfg.method_config.algorithm == "offline":
+            return "warpgrad.algorithm: offline replays samples in sequence (use online with torchrun)"
+        return ""
+
+    @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "WarpGrad":
         return cls(model, cfg.method_config, leap=cfg.leap, **common)
 
