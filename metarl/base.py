@@ -127,6 +127,12 @@ class MetaLearner:
     continual = False       # True: can meta-learn over one never-reset task stream (Algorithm 3, meta.every)
 
     @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        """Keys of the shared config sections (``inner.*``) that this method cannot honour in a run of ``cfg``,
+        each with the reason; ``metarl train`` refuses them when set (train/config_usage.py)."""
+        return {}
+
+    @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
         """Why a run of ``cfg`` cannot split its meta-batches over torchrun ranks ("" when it can: the
         meta-batch's sums are all-reduced, so every rank takes the step one process would)."""

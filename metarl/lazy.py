@@ -130,6 +130,11 @@ class Lazy(MetaLearner):
     name = "lazy"
 
     @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        why = "Lazy's student is plain, unclipped SGD (lazy.student_lr); held-out adaptation keeps that rule"
+        return {"inner.optimizer": why, "inner.momentum": why, "inner.clip_grad_norm": why}
+
+    @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "Lazy":
         return cls(model, cfg.method_config, **common)
 

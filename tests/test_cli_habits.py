@@ -51,6 +51,13 @@ REFUSED = [
     (["sine_leap.yaml", "maml.steps=2"], "'maml.steps' is not used", "method is leap"),
     (["sine_leap.yaml", "method=warpgrad", "warpgrad.init_objective=maml", "leap.p=2"], "'leap.p' is not used",
      "warpgrad"),
+    # what a method's own inner loop cannot honour (MetaLearner.unused_keys)
+    (["sine_maml.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "plain SGD (maml.inner_lr)"),
+    (["sine_maml.yaml", "inner.momentum=0.9"], "'inner.momentum' is not used", "plain SGD (maml.inner_lr)"),
+    (["sine_lazy.yaml", "inner.clip_grad_norm=1"], "'inner.clip_grad_norm' is not used", "unclipped SGD"),
+    (["sine_lazy.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "unclipped SGD"),
+    (["tiered_leap_tiny.yaml", "method=warpgrad", "tiered.warp=linear", "inner.clip_grad_norm=1"],
+     "'inner.clip_grad_norm' is not used", "replays unclipped SGD steps"),
 ]
 
 
@@ -68,8 +75,8 @@ def test_used_keys_and_defaults_are_accepted():
                                                                      "eval.tasks=1"])
     warp_leap = load_config(SINE, ["method=warpgrad", "leap.p=2"])
     check_used_keys(warp_leap, read_yaml(SINE), ["method=warpgrad", "leap.p=2"])       # Warp-Leap reads leap.*
-    maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2"])
-    check_used_keys(maml, read_yaml(CONFIGS / "sine_maml.yaml"), ["maml.steps=2"])
+    maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2", "inner.clip_grad_norm=1"])
+    check_used_keys(maml, read_yaml(CONFIGS / "sine_maml.yaml"), ["maml.steps=2", "inner.clip_grad_norm=1"])
     assert "maml" not in unused_keys(maml) and "inner.steps" not in unused_keys(atari)
 
 

@@ -18,6 +18,9 @@ are checked. The rules, read off where each key is used (train/trainer.py, train
 - Tasks whose held-out protocol runs once at the end (Atari, the maze, continual sine): ``eval.every`` and
   ``eval.periodic_split``.
 - Continual mode (``meta.every`` > 0: one never-reset learner): ``meta.meta_batch``.
+- What a method's own inner loop cannot honour, declared by the method (``MetaLearner.unused_keys``): MAML and
+  Lazy step plain SGD (``inner.optimizer``, ``inner.momentum``; Lazy's student also ``inner.clip_grad_norm``),
+  WarpGrad replays unclipped SGD steps (``inner.clip_grad_norm``).
 - Every task but Atari: ``eval.video``, ``eval.video_frames``, ``eval.note``, ``eval.random_init`` (Atari's
   held-out protocol only).
 """
@@ -72,6 +75,8 @@ def unused_keys(cfg: Any) -> dict[str, str]:
             out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
+    from metarl.registry import method_class
+    out.update({k: f"{why} (method {cfg.method})" for k, why in method_class(cfg.method).unused_keys(cfg).items()})
     return out
 
 

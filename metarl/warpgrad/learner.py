@@ -38,6 +38,11 @@ class WarpGrad(MetaLearner):
     name = "warpgrad"
 
     @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        # the warp objective replays each inner step as an SGD step on the unclipped gradient (inner.py)
+        return {"inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps (metarl/warpgrad/inner.py)"}
+
+    @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
         if cfg.method_config.algorithm == "offline":
             return "warpgrad.algorithm: offline replays samples in sequence (use online with torchrun)"
