@@ -91,8 +91,8 @@ def test_maml_honours_the_inner_clip_and_matches_finite_differences():
             plus, minus = [x.clone() for x in init], [x.clone() for x in init]
             plus[t].view(-1)[j] += eps
             minus[t].view(-1)[j] -= eps
-            fd.append(float(maml_objective(model, plus, data, 0.3, 3, clip)
-                            - maml_objective(model, minus, data, 0.3, 3, clip)) / (2 * eps))
+            fd.append(float((maml_objective(model, plus, data, 0.3, 3, clip)
+                             - maml_objective(model, minus, data, 0.3, 3, clip)).detach()) / (2 * eps))
     torch.testing.assert_close(grad, torch.tensor(fd, dtype=grad.dtype), atol=1e-7, rtol=0)
     unclipped = MAML(tiny(), inner_lr=0.3, inner_steps=3)
     unclipped.load_init(model)
