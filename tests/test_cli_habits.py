@@ -51,6 +51,11 @@ REFUSED = [
     (["sine_leap.yaml", "maml.steps=2"], "'maml.steps' is not used", "method is leap"),
     (["sine_leap.yaml", "method=warpgrad", "warpgrad.init_objective=maml", "leap.p=2"], "'leap.p' is not used",
      "warpgrad"),
+    # one clip key per task (TaskAdapter.clip_key): a family with its own clip refuses inner.clip_grad_norm
+    (["atari_leap.yaml", "inner.clip_grad_norm=1.0"], "'inner.clip_grad_norm' is not used",
+     "atari.a2c.max_grad_norm only"),
+    (["maze_warp_rnn.yaml", "inner.clip_grad_norm=1.0"], "'inner.clip_grad_norm' is not used",
+     "maze.clip_grad_norm only"),
     # what a method's own inner loop cannot honour (MetaLearner.unused_keys)
     (["sine_maml.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "plain SGD (maml.inner_lr)"),
     (["sine_maml.yaml", "inner.momentum=0.9"], "'inner.momentum' is not used", "plain SGD (maml.inner_lr)"),
@@ -70,9 +75,11 @@ def test_an_override_the_run_does_not_use_is_refused_in_one_line(args, message, 
 
 
 def test_used_keys_and_defaults_are_accepted():
-    atari = load_config(CONFIGS / "atari_leap.yaml", ["inner.steps=100", "inner.clip_grad_norm=1.0", "eval.tasks=1"])
-    check_used_keys(atari, read_yaml(CONFIGS / "atari_leap.yaml"), ["inner.steps=100", "inner.clip_grad_norm=1.0",
+    atari = load_config(CONFIGS / "atari_leap.yaml", ["inner.steps=100", "atari.a2c.max_grad_norm=1.0", "eval.tasks=1"])
+    check_used_keys(atari, read_yaml(CONFIGS / "atari_leap.yaml"), ["inner.steps=100", "atari.a2c.max_grad_norm=1.0",
                                                                      "eval.tasks=1"])
+    sine = load_config(SINE, ["inner.clip_grad_norm=1.0"])      # families without a clip of their own read it
+    check_used_keys(sine, read_yaml(SINE), ["inner.clip_grad_norm=1.0"])
     warp_leap = load_config(SINE, ["method=warpgrad", "leap.p=2"])
     check_used_keys(warp_leap, read_yaml(SINE), ["method=warpgrad", "leap.p=2"])       # Warp-Leap reads leap.*
     maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2", "inner.clip_grad_norm=1"])

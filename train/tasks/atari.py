@@ -38,7 +38,6 @@ the held-out protocol, ``eval.video``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -140,6 +139,15 @@ class AtariAdapter(TaskAdapter):
     config: AtariTaskConfig
     head = ("policy.", "value.")
     periodic_evaluation = False           # the held-out protocol (evaluate_run) runs once, at the end
+    clip_key = "atari.a2c.max_grad_norm"  # the one clip key (TaskAdapter.clip_key)
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        out = {k: v for k, v in super().unused_keys(cfg).items() if not v.startswith("only Atari's")}
+        for k in ("optimizer", "lr", "momentum"):
+            out[f"inner.{k}"] = ("Atari's A2C has its own optimiser: set atari.a2c.* instead (inner.steps is "
+                                 "the env steps per game)")
+        return out
 
     def __init__(self, config: AtariTaskConfig | None = None, seed: int = 0) -> None:
         super().__init__(config or AtariTaskConfig(), seed)   # task seeds come from sample_tasks' rng
@@ -188,10 +196,13 @@ class AtariAdapter(TaskAdapter):
         """A2C on ``task`` for ``steps`` env steps; one watched optimiser step per update, then one more
         rollout without a step whose loss f(θ_K) closes the watch. Returns the loss curve (K+1 points).
 
-        ``clip_grad_norm`` (the trainer's ``inner.clip_grad_norm``) overrides ``a2c.max_grad_norm`` when set.
+        The gradient is clipped at ``a2c.max_grad_norm`` only (TaskAdapter.clip_key): ``clip_grad_norm`` must
+        be None (``inner.clip_grad_norm`` is refused for Atari).
         """
         cfg = self.config
-        a2c = cfg.a2c if not clip_grad_norm else dataclasses.replace(cfg.a2c, max_grad_norm=clip_grad_norm)
+        if clip_grad_norm:
+            raise ValueError("Atari clips at atari.a2c.max_grad_norm only; inner.clip_grad_norm is refused")
+        a2c = cfg.a2c
         envs = self._envs(task, train=True)
         offset = self.global_step
         recent: list[Episode] = []
