@@ -54,13 +54,9 @@ class FineTuning(MetaLearner):
     def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any = None) -> OptimizerWatch:
         return OptimizerWatch(optimizer, self.watched(model), [_Continue(self, model, str(getattr(task, "key", task)))])
 
-    def meta_step(self) -> dict[str, float]:
-        logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped),
-                "meta/heads": float(len(self.heads))}
-        self.tasks = 0
-        self.skipped = 0
-        self.meta_steps += 1
-        return logs
+    def updates(self, logs: dict[str, float]) -> tuple:
+        logs["meta/heads"] = float(len(self.heads))
+        return ()                       # θ⁰ moved at every task's end (_Continue)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -69,7 +69,7 @@ class MAML(MetaLearner):
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
         # inner.clip_grad_norm is honoured (clipped inside the differentiable loop); the loop's rule is SGD
         why = "MAML's differentiable inner loop is plain SGD (maml.inner_lr); held-out adaptation keeps that rule"
-        return {"inner.optimizer": why, "inner.momentum": why}
+        return {**super().unused_keys(cfg), "inner.optimizer": why, "inner.momentum": why}
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "MAML":

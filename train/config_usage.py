@@ -9,8 +9,8 @@ method's ``MetaLearner.unused_keys`` — and with the generic sections here; in 
 
 - ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``).
 - ``leap.*``: only ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap).
-- ``meta.optimizer.step_fraction``: only Leap, Reptile and FOMAML, whose tasks end through the base class's
-  watch that measures each task's displacement.
+- ``meta.optimizer.step_fraction``: only methods whose tasks end through the base class's watch, which
+  measures each task's displacement (``MetaLearner.measures_displacement``: Leap, Reptile, FOMAML).
 - Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
   ``inner.steps`` is the env steps per game).
 - The maze: ``inner.optimizer``, ``inner.lr``, ``inner.momentum``, ``inner.steps`` (Adam with ``maze.task_lr``
@@ -37,10 +37,6 @@ from .config_checks import flatten
 from .errors import ConfigError
 
 
-# methods whose tasks end through the base class's watch, which measures ‖θᴷ − θ⁰‖ (metarl/base.py)
-SIZED_STEP_METHODS = ("leap", "reptile", "fomaml")
-
-
 def _adapter_class(task: str) -> Any:
     from .tasks import TASKS
     import importlib
@@ -57,10 +53,6 @@ def unused_keys(cfg: Any) -> dict[str, str]:
     if cfg.method != "leap" and not warp_leap:
         out["leap"] = (f"only method leap and warpgrad with init_objective: leap read leap.* (this run's method "
                        f"is {cfg.method})")
-    if cfg.method not in SIZED_STEP_METHODS:
-        out["meta.optimizer.step_fraction"] = (f"only methods {', '.join(SIZED_STEP_METHODS)} measure each task's "
-                                               f"displacement that the sized step needs (this run's method is "
-                                               f"{cfg.method})")
     out.update(_adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"

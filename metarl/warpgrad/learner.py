@@ -7,8 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..base import (MetaLearner, MetaOptimizerConfig, Update, all_finite, apply_update, global_norm, make_optimizer,
-                    select)
+from ..base import MetaLearner, MetaOptimizerConfig, Update, all_finite, global_norm, make_optimizer, select
 from ..leap import LeapConfig
 from ..seam import OptimizerWatch
 from .config import WarpGradConfig, warp_maml_config
@@ -40,7 +39,8 @@ class WarpGrad(MetaLearner):
     @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
         # the warp objective replays each inner step as an SGD step on the unclipped gradient (inner.py)
-        return {"inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps (metarl/warpgrad/inner.py)"}
+        return {**super().unused_keys(cfg),
+                "inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps (metarl/warpgrad/inner.py)"}
 
     @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
@@ -79,7 +79,6 @@ class WarpGrad(MetaLearner):
         self._stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
         self._replay: list[_Trajectory] = []
         self.warp_updates = 0                 # φ steps since construction
-        self._undone = 0                      # steps of this meta-step undone for a non-finite result
         self.last_warp_grad: list[Tensor] = [torch.zeros_like(p) for p in self.warp_params]
         # the mean warp gradient over the points of the last meta-step (diagnostic)
 
@@ -182,41 +181,34 @@ class WarpGrad(MetaLearner):
             self._replay.append(trajectory)
 
     # -- meta-step ---------------------------------------------------------------------------------------
-    def _apply(self, warp: bool, grads: Sequence[Tensor]) -> bool:
-        """Step φ (``warp``) or θ⁰ with its own optimiser and clip (``warpgrad.warp_optimizer.clip_grad_norm``,
-        ``meta.optimizer.clip_grad_norm``); a step that leaves them non-finite is undone and counted."""
-        if warp:
-            update = Update(self.warp_optimizer, self.warp_params, grads, self.config.warp_optimizer.clip_grad_norm)
-        else:
-            update = Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm)
-        taken = apply_update(update)
-        self._undone += not taken
-        return taken
+    def _warp_update(self, grads: Sequence[Tensor]) -> Update:
+        """φ's step with its own optimiser and clip (``warpgrad.warp_optimizer.clip_grad_norm``)."""
+        return Update(self.warp_optimizer, self.warp_params, grads, self.config.warp_optimizer.clip_grad_norm)
+
+    def _init_update(self, grads: Sequence[Tensor]) -> Update:
+        """θ⁰'s step with the meta-optimiser and its clip (``meta.optimizer.clip_grad_norm``)."""
+        return Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm)
 
     @property
     def learns_init(self) -> bool:
         return not isinstance(self.init_objective, NoInit)
 
-    def meta_step(self) -> dict[str, float]:
-        logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
-        self._undone = 0
+    def updates(self, logs: dict[str, float]):
+        """φ's and θ⁰'s steps, in order, for the base class's meta-step (which clips, takes, undoes and counts
+        them): online one of each; offline one φ step per η replayed samples."""
         if self.config.algorithm == "online":
-            logs.update(self._online_step())
+            yield from self._online_updates(logs)
         else:
-            logs.update(self._offline_step())
+            yield from self._offline_updates(logs)
         if isinstance(self.init_objective, LeapInit):
             tasks = max(self.tasks + self.skipped, 1)
             logs.update({k: v / tasks for k, v in self.init_objective.pop_logs().items()})
-        if self._undone:
-            logs["meta/skipped_step"] = float(self._undone)
-        torch._foreach_zero_(self._acc)
+
+    def reset_meta_batch(self) -> None:
+        super().reset_meta_batch()
         torch._foreach_zero_(self._warp_acc)
         self._stats.zero_()
         self._replay = []
-        self.tasks = 0
-        self.skipped = 0
-        self.meta_steps += 1
-        return logs
 
     def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
         """Online: sum warp and init accumulators over workers. (The offline replay is sequential in its
@@ -226,8 +218,7 @@ class WarpGrad(MetaLearner):
     def _init_mean(self) -> list[Tensor]:
         return self.meta_gradient()          # mean over finite tasks of the init gradient
 
-    def _online_step(self) -> dict[str, float]:
-        logs: dict[str, float] = {}
+    def _online_updates(self, logs: dict[str, float]):
         points = int(self._stats[POINTS])
         logs["meta/warp_points"] = float(points)
         if points > 0:
@@ -236,23 +227,22 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_grad_norm"] = global_norm(g)
             logs["meta/warp_loss"] = float(self._stats[META_LOSS]) / points
             logs["meta/warp_task_loss"] = float(self._stats[TASK_LOSS]) / points
-            taken = self._apply(True, g)
+            taken = yield self._warp_update(g)
             self.warp_updates += taken
             logs["meta/warp_steps"] = float(taken)
         if self.tasks > 0 and self.learns_init:
             g0 = self._init_mean()
             logs["meta/init_grad_norm"] = global_norm(g0)
-            self._apply(False, g0)
-        return logs
+            yield self._init_update(g0)
 
-    def _offline_step(self) -> dict[str, float]:
+    def _offline_updates(self, logs: dict[str, float]):
         cfg = self.config
         samples = [(t, j) for t, traj in enumerate(self._replay) for j in range(len(traj.points))]
-        logs: dict[str, float] = {"meta/warp_points": float(len(samples))}
+        logs["meta/warp_points"] = float(len(samples))
         if self.tasks > 0 and self.learns_init:
             logs["meta/init_grad_norm"] = global_norm(self._init_mean())
         if not samples:
-            return logs
+            return
         # Sample order from the meta-step count, not the global RNG: a resumed run replays identically.
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.meta_steps)).tolist()
         per_eta_init = self.learns_init and cfg.init_schedule == "eta"
@@ -264,7 +254,7 @@ class WarpGrad(MetaLearner):
         for pos, s in enumerate(order):
             t, j = samples[s]
             traj = self._replay[t]
-            value = self._replay_value(traj, traj.points[j])
+            value = self._replay_value(traj, traj.points[j])     # at the current φ: after the previous steps
             in_chunk += 1
             if all_finite([*value.grads, value.meta_loss]):
                 torch._foreach_add_(g_phi, value.grads)
@@ -280,23 +270,22 @@ class WarpGrad(MetaLearner):
                 if finite_in_chunk:
                     mean = [g / finite_in_chunk for g in g_phi]
                     torch._foreach_add_(total, g_phi)
-                    taken = self._apply(True, mean)
+                    taken = yield self._warp_update(mean)
                     self.warp_updates += taken
                     steps += taken
                 if per_eta_init:
-                    self._apply(False, g_init)
+                    yield self._init_update(g_init)
                     torch._foreach_zero_(g_init)
                 torch._foreach_zero_(g_phi)
                 in_chunk = finite_in_chunk = 0
         if self.learns_init and cfg.init_schedule == "meta_batch" and self.tasks > 0:
-            self._apply(False, self._init_mean())
+            yield self._init_update(self._init_mean())
         self.last_warp_grad = [x / max(used, 1) for x in total]
         logs.update({"meta/warp_steps": float(steps), "meta/skipped_points": float(skipped),
                      "meta/warp_grad_norm": global_norm(self.last_warp_grad)})
         if used:
             logs["meta/warp_loss"] = loss_sum / used
             logs["meta/warp_task_loss"] = task_loss_sum / used
-        return logs
 
     # -- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
