@@ -119,6 +119,11 @@ def select(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[
             and not any(n.startswith(p) for p in exclude)]
 
 
+# method sections of the config outside any one method's own section, and who reads them (``sections``)
+SHARED_SECTIONS = {"leap": "only method leap, and warpgrad with init_objective: leap, read leap.*",
+                   "maml": "only method maml reads maml.* (Warp-MAML's options are warpgrad.maml_*)"}
+
+
 class _TaskMerge(Observer):
     """Last observer of every watch: adds the task's meta-gradient to the meta-batch sum if finite."""
 
@@ -148,13 +153,20 @@ class MetaLearner:
     measures_displacement = False
 
     @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        """The shared method sections of the config (``leap:``, ``maml:``) a run of ``cfg`` reads."""
+        return ()
+
+    @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
-        """Keys of the shared config sections (``inner.*``, ``meta.*``) that this method cannot honour in a run
-        of ``cfg``, each with the reason; ``metarl train`` refuses them when set (train/config_usage.py)."""
-        if cls.measures_displacement:
-            return {}
-        return {"meta.optimizer.step_fraction": (f"the sized step needs each task's displacement, which method "
-                                                 f"{cfg.method} does not measure")}
+        """Keys of the shared config sections (``inner.*``, ``meta.*``, ``leap.*``, ``maml.*``) that this method
+        does not read or cannot honour in a run of ``cfg``, each with the reason; ``metarl train`` refuses them
+        when set (train/config_usage.py)."""
+        read = cls.sections(cfg)
+        out = {s: why for s, why in SHARED_SECTIONS.items() if s not in read}
+        if not cls.measures_displacement:
+            out["meta.optimizer.step_fraction"] = "the sized step needs each task's displacement, which is not measured"
+        return out
 
     @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:

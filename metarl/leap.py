@@ -235,6 +235,10 @@ class Leap(MetaLearner):
     measures_displacement = True
 
     @classmethod
+    def sections(cls, cfg) -> tuple[str, ...]:
+        return ("leap",)
+
+    @classmethod
     def build(cls, model: nn.Module, cfg, head=(), **common) -> "Leap":
         return cls(model, cfg.leap, **common)
 

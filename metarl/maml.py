@@ -66,6 +66,10 @@ class MAML(MetaLearner):
     name = "maml"
 
     @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        return ("maml",)
+
+    @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
         # inner.clip_grad_norm is honoured (clipped inside the differentiable loop); the loop's rule is SGD
         why = "MAML's differentiable inner loop is plain SGD (maml.inner_lr); held-out adaptation keeps that rule"

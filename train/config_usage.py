@@ -7,8 +7,8 @@ saved ``config.yaml`` lists every key and must stay usable as a config. On ``--r
 are checked. The rules live with what reads the keys — a task family's ``TaskAdapter.unused_keys`` and a
 method's ``MetaLearner.unused_keys`` — and with the generic sections here; in summary:
 
-- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``).
-- ``leap.*``: only ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap).
+- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``); ``leap.*``: only
+  ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap) — ``MetaLearner.sections``.
 - ``meta.optimizer.step_fraction``: only methods whose tasks end through the base class's watch, which
   measures each task's displacement (``MetaLearner.measures_displacement``: Leap, Reptile, FOMAML).
 - Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
+from metarl.base import SHARED_SECTIONS
+
 from .config_checks import flatten
 from .errors import ConfigError
 
@@ -46,18 +48,11 @@ def _adapter_class(task: str) -> Any:
 
 def unused_keys(cfg: Any) -> dict[str, str]:
     """Dotted keys (or ``section`` for a whole section) that ``cfg``'s run does not read, with the reason."""
-    out: dict[str, str] = {}
-    if cfg.method != "maml":
-        out["maml"] = f"only method maml reads maml.* (this run's method is {cfg.method})"
-    warp_leap = cfg.method == "warpgrad" and getattr(cfg.method_config, "init_objective", None) == "leap"
-    if cfg.method != "leap" and not warp_leap:
-        out["leap"] = (f"only method leap and warpgrad with init_objective: leap read leap.* (this run's method "
-                       f"is {cfg.method})")
+    from metarl.registry import method_class
+    out = {k: f"{why} (this run's method is {cfg.method})" for k, why in method_class(cfg.method).unused_keys(cfg).items()}
     out.update(_adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
-    from metarl.registry import method_class
-    out.update({k: f"{why} (method {cfg.method})" for k, why in method_class(cfg.method).unused_keys(cfg).items()})
     return out
 
 
@@ -100,7 +95,7 @@ def check_used_keys(cfg: Any, file_data: dict[str, Any] | None, overrides: Itera
         if prefix is not None:
             raise ConfigError(f"config key {key!r} is not used by this run: {unused[prefix]}")
     for key, value in flatten({k: v for k, v in (file_data or {}).items()
-                                if k in ("inner", "meta", "leap", "maml", "eval")}).items():
+                                if k in ("inner", "meta", "eval", *SHARED_SECTIONS)}).items():
         prefix = _match(key, unused)
         if prefix is None or value == {}:
             continue

@@ -37,6 +37,10 @@ class WarpGrad(MetaLearner):
     name = "warpgrad"
 
     @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        return ("leap",) if cfg.method_config.init_objective == "leap" else ()     # Warp-Leap reads leap.*
+
+    @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
         # the warp objective replays each inner step as an SGD step on the unclipped gradient (inner.py)
         return {**super().unused_keys(cfg),
