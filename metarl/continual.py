@@ -38,7 +38,8 @@ episodes, with the updated θ') gives
     g_φ += ∇_φ L(sg[θ_i − u_i]; φ, B'_i)
 
 via the task's ``loss(model, batch("query"))``, a graph-carrying loss on a fresh batch. Only ∇_φ is
-taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient is discarded. Cost: one extra forward + backward (a rollout) per iteration.
+taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient is discarded.
+Cost: one extra forward + backward (a rollout) per iteration.
 
 Meta-step: every η task steps, φ steps with the *mean* of the window's finite contributions (the original
 code sums them in φ.grad; with Adam the two differ only through Adam's ε). A contribution with a non-finite

@@ -23,7 +23,8 @@ class FineTuning(MetaLearner):
 
     @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
-        return "fine-tuning chains the tasks of a meta-batch (each starts from the last one's end), which ranks cannot split"
+        return ("fine-tuning chains the tasks of a meta-batch (each starts from the last one's end), which ranks "
+                "cannot split")
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":

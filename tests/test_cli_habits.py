@@ -30,7 +30,7 @@ def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
     from train.benchmarks import BENCHMARKS
     code, out, _ = cli(["bench", "--help"], capsys)
     assert code == 0
-    listed = [l.split()[0] for l in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
+    listed = [line.split()[0] for line in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
     assert listed == sorted(BENCHMARKS)
     for name, (_, what) in BENCHMARKS.items():
         assert f"{name}" in out and what in out

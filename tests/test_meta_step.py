@@ -74,7 +74,8 @@ def test_the_template_clips_and_undoes_for_every_method_stepping_the_init(name):
     _merge(meta, big)
     logs = meta.meta_step()
     assert logs["meta/skipped_step"] == 1 and logs["meta/init_displacement"] == 0
-    assert all(torch.equal(p, s) for p, s in zip(meta.params, start)) and meta.meta_optimizer.state_dict()["state"] == {}
+    assert all(torch.equal(p, s) for p, s in zip(meta.params, start))
+    assert meta.meta_optimizer.state_dict()["state"] == {}
 
 
 def test_lazy_clips_and_undoes_the_log_step_sizes_with_theta():

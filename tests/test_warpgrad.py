@@ -569,7 +569,8 @@ def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kin
     assert all(torch.equal(t, p) for t, p in zip(theta, params))
     x1, x2 = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)
     y1, y2 = torch.randn(3), torch.randn(3)
-    loss = lambda m, b: F.mse_loss(m(b[0]), b[1])
+    def loss(m, b):
+        return F.mse_loss(m(b[0]), b[1])
     phi = {n: p for n, p in model.named_parameters() if n.startswith("warp.")}
     value = WarpObjective(kind)(model, dict(zip(names, theta)), phi, loss, (x1, y1), (x2, y2), SGDRule(0.1))
     assert model.seen == [cl, cl]                              # the task loss at θ and the meta loss at θ'

@@ -49,7 +49,8 @@ def _adapter_class(task: str) -> Any:
 def unused_keys(cfg: Any) -> dict[str, str]:
     """Dotted keys (or ``section`` for a whole section) that ``cfg``'s run does not read, with the reason."""
     from metarl.registry import method_class
-    out = {k: f"{why} (this run's method is {cfg.method})" for k, why in method_class(cfg.method).unused_keys(cfg).items()}
+    method = method_class(cfg.method)
+    out = {k: f"{why} (this run's method is {cfg.method})" for k, why in method.unused_keys(cfg).items()}
     out.update(_adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"

@@ -44,7 +44,8 @@ class WarpGrad(MetaLearner):
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
         # the warp objective replays each inner step as an SGD step on the unclipped gradient (inner.py)
         return {**super().unused_keys(cfg),
-                "inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps (metarl/warpgrad/inner.py)"}
+                "inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps "
+                                        "(metarl/warpgrad/inner.py)"}
 
     @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:

@@ -52,10 +52,10 @@ from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari, make
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
-
-LOSS_POINTS = 50           # per task: A2C losses logged as means over at most this many blocks of updates
 from .atari_eval import evaluate_atari
 from .base import TaskAdapter
+
+LOSS_POINTS = 50           # per task: A2C losses logged as means over at most this many blocks of updates
 
 
 def _default_train_games() -> list[str]:
@@ -335,7 +335,8 @@ def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dic
     """One task's per-game env-step scalars: its SPS at its end, and its A2C losses as means over at most
     ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
     out = [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})]
-    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()}) for step, stats in result.optimizer_stats]
+    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()})
+            for step, stats in result.optimizer_stats]
     logs = result.logs
     if not logs:
         return out
@@ -344,8 +345,8 @@ def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dic
     for start in range(0, len(logs), size):
         block = logs[start:start + size]
         out.append((offset + (start + len(block)) * per_update,
-                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy" else "losses/entropy"]
-                                                          for row in block]))
+                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy"
+                                                              else "losses/entropy"] for row in block]))
                      for k in ("policy", "value", "entropy")}))
     return sorted(out, key=lambda e: e[0])
 
