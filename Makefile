@@ -1,6 +1,6 @@
 # Two entry points, each doing all set-up from a fresh clone:
 #   make run   -> set up .venv, then run the main job on its default config (it ends with its held-out table)
-#   make test  -> set up .venv, then run the test suite
+#   make test  -> set up .venv, then lint (ruff check, rules in pyproject.toml) and run the test suite
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(BIN)/metarl train $(CONFIG)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -36,9 +36,9 @@ every E_{t−1} (the lerp cannot be run backwards stably: it would divide by (1 
 that is 4·T·B·H² bytes per trace: 240 MB simple, 480 MB retroactive at T = 200, B = 30, H = 100, times S for S
 stacked seeds (2.4 / 4.8 GB at S = 10); the vector buffers are small. Autograd through the cell saves more per
 step (the clip's input, α ⊙ Hebb and Hebb; retroactive also the traces and h_t h_{t−1}ᵀ), so the fused path
-needs less memory, not more (measured: docs/RESULTS.md, "maze-iteration, plastic RNNs fused"). The mask is applied by ATen's hardtanh
-backward with bounds one ulp beyond ±1, which passes exactly the values torch.clamp's backward passes
-(−1 ≤ Q ≤ 1), in one pass.
+needs less memory, not more (measured: docs/RESULTS.md, "maze-iteration, plastic RNNs fused"). The mask is
+applied by ATen's hardtanh backward with bounds one ulp beyond ±1, which passes exactly the values
+torch.clamp's backward passes (−1 ≤ Q ≤ 1), in one pass.
 
 Matrix-vector products are written as row-vector × matrix (``_vec_mat``): this torch build's bmm runs a
 batch of (H × H)·(H × 1) products several times slower than the same products as (1 × H)·(H × H).
@@ -204,7 +204,7 @@ class PlasticRNNUnroll(FusedUnroll):
     # ------------------------------------------------------------------------------------------------
     def backward(self, dH: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
         ws = self._backward_workspace()
-        T, nx = self.T, self.nx
+        nx = self.nx
         ws.d.zero_()  # Σ_t Hebb_{t−1} ⊙ δ_t h_{t−1}ᵀ per sequence, summed into ∂α at the end
         # Seed by seed: one seed's traces (B × H × H) stay in cache through a step; all S seeds' would not.
         for k in range(self.seeds) if self.seeds else [None]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from agents.fused_unroll import FusedUnroll, WorkspaceSlot, _addmm, _mm
+from agents.fused_unroll import FusedUnroll, _addmm, _mm
 
 if TYPE_CHECKING:
     from agents.recurrent import WarpRNN
@@ -153,18 +153,18 @@ class WarpRNNUnroll(FusedUnroll):
     # ------------------------------------------------------------------------------------------------
     def backward(self, dH: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
         ws = self._backward_workspace()
-        T, B, nx, H, K, G = self.T, self.B, self.nx, self.H, self.K, self.G
+        T, B, nx, H, K = self.T, self.B, self.nx, self.H, self.K
         lead, seeds = self.lead, self.seeds
         U, S, PG = ws.U, ws.S, ws.PG
-        I, Fg, Gc, O = S.split(K, -1)
+        Ig, Fg, Gc, Og = S.split(K, -1)       # the LSTM gates i, f, g, o
         # Local derivatives for all steps at once, in place in the workspace.
         Dh = torch.mul(U[1:, ..., nx : nx + H], U[1:, ..., nx : nx + H], out=ws.Dh).neg_().add_(1)  # tanh' (base)
         Dp = torch.mul(PG, PG, out=ws.Dp).neg_().add_(1)  # tanh' (warp gates)
         SD = torch.mul(S, S, out=ws.SD).neg_().add_(S)  # σ' = s − s² for i, f, o ...
         SD[..., 2 * K : 3 * K].fill_(1).addcmul_(Gc, Gc, value=-1)  # tanh' for g
-        torch.mul(ws.TC, ws.TC, out=ws.OD).neg_().add_(1).mul_(O)  # ∂z/∂c = o (1 − tanh² c)
+        torch.mul(ws.TC, ws.TC, out=ws.OD).neg_().add_(1).mul_(Og)  # ∂z/∂c = o (1 − tanh² c)
         torch.mul(ws.TC, SD[..., 3 * K :], out=ws.OSD)  # ∂z/∂a_o
-        torch.stack((Gc, ws.C[:-1], I), -2, out=ws.GCI).mul_(SD[..., : 3 * K].view(T, *lead, 3, K))  # ∂c/∂a_{i,f,g}
+        torch.stack((Gc, ws.C[:-1], Ig), -2, out=ws.GCI).mul_(SD[..., : 3 * K].view(T, *lead, 3, K))  # ∂c/∂a_{i,f,g}
         torch.mul(ws.MMB, Dp[..., nx + H :].view(T, *lead, 3, H), out=ws.MMBD)  # ∂pre/∂q_{i,hh,b} per unit ∂L/∂pre
         torch.mul(U[:-1, ..., : nx + H], Dp[..., : nx + H], out=ws.XHD)  # ∂(x⊙p_x, h⊙p_h)/∂q_{x,h}
         P_i, P_hh, P_h = PG[..., nx + H : nx + 2 * H], PG[..., nx + 2 * H : nx + 3 * H], PG[..., nx : nx + H]

@@ -225,7 +225,8 @@ class MiconiMaze(gymnasium.Env):
         return self.layout.row_col(self._goal[0])
 
     def _observation(self) -> np.ndarray:
-        write_observations(self.layout, self.config, self._pos, self._t, self._prev_reward, self._prev_action, self._obs)
+        write_observations(self.layout, self.config, self._pos, self._t, self._prev_reward, self._prev_action,
+                           self._obs)
         return self._obs[0].copy()
 
     def _info(self, reached: bool = False) -> dict[str, Any]:

@@ -15,13 +15,20 @@ A method observing the optimiser-step seam supplies ``observers()`` — its math
 Methods that differentiate through the inner loop instead (MAML, Lazy) override ``run_task``.
 Meta-gradients are accumulated per task and merged into the meta-batch sum only when finite, so a
 diverged task never reaches the initialisation.
+
+``meta_step`` is one template for every method: a method supplies ``updates(logs)`` — the (optimiser,
+params, grads, clip) steps of this meta-step, by default θ⁰ with the mean meta-gradient (``init_update``);
+WarpGrad yields φ's and θ⁰'s steps in turn — and extends ``reset_meta_batch``; clipping, the undo of a step
+that leaves a parameter non-finite, zeroing, the common logs and the counters are here only. Config keys a
+method cannot honour are declared by it (``unused_keys``), as is what torchrun cannot split
+(``distributed_refusal``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +61,46 @@ def make_optimizer(params: Sequence[Tensor], cfg: MetaOptimizerConfig) -> torch.
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of sgd, adam, rmsprop")
 
 
+@dataclass
+class Update:
+    """One optimiser's share of a meta-step: it steps ``params`` with ``grads`` (matched in order), their
+    global norm first clipped to ``clip_grad_norm`` when > 0 (by ``clip(params, max_norm)``; seed-batched
+    learners clip per seed). ``undo``: undo a step that leaves a parameter non-finite."""
+    optimizer: torch.optim.Optimizer
+    params: Sequence[Tensor]
+    grads: Sequence[Tensor]
+    clip_grad_norm: float = 0.0
+    clip: Callable[[Sequence[Tensor], float], Any] = torch.nn.utils.clip_grad_norm_
+    undo: bool = True
+
+
+def apply_update(update: Update) -> bool:
+    """Clip, step and zero; a step that leaves a parameter non-finite is undone — parameters and optimiser
+    state restored — and False returned. (A finite gradient can still overflow, e.g. with a huge lr.)"""
+    params = list(update.params)
+    for p, g in zip(params, update.grads):
+        p.grad = g.to(p.dtype)
+    if update.clip_grad_norm > 0:
+        update.clip(params, update.clip_grad_norm)
+    undo = (copy.deepcopy(update.optimizer.state_dict()), [p.detach().clone() for p in params]) if update.undo else None
+    update.optimizer.step()
+    update.optimizer.zero_grad(set_to_none=True)
+    if undo is None or all_finite(params):
+        return True
+    update.optimizer.load_state_dict(undo[0])
+    with torch.no_grad():
+        torch._foreach_copy_(params, undo[1])
+    return False
+
+
+def _advance(updates: Iterator[Update], taken: bool | None) -> Update | None:
+    """The next update of a method's ``updates`` (a generator is told whether its last one was taken)."""
+    try:
+        return updates.send(taken) if taken is not None and hasattr(updates, "send") else next(updates)
+    except StopIteration:
+        return None
+
+
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """True when every entry of every tensor is finite (an empty list is finite); one host sync."""
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
@@ -70,6 +117,11 @@ def select(names: Sequence[str], include: Sequence[str] = (), exclude: Sequence[
     return [n for n in names
             if (not include or any(n.startswith(p) for p in include))
             and not any(n.startswith(p) for p in exclude)]
+
+
+# method sections of the config outside any one method's own section, and who reads them (``sections``)
+SHARED_SECTIONS = {"leap": "only method leap, and warpgrad with init_objective: leap, read leap.*",
+                   "maml": "only method maml reads maml.* (Warp-MAML's options are warpgrad.maml_*)"}
 
 
 class _TaskMerge(Observer):
@@ -96,6 +148,31 @@ class MetaLearner:
 
     name = "base"
     continual = False       # True: can meta-learn over one never-reset task stream (Algorithm 3, meta.every)
+    # True: every task ends through the base watch, which measures ‖θᴷ − θ⁰‖ (``_merge_task(params)``): the
+    # visit logs and the sized outer step (meta.optimizer.step_fraction) are available.
+    measures_displacement = False
+
+    @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        """The shared method sections of the config (``leap:``, ``maml:``) a run of ``cfg`` reads."""
+        return ()
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        """Keys of the shared config sections (``inner.*``, ``meta.*``, ``leap.*``, ``maml.*``) that this method
+        does not read or cannot honour in a run of ``cfg``, each with the reason; ``metarl train`` refuses them
+        when set (train/config_usage.py)."""
+        read = cls.sections(cfg)
+        out = {s: why for s, why in SHARED_SECTIONS.items() if s not in read}
+        if not cls.measures_displacement:
+            out["meta.optimizer.step_fraction"] = "the sized step needs each task's displacement, which is not measured"
+        return out
+
+    @classmethod
+    def distributed_refusal(cls, cfg: Any) -> str:
+        """Why a run of ``cfg`` cannot split its meta-batches over torchrun ranks ("" when it can: the
+        meta-batch's sums are all-reduced, so every rank takes the step one process would)."""
+        return ""
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = (), **common: Any) -> "MetaLearner":
@@ -195,41 +272,59 @@ class MetaLearner:
         return [a / n for a in self._acc]
 
     def meta_step(self) -> dict[str, float]:
+        """The meta-step, the same for every method: the method's :meth:`updates` supply what to step; here
+        each is clipped, taken, undone if it left a parameter non-finite (counted: ``meta/skipped_step``) and
+        zeroed; ‖Δθ⁰‖ and its ratio to a task's visit ‖θᴷ − θ⁰‖ are logged; the meta-batch is reset
+        (:meth:`reset_meta_batch`) and counted. Returns the scalars to log (``meta/*``)."""
         logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
-        if self.tasks > 0:
-            grads = self.meta_gradient()
-            logs["meta/grad_norm"] = norm = global_norm(grads)
-            # ‖θᴷ − θ⁰‖ per task beside ‖Δθ⁰‖ below: how far a meta-step moves θ⁰ in units of one task's path
-            visit = self.displacement / self.tasks
+        visit = self.displacement / self.tasks if self.tasks > 0 else 0.0
+        if self.measures_displacement and self.tasks > 0:
             logs["meta/visit_displacement"] = visit
-            fraction = self.meta_optimizer_config.step_fraction
-            if fraction > 0:
-                if visit <= 0:
-                    raise RuntimeError(f"meta.optimizer.step_fraction needs each task's displacement, which "
-                                       f"{type(self).__name__} does not measure")
-                torch._foreach_mul_(grads, fraction * visit / max(norm, 1e-30))
-            for p, g in zip(self.params, grads):
-                p.grad = g
-            if self.meta_optimizer_config.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.meta_optimizer_config.clip_grad_norm)
-            undo = copy.deepcopy(self.meta_optimizer.state_dict()), [p.detach().clone() for p in self.params]
-            self.meta_optimizer.step()
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            if not all_finite(self.params):     # a finite meta-gradient can still overflow θ⁰ (e.g. a huge lr)
-                self.meta_optimizer.load_state_dict(undo[0])
-                with torch.no_grad():
-                    torch._foreach_copy_(self.params, undo[1])
-                logs["meta/skipped_step"] = 1.0
+        start = [p.detach().clone() for p in self.params] if self.tasks > 0 else None
+        updates, taken, undone, stepped = iter(self.updates(logs)), None, 0, False
+        while (update := _advance(updates, taken)) is not None:
+            taken = apply_update(update)
+            undone += not taken
+            stepped = True
+        if undone:
+            logs["meta/skipped_step"] = float(undone)
+        if stepped and start is not None:
             with torch.no_grad():
-                logs["meta/init_displacement"] = step = global_norm(torch._foreach_sub(undo[1], self.params))
+                logs["meta/init_displacement"] = step = global_norm(torch._foreach_sub(start, self.params))
             if visit > 0:
                 logs["meta/step_over_visit"] = step / visit
+        self.reset_meta_batch()
+        self.meta_steps += 1
+        return logs
+
+    def updates(self, logs: dict[str, float]) -> Iterable[Update]:
+        """What this meta-step steps, in order (a generator is sent whether each update was taken), adding
+        the method's scalars to ``logs``. Default: θ⁰ with the meta-batch's mean meta-gradient."""
+        update = self.init_update(logs)
+        return () if update is None else (update,)
+
+    def init_update(self, logs: dict[str, float]) -> Update | None:
+        """θ⁰'s step with the mean meta-gradient of the finite tasks (None without any), logged as
+        ``meta/grad_norm``; with ``step_fraction`` > 0 rescaled to that fraction of the mean visit."""
+        if self.tasks == 0:
+            return None
+        grads = self.meta_gradient()
+        logs["meta/grad_norm"] = norm = global_norm(grads)
+        fraction = self.meta_optimizer_config.step_fraction
+        if fraction > 0:
+            visit = self.displacement / self.tasks
+            if visit <= 0:
+                raise RuntimeError(f"meta.optimizer.step_fraction needs each task's displacement, which "
+                                   f"{type(self).__name__} does not measure")
+            torch._foreach_mul_(grads, fraction * visit / max(norm, 1e-30))
+        return Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm)
+
+    def reset_meta_batch(self) -> None:
+        """Zero the meta-batch's accumulators and counts after a meta-step (methods extend it)."""
         torch._foreach_zero_(self._acc)
         self.tasks = 0
         self.skipped = 0
         self.displacement = 0.0
-        self.meta_steps += 1
-        return logs
 
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

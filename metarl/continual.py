@@ -38,7 +38,8 @@ episodes, with the updated θ') gives
     g_φ += ∇_φ L(sg[θ_i − u_i]; φ, B'_i)
 
 via the task's ``loss(model, batch("query"))``, a graph-carrying loss on a fresh batch. Only ∇_φ is
-taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient is discarded. Cost: one extra forward + backward (a rollout) per iteration.
+taken (``torch.autograd.grad``), so θ.grad is left alone; the task loss's own φ-gradient is discarded.
+Cost: one extra forward + backward (a rollout) per iteration.
 
 Meta-step: every η task steps, φ steps with the *mean* of the window's finite contributions (the original
 code sums them in φ.grad; with Adam the two differ only through Adam's ε). A contribution with a non-finite
@@ -71,7 +72,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner, all_finite
+from .base import MetaLearner, Update, all_finite
 from .seam import Observer, OptimizerWatch
 from .seed_batch import SeedAdam, clip_grad_norm_seeds, seed_finite, seed_grad_norms
 
@@ -150,37 +151,38 @@ class ContinualWarpGrad(MetaLearner):
         self.seed_skipped += active & ~finite
         return added
 
-    def meta_step(self) -> dict[str, float]:
+    def updates(self, logs: dict[str, float]):
         """φ ← φ − meta-optimiser(mean of the window's finite contributions); no contribution, no step.
         Seed-batched: per seed (module docstring); the logs sum the counts and average the rest over seeds."""
         if self.seeds:
-            return self._seed_meta_step()
-        self.warp_steps += self.tasks > 0
-        return {**super().meta_step(), "meta/warp_steps": float(self.warp_steps)}
+            yield from self._seed_updates(logs)
+            return
+        update = self.init_update(logs)
+        if update is not None:
+            self.warp_steps += bool((yield update))
+        logs["meta/warp_steps"] = float(self.warp_steps)
 
-    def _seed_meta_step(self) -> dict[str, float]:
+    def _seed_updates(self, logs: dict[str, float]):
         S, n = self.seeds, self.seed_tasks
         stepping = n > 0
-        logs = {"meta/tasks": float(n.sum()), "meta/skipped_tasks": float(self.seed_skipped.sum())}
+        logs.update({"meta/tasks": float(n.sum()), "meta/skipped_tasks": float(self.seed_skipped.sum())})
         if bool(stepping.any()):
             grads = [a / n.clamp(min=1).to(a.device, a.dtype).view(-1, *([1] * (a.dim() - 1))) for a in self._acc]
             logs["meta/grad_norm"] = float(seed_grad_norms(grads, S)[stepping].mean())
-            for p, g in zip(self.params, grads):
-                p.grad = g
-            if self.meta_optimizer_config.clip_grad_norm > 0:
-                clip_grad_norm_seeds(self.params, self.meta_optimizer_config.clip_grad_norm, S)
             self.meta_optimizer.active = stepping
-            self.meta_optimizer.step()
+            # per-seed clipping; no undo: restoring every seed for one seed's overflow would couple the seeds
+            yield Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm,
+                         clip=lambda params, max_norm: clip_grad_norm_seeds(params, max_norm, S), undo=False)
             self.meta_optimizer.active = None
-            self.meta_optimizer.zero_grad(set_to_none=True)
-        torch._foreach_zero_(self._acc)
         self.seed_warp_steps += stepping
-        self.seed_tasks.zero_()
-        self.seed_skipped.zero_()
-        self.meta_steps += 1
         self.warp_steps = int(self.seed_warp_steps.max())
         logs["meta/warp_steps"] = float(self.seed_warp_steps.double().mean())
-        return logs
+
+    def reset_meta_batch(self) -> None:
+        super().reset_meta_batch()
+        if self.seeds:
+            self.seed_tasks.zero_()
+            self.seed_skipped.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "warp_steps": torch.tensor(self.warp_steps)}

@@ -14,7 +14,17 @@ from .seam import Observer, OptimizerWatch
 
 
 class FineTuning(MetaLearner):
+    """Refused under torchrun (:meth:`distributed_refusal`): the tasks of a meta-batch form a chain — each
+    starts where the previous one ended (θ⁰ ← θᴷ) — and ranks sharing a meta-batch would each start their
+    share from the same θ⁰. No reduction of their end points (a mean, a pick) equals the chain one process
+    runs, so a distributed run cannot be made to equal a one-process run; it is refused at launch."""
+
     name = "finetune"
+
+    @classmethod
+    def distributed_refusal(cls, cfg: Any) -> str:
+        return ("fine-tuning chains the tasks of a meta-batch (each starts from the last one's end), which ranks "
+                "cannot split")
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":
@@ -45,11 +55,9 @@ class FineTuning(MetaLearner):
     def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Any = None) -> OptimizerWatch:
         return OptimizerWatch(optimizer, self.watched(model), [_Continue(self, model, str(getattr(task, "key", task)))])
 
-    def meta_step(self) -> dict[str, float]:
-        logs = {"meta/tasks": float(self.tasks), "meta/heads": float(len(self.heads))}
-        self.tasks = 0
-        self.meta_steps += 1
-        return logs
+    def updates(self, logs: dict[str, float]) -> tuple:
+        logs["meta/heads"] = float(len(self.heads))
+        return ()                       # θ⁰ moved at every task's end (_Continue)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -27,6 +27,7 @@ class FOMAMLObjective(Observer):
 
 class FOMAML(MetaLearner):
     name = "fomaml"
+    measures_displacement = True
 
     def observers(self, task=None) -> list:
         return [FOMAMLObjective(self._task_acc)]

@@ -57,7 +57,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner, all_finite, global_norm
+from .base import MetaLearner, Update, all_finite, global_norm
 from .maml import _Functional
 
 LEAPS = ("interpolate", "follow_updates")          # the teacher's leap rules
@@ -128,6 +128,12 @@ class Lazy(MetaLearner):
     """Lazy teacher–student leap over ``model``'s parameters (see the module docstring)."""
 
     name = "lazy"
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        why = "Lazy's student is plain, unclipped SGD (lazy.student_lr); held-out adaptation keeps that rule"
+        return {**super().unused_keys(cfg), "inner.optimizer": why, "inner.momentum": why,
+                "inner.clip_grad_norm": why}
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "Lazy":
@@ -291,27 +297,27 @@ class Lazy(MetaLearner):
             return {n: float(p.detach().exp()) for n, p in zip(self.lr_names, self.lr_params)}
         return {n: self.config.student_lr for n in self.step_names}
 
-    def meta_step(self) -> dict[str, float]:
-        tasks = self.tasks
-        sums = self._sums
-        if self.lr_params and tasks > 0:
-            lr_grads = self.lr_meta_gradient()
-            for p, g in zip(self.lr_params, lr_grads):
-                p.grad = g
-        logs = super().meta_step()           # steps θ and the log step sizes together
-        for p in self.lr_params:
-            p.grad = None
-        if tasks > 0:
+    def updates(self, logs: dict[str, float]):
+        """θ and the log step sizes in one step of the meta-optimiser (its two groups), clipped together."""
+        tasks, sums = self.tasks, self._sums
+        update = self.init_update(logs)
+        if update is not None:
             logs["meta/student_loss"] = sums.student_loss / tasks
             logs["meta/teacher_loss"] = sums.teacher_loss / tasks
             if self.lr_params:
+                lr_grads = self.lr_meta_gradient()
                 logs["meta/lr_grad_norm"] = global_norm(lr_grads)
+                update = Update(update.optimizer, [*update.params, *self.lr_params], [*update.grads, *lr_grads],
+                                update.clip_grad_norm)
+            yield update
         if self.lr_params:
             logs["meta/student_lr"] = float(torch.stack([p.detach().exp() for p in self.lr_params]).mean())
+
+    def reset_meta_batch(self) -> None:
+        super().reset_meta_batch()
         if self._lr_acc:
             torch._foreach_zero_(self._lr_acc)
         self._sums = LossSums()
-        return logs
 
     # -- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

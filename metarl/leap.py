@@ -232,6 +232,11 @@ class Leap(MetaLearner):
     """Leap over the selected parameters; meta-gradient = mean over tasks of Σ_i δ_i (Algorithm 1)."""
 
     name = "leap"
+    measures_displacement = True
+
+    @classmethod
+    def sections(cls, cfg) -> tuple[str, ...]:
+        return ("leap",)
 
     @classmethod
     def build(cls, model: nn.Module, cfg, head=(), **common) -> "Leap":
@@ -250,10 +255,10 @@ class Leap(MetaLearner):
         super().all_reduce(lambda tensors: reduce([*tensors, stats]))
         self.objective.path_length, self.objective.segments = float(stats[0]), int(stats[1])
 
-    def meta_step(self) -> dict[str, float]:
+    def updates(self, logs: dict[str, float]):
         tasks = max(self.tasks + self.skipped, 1)
         path_length, segments = self.objective.reset_stats()
-        logs = {"meta/segments": segments / tasks}
+        logs["meta/segments"] = segments / tasks
         if self.config.p == 1:
             logs["meta/path_length"] = path_length / tasks
-        return {**super().meta_step(), **logs}
+        return super().updates(logs)

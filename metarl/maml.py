@@ -48,11 +48,32 @@ def laid_out(t: Tensor, stride: tuple[int, ...]) -> Tensor:
     return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
 
 
+def clip_by_global_norm(grads: list[Tensor | None], max_norm: float) -> list[Tensor | None]:
+    """``grads`` scaled as torch.nn.utils.clip_grad_norm_ scales them — by min(1, max_norm / (‖g‖ + 1e-6)),
+    ‖g‖ the global norm — but out of place, so a second-order inner loop differentiates through the scale."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [None if g is None else g * scale for g in grads]
+
+
 OUTER_LOSSES = ("query_batch", "held_out")
 
 
 class MAML(MetaLearner):
     name = "maml"
+
+    @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        return ("maml",)
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        # inner.clip_grad_norm is honoured (clipped inside the differentiable loop); the loop's rule is SGD
+        why = "MAML's differentiable inner loop is plain SGD (maml.inner_lr); held-out adaptation keeps that rule"
+        return {**super().unused_keys(cfg), "inner.optimizer": why, "inner.momentum": why}
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "MAML":
@@ -81,15 +102,19 @@ class MAML(MetaLearner):
                 raise ValueError(f"outer_loss held_out needs a task with held_out_batches(); "
                                  f"{type(task).__name__} has none")
             held_out = lambda m: [task.loss(m, b) for b in task.held_out_batches()]     # noqa: E731
-        return self.accumulate(model, lambda m, split: task.loss(m, task.batch(split)), held_out)
+        return self.accumulate(model, lambda m, split: task.loss(m, task.batch(split)), held_out, clip_grad_norm)
 
     def accumulate(self, model: nn.Module, loss_fn: Callable[[nn.Module, str], Tensor],
-                   held_out: Callable[[nn.Module], list[Tensor]] | None = None) -> list[float]:
+                   held_out: Callable[[nn.Module], list[Tensor]] | None = None,
+                   clip_grad_norm: float | None = None) -> list[float]:
         """Add one task's meta-gradient. ``loss_fn(model, split)`` draws a batch of ``split``
         ("train" for inner steps, "query" for the ``query_batch`` outer loss) and returns the loss of
         ``model`` on it; ``held_out(model)`` (needed by ``outer_loss: held_out``) returns the losses of
         ``model`` on each batch of the task's held-out images. ``model`` must hold θ⁰ (``load_init``).
-        Returns the inner-loop loss curve, closed by the held-out loss at θ_K."""
+        ``clip_grad_norm`` > 0 (the trainer's ``inner.clip_grad_norm``) clips each inner step's gradient to
+        that global norm, as the other methods' inner loops do, and the meta-gradient differentiates through
+        the clip (:func:`clip_by_global_norm`). Returns the inner-loop loss curve, closed by the held-out
+        loss at θ_K."""
         if self.outer_loss == "held_out" and held_out is None:
             raise ValueError("outer_loss held_out needs held_out(model): the losses on the held-out batches")
         named = dict(model.named_parameters())
@@ -104,6 +129,8 @@ class MAML(MetaLearner):
             retain = not self.first_order or (keep_last and k == self.inner_steps - 1)
             grads = torch.autograd.grad(loss, [params[n] for n in keys], create_graph=not self.first_order,
                                         retain_graph=retain, allow_unused=True)
+            if clip_grad_norm:
+                grads = clip_by_global_norm(list(grads), clip_grad_norm)
             params = dict(params)
             for n, g in zip(keys, grads):
                 if g is not None:

@@ -12,8 +12,5 @@ class NoPretraining(MetaLearner):
     def observers(self, task=None) -> list:
         return []
 
-    def meta_step(self) -> dict[str, float]:
-        logs = {"meta/tasks": float(self.tasks)}
-        self.tasks = 0
-        self.meta_steps += 1
-        return logs
+    def updates(self, logs: dict[str, float]) -> tuple:
+        return ()                       # the initialisation stays fixed

@@ -30,6 +30,7 @@ class ReptileObjective(Observer):
 
 class Reptile(MetaLearner):
     name = "reptile"
+    measures_displacement = True
 
     def observers(self, task=None) -> list:
         return [ReptileObjective(self._task_acc)]

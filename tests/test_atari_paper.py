@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("envpool")
 
-from agents.a2c import A2CConfig, make_optimizer, train_agent  # noqa: E402
+from agents.a2c import A2CConfig, make_optimizer  # noqa: E402
 from agents.nets import ActorCritic  # noqa: E402
 from envs.atari import canonical_game, clip_rewards, make_atari, num_actions  # noqa: E402
 from train.atari_scores import BENCHMARK_60, REFERENCE, human_normalised  # noqa: E402
@@ -54,7 +54,8 @@ def test_paper_config_settings():
     assert (atari.network, atari.observation, atari.reward_clip, atari.heads) == ("mnih2013", "rgb", 5.0, "game")
     assert (a2c.num_envs, a2c.n_steps, a2c.lr, a2c.rms_eps, a2c.rms_alpha, a2c.ent_coef, a2c.gamma) == \
         (32, 5, 1e-4, 1e-4, 0.99, 0.01, 0.99)
-    assert (cfg.meta.meta_batch, cfg.meta.steps, cfg.inner.steps, cfg.meta.include) == (16, 100, 5_000_000, ["encoder."])
+    assert (cfg.meta.meta_batch, cfg.meta.steps, cfg.inner.steps, cfg.meta.include) == \
+        (16, 100, 5_000_000, ["encoder."])
     assert cfg.method == "leap" and cfg.leap.p == 2
     assert (cfg.eval.tasks, atari.eval_window, atari.eval_band) == (10, 500, 2.0)
     assert cfg.run.device == "auto"

@@ -24,7 +24,8 @@ def atari_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("atari_run")
     cfg = load_config(CONFIGS / "atari_leap.yaml", [
-        "atari.train_games=[Breakout]", "atari.test_games=[Breakout]", "atari.test_on_train_games=true", "atari.a2c.num_envs=4",
+        "atari.train_games=[Breakout]", "atari.test_games=[Breakout]", "atari.test_on_train_games=true",
+        "atari.a2c.num_envs=4",
         "inner.steps=1200", "meta.steps=2", "meta.meta_batch=1", "eval.tasks=1", "eval.steps=1200",
         "run.progress=true"])
     err = io.StringIO()

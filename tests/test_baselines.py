@@ -17,8 +17,10 @@ def make_batches(seed: int):
     return [(x, torch.sin(x.sum(1, keepdim=True))) for x in xs]
 
 
-def maml_objective(model: nn.Module, init: list[torch.Tensor], data, lr: float, steps: int) -> torch.Tensor:
-    """L_query(θ_K), θ_{k+1} = θ_k − lr ∇L_train(θ_k), written out directly (no functional_call)."""
+def maml_objective(model: nn.Module, init: list[torch.Tensor], data, lr: float, steps: int,
+                   clip: float = 0.0) -> torch.Tensor:
+    """L_query(θ_K), θ_{k+1} = θ_k − lr ∇L_train(θ_k), written out directly (no functional_call); ``clip`` > 0:
+    ∇L_train scaled by min(1, clip / (‖∇L_train‖ + 1e-6)), torch's clip_grad_norm_ rule."""
     params = [p.detach().requires_grad_(True) for p in init]
 
     def f(ps, batch):
@@ -28,6 +30,9 @@ def maml_objective(model: nn.Module, init: list[torch.Tensor], data, lr: float, 
 
     for k in range(steps):
         grads = torch.autograd.grad(f(params, data[k]), params, create_graph=True)
+        if clip:
+            norm = sum((g ** 2).sum() for g in grads).sqrt()
+            grads = [g * min(1.0, clip / (float(norm.detach()) + 1e-6)) for g in grads]
         params = [p - lr * g for p, g in zip(params, grads)]
     return f(params, data[-1])
 
@@ -54,6 +59,45 @@ def test_maml_matches_finite_differences():
             assert abs(float(fd.detach()) - float(grad[t].view(-1)[j])) < 1e-7
             checked += 1
     assert checked == sum(p.numel() for p in init)
+
+
+def test_maml_honours_the_inner_clip_and_matches_finite_differences():
+    """The trainer's inner.clip_grad_norm reaches MAML's differentiable loop through run_task: the meta-gradient
+    is that of the clipped loop (finite differences of a directly written clipped loop), not the unclipped one."""
+    model = tiny()
+    data = make_batches(0)
+    clip = 0.05
+
+    class Task:
+        def __init__(self):
+            self.it = {"train": iter(data[:3]), "query": iter(data[3:])}
+
+        def batch(self, split):
+            return next(self.it[split])
+
+        def loss(self, m, batch):
+            x, y = batch
+            return ((m(x) - y) ** 2).mean()
+
+    meta = MAML(model, inner_lr=0.3, inner_steps=3)
+    meta.load_init(model)
+    meta.run_task(None, Task(), model, None, 3, clip_grad_norm=clip)
+    grad = torch.cat([g.reshape(-1) for g in meta.meta_gradient()])
+    init = [p.detach().clone() for p in meta.params]
+    eps = 1e-6
+    fd = []
+    for t in range(len(init)):
+        for j in range(init[t].numel()):
+            plus, minus = [x.clone() for x in init], [x.clone() for x in init]
+            plus[t].view(-1)[j] += eps
+            minus[t].view(-1)[j] -= eps
+            fd.append(float((maml_objective(model, plus, data, 0.3, 3, clip)
+                             - maml_objective(model, minus, data, 0.3, 3, clip)).detach()) / (2 * eps))
+    torch.testing.assert_close(grad, torch.tensor(fd, dtype=grad.dtype), atol=1e-7, rtol=0)
+    unclipped = MAML(tiny(), inner_lr=0.3, inner_steps=3)
+    unclipped.load_init(model)
+    unclipped.run_task(None, Task(), model, None, 3)
+    assert (torch.cat([g.reshape(-1) for g in unclipped.meta_gradient()]) - grad).abs().max() > 1e-3
 
 
 def _loss(m, split, it):
@@ -155,3 +199,32 @@ def test_finetune_continues_trunk_and_keeps_one_head_per_task():
     ft2 = FineTuning(Net(), head=("head.",))
     ft2.load_state_dict(state)
     torch.testing.assert_close(ft2.heads["a"]["head.weight"], model.head.weight.detach())
+
+
+def test_finetune_counts_a_diverged_task_once_and_resets_the_count_every_meta_step():
+    """A task whose trunk ends non-finite leaves θ⁰ alone and is counted in that meta-step's
+    meta/skipped_tasks only (the count used to carry over into every later meta-step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    ft = FineTuning(model, head=("2.",))
+    before = {k: v.clone() for k, v in ft.init_state.items()}
+
+    def task(key, lr):
+        ft.load_init(model)
+        ft.prepare(model, key)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        with ft.watch(model, opt, key) as watch:
+            for x, y in make_batches(3):
+                loss = ((model(x) - y) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                watch.report(loss)
+                opt.step()
+
+    task("a", float("inf"))             # the trunk ends non-finite
+    logs = ft.meta_step()
+    assert (logs["meta/tasks"], logs["meta/skipped_tasks"], ft.skipped) == (0, 1, 0)
+    assert all(torch.equal(v, ft.init_state[k]) for k, v in before.items())
+    task("b", 0.1)
+    logs = ft.meta_step()
+    assert (logs["meta/tasks"], logs["meta/skipped_tasks"]) == (1, 0)

@@ -97,7 +97,7 @@ def test_bad_input(args, message, capsys, tmp_path, monkeypatch):
     code, err = run_inprocess(args, capsys)
     assert code == 2, err
     assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert message in lines[0], lines[0]
 
@@ -106,7 +106,7 @@ def test_bad_input(args, message, capsys, tmp_path, monkeypatch):
 def test_bad_input_as_a_process(args, message):
     out = run_cli(*args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
-    assert len([l for l in out.stderr.splitlines() if l.strip()]) == 1
+    assert len([line for line in out.stderr.splitlines() if line.strip()]) == 1
 
 
 def test_bad_config_files(tmp_path, capsys):

@@ -30,7 +30,7 @@ def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
     from train.benchmarks import BENCHMARKS
     code, out, _ = cli(["bench", "--help"], capsys)
     assert code == 0
-    listed = [l.split()[0] for l in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
+    listed = [line.split()[0] for line in out.split("benchmarks (")[1].split("\n\n")[0].splitlines()[1:]]
     assert listed == sorted(BENCHMARKS)
     for name, (_, what) in BENCHMARKS.items():
         assert f"{name}" in out and what in out
@@ -51,6 +51,18 @@ REFUSED = [
     (["sine_leap.yaml", "maml.steps=2"], "'maml.steps' is not used", "method is leap"),
     (["sine_leap.yaml", "method=warpgrad", "warpgrad.init_objective=maml", "leap.p=2"], "'leap.p' is not used",
      "warpgrad"),
+    # one clip key per task (TaskAdapter.clip_key): a family with its own clip refuses inner.clip_grad_norm
+    (["atari_leap.yaml", "inner.clip_grad_norm=1.0"], "'inner.clip_grad_norm' is not used",
+     "atari.a2c.max_grad_norm only"),
+    (["maze_warp_rnn.yaml", "inner.clip_grad_norm=1.0"], "'inner.clip_grad_norm' is not used",
+     "maze.clip_grad_norm only"),
+    # what a method's own inner loop cannot honour (MetaLearner.unused_keys)
+    (["sine_maml.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "plain SGD (maml.inner_lr)"),
+    (["sine_maml.yaml", "inner.momentum=0.9"], "'inner.momentum' is not used", "plain SGD (maml.inner_lr)"),
+    (["sine_lazy.yaml", "inner.clip_grad_norm=1"], "'inner.clip_grad_norm' is not used", "unclipped SGD"),
+    (["sine_lazy.yaml", "inner.optimizer=adam"], "'inner.optimizer' is not used", "unclipped SGD"),
+    (["tiered_leap_tiny.yaml", "method=warpgrad", "tiered.warp=linear", "inner.clip_grad_norm=1"],
+     "'inner.clip_grad_norm' is not used", "replays unclipped SGD steps"),
 ]
 
 
@@ -63,13 +75,15 @@ def test_an_override_the_run_does_not_use_is_refused_in_one_line(args, message, 
 
 
 def test_used_keys_and_defaults_are_accepted():
-    atari = load_config(CONFIGS / "atari_leap.yaml", ["inner.steps=100", "inner.clip_grad_norm=1.0", "eval.tasks=1"])
-    check_used_keys(atari, read_yaml(CONFIGS / "atari_leap.yaml"), ["inner.steps=100", "inner.clip_grad_norm=1.0",
+    atari = load_config(CONFIGS / "atari_leap.yaml", ["inner.steps=100", "atari.a2c.max_grad_norm=1.0", "eval.tasks=1"])
+    check_used_keys(atari, read_yaml(CONFIGS / "atari_leap.yaml"), ["inner.steps=100", "atari.a2c.max_grad_norm=1.0",
                                                                      "eval.tasks=1"])
+    sine = load_config(SINE, ["inner.clip_grad_norm=1.0"])      # families without a clip of their own read it
+    check_used_keys(sine, read_yaml(SINE), ["inner.clip_grad_norm=1.0"])
     warp_leap = load_config(SINE, ["method=warpgrad", "leap.p=2"])
     check_used_keys(warp_leap, read_yaml(SINE), ["method=warpgrad", "leap.p=2"])       # Warp-Leap reads leap.*
-    maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2"])
-    check_used_keys(maml, read_yaml(CONFIGS / "sine_maml.yaml"), ["maml.steps=2"])
+    maml = load_config(CONFIGS / "sine_maml.yaml", ["maml.steps=2", "inner.clip_grad_norm=1"])
+    check_used_keys(maml, read_yaml(CONFIGS / "sine_maml.yaml"), ["maml.steps=2", "inner.clip_grad_norm=1"])
     assert "maml" not in unused_keys(maml) and "inner.steps" not in unused_keys(atari)
 
 

@@ -174,10 +174,10 @@ def _record_draws(task):
 
 def _hand_forward(P, x, layers):
     h = x
-    for l in range(layers):
-        h = torch.relu(h @ P[f"body.{l}.weight"].T + P[f"body.{l}.bias"])
-        u = torch.tanh(h @ P[f"warps.{l}.inner.weight"].T + P[f"warps.{l}.inner.bias"])
-        h = h + u @ P[f"warps.{l}.outer.weight"].T + P[f"warps.{l}.outer.bias"]
+    for i in range(layers):
+        h = torch.relu(h @ P[f"body.{i}.weight"].T + P[f"body.{i}.bias"])
+        u = torch.tanh(h @ P[f"warps.{i}.inner.weight"].T + P[f"warps.{i}.inner.bias"])
+        h = h + u @ P[f"warps.{i}.outer.weight"].T + P[f"warps.{i}.outer.bias"]
     return h @ P["head.weight"].T + P["head.bias"]
 
 

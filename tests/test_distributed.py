@@ -65,6 +65,30 @@ def test_two_ranks_match_one_for_online_warpgrad(tmp_path):
         torch.testing.assert_close(two["meta"]["init"][k], v, atol=1e-6, rtol=0)
 
 
+def test_fine_tuning_is_refused_under_torchrun_in_one_line(tmp_path, capsys, monkeypatch):
+    """Fine-tuning's tasks form a chain that ranks cannot split (metarl/finetune.py): refused at launch, in
+    one line with exit code 2 per rank, before the run directory is made; offline WarpGrad likewise."""
+    from cli_helpers import cli, one_line
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for config, extra, reason in [("sine_finetune.yaml", [], "fine-tuning chains the tasks"),
+                                  ("tiered_leap_tiny.yaml", ["method=warpgrad", "tiered.warp=linear"],
+                                   "offline replays samples in sequence")]:
+        code, _, err = cli(["train", ROOT / "configs" / config, *extra, "--run-dir", tmp_path / "r"], capsys)
+        line = one_line(err)
+        assert code == 2 and reason in line and "launch it without torchrun" in line, line
+        assert not (tmp_path / "r").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.cli",
+           "train", str(ROOT / "configs" / "sine_finetune.yaml"), "--run-dir", str(tmp_path / "two"),
+           "run.progress=false", "meta.steps=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert out.returncode != 0 and not (tmp_path / "two").exists()
+    lines = [x for x in out.stderr.splitlines() if x.startswith("metarl: error:")]
+    assert len(lines) == 2 and "fine-tuning chains the tasks" in lines[0], out.stderr[-2000:]
+    assert "exitcode  : 2" in out.stderr or "exitcode: 2" in out.stderr.replace(" ", ""), out.stderr[-2000:]
+
+
 def test_torchrun_no_python_runs_the_console_script_beside_a_users_train_py(tmp_path):
     """The README's launch: `torchrun --no-python metarl train ...` imports the installed package, so a
     user's own train.py in the working folder does not shadow it (as it would `-m train.cli`)."""

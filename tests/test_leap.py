@@ -242,7 +242,8 @@ def test_pull_forward_on_quadratics_shortens_paths():
     def run(task: int) -> tuple[float, float]:
         meta.load_init(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        f = lambda: 0.5 * (scales[task] * (model.theta - centres[task]) ** 2).sum()
+        def f():
+            return 0.5 * (scales[task] * (model.theta - centres[task]) ** 2).sum()
         with meta.watch(model, opt) as watch:
             for _ in range(30):
                 loss = f()

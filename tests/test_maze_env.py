@@ -247,7 +247,7 @@ def test_vector_env_equals_independent_single_envs_with_injected_goals_and_draws
 def test_vector_env_shapes_seeding_and_end_of_episode():
     a = MazeBatch(8, seed=3)
     b = MazeBatch(8)
-    obs_a, obs_b = a.reset(), b.reset(seed=3)
+    obs_a, _ = a.reset(), b.reset(seed=3)
     assert obs_a.shape == (8, 17) and obs_a.dtype == np.float32
     np.testing.assert_array_equal(a.goals, b.goals)
     assert len(set(a.goals.tolist())) > 1

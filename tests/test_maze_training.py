@@ -338,3 +338,31 @@ def test_results_table_groups_seeds(tmp_path):
     table = results_table(sorted(tmp_path.iterdir()))
     assert "| maze_x | 2 | 15.0 ± 7.1 | 10.0, 20.0 | 2.0, 2.0 |" in table     # the sample std
     assert "maze_y" not in table
+
+
+def test_the_maze_clips_at_maze_clip_grad_norm_only(tmp_path, monkeypatch):
+    """One clip key per task (TaskAdapter.clip_key): every task step of the maze is clipped at
+    maze.clip_grad_norm, and a clip handed to its inner loop from elsewhere is an error, not silently lost
+    (inner.clip_grad_norm is refused at config time: tests/test_cli_habits.py)."""
+    import train.tasks.maze as maze
+    from train.config_usage import unused_keys
+
+    seen = []
+    real_update = maze.continual_update
+
+    def update(loss, optimizer, watch, params, burning_in=False, clip_grad_norm=None):
+        seen.append(clip_grad_norm)
+        return real_update(loss, optimizer, watch, params, burning_in, clip_grad_norm)
+
+    monkeypatch.setattr(maze, "continual_update", update)
+    cfg = tiny_cfg("meta.steps=1", "maze.burn_in=0", "maze.clip_grad_norm=0.5")
+    assert "maze.clip_grad_norm only" in unused_keys(cfg)["inner.clip_grad_norm"]
+    train(cfg, tmp_path / "run")
+    assert seen == [0.5] * 3
+    from train.trainer import setup
+    adapter, meta = setup(cfg)
+    task = adapter.sample_tasks("train", 1, np.random.default_rng(0))[0]
+    model = adapter.make_model(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="maze.clip_grad_norm only"):
+        adapter.adapt(task, model, adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner), 1,
+                      clip_grad_norm=1.0)

@@ -25,7 +25,8 @@ def test_config_loads(protocol, method):
     if protocol == "omniglot":
         assert cfg.meta.meta_batch == 20 and cfg.inner.steps == 100 and cfg.eval.every in (0, 20)
         assert omni.filters == 64 and cfg.eval.tasks == 10
-        assert cfg.eval.periodic_split == "val" and cfg.eval.split == "test"     # validate while training, test at the end
+        # validate while training, test at the end
+        assert cfg.eval.periodic_split == "val" and cfg.eval.split == "test"
     else:
         assert cfg.eval.split == "test" and cfg.eval.tasks == 10 and cfg.eval.steps == cfg.inner.steps
     outer = 0.5 if method in ("maml", "fomaml") else 0.1

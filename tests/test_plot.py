@@ -77,7 +77,8 @@ def test_the_band_is_the_sample_std_over_seeds(tmp_path):
         dirs.append(d)
     (band,) = figure(dirs).axes[0].collections
     ys = band.get_paths()[0].vertices[:, 1]
-    assert min(ys) == pytest.approx(3.0 - np.std([1, 2, 6], ddof=1)) and max(ys) == pytest.approx(3.0 + np.std([1, 2, 6], ddof=1))
+    sd = np.std([1, 2, 6], ddof=1)
+    assert min(ys) == pytest.approx(3.0 - sd) and max(ys) == pytest.approx(3.0 + sd)
 
 
 def test_two_configs_are_labelled_by_name_within_each_game(tmp_path):

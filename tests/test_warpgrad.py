@@ -414,6 +414,54 @@ def test_non_finite_tasks_are_skipped_and_counted():
         assert logs["meta/warp_grad_norm"] > 0
 
 
+def _moved(before, after):
+    return float(torch.stack([(a.detach() - b).norm() for a, b in zip(after, before)]).norm())
+
+
+@pytest.mark.parametrize("algorithm", ["online", "offline"])
+def test_meta_gradient_clipping_bounds_the_init_and_warp_steps(algorithm):
+    """meta.optimizer.clip_grad_norm clips θ⁰'s meta-gradient and warp_optimizer.clip_grad_norm φ's: with SGD
+    (no momentum) one step moves each by lr × min(‖g‖, clip), so by lr × clip when the gradient is larger."""
+    torch.manual_seed(11)
+    template = TinyWarpNet().to(DT)
+    lr, clip = 0.1, 1e-4
+    # offline: one φ step and one θ⁰ step per meta-step (η beyond the points, θ⁰ once per meta-batch)
+    cfg = warp_leap_config(algorithm=algorithm, eta=1000, init_schedule="meta_batch",
+                           warp_optimizer=MetaOptimizerConfig(lr=lr, clip_grad_norm=clip))
+    wg = WarpGrad(template, cfg, meta_optimizer=MetaOptimizerConfig(lr=lr, clip_grad_norm=clip),
+                  warp_batches=warp_batches)
+    theta, phi = [p.detach().clone() for p in wg.params], [p.detach().clone() for p in wg.warp_params]
+    run_meta_batch(wg, template, make_tasks(2), steps=3)
+    logs = wg.meta_step()
+    assert logs["meta/warp_steps"] == 1 and logs["meta/init_grad_norm"] > 10 * clip
+    assert logs["meta/warp_grad_norm"] > 10 * clip
+    for before, after in ((theta, wg.params), (phi, wg.warp_params)):
+        assert _moved(before, after) == pytest.approx(lr * clip, rel=1e-4)     # clip_grad_norm_'s 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["online", "offline"])
+def test_an_overflowing_meta_step_is_undone_and_counted(algorithm):
+    """A finite meta-gradient that overflows θ⁰ or φ (float32, a huge lr) leaves both, and both optimisers'
+    states, as they were; the undone steps are logged and no φ step is counted."""
+    torch.manual_seed(12)
+    f32 = torch.float32
+    template = TinyWarpNet().to(f32)
+    huge = MetaOptimizerConfig(lr=1e38, momentum=0.9)
+    cfg = warp_leap_config(algorithm=algorithm, eta=1000, init_schedule="meta_batch", warp_optimizer=huge)
+    wg = WarpGrad(template, cfg, meta_optimizer=huge, warp_batches=warp_batches)
+    tasks = make_tasks(2, dtype=f32)
+    for t in tasks:             # targets far from the outputs: meta-gradients of order 1e4, finite
+        t.batches = [(x, 1e4 * y) for x, y in t.batches]
+    theta, phi = [p.detach().clone() for p in wg.params], [p.detach().clone() for p in wg.warp_params]
+    run_meta_batch(wg, template, tasks, steps=2, lr=1e-9)
+    logs = wg.meta_step()
+    assert logs["meta/tasks"] == 2 and logs["meta/skipped_step"] == 2
+    assert logs["meta/warp_steps"] == 0 and wg.warp_updates == 0
+    assert _moved(theta, wg.params) == 0 and _moved(phi, wg.warp_params) == 0
+    assert wg.meta_optimizer.state_dict()["state"] == {} and wg.warp_optimizer.state_dict()["state"] == {}
+    assert all(torch.equal(v, wg.init_state[k]) for k, v in zip(wg.names, theta))
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. checkpoints
 
@@ -521,7 +569,8 @@ def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kin
     assert all(torch.equal(t, p) for t, p in zip(theta, params))
     x1, x2 = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)
     y1, y2 = torch.randn(3), torch.randn(3)
-    loss = lambda m, b: F.mse_loss(m(b[0]), b[1])
+    def loss(m, b):
+        return F.mse_loss(m(b[0]), b[1])
     phi = {n: p for n, p in model.named_parameters() if n.startswith("warp.")}
     value = WarpObjective(kind)(model, dict(zip(names, theta)), phi, loss, (x1, y1), (x2, y2), SGDRule(0.1))
     assert model.seen == [cl, cl]                              # the task loss at θ and the meta loss at θ'

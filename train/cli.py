@@ -125,7 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
     from .device import resolve_device
+    from .trainer import check_world
     resolve_device(cfg.run.device)              # CUDA asked for but absent: one line, before the run dir is touched
+    check_world(cfg, int(os.environ.get("WORLD_SIZE", "1")))    # under torchrun: what one process could not equal
     args.active_run_dir = run_dir
     lock = None
     if _main_rank():                            # rank 0 guards the directory; the others use it

@@ -4,20 +4,26 @@ A key the run never reads must not be accepted and ignored: ``metarl train`` ref
 an unused key given as a command-line override, or present in the config file (or a file it includes)
 with a value other than its default. A config file may carry an unused key at its default value: a run's
 saved ``config.yaml`` lists every key and must stay usable as a config. On ``--resume`` only the overrides
-are checked. The rules, read off where each key is used (train/trainer.py, train/tasks/, metarl/):
+are checked. The rules live with what reads the keys — a task family's ``TaskAdapter.unused_keys`` and a
+method's ``MetaLearner.unused_keys`` — and with the generic sections here; in summary:
 
-- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``).
-- ``leap.*``: only ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap).
-- ``meta.optimizer.step_fraction``: only Leap, Reptile and FOMAML, whose tasks end through the base class's
-  watch that measures each task's displacement.
+- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``); ``leap.*``: only
+  ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap) — ``MetaLearner.sections``.
+- ``meta.optimizer.step_fraction``: only methods whose tasks end through the base class's watch, which
+  measures each task's displacement (``MetaLearner.measures_displacement``: Leap, Reptile, FOMAML).
 - Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
-  ``inner.steps`` is the env steps per game and ``inner.clip_grad_norm`` overrides ``a2c.max_grad_norm``).
+  ``inner.steps`` is the env steps per game).
 - The maze: ``inner.optimizer``, ``inner.lr``, ``inner.momentum``, ``inner.steps`` (Adam with ``maze.task_lr``
   every task step, ``meta.every`` task steps per meta-step) and ``eval.*`` (its result is its training
   curve; no held-out evaluation).
+- One clip key per task (``TaskAdapter.clip_key``): Atari and the maze clip with their own key
+  (``atari.a2c.max_grad_norm``, ``maze.clip_grad_norm``) and refuse ``inner.clip_grad_norm``.
 - Tasks whose held-out protocol runs once at the end (Atari, the maze, continual sine): ``eval.every`` and
   ``eval.periodic_split``.
 - Continual mode (``meta.every`` > 0: one never-reset learner): ``meta.meta_batch``.
+- What a method's own inner loop cannot honour, declared by the method (``MetaLearner.unused_keys``): MAML and
+  Lazy step plain SGD (``inner.optimizer``, ``inner.momentum``; Lazy's student also ``inner.clip_grad_norm``),
+  WarpGrad replays unclipped SGD steps (``inner.clip_grad_norm``).
 - Every task but Atari: ``eval.video``, ``eval.video_frames``, ``eval.note``, ``eval.random_init`` (Atari's
   held-out protocol only).
 """
@@ -27,49 +33,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
+from metarl.base import SHARED_SECTIONS
+
 from .config_checks import flatten
 from .errors import ConfigError
 
 
-# methods whose tasks end through the base class's watch, which measures ‖θᴷ − θ⁰‖ (metarl/base.py)
-SIZED_STEP_METHODS = ("leap", "reptile", "fomaml")
-
-
-def _periodic_evaluation(task: str) -> bool:
+def _adapter_class(task: str) -> Any:
     from .tasks import TASKS
     import importlib
     module, _, adapter_cls = TASKS[task]
-    return bool(getattr(getattr(importlib.import_module(module), adapter_cls), "periodic_evaluation", True))
+    return getattr(importlib.import_module(module), adapter_cls)
 
 
 def unused_keys(cfg: Any) -> dict[str, str]:
     """Dotted keys (or ``section`` for a whole section) that ``cfg``'s run does not read, with the reason."""
-    out: dict[str, str] = {}
-    if cfg.method != "maml":
-        out["maml"] = f"only method maml reads maml.* (this run's method is {cfg.method})"
-    warp_leap = cfg.method == "warpgrad" and getattr(cfg.method_config, "init_objective", None) == "leap"
-    if cfg.method != "leap" and not warp_leap:
-        out["leap"] = (f"only method leap and warpgrad with init_objective: leap read leap.* (this run's method "
-                       f"is {cfg.method})")
-    if cfg.method not in SIZED_STEP_METHODS:
-        out["meta.optimizer.step_fraction"] = (f"only methods {', '.join(SIZED_STEP_METHODS)} measure each task's "
-                                               f"displacement that the sized step needs (this run's method is "
-                                               f"{cfg.method})")
-    if cfg.task == "atari":
-        for k in ("optimizer", "lr", "momentum"):
-            out[f"inner.{k}"] = ("Atari's A2C has its own optimiser: set atari.a2c.* instead (inner.steps is "
-                                 "the env steps per game)")
-    if cfg.task == "maze":
-        for k in ("optimizer", "lr", "momentum", "steps"):
-            out[f"inner.{k}"] = ("the maze's learner is Adam with maze.task_lr and maze.adam_eps, "
-                                 "meta.every task steps per meta-step")
-        out["eval"] = "the maze has no held-out evaluation: its result is its training curve (maze.final_window)"
-    elif not _periodic_evaluation(cfg.task):
-        for k in ("every", "periodic_split"):
-            out[f"eval.{k}"] = f"task {cfg.task} evaluates once, at the end (no periodic evaluation)"
-    if cfg.task not in ("atari", "maze"):      # the maze refuses all of eval.* above
-        for k in ("video", "video_frames", "note", "random_init"):
-            out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
+    from metarl.registry import method_class
+    method = method_class(cfg.method)
+    out = {k: f"{why} (this run's method is {cfg.method})" for k, why in method.unused_keys(cfg).items()}
+    out.update(_adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
     return out
@@ -114,7 +96,7 @@ def check_used_keys(cfg: Any, file_data: dict[str, Any] | None, overrides: Itera
         if prefix is not None:
             raise ConfigError(f"config key {key!r} is not used by this run: {unused[prefix]}")
     for key, value in flatten({k: v for k, v in (file_data or {}).items()
-                                if k in ("inner", "meta", "leap", "maml", "eval")}).items():
+                                if k in ("inner", "meta", "eval", *SHARED_SECTIONS)}).items():
         prefix = _match(key, unused)
         if prefix is None or value == {}:
             continue

@@ -63,7 +63,8 @@ def results_table(run_dirs: list[Path]) -> str:
             rows = [(data.get("seed"), data["return_last_mean"])]
             walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
         groups.setdefault(name, []).extend(rows)
-    lines = ["| run | seeds | return, last episodes: mean ± sample std over seeds | per seed | wall time per run (min) |",
+    lines = ["| run | seeds | return, last episodes: mean ± sample std over seeds | per seed "
+             "| wall time per run (min) |",
              "|---|---|---|---|---|"]
     for name, rows in sorted(groups.items()):
         means = np.array([float("nan") if m is None else m for _, m in rows])

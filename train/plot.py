@@ -128,7 +128,8 @@ def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.nd
     tags = [t for acc in accs.values() for t in acc.Tags().get("scalars", [])]
     chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen is None or chosen not in tags:
-        raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} (has: {', '.join(sorted(tags)) or 'none'})")
+        has = ", ".join(sorted(tags)) or "none"
+        raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} (has: {has})")
     acc = next(acc for acc in accs.values() if chosen in acc.Tags().get("scalars", []))
     return (chosen, *tag_points(acc, chosen))
 

@@ -8,7 +8,8 @@ A run directory is told apart by what it holds (a listed folder without results 
   (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
   (config seed, game) evaluated by several runs is counted once, and a run without it (``eval.random_init:
   false``: the transfer study's Reptile and pretrained runs) is compared with the one of the run that has it.
-  Curves: TensorBoard ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs ``eval/<init>``
+  Curves: TensorBoard ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs
+  ``eval/<init>``
   (earlier runs: ``eval/<game>/<init>/episodic_return`` in the run directory itself).
 - maze (``eval.json`` with ``return_last_mean``, or ``per_seed`` for a seed-batched run; train/tasks/maze.py):
   one task, one score per seed; curves: ``charts/episodic_return`` in ``games/`` (``seed_<k>/`` when batched).
@@ -193,7 +194,8 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
                     tb.update({f"eval/{t.split('/')[1]}/{i}/{t.split('/', 2)[2]}": v
                                for t, v in scalars(d / "eval" / i, tags).items()})
                 if not tb:
-                    tags = tuple(f"eval/{g}/{i}/episodic_return{s}" for g in table for i in table[g] for s in ("", "_std"))
+                    tags = tuple(f"eval/{g}/{i}/episodic_return{s}"
+                                 for g in table for i in table[g] for s in ("", "_std"))
                     tb = scalars(d, tags)
             tag = f"eval/{game}/{init}/episodic_return"
             if tag in tb:

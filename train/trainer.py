@@ -264,6 +264,18 @@ def log_games(adapter: TaskAdapter, log: Callable[..., None]) -> None:
         log(values, step=step, run=run[0] if run else None)
 
 
+def check_world(cfg: Config, size: int) -> None:
+    """Refuse (ConfigError) a run of ``cfg`` over ``size`` > 1 torchrun ranks that could not equal one process:
+    continual mode, and what the method says it cannot split (``MetaLearner.distributed_refusal``)."""
+    if size <= 1:
+        return
+    if cfg.meta.every:
+        raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
+    reason = method_class(cfg.method).distributed_refusal(cfg)
+    if reason:
+        raise ConfigError(f"method {cfg.method!r} cannot run under torchrun: {reason}; launch it without torchrun")
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
           progress: Callable | None = None, world: World | None = None) -> dict[str, float]:
     """Meta-train per ``cfg`` in ``run_dir`` until ``meta.steps`` meta-steps.
@@ -272,10 +284,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     ``stop_after`` ends this process after that many units (used to test resumption). With several
     ``world`` ranks, each adapts its share of every meta-batch; rank 0 logs, evaluates and checkpoints."""
     world = world or World()
-    if cfg.meta.every and world.size > 1:
-        raise ConfigError("continual mode (meta.every > 0) runs one task stream: launch it without torchrun")
-    if world.size > 1 and cfg.method == "warpgrad" and cfg.method_config.algorithm == "offline":
-        raise ConfigError("warpgrad.algorithm: offline replays samples in sequence: use online with torchrun")
+    check_world(cfg, world.size)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     adapter = build_adapter(cfg.task, cfg.task_config, cfg.seed)   # bad data paths fail here, before any write

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..base import MetaLearner, MetaOptimizerConfig, all_finite, global_norm, make_optimizer, select
+from ..base import MetaLearner, MetaOptimizerConfig, Update, all_finite, global_norm, make_optimizer, select
 from ..leap import LeapConfig
 from ..seam import OptimizerWatch
 from .config import WarpGradConfig, warp_maml_config
@@ -35,6 +35,23 @@ class WarpGrad(MetaLearner):
     override the objects built from the config."""
 
     name = "warpgrad"
+
+    @classmethod
+    def sections(cls, cfg: Any) -> tuple[str, ...]:
+        return ("leap",) if cfg.method_config.init_objective == "leap" else ()     # Warp-Leap reads leap.*
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        # the warp objective replays each inner step as an SGD step on the unclipped gradient (inner.py)
+        return {**super().unused_keys(cfg),
+                "inner.clip_grad_norm": "WarpGrad's warp objective replays unclipped SGD steps "
+                                        "(metarl/warpgrad/inner.py)"}
+
+    @classmethod
+    def distributed_refusal(cls, cfg: Any) -> str:
+        if cfg.method_config.algorithm == "offline":
+            return "warpgrad.algorithm: offline replays samples in sequence (use online with torchrun)"
+        return ""
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "WarpGrad":
@@ -169,34 +186,34 @@ class WarpGrad(MetaLearner):
             self._replay.append(trajectory)
 
     # -- meta-step ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _apply(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-        for p, g in zip(params, grads):
-            p.grad = g.to(p.dtype)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def _warp_update(self, grads: Sequence[Tensor]) -> Update:
+        """φ's step with its own optimiser and clip (``warpgrad.warp_optimizer.clip_grad_norm``)."""
+        return Update(self.warp_optimizer, self.warp_params, grads, self.config.warp_optimizer.clip_grad_norm)
+
+    def _init_update(self, grads: Sequence[Tensor]) -> Update:
+        """θ⁰'s step with the meta-optimiser and its clip (``meta.optimizer.clip_grad_norm``)."""
+        return Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm)
 
     @property
     def learns_init(self) -> bool:
         return not isinstance(self.init_objective, NoInit)
 
-    def meta_step(self) -> dict[str, float]:
-        logs = {"meta/tasks": float(self.tasks), "meta/skipped_tasks": float(self.skipped)}
+    def updates(self, logs: dict[str, float]):
+        """φ's and θ⁰'s steps, in order, for the base class's meta-step (which clips, takes, undoes and counts
+        them): online one of each; offline one φ step per η replayed samples."""
         if self.config.algorithm == "online":
-            logs.update(self._online_step())
+            yield from self._online_updates(logs)
         else:
-            logs.update(self._offline_step())
+            yield from self._offline_updates(logs)
         if isinstance(self.init_objective, LeapInit):
             tasks = max(self.tasks + self.skipped, 1)
             logs.update({k: v / tasks for k, v in self.init_objective.pop_logs().items()})
-        torch._foreach_zero_(self._acc)
+
+    def reset_meta_batch(self) -> None:
+        super().reset_meta_batch()
         torch._foreach_zero_(self._warp_acc)
         self._stats.zero_()
         self._replay = []
-        self.tasks = 0
-        self.skipped = 0
-        self.meta_steps += 1
-        return logs
 
     def all_reduce(self, reduce: Callable[[list[Tensor]], None]) -> None:
         """Online: sum warp and init accumulators over workers. (The offline replay is sequential in its
@@ -206,8 +223,7 @@ class WarpGrad(MetaLearner):
     def _init_mean(self) -> list[Tensor]:
         return self.meta_gradient()          # mean over finite tasks of the init gradient
 
-    def _online_step(self) -> dict[str, float]:
-        logs: dict[str, float] = {}
+    def _online_updates(self, logs: dict[str, float]):
         points = int(self._stats[POINTS])
         logs["meta/warp_points"] = float(points)
         if points > 0:
@@ -216,23 +232,22 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_grad_norm"] = global_norm(g)
             logs["meta/warp_loss"] = float(self._stats[META_LOSS]) / points
             logs["meta/warp_task_loss"] = float(self._stats[TASK_LOSS]) / points
-            self._apply(self.warp_optimizer, self.warp_params, g)
-            self.warp_updates += 1
-            logs["meta/warp_steps"] = 1.0
+            taken = yield self._warp_update(g)
+            self.warp_updates += taken
+            logs["meta/warp_steps"] = float(taken)
         if self.tasks > 0 and self.learns_init:
             g0 = self._init_mean()
             logs["meta/init_grad_norm"] = global_norm(g0)
-            self._apply(self.meta_optimizer, self.params, g0)
-        return logs
+            yield self._init_update(g0)
 
-    def _offline_step(self) -> dict[str, float]:
+    def _offline_updates(self, logs: dict[str, float]):
         cfg = self.config
         samples = [(t, j) for t, traj in enumerate(self._replay) for j in range(len(traj.points))]
-        logs: dict[str, float] = {"meta/warp_points": float(len(samples))}
+        logs["meta/warp_points"] = float(len(samples))
         if self.tasks > 0 and self.learns_init:
             logs["meta/init_grad_norm"] = global_norm(self._init_mean())
         if not samples:
-            return logs
+            return
         # Sample order from the meta-step count, not the global RNG: a resumed run replays identically.
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.meta_steps)).tolist()
         per_eta_init = self.learns_init and cfg.init_schedule == "eta"
@@ -244,7 +259,7 @@ class WarpGrad(MetaLearner):
         for pos, s in enumerate(order):
             t, j = samples[s]
             traj = self._replay[t]
-            value = self._replay_value(traj, traj.points[j])
+            value = self._replay_value(traj, traj.points[j])     # at the current φ: after the previous steps
             in_chunk += 1
             if all_finite([*value.grads, value.meta_loss]):
                 torch._foreach_add_(g_phi, value.grads)
@@ -260,23 +275,22 @@ class WarpGrad(MetaLearner):
                 if finite_in_chunk:
                     mean = [g / finite_in_chunk for g in g_phi]
                     torch._foreach_add_(total, g_phi)
-                    self._apply(self.warp_optimizer, self.warp_params, mean)
-                    self.warp_updates += 1
-                    steps += 1
+                    taken = yield self._warp_update(mean)
+                    self.warp_updates += taken
+                    steps += taken
                 if per_eta_init:
-                    self._apply(self.meta_optimizer, self.params, g_init)
+                    yield self._init_update(g_init)
                     torch._foreach_zero_(g_init)
                 torch._foreach_zero_(g_phi)
                 in_chunk = finite_in_chunk = 0
         if self.learns_init and cfg.init_schedule == "meta_batch" and self.tasks > 0:
-            self._apply(self.meta_optimizer, self.params, self._init_mean())
+            yield self._init_update(self._init_mean())
         self.last_warp_grad = [x / max(used, 1) for x in total]
         logs.update({"meta/warp_steps": float(steps), "meta/skipped_points": float(skipped),
                      "meta/warp_grad_norm": global_norm(self.last_warp_grad)})
         if used:
             logs["meta/warp_loss"] = loss_sum / used
             logs["meta/warp_task_loss"] = task_loss_sum / used
-        return logs
 
     # -- checkpointing -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

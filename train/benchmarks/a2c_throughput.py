@@ -60,7 +60,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=2, help="env groups for `ours_overlap`")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto: where our loop and SB3 compute")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto: where our loop and SB3 compute")
     p.add_argument("--network", default="nature", choices=("nature", "mnih2013"), help="our loop's network")
     p.add_argument("--observation", default="gray4", choices=("gray4", "rgb"), help="our loop's frames")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)   # internal: one variant in a child process

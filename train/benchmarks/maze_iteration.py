@@ -107,7 +107,8 @@ def run(argv: list[str]) -> dict:
                         help=f"also time the models with a fused unroll ({', '.join(FUSED_MODELS)}) without it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu",
-                        help="cpu (default), cuda, cuda:N or auto: where the agents compute (the mazes step on the CPU)")
+                        help="cpu (default), cuda, cuda:N or auto: where the agents compute "
+                             "(the mazes step on the CPU)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
@@ -172,7 +173,8 @@ def run(argv: list[str]) -> dict:
             # The WarpGrad maze budget: 100k episodes in batches of `mazes`.
             iterations_100k = -(-100_000 // args.mazes)
             result["warp_rnn_100k_episodes_minutes"] = round(warp_ms * iterations_100k / 60_000, 2)
-            print(f"warp-rnn, 100k episodes ({iterations_100k} iterations): ≈ {result['warp_rnn_100k_episodes_minutes']} min")
+            minutes = result["warp_rnn_100k_episodes_minutes"]
+            print(f"warp-rnn, 100k episodes ({iterations_100k} iterations): ≈ {minutes} min")
     finally:
         torch.set_num_threads(previous_threads)
     return result

@@ -38,7 +38,6 @@ the held-out protocol, ``eval.video``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -53,10 +52,10 @@ from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari, make
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
-
-LOSS_POINTS = 50           # per task: A2C losses logged as means over at most this many blocks of updates
 from .atari_eval import evaluate_atari
 from .base import TaskAdapter
+
+LOSS_POINTS = 50           # per task: A2C losses logged as means over at most this many blocks of updates
 
 
 def _default_train_games() -> list[str]:
@@ -140,6 +139,15 @@ class AtariAdapter(TaskAdapter):
     config: AtariTaskConfig
     head = ("policy.", "value.")
     periodic_evaluation = False           # the held-out protocol (evaluate_run) runs once, at the end
+    clip_key = "atari.a2c.max_grad_norm"  # the one clip key (TaskAdapter.clip_key)
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        out = {k: v for k, v in super().unused_keys(cfg).items() if not v.startswith("only Atari's")}
+        for k in ("optimizer", "lr", "momentum"):
+            out[f"inner.{k}"] = ("Atari's A2C has its own optimiser: set atari.a2c.* instead (inner.steps is "
+                                 "the env steps per game)")
+        return out
 
     def __init__(self, config: AtariTaskConfig | None = None, seed: int = 0) -> None:
         super().__init__(config or AtariTaskConfig(), seed)   # task seeds come from sample_tasks' rng
@@ -188,10 +196,13 @@ class AtariAdapter(TaskAdapter):
         """A2C on ``task`` for ``steps`` env steps; one watched optimiser step per update, then one more
         rollout without a step whose loss f(θ_K) closes the watch. Returns the loss curve (K+1 points).
 
-        ``clip_grad_norm`` (the trainer's ``inner.clip_grad_norm``) overrides ``a2c.max_grad_norm`` when set.
+        The gradient is clipped at ``a2c.max_grad_norm`` only (TaskAdapter.clip_key): ``clip_grad_norm`` must
+        be None (``inner.clip_grad_norm`` is refused for Atari).
         """
         cfg = self.config
-        a2c = cfg.a2c if not clip_grad_norm else dataclasses.replace(cfg.a2c, max_grad_norm=clip_grad_norm)
+        if clip_grad_norm:
+            raise ValueError("Atari clips at atari.a2c.max_grad_norm only; inner.clip_grad_norm is refused")
+        a2c = cfg.a2c
         envs = self._envs(task, train=True)
         offset = self.global_step
         recent: list[Episode] = []
@@ -324,7 +335,8 @@ def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dic
     """One task's per-game env-step scalars: its SPS at its end, and its A2C losses as means over at most
     ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
     out = [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})]
-    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()}) for step, stats in result.optimizer_stats]
+    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()})
+            for step, stats in result.optimizer_stats]
     logs = result.logs
     if not logs:
         return out
@@ -333,8 +345,8 @@ def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dic
     for start in range(0, len(logs), size):
         block = logs[start:start + size]
         out.append((offset + (start + len(block)) * per_update,
-                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy" else "losses/entropy"]
-                                                          for row in block]))
+                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy"
+                                                              else "losses/entropy"] for row in block]))
                      for k in ("policy", "value", "entropy")}))
     return sorted(out, key=lambda e: e[0])
 

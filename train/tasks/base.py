@@ -54,6 +54,26 @@ class TaskAdapter:
     # moved to this device by the family's tasks.
     device: torch.device = torch.device("cpu")
     device_types: Sequence[str] = ("cpu", "cuda")   # where the family can run
+    # The one clipping rule for every family: the task gradient's clip has exactly one key. A family whose
+    # own section has a clip (Atari's atari.a2c.max_grad_norm, the maze's maze.clip_grad_norm) reads that key
+    # only — in training and in held-out runs alike — and refuses inner.clip_grad_norm; every other family
+    # reads inner.clip_grad_norm. So no precedence between two keys exists to differ from task to task.
+    clip_key = "inner.clip_grad_norm"
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        """Config keys (dotted, or a whole section) a run of this family does not read, each with the reason;
+        ``metarl train`` refuses them when set (train/config_usage.py)."""
+        out: dict[str, str] = {}
+        if cls.clip_key != "inner.clip_grad_norm":
+            out["inner.clip_grad_norm"] = (f"task {cfg.task} clips its task gradient with {cls.clip_key} only "
+                                           f"(one clip key per task)")
+        if not cls.periodic_evaluation:
+            for k in ("every", "periodic_split"):
+                out[f"eval.{k}"] = f"task {cfg.task} evaluates once, at the end (no periodic evaluation)"
+        for k in ("video", "video_frames", "note", "random_init"):
+            out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
+        return out
 
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config

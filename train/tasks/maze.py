@@ -215,6 +215,16 @@ class MazeAdapter(TaskAdapter):
     # CPU (agents.maze_a2c, "Devices").
     device_types = ("cpu", "cuda")
     continual_only = True
+    clip_key = "maze.clip_grad_norm"   # the one clip key (TaskAdapter.clip_key)
+
+    @classmethod
+    def unused_keys(cls, cfg: Any) -> dict[str, str]:
+        out = {k: v for k, v in super().unused_keys(cfg).items() if not k.startswith("eval.")}
+        for k in ("optimizer", "lr", "momentum", "steps"):
+            out[f"inner.{k}"] = ("the maze's learner is Adam with maze.task_lr and maze.adam_eps, "
+                                 "meta.every task steps per meta-step")
+        out["eval"] = "the maze has no held-out evaluation: its result is its training curve (maze.final_window)"
+        return out
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
         super().__init__(config, seed)
@@ -274,7 +284,9 @@ class MazeAdapter(TaskAdapter):
         """``steps`` more iterations of the never-reset learner; returns their losses (no final point: the
         task does not end; seed-batched: the mean over the seeds with a finite loss)."""
         mc = self.config
-        clip = mc.clip_grad_norm or clip_grad_norm or None
+        if clip_grad_norm:
+            raise ValueError("the maze clips at maze.clip_grad_norm only; inner.clip_grad_norm is refused")
+        clip = mc.clip_grad_norm or None
         if self.seeds:
             return self._adapt_seeds(model, optimizer, steps, watch, clip)
         all_params = list(model.parameters())
