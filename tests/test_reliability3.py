@@ -74,3 +74,57 @@ def test_a_split_without_games_is_refused_in_one_line(atari_run, tmp_path, capsy
     assert code == 2 and "'atari.val_games' is empty" in one_line(err)
     assert snapshot(run) == before and not (run / "eval_parts" / "val").exists()
 
+
+# ------------------------------------------------------------------------------------------------
+# 2. `metarl eval` of a seed-batched maze run: never over a seed folder that trained on alone; the lock
+
+
+@pytest.fixture(scope="module")
+def maze_batch(tmp_path_factory):
+    from test_maze_seed_batch import tiny_cfg
+
+    from train.trainer import train
+    d = tmp_path_factory.mktemp("maze") / "batch"
+    train(tiny_cfg("rnn", 0, [3, 1]), d)
+    return d
+
+
+def test_eval_leaves_a_seed_folder_that_trained_on_alone(maze_batch, tmp_path, capsys):
+    batch = tmp_path / "batch"
+    shutil.copytree(maze_batch, batch)
+    code, _, err = cli(["train", "--resume", batch / "seed_1", "meta.steps=4"], capsys)
+    assert code == 0, err
+    alone = snapshot(batch / "seed_1")
+    code, out, err = cli(["eval", batch], capsys)
+    assert code == 0, err
+    assert "seed_1 has trained on alone" in one_line(err)
+    assert snapshot(batch / "seed_1") == alone                      # config.yaml, eval.json, checkpoints kept
+    assert set(json.loads(out.splitlines()[0])["per_seed"]) == {"3", "1"}
+    code, _, err = cli(["train", "--resume", batch / "seed_1", "meta.steps=5"], capsys)
+    assert code == 0, err                                           # and it still trains on
+
+
+def test_eval_rewrites_the_seed_folders_the_batch_wrote(maze_batch, tmp_path, capsys):
+    batch = tmp_path / "batch"
+    shutil.copytree(maze_batch, batch)
+    (batch / "seed_3" / "eval.json").unlink()
+    code, _, err = cli(["eval", batch], capsys)
+    assert code == 0 and err.strip() == "", err
+    assert json.loads((batch / "seed_3" / "eval.json").read_text())["seed"] == 3
+    assert json.loads((batch / "seed_1" / "batched.json").read_text())["step"] == 3      # what the batch wrote
+
+
+def test_eval_holds_the_run_directory_lock(maze_batch, tmp_path, capsys):
+    from train.rundir import RunLock
+    batch = tmp_path / "batch"
+    shutil.copytree(maze_batch, batch)
+    before = snapshot(batch)
+    with RunLock(batch):                        # a live run holds the directory
+        code, _, err = cli(["eval", batch], capsys)
+        assert code == 2 and "is in use by process" in one_line(err)
+    assert snapshot(batch) == before
+    (batch / "seed_3" / "eval.json").unlink()
+    with RunLock(batch / "seed_3"):             # seed 3 trains alone right now
+        code, _, err = cli(["eval", batch], capsys)
+    assert code == 0 and "seed_3 is in use by process" in one_line(err)
+    assert not (batch / "seed_3" / "eval.json").exists()

@@ -30,7 +30,24 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
 
 
 def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -> dict:
-    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says."""
+    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says.
+    Holds the run directory's lock (train/rundir.py) while it runs: an evaluation writes into the run (its
+    results, TensorBoard, the seed folders of a batched maze run), so a run in progress refuses it in one line,
+    and a run started meanwhile is refused until it ends."""
+    import sys
+
+    from .rundir import RunLock, prepare_run_dir
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
+        if lock.stale is not None:
+            print(f"warning: {run_dir} was locked by process {lock.stale[0]}, which is gone: taking it over",
+                  file=sys.stderr)
+        return _evaluate_run(run_dir, split, video)
+
+
+def _evaluate_run(run_dir: Path, split: str | None, video: bool) -> dict:
     overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else [])
     cfg, adapter, meta, path = load_run(run_dir, overrides)
     step = meta.meta_steps
