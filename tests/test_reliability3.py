@@ -15,7 +15,7 @@ ATARI = ROOT / "configs" / "atari_leap.yaml"
 # one game in every list, one held-out run per split (meta_init only): seconds
 ATARI_TINY = ["atari.train_games=[Breakout]", "atari.val_games=[Breakout]", "atari.test_games=[Breakout]",
               "atari.test_on_train_games=true", "atari.a2c.num_envs=4", "inner.steps=300", "meta.steps=1",
-              "meta.meta_batch=1", "eval.tasks=1", "eval.steps=300", "eval.random_init=false",
+              "meta.meta_batch=1", "eval.tasks=1", "eval.steps=1200", "eval.random_init=false",
               "run.progress=false", "run.threads=1"]
 
 
@@ -128,3 +128,88 @@ def test_eval_holds_the_run_directory_lock(maze_batch, tmp_path, capsys):
         code, _, err = cli(["eval", batch], capsys)
     assert code == 0 and "seed_3 is in use by process" in one_line(err)
     assert not (batch / "seed_3" / "eval.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. evaluation parts: the contents are checked, and a bad part runs again with one line
+
+
+SETTINGS = {"seed": 0, "method": "leap", "env_steps": 300, "points": 3, "window": 10}
+
+
+def good_part(**changes):
+    from train.tasks.atari_eval_parts import fingerprint
+    part = {"format": 1, "fingerprint": fingerprint(SETTINGS), "settings": SETTINGS, "game": "Breakout",
+            "init": "meta_init", "seed": 0, "curve": [None, 1.0, 2.5], "final_score": 2.0, "final_games": 3,
+            "games": 4, "env_steps": 320, "returns": [0.0, 4.0],
+            "optimizer": [[80, {"square_avg_q50": 0.9, "step_multiplier_q50": None}]]}
+    part.update(changes)
+    return {k: v for k, v in part.items() if v != "drop"}
+
+
+BAD_PARTS = [
+    ({"final_score": float("nan")}, "final_score nan is not a finite number or null"),
+    ({"final_score": 12345.0}, "score 12345 outside its games' range [0, 4]"),
+    ({"final_score": "2.0"}, "final_score 2.0 is not a finite number or null"),
+    ({"final_score": True}, "final_score True is not a finite number"),
+    ({"final_score": None}, "final_score None over 3 games"),
+    ({"curve": [None, 1.0]}, "curve has 2 points, not 3"),
+    ({"curve": [None, 1.0, 2.5, 3.0]}, "curve has 4 points, not 3"),
+    ({"curve": "drop"}, "curve is NoneType, not a list of 3 points"),
+    ({"curve": [None, "1.0", 2.5]}, "curve holds a value that is not a finite number or null"),
+    ({"curve": [None, float("inf"), 2.5]}, "curve holds a value that is not a finite number or null"),
+    ({"curve": [None, 1.0, 40.0]}, "score 40 outside its games' range"),
+    ({"games": -1}, "games -1 is not a count"),
+    ({"final_games": 2.5}, "final_games 2.5 is not a count"),
+    ({"returns": [4.0, 0.0]}, "returns is not [lowest, highest]"),
+    ({"returns": None}, "score 1 outside its games' range"),
+    ({"optimizer": [[80, [1, 2]]]}, "optimizer is not a list of [env_step, {name: value}]"),
+    ({"optimizer": {"80": {}}}, "optimizer is not a list"),
+    ({"video": [1]}, "video is not a recorded game's entry"),
+    ({"returns": "drop", "final_score": 2e7}, "score 2e+07 outside its games' range [-1e+07, 1e+07]"),
+]
+
+
+@pytest.mark.parametrize("changes,why", BAD_PARTS, ids=[str(c) for c, _ in BAD_PARTS])
+def test_a_part_with_bad_contents_is_run_again_and_named(changes, why, tmp_path):
+    from train.checkpoint import dumps_json
+    from train.tasks.atari_eval_parts import Parts
+    parts = Parts(tmp_path, "test")
+    parts.folder.mkdir(parents=True)
+    text = json.dumps(good_part(**changes))          # json.dumps writes NaN and Infinity as a hand edit would
+    parts.path("Breakout", "meta_init", 0).write_text(text)
+    assert parts.load("Breakout", "meta_init", 0, SETTINGS, None) is None
+    note = parts.note()
+    assert "1 finished held-out run not reused, run again — bad contents: " in note and why in note, note
+    assert "\n" not in note
+    assert dumps_json(good_part()) == dumps_json(json.loads(json.dumps(good_part())))
+
+
+@pytest.mark.parametrize("changes", [{}, {"optimizer": "drop"}, {"returns": "drop"}, {"optimizer": []},
+                                     {"final_score": None, "final_games": 0, "curve": [None, None, None],
+                                      "returns": None}])
+def test_well_formed_parts_are_read_back(changes, tmp_path):
+    from train.tasks.atari_eval_parts import Parts
+    parts = Parts(tmp_path, "test")
+    parts.folder.mkdir(parents=True)
+    part = good_part(**changes)
+    parts.path("Breakout", "meta_init", 0).write_text(json.dumps(part))
+    assert parts.load("Breakout", "meta_init", 0, SETTINGS, None) == part and parts.note() == ""
+
+
+def test_eval_runs_a_tampered_part_again_without_a_traceback(atari_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(atari_run, run)
+    part_file = run / "eval_parts" / "test" / "Breakout__meta_init__0.json"
+    part = json.loads(part_file.read_text())
+    assert part["returns"] is not None and part["optimizer"]          # written by this version: both recorded
+    before = (run / "eval_atari.json").read_text()
+    for bad in ("abc", 12345.0, float("nan")):
+        part_file.write_text(json.dumps({**part, "final_score": bad}))
+        code, _, err = cli(["eval", run], capsys)
+        assert code == 0 and "run again — bad contents: " in one_line(err), err
+        assert json.loads(part_file.read_text()) == part                # run again: the same numbers
+        assert (run / "eval_atari.json").read_text() == before
+    part_file.write_text(json.dumps({**part, "curve": part["curve"][:-1]}))
+    code, _, err = cli(["train", "--resume", run], capsys)          # finished: refused, not a traceback
+    assert code == 2 and "is finished" in one_line(err)

@@ -213,9 +213,12 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
     s = np.array([g.global_step - start for g in played], dtype=np.float64)
     r = np.array([g.episodic_return for g in played], dtype=np.float64)
     final = adapter.evaluate(task, model)
+    # the lowest and highest game score behind the curve and the final score: bounds they must lie within
+    scored = [*r.tolist(), *(g.episodic_return for g in getattr(adapter, "last_scored", []))]
     part = {"format": FORMAT, "fingerprint": fingerprint(settings), "settings": settings, "game": game,
             "init": init, "seed": seed, "curve": running_curve(s, r, grid, window), "final_score": final["score"],
             "final_games": int(final["games"]), "games": len(played), "env_steps": adapter.global_step - start,
+            "returns": [float(min(scored)), float(max(scored))] if scored else None,
             "optimizer": [[step, stats] for step, stats in adapter.last_result.optimizer_stats]}
     if show:
         _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{cfg.eval.tasks}: final score "
