@@ -213,3 +213,77 @@ def test_eval_runs_a_tampered_part_again_without_a_traceback(atari_run, tmp_path
     part_file.write_text(json.dumps({**part, "curve": part["curve"][:-1]}))
     code, _, err = cli(["train", "--resume", run], capsys)          # finished: refused, not a traceback
     assert code == 2 and "is finished" in one_line(err)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. `metarl export`: refusals before writing, atomic, both files or neither
+
+
+@pytest.fixture
+def export_run(tmp_path):
+    """An Atari run directory in the trainer's format (a Leap θ⁰ over the Nature encoder)."""
+    import torch
+
+    from agents.nets import ActorCritic
+    from metarl.leap import Leap, LeapConfig
+    from train.checkpoint import save_checkpoint
+    from train.config import config_to_yaml, load_config
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_to_yaml(load_config(ATARI)))
+    meta = Leap(ActorCritic(6, in_channels=4, network="nature"), LeapConfig(p=2), include=["encoder."])
+    save_checkpoint(run, 1, {"step": 1, "meta": meta.state_dict()}, 2)
+    return run
+
+
+def test_export_never_writes_into_a_run_directory(export_run, tmp_path, capsys):
+    before = snapshot(export_run)
+    for target in (export_run / "checkpoint-0000001.pt", export_run / "checkpoint-0000002.pt",
+                   export_run / "encoder.pt", export_run / "eval" / "encoder.pt"):
+        for flag in ("--out", "--sb3"):
+            code, _, err = cli(["export", export_run, flag, target, "--force"], capsys)
+            assert code == 2 and "inside the run directory" in one_line(err), err
+    other = tmp_path / "other"
+    shutil.copytree(export_run, other)
+    code, _, err = cli(["export", export_run, "--out", other / "checkpoint-0000003.pt"], capsys)
+    assert code == 2 and "inside another run directory" in one_line(err)
+    assert snapshot(export_run) == before and sorted(p.name for p in other.iterdir()) == sorted(before)
+
+
+def test_export_replaces_a_file_only_with_force(export_run, tmp_path, capsys):
+    import torch
+    out = tmp_path / "enc.pt"
+    out.write_bytes(b"keep me")
+    code, _, err = cli(["export", export_run, "--out", out], capsys)
+    assert code == 2 and "exists: use --force" in one_line(err) and out.read_bytes() == b"keep me"
+    code, stdout, err = cli(["export", export_run, "--out", out, "--force"], capsys)
+    assert code == 0 and stdout.strip() == f"wrote {out}", err
+    assert all(k.startswith("encoder.") for k in torch.load(out, weights_only=True))
+
+
+def test_export_to_one_file_twice_is_refused(export_run, tmp_path, capsys):
+    f = tmp_path / "enc.pt"
+    code, _, err = cli(["export", export_run, "--out", f, "--sb3", tmp_path / "." / "enc.pt"], capsys)
+    assert code == 2 and "name the same file" in one_line(err) and not f.exists()
+
+
+def test_export_write_failures_are_one_line_and_write_nothing(export_run, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    good = tmp_path / "enc.pt"
+    code, _, err = cli(["export", export_run, "--out", good, "--sb3", tmp_path / "no" / "sb3.pt"], capsys)
+    assert code == 2 and "does not exist" in one_line(err) and not good.exists()
+    code, _, err = cli(["export", export_run, "--out", tmp_path, "--force"], capsys)
+    assert code == 2 and "is a folder" in one_line(err)
+    real_fsync, calls = os.fsync, []
+
+    def disk_full_on_the_second(fd):        # the second file does not fit: the first is not kept either
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_on_the_second)
+    code, _, err = cli(["export", export_run, "--out", good, "--sb3", tmp_path / "sb3.pt"], capsys)
+    assert code == 2 and "No space left on device" in one_line(err) and "nothing was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]        # no file, no temp file

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir")
     x.add_argument("--out", metavar="FILE", help="encoder.* tensors in our names (ActorCritic)")
     x.add_argument("--sb3", metavar="FILE", help="the same tensors in SB3's NatureCNN names (A2C('CnnPolicy'))")
+    x.add_argument("--force", action="store_true", help="replace existing files (never a run directory's)")
     return p
 
 
@@ -199,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
-    for path in export(Path(args.run_dir), out=args.out, sb3=args.sb3):
+    for path in export(Path(args.run_dir), out=args.out, sb3=args.sb3, force=args.force):
         print(f"wrote {path}")
     return 0
 
