@@ -174,7 +174,8 @@ def check(cfg: Config) -> None:
                     "run.checkpoint_every": cfg.run.checkpoint_every, "inner.lr": cfg.inner.lr,
                     "inner.momentum": cfg.inner.momentum, "inner.clip_grad_norm": cfg.inner.clip_grad_norm,
                     "maml.inner_lr": cfg.maml.inner_lr,
-                    "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every}
+                    "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every,
+                    "run.max_memory": cfg.run.max_memory}
     for key, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {v}")

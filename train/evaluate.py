@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from metarl import MetaLearner
 
+from .budget import check_budget
 from .checkpoint import load_latest, write_json_atomic
 from .config import Config, load_config
 from .errors import UserError
@@ -19,6 +20,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    check_budget(cfg)                   # before the adapter and model are built
     adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
     loaded = load_latest(run_dir)
     if loaded is None:
