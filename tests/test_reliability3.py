@@ -287,3 +287,50 @@ def test_export_write_failures_are_one_line_and_write_nothing(export_run, tmp_pa
     code, _, err = cli(["export", export_run, "--out", good, "--sb3", tmp_path / "sb3.pt"], capsys)
     assert code == 2 and "No space left on device" in one_line(err) and "nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]        # no file, no temp file
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. the report tools on ordinary mistakes: one line, exit 2, nothing of a run's replaced
+
+
+def maze_report(args, capsys):
+    from train.maze_report import main
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_maze_report_table_of_other_runs_or_none_is_one_line(atari_run, tmp_path, capsys):
+    code, _, err = maze_report(["table", atari_run], capsys)
+    assert code == 2 and "is not a maze run" in one_line(err)
+    (tmp_path / "empty").mkdir()
+    code, _, err = maze_report(["table", tmp_path / "empty"], capsys)
+    assert code == 2 and "no finished maze runs" in one_line(err)
+
+
+def test_plot_never_replaces_the_runs_own_figure(atari_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(atari_run, run)
+    before = snapshot(run)
+    for target in (run / "eval_atari.png", run / "eval_atari.json", run / "config.yaml"):
+        code, _, err = cli(["plot", run, "--out", target], capsys)
+        assert code == 2 and "is the run's own" in one_line(err)
+    assert snapshot(run) == before
+    code, out, err = cli(["plot", run, "--out", run / "mine.png"], capsys)      # a new file there is fine
+    assert code == 0 and (run / "mine.png").read_bytes().startswith(b"\x89PNG"), err
+
+
+def test_unwritable_figure_paths_are_one_line(maze_batch, atari_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(["plot", atari_run, "--out", tmp_path / "file" / "a.png"], capsys)
+    assert code == 2 and "cannot write" in one_line(err)
+    code, _, err = cli(["plot", atari_run, "--out", tmp_path], capsys)
+    assert code == 2 and "is a folder" in one_line(err)
+    code, _, err = maze_report(["curves", maze_batch, "--out", tmp_path / "file" / "a.png", "--window", "1"], capsys)
+    assert code == 2 and "cannot write" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
