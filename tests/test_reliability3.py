@@ -334,3 +334,65 @@ def test_unwritable_figure_paths_are_one_line(maze_batch, atari_run, tmp_path, c
     assert code == 2 and "cannot write" in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
+
+# ------------------------------------------------------------------------------------------------
+# 7. smaller: the lock without its file, a live pid in a stale lock, no readable checkpoint, a fake MP4
+
+
+HOLD = ("import sys, time; from train.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(60)")
+
+
+def test_removing_the_lock_file_by_hand_admits_no_second_writer(tmp_path):
+    import subprocess
+    import sys
+
+    from train.errors import RunDirError
+    from train.rundir import RunLock
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / ".metarl.lock").unlink()
+        with pytest.raises(RunDirError, match="in use by another process"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock(tmp_path).acquire().release()                # free once the holder is gone
+
+
+def test_a_live_pid_in_a_stale_lock_is_not_called_gone(tmp_path):
+    import os
+    import socket
+
+    from train.rundir import RunLock
+    (tmp_path / ".metarl.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")   # alive, holds nothing
+    lock = RunLock(tmp_path).acquire()
+    assert "which no longer holds it" in lock.stale_warning()
+    lock.release()
+
+
+def test_resume_with_no_readable_checkpoint_says_it_starts_again(tmp_path, capsys):
+    cfg = [str(ROOT / "configs" / "sine_leap.yaml"), "run.threads=1", "run.progress=false", "eval.every=0",
+           "eval.tasks=2", "inner.steps=3", "run.checkpoint_every=1"]
+    code, _, err = cli(["train", *cfg, "meta.steps=2", "--run-dir", tmp_path / "r"], capsys)
+    assert code == 0, err
+    for p in (tmp_path / "r").glob("checkpoint-*.pt"):
+        p.write_bytes(b"garbage")
+    (tmp_path / "r" / "eval.json").unlink()
+    code, _, err = cli(["train", "--resume", tmp_path / "r"], capsys)
+    assert code == 0 and "no checkpoint of" in err and "starts again from step 0" in err, err
+
+
+def test_a_truncated_or_fake_mp4_is_not_a_video(tmp_path):
+    import numpy as np
+
+    from train.video import is_mp4, write_mp4
+    path = write_mp4(tmp_path / "v.mp4", np.zeros((4, 16, 16, 3), np.uint8), 15)
+    assert is_mp4(path)
+    data = path.read_bytes()
+    for bad in (b"\x00" * 100, data[:100], data[:-10], data + b"x"):
+        (tmp_path / "bad.mp4").write_bytes(bad)
+        assert not is_mp4(tmp_path / "bad.mp4")
+    assert not is_mp4(tmp_path / "missing.mp4")

@@ -136,8 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = prepare_run_dir(run_dir, resume)
         lock = RunLock(run_dir).acquire()
         if lock.stale is not None:
-            print(f"warning: {run_dir} was locked by process {lock.stale[0]}, which is gone: taking it over",
-                  file=sys.stderr)
+            print(lock.stale_warning(), file=sys.stderr)
     try:
         if lock is not None:
             if resume:

@@ -44,8 +44,7 @@ def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
     with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
         if lock.stale is not None:
-            print(f"warning: {run_dir} was locked by process {lock.stale[0]}, which is gone: taking it over",
-                  file=sys.stderr)
+            print(lock.stale_warning(), file=sys.stderr)
         return _evaluate_run(run_dir, split, video)
 
 

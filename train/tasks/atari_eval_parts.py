@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import dumps_json, read_json, write_bytes_atomic, write_text_atomic
+from ..video import is_mp4
 
 FORMAT = 1
 FOLDER = "eval_parts"
@@ -125,7 +126,7 @@ class Parts:
         if video_frames is not None:
             video = part.get("video") or {}
             mp4, gif = (video.get("entry") or {}).get("file"), video.get("gif")
-            if video.get("max_frames") != video_frames or not mp4 or not gif or not (self.run_dir / mp4).is_file() \
+            if video.get("max_frames") != video_frames or not mp4 or not gif or not is_mp4(self.run_dir / mp4) \
                     or not (self.folder / gif).is_file():
                 return self._ignore(f"no video of at most {video_frames} frames")
         return part
