@@ -396,3 +396,17 @@ def test_a_truncated_or_fake_mp4_is_not_a_video(tmp_path):
         (tmp_path / "bad.mp4").write_bytes(bad)
         assert not is_mp4(tmp_path / "bad.mp4")
     assert not is_mp4(tmp_path / "missing.mp4")
+
+
+def test_omniglot_per_class_sizes_beyond_the_drawings_are_named(tmp_path):
+    from test_omniglot import _write_tree
+
+    from train.errors import ConfigError
+    from train.tasks.omniglot import OmniglotAdapter, OmniglotConfig
+    from train.tasks.omniglot_data import load_omniglot
+    _write_tree(tmp_path, {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"Gamma": 2}})
+    data = load_omniglot(tmp_path, cache_dir=None)
+    config = OmniglotConfig(root=str(tmp_path), cache_dir=None, ways=2, num_pretrain=1, num_test=1,
+                            train_per_class=100, test_per_class=1)
+    with pytest.raises(ConfigError, match=r"train_per_class \+ omniglot.test_per_class = 101: more than the 3 "):
+        OmniglotAdapter(config, seed=0, data=data)
