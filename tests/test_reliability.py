@@ -584,6 +584,7 @@ BUDGET = [
     ([CFG, "sine.batch_size=1000000000000"], "'sine.batch_size' = 1000000000000 needs about"),
     ([MAZE, "maze.hidden_size=1000000"], "'maze.hidden_size' = 1000000 needs about"),
     ([ATARI, "atari.a2c.n_steps=10000000"], "'atari.a2c.n_steps' = 10000000 needs about"),
+    ([CFG, "sine.hidden=[1000000, 1000000]"], "'sine.hidden' = (1000000, 1000000) needs about"),
     ([CFG, "run.threads=1000000"], "'run.threads' is 1000000: more than 8 × the"),
     ([ATARI, "atari.env_threads=100000"], "'atari.env_threads' is 100000: more than 8 × the"),
     ([MAZE, "maze.batch=3000", "run.max_memory=0.5"], "more than run.max_memory (0.5 GiB)"),

@@ -26,6 +26,9 @@ GIB = 1024 ** 3
 THREADS_PER_CORE = 8
 TASK_BYTES = 2048           # a sampled task's Python objects (its key, seeds, RNG), before any data it holds
 FLOAT = 4
+# the key that sizes each family's model (named when the model itself is what does not fit)
+MODEL_KEY = {"sine": "sine.hidden", "continual_sine": "continual_sine.hidden", "maze": "maze.hidden_size",
+             "atari": "atari.network", "omniglot": "omniglot.filters", "tiered": "tiered.filters"}
 
 
 def machine_memory() -> int | None:
@@ -139,8 +142,8 @@ def estimate(cfg: Any) -> list[tuple[str, float]]:
         # the inner loop is unrolled for the outer gradient: every step's parameters, gradients and activations
         per_step = 3.0 * FLOAT * params + max((b for _, b in terms), default=0.0) / 4
         terms.append(("maml.steps", cfg.maml.steps * per_step))
-    # θ⁰ and the meta-learner's accumulators and optimiser state beside the task model
-    terms.append(("meta.include", 6.0 * FLOAT * params))
+    # θ⁰ and the meta-learner's accumulators and optimiser state beside the task model: the model's size
+    terms.append((MODEL_KEY.get(cfg.task, "task"), 6.0 * FLOAT * params))
     return sorted(terms, key=lambda kv: -kv[1])
 
 
