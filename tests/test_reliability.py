@@ -316,7 +316,8 @@ GAPS = [
     ([MAZE, "maze.task_lr=nan"], "'maze.task_lr' must be a finite number"),
     ([MAZE, "maze.gamma=nan"], "'maze.gamma' must be a finite number"),
     ([ATARI, "atari.a2c.lr=nan"], "'atari.a2c.lr' must be a finite number"),
-    ([ATARI, "atari.test_games=[]"], "'atari.test_games' is empty: the test evaluation (eval.split: test) has no games"),
+    ([ATARI, "atari.test_games=[]"],
+     "'atari.test_games' is empty: the test evaluation (eval.split: test) has no games"),
     ([ATARI, "eval.split=val"], "'atari.val_games' is empty: the val evaluation (eval.split: val) has no games"),
     ([ATARI, "atari.train_games=[]"], "'atari.train_games' is empty: meta-training has no games"),
 ]

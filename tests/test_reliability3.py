@@ -222,8 +222,6 @@ def test_eval_runs_a_tampered_part_again_without_a_traceback(atari_run, tmp_path
 @pytest.fixture
 def export_run(tmp_path):
     """An Atari run directory in the trainer's format (a Leap θ⁰ over the Nature encoder)."""
-    import torch
-
     from agents.nets import ActorCritic
     from metarl.leap import Leap, LeapConfig
     from train.checkpoint import save_checkpoint

@@ -253,7 +253,8 @@ def config_to_yaml(cfg: Config) -> str:
 # Checkpoints are device-independent, and where a machine keeps the data is the machine's business: a run moved
 # to another machine (a GPU's, then back to a CPU) resumes with its device and data folders overridden.
 RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", "run.keep", "run.threads",
-                  "run.dir", "run.device", "run.tf32", "run.max_memory", "omniglot.root", "omniglot.cache_dir", "tiered.root")
+                  "run.dir", "run.device", "run.tf32", "run.max_memory", "omniglot.root", "omniglot.cache_dir",
+                  "tiered.root")
 
 
 def resume_mutable(key: str) -> bool:
