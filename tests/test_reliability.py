@@ -316,7 +316,9 @@ GAPS = [
     ([MAZE, "maze.task_lr=nan"], "'maze.task_lr' must be a finite number"),
     ([MAZE, "maze.gamma=nan"], "'maze.gamma' must be a finite number"),
     ([ATARI, "atari.a2c.lr=nan"], "'atari.a2c.lr' must be a finite number"),
-    ([ATARI, "atari.test_games=[]"], "'atari.test_games' is empty: the final evaluation has no games"),
+    ([ATARI, "atari.test_games=[]"],
+     "'atari.test_games' is empty: the test evaluation (eval.split: test) has no games"),
+    ([ATARI, "eval.split=val"], "'atari.val_games' is empty: the val evaluation (eval.split: val) has no games"),
     ([ATARI, "atari.train_games=[]"], "'atari.train_games' is empty: meta-training has no games"),
 ]
 
@@ -565,3 +567,95 @@ def test_more_bad_values_are_one_line(override, tmp_path, capsys):
     code, _, err = cli(["train", *args, "--run-dir", tmp_path / "r"], capsys)
     assert code == 2, err
     one_line(err)
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. inputs that would exhaust the machine (issue 29): refused from the config, before anything is allocated
+
+WARP_MAZE = str(ROOT / "configs" / "maze_warp_rnn.yaml")
+SEEDS_1000 = "maze.seeds=[" + ", ".join(map(str, range(1000))) + "]"
+BUDGET = [
+    ([ATARI, "atari.a2c.num_envs=100000"], "'atari.a2c.num_envs' = 100000 needs about"),
+    ([CFG, "meta.meta_batch=1000000000"], "'meta.meta_batch' = 1000000000 needs about"),
+    ([CFG, "method=maml", "maml.steps=1000000"], "'maml.steps' = 1000000 needs about"),
+    ([MAZE, "maze.batch=100000"], "'maze.batch' = 100000 needs about"),
+    ([WARP_MAZE, SEEDS_1000], "'len(maze.seeds)' = 1000 needs about"),
+    ([MAZE, "maze.maze_size=100001"], "'maze.maze_size' = 100001 needs about"),
+    ([CFG, "eval.tasks=1000000000"], "'eval.tasks' = 1000000000 needs about"),
+    ([CFG, "sine.batch_size=1000000000000"], "'sine.batch_size' = 1000000000000 needs about"),
+    ([MAZE, "maze.hidden_size=1000000"], "'maze.hidden_size' = 1000000 needs about"),
+    ([ATARI, "atari.a2c.n_steps=10000000"], "'atari.a2c.n_steps' = 10000000 needs about"),
+    ([CFG, "sine.hidden=[1000000, 1000000]"], "'sine.hidden' = (1000000, 1000000) needs about"),
+    ([CFG, "run.threads=1000000"], "'run.threads' is 1000000: more than 8 × the"),
+    ([ATARI, "atari.env_threads=100000"], "'atari.env_threads' is 100000: more than 8 × the"),
+    ([MAZE, "maze.batch=3000", "run.max_memory=0.5"], "more than run.max_memory (0.5 GiB)"),
+    ([CFG, "run.max_memory=-1"], "'run.max_memory' must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args,message", BUDGET, ids=[" ".join(a[1:])[:60] for a, _ in BUDGET])
+def test_a_config_beyond_the_machine_is_refused_before_anything_is_allocated(args, message, capsys, tmp_path,
+                                                                               monkeypatch):
+    import train.trainer
+    monkeypatch.setattr(train.trainer, "train", never_train)
+    t0 = time.time()
+    code, _, err = cli(["train", *args, "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2 and message in one_line(err) and len(one_line(err)) < 400 and time.time() - t0 < 120
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_budget_refuses_no_shipped_config():
+    from train.budget import check_budget
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        check_budget(load_config(path))
+
+
+def test_the_budget_holds_for_eval_and_resume(run_copy, capsys):
+    before = snapshot(run_copy)
+    code, _, err = cli(["train", "--resume", run_copy, "meta.steps=5", "run.threads=1000000"], capsys)
+    assert code == 2 and "'run.threads' is 1000000" in one_line(err)
+    code, _, err = cli(["train", "--resume", run_copy, "meta.steps=5", "run.max_memory=0.000001"], capsys)
+    assert code == 2 and "more than run.max_memory" in one_line(err)
+    (run_copy / "config.yaml").write_text((run_copy / "config.yaml").read_text().replace(
+        "max_memory: 0.0", "max_memory: 1.0e-06"))
+    code, _, err = cli(["eval", run_copy], capsys)
+    assert code == 2 and "more than run.max_memory" in one_line(err)
+    assert {k: v for k, v in snapshot(run_copy).items() if k != "config.yaml"} == \
+        {k: v for k, v in before.items() if k != "config.yaml"}
+
+
+def test_includes_that_fan_out_are_refused_quickly(tmp_path, capsys):
+    for i in range(12):                 # each file includes the next four times: 4¹² reads unbounded
+        (tmp_path / f"f{i}.yaml").write_text(f"include: [f{i + 1}.yaml, f{i + 1}.yaml, f{i + 1}.yaml, f{i + 1}.yaml]\n"
+                                             f"name: n{i}\n")
+    (tmp_path / "f12.yaml").write_text(open(CFG).read())
+    t0 = time.time()
+    code, _, err = cli(["train", tmp_path / "f0.yaml", "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2 and "its includes read more than 200 files" in one_line(err) and time.time() - t0 < 10
+    (tmp_path / "f2.yaml").write_text("include: f12.yaml\n")            # a short chain still loads
+    assert load_config(tmp_path / "f2.yaml").name == read_yaml(CFG)["name"]
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "4000000000000 bytes. Error code 12 (Cannot allocate memory)")])
+def test_an_allocation_failure_is_one_line_and_leaves_no_config_yaml(error, tmp_path, capsys, monkeypatch):
+    import train.trainer
+    real = train.trainer.train
+
+    def allocate_too_much(cfg, run_dir, **kw):       # as a run does: config.yaml first, then a failing allocation
+        (Path(run_dir) / "config.yaml").write_text("name: x\n")
+        (Path(run_dir) / "events.out.tfevents.1").write_bytes(b"")
+        raise error
+
+    monkeypatch.setattr(train.trainer, "train", allocate_too_much)
+    for run_dir in (tmp_path / "new", tmp_path / "existing"):
+        if run_dir.name == "existing":
+            run_dir.mkdir()
+        code, _, err = cli(["train", *S, "meta.steps=1", "--run-dir", run_dir], capsys)
+        assert code == 2 and "out of memory" in one_line(err) and "nothing was kept" in err
+        assert not (run_dir / "config.yaml").exists()
+        assert run_dir.exists() == (run_dir.name == "existing") and not (run_dir.exists() and any(run_dir.iterdir()))
+    monkeypatch.setattr(train.trainer, "train", real)
+    code, _, err = cli(["train", *S, "meta.steps=1", "--run-dir", tmp_path / "existing"], capsys)
+    assert code == 0, err                           # the folder is usable again

@@ -74,8 +74,9 @@ def test_human_normalisation_maps_random_to_0_and_human_to_1():
 
 def test_atari_eval_records_per_seed_normalised_scores_beside_raw(atari_runs):
     _, dirs, finals = atari_runs
-    table = json.loads((dirs[0] / "eval_atari.json").read_text())
-    row = table["Breakout"]["meta_init"]
+    data = json.loads((dirs[0] / "eval_atari.json").read_text())
+    assert data["split"] == "test"
+    row = data["games"]["Breakout"]["meta_init"]
     assert row["final_scores"] == pytest.approx(finals["atari_leap"][("Breakout", "meta_init")])
     assert row["final_human_normalised_scores"] == pytest.approx(
         [human_normalised("Breakout", f) for f in row["final_scores"]])

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import UserError, clip, error_line
+from .errors import UserError, clip, error_line, out_of_memory
 from .runtime import keep_freed_memory, short_openmp_spin
 
 
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir")
     x.add_argument("--out", metavar="FILE", help="encoder.* tensors in our names (ActorCritic)")
     x.add_argument("--sb3", metavar="FILE", help="the same tensors in SB3's NatureCNN names (A2C('CnnPolicy'))")
+    x.add_argument("--force", action="store_true", help="replace existing files (never a run directory's)")
     return p
 
 
@@ -86,7 +87,7 @@ def _main_rank() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import dumps_json, remove_temp_files
+    from .checkpoint import dumps_json, list_checkpoints, remove_temp_files
     from .config import DATA_ENV, check_resume_overrides, load_config, read_yaml
     from .config_usage import check_used_keys
     from .distributed import init_world, shutdown
@@ -124,18 +125,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_used_keys(cfg, read_yaml(config), overrides)     # keys this run would ignore: refused
         run_dir = Path(args.run_dir) if args.run_dir else \
             Path(cfg.run.dir) / f"{cfg.name}__{cfg.seed}__{int(time.time())}"
+    from .budget import check_budget
     from .device import resolve_device
     from .trainer import check_world
+    check_budget(cfg)                           # threads and estimated memory: before anything is allocated
     resolve_device(cfg.run.device)              # CUDA asked for but absent: one line, before the run dir is touched
     check_world(cfg, int(os.environ.get("WORLD_SIZE", "1")))    # under torchrun: what one process could not equal
     args.active_run_dir = run_dir
     lock = None
+    created = not os.path.lexists(run_dir)
     if _main_rank():                            # rank 0 guards the directory; the others use it
         run_dir = prepare_run_dir(run_dir, resume)
         lock = RunLock(run_dir).acquire()
         if lock.stale is not None:
-            print(f"warning: {run_dir} was locked by process {lock.stale[0]}, which is gone: taking it over",
-                  file=sys.stderr)
+            print(lock.stale_warning(), file=sys.stderr)
     try:
         if lock is not None:
             if resume:
@@ -151,13 +154,44 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = train(cfg, run_dir, resume=resume, world=world)
         finally:
             shutdown(world)
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        # an allocation the budget (train/budget.py) did not foresee: one line, and a fresh run leaves nothing
+        # that would make its directory look like a run (config.yaml) when it has no checkpoint to resume from
+        kept = "the last checkpoint is kept"
+        if lock is not None and not resume and not list_checkpoints(run_dir):
+            _empty_run_dir(run_dir)
+            kept = "nothing was kept"
+            args.remove_run_dir = created       # made by this command: removed with the lock below
+        raise UserError(f"out of memory: {clip(str(e) or type(e).__name__, 200)} ({kept}; lower the sizes in the "
+                        f"config, or set run.max_memory to what this machine can give)") from None
     finally:
         if lock is not None:
             lock.release()
+            if getattr(args, "remove_run_dir", False):
+                try:
+                    run_dir.rmdir()
+                except OSError:
+                    pass
     if world.is_main:
         print(dumps_json(result))
         _print_summary(cfg, result)
     return 0
+
+
+def _empty_run_dir(run_dir: Path) -> None:
+    """Remove what a fresh run wrote before its first checkpoint (config.yaml, run_info.json, events); the
+    folder was empty when it started (check_fresh), so nothing else is in it. The lock stays until release."""
+    import shutil
+    from .rundir import LOCK_NAME
+    for p in run_dir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _print_summary(cfg, result: dict) -> None:
@@ -201,7 +235,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
-    for path in export(Path(args.run_dir), out=args.out, sb3=args.sb3):
+    for path in export(Path(args.run_dir), out=args.out, sb3=args.sb3, force=args.force):
         print(f"wrote {path}")
     return 0
 
@@ -261,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             return command(args)
     except UserError as e:
         print(error_line("metarl", e), file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:         # eval, report, ...: an allocation that failed is one line too
+        if not out_of_memory(e):
+            raise
+        print(f"metarl: error: out of memory: {clip(str(e) or type(e).__name__, 200)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         run_dir = getattr(args, "active_run_dir", None)

@@ -93,6 +93,7 @@ class RunConfig:
     threads: int = 0                # torch threads (0: leave torch's default)
     device: str = "auto"            # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     tf32: bool = False              # CUDA: TF32 for fp32 matmuls and convolutions (train/device.py)
+    max_memory: float = 0.0         # GiB a run may need by its estimate (train/budget.py); 0: this machine's memory
 
 
 @dataclass
@@ -252,7 +253,8 @@ def config_to_yaml(cfg: Config) -> str:
 # Checkpoints are device-independent, and where a machine keeps the data is the machine's business: a run moved
 # to another machine (a GPU's, then back to a CPU) resumes with its device and data folders overridden.
 RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", "run.keep", "run.threads",
-                  "run.dir", "run.device", "run.tf32", "omniglot.root", "omniglot.cache_dir", "tiered.root")
+                  "run.dir", "run.device", "run.tf32", "run.max_memory", "omniglot.root", "omniglot.cache_dir",
+                  "tiered.root")
 
 
 def resume_mutable(key: str) -> bool:

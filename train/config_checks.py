@@ -174,7 +174,8 @@ def check(cfg: Config) -> None:
                     "run.checkpoint_every": cfg.run.checkpoint_every, "inner.lr": cfg.inner.lr,
                     "inner.momentum": cfg.inner.momentum, "inner.clip_grad_norm": cfg.inner.clip_grad_norm,
                     "maml.inner_lr": cfg.maml.inner_lr,
-                    "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every}
+                    "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every,
+                    "run.max_memory": cfg.run.max_memory}
     for key, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {v}")
@@ -211,15 +212,15 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.periodic_split' must be val, test or empty (eval.split), "
                           f"got {_show(cfg.eval.periodic_split)}")
     # Task families with game lists (Atari): the lists a run will use must not be empty, or it fails only
-    # after training (the final evaluation falls back from eval.split's games to the test games).
+    # after training. eval.split's own games, never the test games in their place: the results would be
+    # filed under a split they are not (eval_parts/val/ holding test games).
     games = {split: getattr(cfg.task_config, f"{split}_games", None) for split in ("train", "val", "test")}
     if games["test"] is not None:
         if cfg.meta.steps > 0 and not games["train"]:
             raise ConfigError(f"config key '{cfg.task}.train_games' is empty: meta-training has no games")
-        if not (games.get(cfg.eval.split) or games["test"]):
-            also = f" (and so is '{cfg.task}.test_games')" if cfg.eval.split != "test" else ""
-            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty{also}: the final "
-                              f"evaluation has no games")
+        if not games.get(cfg.eval.split):
+            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty: the {cfg.eval.split} "
+                              f"evaluation (eval.split: {cfg.eval.split}) has no games")
     from .device import check_device_name
     check_device_name(cfg.run.device)
     if not cfg.name or "/" in cfg.name:

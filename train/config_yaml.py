@@ -21,6 +21,10 @@ from .errors import ConfigError, clip
 MAX_ALIASES = 100                  # YAML aliases (*name) per document: configs need none or a few
 MAX_NODES = 100_000                # values in a config once aliases are expanded (an alias bomb has 10⁹)
 MAX_INCLUDE_DEPTH = 16
+# Files read through includes, in all, and the seconds they may take: includes that fan out (each file including
+# the next several times) multiply — 4 per level over 16 levels is 4¹⁶ reads, hours; the configs need a handful.
+MAX_INCLUDE_READS = 200
+MAX_INCLUDE_SECONDS = 10.0
 
 
 class _YAMLProblem(Exception):
@@ -147,7 +151,27 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+class _IncludeBudget:
+    """What one config's include expansion may cost: :data:`MAX_INCLUDE_READS` files, :data:`MAX_INCLUDE_SECONDS`."""
+
+    def __init__(self, root: Path) -> None:
+        import time
+        self.root, self.reads, self.deadline = root, 0, time.monotonic() + MAX_INCLUDE_SECONDS
+
+    def charge(self) -> None:
+        import time
+        self.reads += 1
+        if self.reads > MAX_INCLUDE_READS:
+            raise ConfigError(f"config file {self.root}: its includes read more than {MAX_INCLUDE_READS} files "
+                              f"(do they fan out, a file included many times over?): refused")
+        if time.monotonic() > self.deadline:
+            raise ConfigError(f"config file {self.root}: reading its includes took more than "
+                              f"{MAX_INCLUDE_SECONDS:g} s: refused")
+
+
+def _read_with_includes(path: Path, chain: tuple[Path, ...], budget: _IncludeBudget | None = None) -> dict[str, Any]:
+    budget = budget or _IncludeBudget(path)
+    budget.charge()
     data = _read_one(path)
     if "include" not in data:
         return data
@@ -172,7 +196,7 @@ def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
             raise ConfigError(clip(f"config include cycle: {cycle}", 1000))
         if not target.is_file():
             raise ConfigError(f"config file {path}: included file not found: {target}")
-        merged = deep_merge(merged, _read_with_includes(target, (*chain, key)))
+        merged = deep_merge(merged, _read_with_includes(target, (*chain, key), budget))
     merged = deep_merge(merged, data)
     if _count_nodes(merged) > MAX_NODES:
         raise ConfigError(f"config file {path} expands to more than {MAX_NODES} values: refused")

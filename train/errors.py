@@ -32,3 +32,12 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     if len(text) <= limit and len(raw) <= 4 * limit:
         return text
     return text[:limit - 1] + "…"
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: MemoryError (NumPy's included) or torch's allocator errors (CPU, CUDA)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in (
+        "can't allocate memory", "out of memory", "not enough memory", "Cannot allocate memory"))

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from metarl import MetaLearner
 
+from .budget import check_budget
 from .checkpoint import load_latest, write_json_atomic
 from .config import Config, load_config
 from .errors import UserError
@@ -19,6 +20,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    check_budget(cfg)                   # before the adapter and model are built
     adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
     loaded = load_latest(run_dir)
     if loaded is None:
@@ -30,7 +32,23 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
 
 
 def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -> dict:
-    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says."""
+    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says.
+    Holds the run directory's lock (train/rundir.py) while it runs: an evaluation writes into the run (its
+    results, TensorBoard, the seed folders of a batched maze run), so a run in progress refuses it in one line,
+    and a run started meanwhile is refused until it ends."""
+    import sys
+
+    from .rundir import RunLock, prepare_run_dir
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
+        if lock.stale is not None:
+            print(lock.stale_warning(), file=sys.stderr)
+        return _evaluate_run(run_dir, split, video)
+
+
+def _evaluate_run(run_dir: Path, split: str | None, video: bool) -> dict:
     overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else [])
     cfg, adapter, meta, path = load_run(run_dir, overrides)
     step = meta.meta_steps

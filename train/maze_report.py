@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, error_line
+from .plot import check_out, save_figure
 from .report_data import read_object, run_config
 
 
@@ -55,6 +56,8 @@ def results_table(run_dirs: list[Path]) -> str:
         if not path.is_file():
             continue
         data = read_object(path)
+        if "per_seed" not in data and "return_last_mean" not in data:
+            raise UserError(f"{d} is not a maze run (its eval.json has no return_last_mean): list maze runs only")
         name = data.get("name") if d.name.startswith("seed_") and "name" in data else run_config(d)["name"]
         if "per_seed" in data:
             rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
@@ -63,6 +66,8 @@ def results_table(run_dirs: list[Path]) -> str:
             rows = [(data.get("seed"), data["return_last_mean"])]
             walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
         groups.setdefault(name, []).extend(rows)
+    if not groups:
+        raise UserError(f"no finished maze runs (eval.json) in: {', '.join(map(str, run_dirs))}")
     lines = ["| run | seeds | return, last episodes: mean ± sample std over seeds | per seed "
              "| wall time per run (min) |",
              "|---|---|---|---|---|"]
@@ -129,6 +134,7 @@ def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    check_out(out)
     curves = seed_curves(run_dirs, window)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     summary = {}
@@ -141,9 +147,13 @@ def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str,
     ax.set(xlabel="episodes", ylabel=f"return per episode ({window}-iteration mean)",
            title="Maze: mean and inter-quartile range over seeds")
     ax.legend()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, out, dpi=120, bbox_inches="tight")
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or type(e).__name__}") from None
+    finally:
+        plt.close(fig)
     return summary
 
 

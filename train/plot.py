@@ -164,16 +164,46 @@ def collect(run_dirs: list[Path], tag: str | None = None) -> tuple[str, dict[str
     return chosen, panels
 
 
+# Files a run writes itself (train/trainer.py, train/tasks/*): a figure saved with --out never replaces one.
+RUN_OWN = re.compile(r"(config\.yaml|run_info\.json|result\.json|forgetting\.json|batched\.json|eval(_\w+)?\.json"
+                     r"|eval_atari(_\w+)?\.(md|png)|checkpoint-\d+\.pt.*|events\.out\.tfevents\..*|\.metarl\.lock)")
+
+
+def check_out(path: Path, flag: str = "--out") -> Path:
+    """A figure's destination checked before anything is drawn (UserError, one line): not a folder, and not
+    a file of a run directory's own (``RUN_OWN``: its results, config, checkpoints, the held-out figure)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a PNG file name")
+    if path.exists() and (path.resolve().parent / "config.yaml").is_file() and RUN_OWN.fullmatch(path.name):
+        raise UserError(f"{flag} {path} is the run's own {path.name}: choose another file name")
+    return path
+
+
+def save_figure(fig, path: Path, **kwargs) -> Path:
+    """``fig`` as PNG at ``path``, atomically (a failure leaves the old file; one line, RunDirError)."""
+    import io
+
+    from .checkpoint import write_bytes_atomic
+    data = io.BytesIO()
+    fig.savefig(data, format="png", **kwargs)
+    return write_bytes_atomic(path, data.getvalue())
+
+
 def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = None, window: int = 0) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if out:
+        check_out(Path(out))
     fig = figure(run_dirs, tag, window)
     chosen = fig._metarl_tag
     path = Path(out) if out else Path(run_dirs[0]) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', chosen).strip('_')}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
     return path
 
 

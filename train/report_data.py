@@ -2,7 +2,8 @@
 learning curves (mean, std and count over seeds).
 
 A run directory is told apart by what it holds (a listed folder without results is searched one level down):
-- Atari (``eval_atari.json``, else ``eval.json`` with ``games``; train/tasks/atari_eval.py): one task per
+- Atari (``eval_atari.json``, else ``eval.json`` with ``games``; train/tasks/atari_eval.py; the test split's
+  only: a result that records another split is skipped with a note): one task per
   held-out game; per seed the raw final score and AUC and, for games with reference scores
   (train/atari_scores.py), their human-normalised values. ``meta_init`` is named after the run's config
   (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
@@ -87,6 +88,14 @@ def read_object(path: Path) -> dict:
     return data
 
 
+def read_result_table(data: dict) -> tuple[str | None, dict]:
+    """(split, per-game table) of an ``eval_atari.json``: ``{"split": ..., "games": {...}}`` (train/tasks/
+    atari_eval.py), or the bare table written before the file recorded its split (split None: unknown)."""
+    if isinstance(data.get("games"), dict) and isinstance(data.get("split"), str):
+        return data["split"], data["games"]
+    return None, data
+
+
 def run_config(d: Path) -> dict:
     """The run's config.yaml as a dict, with ``name`` and ``seed`` taken from a ``NAME__SEED`` folder name
     where the file (or the key) is missing; an unreadable file is a user error."""
@@ -132,8 +141,17 @@ def load_runs(run_dirs: list[Path]) -> Runs:
         cfg = run_config(d)
         data = read_object(d / "eval.json") if (d / "eval.json").is_file() else {}
         if (d / "eval_atari.json").is_file() or isinstance(data.get("games"), dict):
-            # eval_atari.json is rewritten by `metarl eval`: the newest evaluation
-            table = read_object(d / "eval_atari.json") if (d / "eval_atari.json").is_file() else data["games"]
+            # eval_atari.json is the newest test evaluation (`metarl eval` rewrites it; other splits have files
+            # of their own); eval.json holds the final evaluation, of eval.split's games
+            if (d / "eval_atari.json").is_file():
+                split, table = read_result_table(read_object(d / "eval_atari.json"))
+            else:
+                split, table = data.get("split"), data["games"]
+            if split not in (None, "test"):
+                runs.notes.append(f"{d}: its held-out result is of the {split} games, not the test games; skipped")
+                continue
+            if not isinstance(table, dict):
+                raise UserError(f"unreadable {d / 'eval_atari.json'}: no per-game table")
             _atari(d, cfg, table, runs)
         elif "return_last_mean" in data:
             _maze(d, cfg, data, runs)

@@ -103,6 +103,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
+        self.dir_fd: int | None = None
         self.stale: tuple[int, str] | None = None   # the dead holder a stale lock named, if any
 
     def _open(self) -> int:
@@ -139,6 +140,7 @@ class RunLock:
                 if not same:
                     os.close(fd)
                     continue
+                self._lock_folder()
                 pid, host = _read_holder(fd)
                 if pid and pid != os.getpid():
                     self.stale = (pid, host)
@@ -148,12 +150,44 @@ class RunLock:
                 os.fsync(fd)
             except BaseException as e:
                 os.close(fd)
+                if self.dir_fd is not None:
+                    os.close(self.dir_fd)
+                    self.dir_fd = None
                 if isinstance(e, OSError):
                     raise RunDirError(f"cannot lock run directory {self.run_dir}: {_reason(e)}") from None
                 raise
             self.fd = fd
             return self
         raise RunDirError(f"cannot lock run directory {self.run_dir}: it keeps changing hands")
+
+    def _lock_folder(self) -> None:
+        """Also flock the folder itself: the lock file can be deleted by hand while its holder lives (the
+        holder then locks a file no one else can open), the folder cannot. Skipped where folders cannot be
+        locked; the lock file (with the pid) still decides there."""
+        if fcntl is None:
+            return
+        try:
+            dfd = os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(dfd)
+            raise self._busy(0, "") from None
+        except OSError:
+            os.close(dfd)
+            return
+        self.dir_fd = dfd
+
+    def stale_warning(self) -> str:
+        """The line that says a lock was taken over ('' when it was not): from a process that is gone, or —
+        a live pid, reused or a holder that no longer locks — one that no longer holds it."""
+        if self.stale is None:
+            return ""
+        pid, host = self.stale
+        how = "which no longer holds it" if host == socket.gethostname() and _pid_alive(pid) else "which is gone"
+        return f"warning: {self.run_dir} was locked by process {pid}, {how}: taking it over"
 
     def _check_pid(self, fd: int, me: str) -> None:
         pid, host = _read_holder(fd)
@@ -169,6 +203,9 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
 
     @property
     def held(self) -> bool:

@@ -307,6 +307,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         write_json_atomic(run_dir / "run_info.json", run_info(adapter))      # version, git commit, backend
         if cfg.run.progress:
             print(f"run directory: {run_dir}", file=sys.stderr)
+    if resume and loaded is None and world.is_main and list(run_dir.glob("checkpoint-*.pt.corrupt")):
+        # said once, plainly: the warnings above only name each unreadable checkpoint
+        print(f"warning: no checkpoint of {run_dir} is readable: the run starts again from step 0 (the unreadable "
+              f"ones are kept as *.pt.corrupt)", file=sys.stderr)
     if loaded is not None:
         meta.load_state_dict(loaded[0]["meta"])
         adapter.load_state_dict(loaded[0].get("adapter", {}))

@@ -28,6 +28,28 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
     return path
 
 
+def is_mp4(path: str | Path) -> bool:
+    """Whether ``path`` holds a whole MP4: top-level boxes that tile the file exactly, among them ``ftyp``,
+    ``moov`` (the index, written last by FFmpeg) and ``mdat`` (the frames). A truncated or foreign file fails."""
+    import struct
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    seen, at = set(), 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        if size == 1 and at + 16 <= len(data):          # a 64-bit size follows
+            size = struct.unpack(">Q", data[at + 8:at + 16])[0]
+        elif size == 0:                                  # the last box runs to the end of the file
+            size = len(data) - at
+        if size < 8:
+            return False
+        seen.add(kind)
+        at += size
+    return at == len(data) and {b"ftyp", b"moov", b"mdat"} <= seen
+
+
 def encode_gif(frames: np.ndarray, fps: int) -> bytes:
     """(T, H, W, 3) uint8 frames → the bytes of an animated GIF (Pillow, through imageio)."""
     import imageio.v3 as iio

@@ -244,6 +244,7 @@ class AtariAdapter(TaskAdapter):
         else:
             games = self.recent.get(task.key, [])
         games = games[-cfg.eval_games:]
+        self.last_scored = games        # the games the score averages (an evaluation part records their range)
         if not games:
             return {"score": float("nan"), "length": float("nan"), "games": 0.0}
         return {"score": float(np.mean([g.episodic_return for g in games])),

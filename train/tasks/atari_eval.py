@@ -20,7 +20,8 @@ Outputs in the run directory:
   All of it is written at the end, from the parts (the GIFs below too), each of these runs from step 0 on: what
   an interrupted evaluation wrote there is replaced, not repeated;
 - ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
-- ``eval_atari.json`` and ``eval_atari.md``: per game and initialisation, the min–max normalised AUC (where
+- ``eval_atari.json`` (``{"split": "test", "games": {...}}``) and ``eval_atari.md``: per game and
+  initialisation, the min–max normalised AUC (where
   both initialisations were evaluated), the final score (mean ± std over seeds) and, where references exist,
   the human-normalised final score and AUC; and per seed (the lists ``final_scores``, ``auc_scores`` and
   ``final_human_normalised_scores``, ``human_normalised_auc_scores``) the raw and human-normalised final score
@@ -29,6 +30,11 @@ Outputs in the run directory:
   (the real 210×160 RGB screens, at most ``eval.video_frames`` of them, 15 per second: envs/atari.py), and
   the same as an animated GIF in TensorBoard's images dashboard, ``videos/<game>`` in each ``eval/<init>``
   run; listed in the result under ``videos``.
+
+These are the test split's (``eval.split: test``, the default). Another split — ``metarl eval RUN --split val``
+— writes its own: ``eval_atari_val.{json,md,png}``, TensorBoard runs ``eval_val/<init>``, videos under
+``videos/val/``, parts under ``eval_parts/val/``, so it never replaces the test results; a split without games
+is refused.
 
 :func:`summary` is the result as a plain-text table (``metarl train`` and ``metarl eval`` print it last).
 
@@ -55,12 +61,25 @@ import numpy as np
 from envs.atari import VIDEO_FPS
 
 from ..atari_scores import REFERENCE, human_normalised
-from ..checkpoint import write_json_atomic, write_text_atomic
+from ..checkpoint import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..errors import UserError
 from ..seeding import FIXED, step_generators
 from .atari_eval_parts import FORMAT, Parts, final_score, fingerprint, part_settings
 from .atari_eval_parts import curve as part_curve
 
 INITS = ("meta_init", "random_init")
+
+
+def result_name(split: str) -> str:
+    """The result files' stem of a split: ``eval_atari`` (test: what `metarl report` reads) or
+    ``eval_atari_<split>``, so that evaluating another split never replaces the test results."""
+    return "eval_atari" if split == "test" else f"eval_atari_{split}"
+
+
+def tb_prefix(split: str) -> str:
+    """The TensorBoard runs of a split's evaluation: ``eval/<init>`` (test) or ``eval_<split>/<init>`` (each
+    evaluation rewrites its runs from step 0, which would hide the other split's curves)."""
+    return "eval" if split == "test" else f"eval_{split}"
 
 
 def running_curve(steps: np.ndarray, returns: np.ndarray, grid: np.ndarray, window: int) -> np.ndarray:
@@ -87,7 +106,10 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     earlier evaluation of ``run_dir`` under the same settings are read back (train/tasks/atari_eval_parts.py)."""
     window = window or getattr(adapter.config, "eval_window", 10)
     band = getattr(adapter.config, "eval_band", 1.0)
-    games = adapter.games[cfg.eval.split] or adapter.games["test"]
+    split = cfg.eval.split
+    games = adapter.games.get(split)
+    if not games:       # never the test games in their place: their parts and files would carry the wrong split
+        raise UserError(f"atari.{split}_games is empty: there are no {split} games to evaluate")
     seeds = cfg.eval.tasks
     horizon = cfg.eval.steps or cfg.inner.steps
     grid = np.linspace(horizon / points, horizon, points)
@@ -96,7 +118,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     inits = INITS if cfg.eval.random_init else ("meta_init",)
     video = cfg.eval.video
     show = cfg.run.progress
-    parts = Parts(run_dir, cfg.eval.split)
+    parts = Parts(run_dir, split)
     settings = {init: part_settings(cfg, adapter, meta, init, horizon, points, window) for init in inits}
     runs = [(game, init, seed) for game in games for init in inits for seed in range(seeds)]
     done = {}                   # finished by an earlier evaluation: read back, not run again
@@ -137,7 +159,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
         table = summarise(games, curves, finals, start)
         add_per_seed(table, finals, seed_curves, start)
         mean_hns = mean_normalised(games, seed_curves)
-        out = {"step": step, "horizon_env_steps": horizon, "seeds": seeds, "window": window,
+        out = {"step": step, "split": split, "horizon_env_steps": horizon, "seeds": seeds, "window": window,
                "auc_from_env_step": float(grid[start]), "games": table}
         if videos:
             out["videos"] = videos
@@ -153,16 +175,18 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     # TensorBoard gets the whole evaluation here, from the parts, fresh or read back: each evaluation run
     # (eval/<init>, eval/<init>/seed_<k>) is written from step 0 on, which hides whatever an earlier,
     # interrupted or other-settings evaluation wrote there (Logger.evaluation), so no point shows twice.
+    tb = tb_prefix(split)
     if logger is not None:
         for (game, init), gif in gifs.items():
-            logger.gif(f"eval/{init}", f"videos/{game}", gif.read_bytes(), horizon)
+            logger.gif(f"{tb}/{init}", f"videos/{game}", gif.read_bytes(), horizon)
         for (game, init, seed), part in finished.items():        # RMSprop's warm-up, per held-out run
             for step, stats in part.get("optimizer") or []:
-                logger.evaluation(f"eval/{init}/seed_{seed}", {f"optim/{game}/{k}": v for k, v in stats.items()}, step)
+                logger.evaluation(f"{tb}/{init}/seed_{seed}", {f"optim/{game}/{k}": v for k, v in stats.items()}, step)
     write_outputs(run_dir, games, grid, curves, table, logger, band=band, mean_hns=mean_hns, seed_curves=seed_curves,
-                  method=cfg.method)
+                  method=cfg.method, split=split)
     if show:        # the table itself comes last, from the command (summary)
-        print(f"table: {run_dir / 'eval_atari.md'}\nplot: {run_dir / 'eval_atari.png'}\n"
+        name = result_name(split)
+        print(f"table: {run_dir / (name + '.md')}\nplot: {run_dir / (name + '.png')}\n"
               f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
     return out
 
@@ -189,9 +213,12 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
     s = np.array([g.global_step - start for g in played], dtype=np.float64)
     r = np.array([g.episodic_return for g in played], dtype=np.float64)
     final = adapter.evaluate(task, model)
+    # the lowest and highest game score behind the curve and the final score: bounds they must lie within
+    scored = [*r.tolist(), *(g.episodic_return for g in getattr(adapter, "last_scored", []))]
     part = {"format": FORMAT, "fingerprint": fingerprint(settings), "settings": settings, "game": game,
             "init": init, "seed": seed, "curve": running_curve(s, r, grid, window), "final_score": final["score"],
             "final_games": int(final["games"]), "games": len(played), "env_steps": adapter.global_step - start,
+            "returns": [float(min(scored)), float(max(scored))] if scored else None,
             "optimizer": [[step, stats] for step, stats in adapter.last_result.optimizer_stats]}
     if show:
         _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{cfg.eval.tasks}: final score "
@@ -199,7 +226,7 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
                   f"{time.perf_counter() - t0:.0f} s)")
     gif = None
     if video:
-        entry, gif = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames)
+        entry, gif = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames, cfg.eval.split)
         part["video"] = {"entry": entry, "max_frames": cfg.eval.video_frames}
         if show:
             _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
@@ -208,13 +235,15 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
 
 
 def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, init: str,
-                 max_frames: int) -> tuple[dict[str, Any], bytes]:
-    """One game of ``model`` as ``run_dir/videos/<game>_<init>.mp4``; returns what the result lists and the game
-    as an animated GIF (for TensorBoard, logged with the evaluation's curves)."""
+                 max_frames: int, split: str = "test") -> tuple[dict[str, Any], bytes]:
+    """One game of ``model`` as ``run_dir/videos/<game>_<init>.mp4`` (another split's under ``videos/<split>/``:
+    a game in both lists keeps both videos); returns what the result lists and the game as an animated GIF (for
+    TensorBoard, logged with the evaluation's curves)."""
     from ..video import encode_gif, write_mp4
 
     frames, score, over = adapter.record_episode(task, model, max_frames)
-    path = write_mp4(run_dir / "videos" / f"{game}_{init}.mp4", frames, VIDEO_FPS)
+    folder = run_dir / "videos" if split == "test" else run_dir / "videos" / split
+    path = write_mp4(folder / f"{game}_{init}.mp4", frames, VIDEO_FPS)
     entry = {"file": str(path.relative_to(run_dir)), "frames": len(frames), "score": score, "game_over": over}
     return entry, encode_gif(frames, VIDEO_FPS)
 
@@ -342,12 +371,13 @@ def summarise(games: list[str], curves: dict, finals: dict, start: int = 0) -> d
 
 def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any,
                   band: float = 1.0, mean_hns: dict | None = None, seed_curves: dict | None = None,
-                  method: str = "meta-learned") -> None:
+                  method: str = "meta-learned", split: str = "test") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     label = init_labels(method)
+    tb = tb_prefix(split)
     if logger is not None:
         for (game, init), (mean, std) in curves.items():
             hns = normalise_curve(game, mean, std) if game in REFERENCE else None
@@ -357,17 +387,17 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
                     if hns is not None:
                         values.update({f"eval/{game}/human_normalised": float(hns[0][i]),
                                        f"eval/{game}/human_normalised_std": float(hns[1][i])})
-                    logger.evaluation(f"eval/{init}", values, int(x))
+                    logger.evaluation(f"{tb}/{init}", values, int(x))
         for init, (mean, std) in (mean_hns or {}).get("curves", {}).items():
             for x, m, s in zip(grid, mean, std):
                 if np.isfinite(m):
-                    logger.evaluation(f"eval/{init}", {"eval/mean/human_normalised": float(m),
+                    logger.evaluation(f"{tb}/{init}", {"eval/mean/human_normalised": float(m),
                                                        "eval/mean/human_normalised_std": float(s)}, int(x))
         for (game, init), stacked in (seed_curves or {}).items():
             for k, curve in enumerate(stacked):
                 for x, v in zip(grid, curve):
                     if np.isfinite(v):
-                        logger.evaluation(f"eval/{init}/seed_{k}", {f"eval_seeds/{game}/episodic_return": float(v)},
+                        logger.evaluation(f"{tb}/{init}/seed_{k}", {f"eval_seeds/{game}/episodic_return": float(v)},
                                           int(x))
     fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
     for ax, game in zip(axes[0], games):
@@ -376,15 +406,20 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
             ax.plot(grid, mean, label=label[init], marker="o" if np.isfinite(mean).sum() <= 20 else None,
                     markersize=3)
             ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)
-        ax.set_title(game)
+        ax.set_title(f"{game} ({split} split)")
         ax.set_xlabel("env steps")
         ax.set_ylabel(f"episodic return (true score), ± {band:g} std")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "eval_atari.png", dpi=110)
+    name = result_name(split)
+    import io
+    png = io.BytesIO()                  # matplotlib writes in place: a kill mid-write would truncate the figure
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    lines = ["| game | init | normalised AUC | final score (mean ± std over seeds) | human-normalised final |",
+    write_bytes_atomic(run_dir / f"{name}.png", png.getvalue())
+    lines = [f"Held-out evaluation on the {split} games.", "",
+             "| game | init | normalised AUC | final score (mean ± std over seeds) | human-normalised final |",
              "|---|---|---|---|---|"]
     for game, rows in table.items():
         for init, r in rows.items():
@@ -393,5 +428,5 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
             auc = f"{r['normalised_auc']:.3f}" if "normalised_auc" in r else "—"     # one init: nothing to compare
             lines.append(f"| {game} | {label[init]} | {auc} | "
                          f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
-    write_text_atomic(run_dir / "eval_atari.md", "\n".join(lines) + "\n")
-    write_json_atomic(run_dir / "eval_atari.json", table)
+    write_text_atomic(run_dir / f"{name}.md", "\n".join(lines) + "\n")
+    write_json_atomic(run_dir / f"{name}.json", {"split": split, "games": table})

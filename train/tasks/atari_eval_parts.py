@@ -21,9 +21,15 @@ A part file (JSON):
 - ``curve``: the running mean of the last ``window`` finished games at each grid point (null before the first);
 - ``final_score`` (null: no game finished) over ``final_games`` games; ``games`` and ``env_steps`` of the run;
 - ``video`` (seed 0 with ``eval.video``): the result's entry (``file``, ``frames``, ``score``, ``game_over``),
-  the frame cap ``max_frames`` and the ``gif`` file name.
+  the frame cap ``max_frames`` and the ``gif`` file name;
+- ``returns``: the lowest and highest score of the games behind ``curve`` and ``final_score`` (null: none);
+  ``optimizer``: ``[env_step, {statistic: value}]`` of RMSprop's warm-up (TensorBoard ``optim/<game>/*``).
+  Both optional: parts written before them stay valid.
 
-Reuse: a part is read when its file parses, names the same run and carries the current fingerprint; seed 0 of an
+Reuse: a part is read when its file parses, names the same run, carries the current fingerprint and its contents
+check out (:func:`check_contents`: a ``curve`` of one value per grid point, values and ``final_score`` finite
+numbers or null, counts non-negative integers, the scores within ``returns`` — without it, within ±10⁷ —, a
+well-formed ``optimizer`` and ``video``); seed 0 of an
 evaluation with ``eval.video`` also needs a video recorded under the same frame cap, its MP4 and its GIF. Any
 other part is *ignored*: run again and overwritten, with one line saying which parts and which settings differ —
 never refused, since running a part again costs only its time and gives the numbers the current settings ask
@@ -43,6 +49,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import dumps_json, read_json, write_bytes_atomic, write_text_atomic
+from ..video import is_mp4
 
 FORMAT = 1
 FOLDER = "eval_parts"
@@ -113,10 +120,13 @@ class Parts:
             return self._ignore("unreadable")
         if part.get("fingerprint") != fingerprint(settings):
             return self._ignore(f"other settings: {_diff(part.get('settings'), settings)}")
+        bad = check_contents(part, settings["points"])
+        if bad:
+            return self._ignore(f"bad contents: {bad}")
         if video_frames is not None:
             video = part.get("video") or {}
             mp4, gif = (video.get("entry") or {}).get("file"), video.get("gif")
-            if video.get("max_frames") != video_frames or not mp4 or not gif or not (self.run_dir / mp4).is_file() \
+            if video.get("max_frames") != video_frames or not mp4 or not gif or not is_mp4(self.run_dir / mp4) \
                     or not (self.folder / gif).is_file():
                 return self._ignore(f"no video of at most {video_frames} frames")
         return part
@@ -143,6 +153,67 @@ class Parts:
     def _ignore(self, why: str) -> None:
         self.ignored[why] = self.ignored.get(why, 0) + 1
         return None
+
+
+# Scores beyond this are taken for corruption in parts that do not record their games' range (``returns``):
+# above the published records of nearly every Atari game, far above what a held-out run reaches.
+PLAUSIBLE_SCORE = 1e7
+
+
+def _number(v: Any) -> bool:
+    """A finite JSON number (not a bool, which Python counts as an int)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_contents(part: dict[str, Any], points: int) -> str:
+    """What is wrong with a part's numbers ('' when nothing): the fingerprint says a part was made under
+    the current settings, not that its file still holds what was written (an edit, a bad disk, a bug)."""
+    c = part.get("curve")
+    if not isinstance(c, list) or len(c) != points:
+        return (f"curve has {len(c)} points, not {points}" if isinstance(c, list)
+                else f"curve is {type(c).__name__}, not a list of {points} points")
+    if not all(v is None or _number(v) for v in c):
+        return "curve holds a value that is not a finite number or null"
+    final = part.get("final_score")
+    if not (final is None or _number(final)):
+        return f"final_score {str(final)[:20]} is not a finite number or null"
+    for key in ("final_games", "games", "env_steps"):
+        if not _count(part.get(key)):
+            return f"{key} {str(part.get(key))[:20]} is not a count"
+    if (final is None) != (part["final_games"] == 0):
+        return f"final_score {final} over {part['final_games']} games"
+    scores = [v for v in c if v is not None] + ([final] if final is not None else [])
+    lo, hi = -PLAUSIBLE_SCORE, PLAUSIBLE_SCORE
+    if "returns" in part:
+        r = part["returns"]
+        if r is None:
+            lo, hi = np.inf, -np.inf                     # no game: no score either
+        elif isinstance(r, list) and len(r) == 2 and all(map(_number, r)) and r[0] <= r[1]:
+            lo, hi = r
+        else:
+            return "returns is not [lowest, highest]"
+    slack = 1e-9 * max(1.0, abs(lo) if np.isfinite(lo) else 1.0, abs(hi) if np.isfinite(hi) else 1.0)
+    outside = [v for v in scores if not lo - slack <= v <= hi + slack]
+    if outside:
+        return f"score {outside[0]:g} outside its games' range [{lo:g}, {hi:g}]"
+    opt = part.get("optimizer")
+    if opt is not None and not (isinstance(opt, list) and all(
+            isinstance(e, list) and len(e) == 2 and _count(e[0]) and isinstance(e[1], dict)
+            and all(isinstance(k, str) and (v is None or _number(v)) for k, v in e[1].items()) for e in opt)):
+        return "optimizer is not a list of [env_step, {name: value}]"
+    video = part.get("video")
+    if video is not None:
+        entry = video.get("entry") if isinstance(video, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _count(entry.get("frames"))
+                and (entry.get("score") is None or _number(entry.get("score")))
+                and isinstance(entry.get("game_over"), bool) and _count(video.get("max_frames"))
+                and isinstance(video.get("gif", ""), str)):
+            return "video is not a recorded game's entry"
+    return ""
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

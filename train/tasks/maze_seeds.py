@@ -66,18 +66,87 @@ def split_checkpoint(state: dict[str, Any], seeds: list[int]) -> list[dict[str, 
     return out
 
 
-def write_seed_runs(cfg: Any, run_dir: Path, seeds: list[int], result: dict) -> None:
-    """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint) from the batch's
-    result (``MazeAdapter.result``) and the run's latest checkpoint."""
+BATCH_MARK = "batched.json"     # in each seed folder: what the batch wrote there last (step, config digest)
+
+
+def _digest(path: Path) -> str | None:
+    import hashlib
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def trained_alone(folder: Path, batch_step: int, batch_steps: int) -> str | None:
+    """Why seed folder ``folder`` is no longer the batch's to write (None: it is): it has trained on alone
+    (``metarl train --resume RUN/seed_k``, as the seed folders allow), so its config.yaml or checkpoints are
+    not what the batch wrote there. ``batch_step``: the batch's checkpoint step; ``batch_steps``: its meta.steps."""
+    from train.checkpoint import checkpoint_step, list_checkpoints, read_json
+
+    if not folder.exists():
+        return None
+    newest = max((checkpoint_step(p) for p in list_checkpoints(folder)), default=None)
+    mark = read_json(folder / BATCH_MARK)
+    if isinstance(mark, dict):
+        if mark.get("config_sha256") != _digest(folder / "config.yaml"):
+            return "its config.yaml changed since the batch wrote it"
+        if newest != mark.get("step"):
+            return f"its newest checkpoint is at step {newest}, the batch wrote step {mark.get('step')}"
+        return None
+    # written before the mark (or never): checkpoints or meta.steps beyond the batch's tell a seed trained alone
+    if newest is not None and newest > batch_step:
+        return f"its newest checkpoint is at step {newest}, beyond the batch's {batch_step}"
+    if (folder / "config.yaml").exists():
+        try:
+            import yaml
+            steps = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("meta", {}).get("steps")
+        except Exception:       # unreadable: not ours to judge, leave it alone
+            return "its config.yaml is unreadable"
+        if isinstance(steps, int) and steps > batch_steps:
+            return f"its config.yaml has meta.steps {steps}, beyond the batch's {batch_steps}"
+    return None
+
+
+def write_seed_runs(cfg: Any, run_dir: Path, seeds: list[int], result: dict, log=None) -> list[int]:
+    """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint, the mark) from the
+    batch's result (``MazeAdapter.result``) and the run's latest checkpoint; the seeds written. A seed folder
+    that has trained on alone (:func:`trained_alone`) or that a live run holds is left as it is, with one line
+    to ``log`` (default stderr): its own run would lose its progress (config.yaml back to the batch's meta.steps,
+    eval.json replaced), and the batch's numbers for it stay in the batch's eval.json (``per_seed``)."""
+    import sys
+
     from train.checkpoint import load_latest, save_checkpoint, write_json_atomic, write_text_atomic
     from train.config import config_to_yaml
+    from train.errors import RunDirError
+    from train.rundir import RunLock
 
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     loaded = load_latest(run_dir)
     splits = split_checkpoint(loaded[0], seeds) if loaded is not None else None
+    step = int(loaded[0]["step"]) if loaded is not None else 0
+    written = []
     for k, seed in enumerate(seeds):
         folder = run_dir / seed_folder(seed)
+        why = trained_alone(folder, step, cfg.meta.steps)
+        if why is not None:
+            log(f"warning: {folder} has trained on alone ({why}): left as it is (the batch's result for seed "
+                f"{seed} is in {run_dir / 'eval.json'}, per_seed)")
+            continue
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "eval.json", {"name": cfg.name, "seed": seed, **result["per_seed"][str(seed)]})
-        write_text_atomic(folder / "config.yaml", config_to_yaml(seed_config(cfg, seed)))
-        if splits is not None:
-            save_checkpoint(folder, int(loaded[0]["step"]), splits[k], cfg.run.keep)
+        try:
+            lock = RunLock(folder).acquire()
+        except RunDirError as e:
+            log(f"warning: {e}; {folder} is left as it is")
+            continue
+        try:
+            write_json_atomic(folder / "eval.json", {"name": cfg.name, "seed": seed, **result["per_seed"][str(seed)]})
+            text = config_to_yaml(seed_config(cfg, seed))
+            write_text_atomic(folder / "config.yaml", text)
+            if splits is not None:
+                save_checkpoint(folder, step, splits[k], cfg.run.keep)
+            write_json_atomic(folder / BATCH_MARK, {"step": step if splits is not None else None,
+                                                    "config_sha256": _digest(folder / "config.yaml")})
+        finally:
+            lock.release()
+        written.append(seed)
+    return written

@@ -323,6 +323,10 @@ class OmniglotAdapter(ImageClassificationAdapter):
         # Eligible alphabets in name order, then one seeded shuffle decides the three splits.
         self.eligible = [str(a) for a, n in zip(d.alphabets, counts) if n >= c.ways]
         self._usable = {a: np.array([ch for ch in d.characters(a) if usable[ch]]) for a in self.eligible}
+        if not usable.any():        # no character has enough drawings: the per-class sizes are the mistake
+            raise ConfigError(f"omniglot.train_per_class + omniglot.test_per_class = "
+                              f"{c.train_per_class + c.test_per_class}: more than the {int(per_char.max(initial=0))} "
+                              f"drawings any Omniglot character has")
         if c.num_pretrain + c.num_test >= len(self.eligible):
             raise ConfigError(f"omniglot.num_pretrain + omniglot.num_test must be below the {len(self.eligible)} "
                               f"alphabets with >= {c.ways} characters (got {c.num_pretrain} + {c.num_test})")
