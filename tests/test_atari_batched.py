@@ -2,6 +2,7 @@
 parameters to 1e-5 after more than 20 updates, with games of different action counts, for both RMSprops;
 per-agent gradient clipping against ``clip_grad_norm_`` on each agent's model."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,9 +18,9 @@ GAMES = [("Breakout", 11), ("Pong", 12), ("BeamRider", 13)]
 UPDATES = 22
 
 
-def _models(network: str, widths: list[int]) -> list[ActorCritic]:
+def _models(network: str, widths: list[int], device: str = "cpu") -> list[ActorCritic]:
     channels = 3 if network == "mnih2013" else 4
-    return [ActorCritic(w, in_channels=channels, network=network, generator=torch.Generator().manual_seed(k))
+    return [ActorCritic(w, in_channels=channels, network=network, generator=torch.Generator().manual_seed(k)).to(device)
             for k, w in enumerate(widths)]
 
 
@@ -38,6 +39,23 @@ def test_batched_agents_end_where_each_alone_ends(one_thread, optimizer, network
     of cancelling terms turns a last-bit difference into a visible step: with the Nature CNN on Pong a single
     agent run twice, with and without ``reuse_forward`` (another summation order, nothing else), already
     differs by 1.3e-4 after 22 updates, and so does its batched run. Its case here is the paper's network."""
+    _compare(optimizer, network, observation, heads, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+def test_batched_agents_end_where_each_alone_ends_on_cuda():
+    """The same on CUDA, TF32 off (cuDNN's default TF32 convolutions would round both runs to 10 bits)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _compare("rmsprop_tf", "nature", "gray4", "game", "cuda")
+        _compare("rmsprop", "mnih2013", "rgb", "game", "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _compare(optimizer: str, network: str, observation: str, heads: str, device: str) -> None:
     cfg = A2CConfig(num_envs=2, n_steps=5, optimizer=optimizer)
     steps = UPDATES * cfg.batch_size
     envs = _envs(observation)
@@ -46,18 +64,18 @@ def test_batched_agents_end_where_each_alone_ends(one_thread, optimizer, network
     widths = actions if heads == "game" else [max(actions)] * 3
     try:
         alone = []
-        for k, (env, model) in enumerate(zip(envs, _models(network, widths))):
+        for k, (env, model) in enumerate(zip(envs, _models(network, widths, device))):
             opt = make_optimizer(model.parameters(), cfg)
-            res = train_agent(env, model, opt, steps, cfg=cfg, generator=torch.Generator().manual_seed(100 + k),
-                              final_loss=True)
+            res = train_agent(env, model, opt, steps, cfg=cfg, final_loss=True,
+                              generator=torch.Generator(device=device).manual_seed(100 + k))
             alone.append((model, res))
     finally:
         close_all(envs)
     envs = _envs(observation)
     try:
-        batched = BatchedActorCritic(_models(network, widths), num_actions=actions)
+        batched = BatchedActorCritic(_models(network, widths, device), num_actions=actions)
         opt = make_optimizer(batched.parameters(), cfg)
-        gens = [torch.Generator().manual_seed(100 + k) for k in range(3)]
+        gens = [torch.Generator(device=device).manual_seed(100 + k) for k in range(3)]
         results = train_agents(envs, batched, opt, steps, cfg, gens, final_loss=True)
     finally:
         close_all(envs)
@@ -124,3 +142,67 @@ def test_stacking_round_trips_and_pads_to_the_widest():
             torch.testing.assert_close(logits[k, :, : lk.shape[1]], lk, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(values[k], vk, rtol=1e-5, atol=1e-6)
         assert torch.isinf(batched.masked(logits)[0, :, 4:]).all()
+
+
+def test_held_out_evaluation_batched_gives_the_per_seed_results_of_one_by_one(tmp_path, one_thread):
+    """``atari.a2c.batched: true`` trains a held-out game's (init, seed) runs as one stacked model; each run
+    gives the numbers of its run alone: here the same games (so the same curves and scores, exactly: the same
+    actions were drawn) and RMSprop statistics to float tolerance. The parts record the switch; one-by-one
+    parts keep the settings they had before it existed (no ``batched`` key)."""
+    import json
+    from pathlib import Path
+
+    from train.config import load_config
+    from train.tasks.atari_eval import evaluate_atari
+    from train.trainer import setup
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    tiny = ["atari.train_games=[Pong]", "atari.test_games=[Breakout]", "atari.a2c.num_envs=2", "eval.tasks=2",
+            "eval.steps=800", "run.progress=false"]
+    out = {}
+    for batched in (False, True):
+        cfg = load_config(configs / "atari_leap.yaml", [*tiny, f"atari.a2c.batched={str(batched).lower()}"])
+        adapter, meta = setup(cfg)
+        with torch.no_grad():                         # θ⁰ unlike the random init's encoder
+            for p in meta.params:
+                p.mul_(0.9)
+        run_dir = tmp_path / f"batched_{batched}"
+        run_dir.mkdir()
+        result = evaluate_atari(cfg, adapter, meta, run_dir, 0)
+        parts = {p.name: json.loads(p.read_text()) for p in sorted((run_dir / "eval_parts" / "test").glob("*.json"))}
+        out[batched] = result, parts
+    (one, parts_one), (many, parts_many) = out[False], out[True]
+    assert one["games"]["Breakout"].keys() == {"meta_init", "random_init"}
+    for init in ("meta_init", "random_init"):
+        a, b = one["games"]["Breakout"][init], many["games"]["Breakout"][init]
+        assert np.isfinite(a["final_scores"]).all()
+        np.testing.assert_array_equal(a["final_scores"], b["final_scores"])
+        np.testing.assert_array_equal(a["auc_scores"], b["auc_scores"])
+    assert parts_one.keys() == parts_many.keys() and len(parts_one) == 4
+    for name, a in parts_one.items():
+        b = parts_many[name]
+        assert a["curve"] == b["curve"] and a["final_score"] == b["final_score"] and a["games"] == b["games"]
+        assert a["env_steps"] == b["env_steps"] == 810          # 80 updates and the final-loss rollout
+        assert "batched" not in a["settings"]["atari"]["a2c"] and b["settings"]["atari"]["a2c"]["batched"] is True
+        assert [s for s, _ in a["optimizer"]] == [s for s, _ in b["optimizer"]]
+        for (_, x), (_, y) in zip(a["optimizer"], b["optimizer"]):
+            torch.testing.assert_close(torch.tensor(list(y.values())), torch.tensor(list(x.values())), rtol=1e-4, atol=0)
+
+
+def test_agents_benchmark_reports_its_keys(capsys):
+    """`metarl bench a2c-throughput --agents K` at tiny settings: its last line is a JSON object with the keys
+    the issue names (no timing is asserted)."""
+    import json
+
+    from cli_helpers import cli
+
+    code, out, err = cli(["bench", "a2c-throughput", "--agents", "2", "--games", "Pong,Breakout", "--num-envs", "2",
+                          "--steps", "20", "--rounds", "1", "--threads", "1", "--env-threads", "1"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"agents", "per_agent_sps_single", "per_agent_sps_batched", "batched_cost_ratio",
+            "envpool_random_sps_agents"} <= result.keys()
+    assert result["agents"] == 2 and result["games"] == ["Pong", "Breakout"]
+    assert result["batched_cost_ratio"] == pytest.approx(
+        result["per_agent_sps_single"] / result["per_agent_sps_batched"], rel=1e-2)
+    assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
