@@ -144,10 +144,15 @@ class BatchedActorCritic(nn.Module):
             v = state[name]
             (p[k, : v.shape[0]] if name.startswith("policy.") else p[k]).copy_(v)
 
+    def agent_view(self, name: str, tensor: Tensor, k: int) -> Tensor:
+        """Agent k's part of ``tensor``, the stacked parameter ``name`` or its gradient or state: slice k, the
+        policy's at the agent's own width. A view: live, written by the optimiser in place (the meta-learner's
+        per-agent watch, metarl/seam.py ``StackedWatch``)."""
+        return tensor[k][: self.widths[k]] if name.startswith("policy.") else tensor[k]
+
     def agent_parameters(self, k: int) -> list[Tensor]:
-        """Agent k's slice of every parameter (views: live, and written by the optimiser in place)."""
-        return [p.detach()[k][: self.widths[k]] if name.startswith("policy.") else p.detach()[k]
-                for name, p in self.named_parameters()]
+        """Agent k's part of every parameter, in the single model's order (views)."""
+        return [self.agent_view(name, p.detach(), k) for name, p in self.named_parameters()]
 
     def unstack(self) -> list[ActorCritic]:
         """The K single models (copies), on this module's device."""
