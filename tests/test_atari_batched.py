@@ -203,6 +203,43 @@ def test_agents_benchmark_reports_its_keys(capsys):
     assert {"agents", "per_agent_sps_single", "per_agent_sps_batched", "batched_cost_ratio",
             "envpool_random_sps_agents"} <= result.keys()
     assert result["agents"] == 2 and result["games"] == ["Pong", "Breakout"]
+    # the ratio is taken before the rates are rounded to 0.1 (a few steps/s on a loaded machine: 5% apart)
     assert result["batched_cost_ratio"] == pytest.approx(
-        result["per_agent_sps_single"] / result["per_agent_sps_batched"], rel=1e-2)
+        result["per_agent_sps_single"] / result["per_agent_sps_batched"], rel=0.1)
     assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
+
+
+@pytest.mark.parametrize("method,extra", [("leap", ["leap.p=2"]), ("leap", ["leap.p=1"]), ("reptile", [])])
+def test_meta_batch_batched_gives_each_task_its_own_meta_gradient(one_thread, method, extra):
+    """A meta-batch of 3 games (4, 6, 9 actions) adapted at once (``run_tasks_batched``: one stacked model,
+    ``watch_stacked``) against the same tasks adapted one by one (``run_task``, each under its own watch):
+    the same meta-gradient sum, task count, displacement and loss curves to float tolerance."""
+    from pathlib import Path
+
+    from train.config import load_config
+    from train.seeding import step_generators
+    from train.trainer import run_task, run_tasks_batched, setup
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    overrides = ["atari.train_games=[Breakout,Pong,BeamRider]", "atari.test_games=[Atlantis]",
+                 "atari.a2c.num_envs=2", f"method={method}", "run.progress=false", *extra]
+    out = {}
+    for batched in (False, True):
+        cfg = load_config(configs / "atari_leap.yaml", [*overrides, f"atari.a2c.batched={str(batched).lower()}"])
+        adapter, meta = setup(cfg)
+        tasks = [adapter.game(g, 20 + k) for k, g in enumerate(["Breakout", "Pong", "BeamRider"])]
+        gens = [step_generators(cfg.seed, 1, 1 + k)[1] for k in range(3)]
+        steps = 22 * 10
+        if batched:
+            curves = run_tasks_batched(cfg, adapter, meta, tasks, gens, steps)
+        else:
+            curves = [run_task(cfg, adapter, meta, t, g, steps)[1] for t, g in zip(tasks, gens)]
+        out[batched] = meta, curves
+    (a, ca), (b, cb) = out[False], out[True]
+    assert a.tasks == b.tasks == 3 and a.skipped == b.skipped == 0
+    for u, v in zip(a._acc, b._acc):
+        torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)
+    assert b.displacement == pytest.approx(a.displacement, rel=1e-4)
+    for x, y in zip(ca, cb):
+        assert len(x) == len(y) == 23
+        torch.testing.assert_close(torch.tensor(y), torch.tensor(x), rtol=1e-4, atol=1e-5)
