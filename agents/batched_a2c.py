@@ -42,8 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.a2c import (OPTIMIZER_POINTS, A2CConfig, A2CResult, Episode, EpisodeStats, Rollout, RMSpropTF,
-                        autocast, compute_returns, rmsprop_quantiles, sample_actions)
+from agents.a2c import (
+    OPTIMIZER_POINTS,
+    A2CConfig,
+    A2CResult,
+    Episode,
+    EpisodeStats,
+    RMSpropTF,
+    Rollout,
+    autocast,
+    compute_returns,
+    rmsprop_quantiles,
+    sample_actions,
+)
 from agents.nets import ActorCritic
 from metarl.seam import NULL_WATCH
 
