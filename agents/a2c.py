@@ -66,6 +66,10 @@ class A2CConfig:
     # The loss reuses the acting passes' trunk outputs (autograd on while acting) instead of a second pass
     # over the rollout: the same numbers, since θ is fixed during a rollout.
     reuse_forward: bool = True
+    # Where several agents train at once (the held-out evaluation's seeds × inits of a game): true trains them
+    # as one stacked model, one forward and backward per step for all (agents/batched_a2c.py); false, one by
+    # one. The same results up to float summation order (equal in distribution).
+    batched: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -76,6 +80,8 @@ class A2CConfig:
             raise ValueError("a2c.n_steps and a2c.num_envs must be >= 1")
         if self.groups < 1 or self.num_envs % self.groups:
             raise ValueError(f"a2c.num_envs ({self.num_envs}) must be a multiple of a2c.groups ({self.groups})")
+        if self.batched and self.groups != 1:
+            raise ValueError(f"a2c.batched steps one env group per agent: set a2c.groups: 1 (got {self.groups})")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"a2c.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -137,16 +143,25 @@ def rmsprop_stats(optimizer: torch.optim.Optimizer, quantiles: Sequence[float] =
     at 0 and takes full-size steps from the first update."""
     if not isinstance(optimizer, (RMSpropTF, torch.optim.RMSprop)):
         return {}
-    tf = isinstance(optimizer, RMSpropTF)
-    squares, multipliers = [], []
+    squares, eps = [], []
     for group in optimizer.param_groups:
         for p in group["params"]:
             v = optimizer.state.get(p, {}).get("square_avg")
-            if v is None:
-                continue
-            v = v.detach().float().reshape(-1)
-            squares.append(v)
-            multipliers.append(1.0 / ((v + group["eps"]).sqrt() if tf else v.sqrt() + group["eps"]))
+            if v is not None:
+                squares.append(v)
+                eps.append(group["eps"])
+    return rmsprop_quantiles(squares, eps, isinstance(optimizer, RMSpropTF), quantiles)
+
+
+def rmsprop_quantiles(accumulators: Sequence[Tensor], eps: Sequence[float], tf: bool,
+                      quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
+    """:func:`rmsprop_stats` of the accumulators ``v`` (with each one's ε) of one agent: also its slices of
+    a stacked model's (agents/batched_a2c.py)."""
+    squares, multipliers = [], []
+    for v, e in zip(accumulators, eps):
+        v = v.detach().float().reshape(-1)
+        squares.append(v)
+        multipliers.append(1.0 / ((v + e).sqrt() if tf else v.sqrt() + e))
     if not squares:
         return {}
     q = torch.tensor(quantiles, dtype=torch.float32, device=squares[0].device)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .seam import Observer, OptimizerWatch, StepObserver
+from .seam import Observer, OptimizerWatch, StackedWatch, StepObserver
 
 
 @dataclass
@@ -127,11 +127,12 @@ SHARED_SECTIONS = {"leap": "only method leap, and warpgrad with init_objective: 
 class _TaskMerge(Observer):
     """Last observer of every watch: adds the task's meta-gradient to the meta-batch sum if finite."""
 
-    def __init__(self, meta: "MetaLearner") -> None:
+    def __init__(self, meta: "MetaLearner", acc: list[Tensor] | None = None) -> None:
         self.meta = meta
+        self.acc = acc              # None: the meta-learner's own task accumulator
 
     def task_end(self, params: Sequence[Tensor], final_loss: Tensor | None) -> None:
-        self.meta._merge_task(params)
+        self.meta._merge_task(params, self.acc)
 
 
 class MetaLearner:
@@ -248,11 +249,30 @@ class MetaLearner:
         torch._foreach_zero_(self._task_acc)
         return OptimizerWatch(optimizer, self.watched(model), [*self.observers(task), _TaskMerge(self)])
 
-    def _merge_task(self, params: Sequence[Tensor] | None = None) -> None:
-        """Add the task's meta-gradient to the meta-batch sum if finite; ``params``: the task's θᴷ of the
-        meta-learned parameters, whose distance from θ⁰ is counted (methods that run their own loop omit it)."""
-        if all_finite(self._task_acc):
-            torch._foreach_add_(self._acc, self._task_acc)
+    def task_observers(self, acc: list[Tensor], task: Any = None) -> list[StepObserver]:
+        """A fresh set of the method's observers adding one task's meta-gradient into ``acc`` (shaped like
+        ``self.params``): tasks watched at once (:meth:`watch_stacked`) need one set each. Methods whose
+        maths allows it override this."""
+        raise NotImplementedError(f"{type(self).__name__} cannot watch several tasks at once")
+
+    def watch_stacked(self, model: nn.Module, optimizer: torch.optim.Optimizer, tasks: Sequence[Any]) -> StackedWatch:
+        """Watch K tasks trained at once as one stacked model (``model``: parameters under the single model's
+        names with a leading task dimension, and ``agent_view(name, tensor, k)``, task k's part of a stacked
+        tensor). Each task has its own observers and accumulator, and is merged — finiteness check and
+        displacement included — as a task of its own, in order."""
+        named = dict(model.named_parameters())
+        accs = [[torch.zeros_like(p) for p in self.params] for _ in tasks]
+        observers = [[*self.task_observers(acc, task), _TaskMerge(self, acc)] for acc, task in zip(accs, tasks)]
+        return StackedWatch(optimizer, [named[n] for n in self.names],
+                            lambda i, t, k: model.agent_view(self.names[i], t, k), observers)
+
+    def _merge_task(self, params: Sequence[Tensor] | None = None, acc: list[Tensor] | None = None) -> None:
+        """Add the task's meta-gradient (``acc``, default the task accumulator) to the meta-batch sum if
+        finite; ``params``: the task's θᴷ of the meta-learned parameters, whose distance from θ⁰ is counted
+        (methods that run their own loop omit it)."""
+        acc = self._task_acc if acc is None else acc
+        if all_finite(acc):
+            torch._foreach_add_(self._acc, acc)
             self.tasks += 1
             if params is not None:
                 with torch.no_grad():

@@ -31,3 +31,6 @@ class FOMAML(MetaLearner):
 
     def observers(self, task=None) -> list:
         return [FOMAMLObjective(self._task_acc)]
+
+    def task_observers(self, acc, task=None) -> list:
+        return [FOMAMLObjective(acc)]

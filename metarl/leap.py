@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import MetaLearner
+from .seam import Observer
 
 
 @dataclass
@@ -228,6 +229,18 @@ class LeapObjective:
         return self._grad
 
 
+class _PathStats(Observer):
+    """After a task watched on its own objective (``watch_stacked``), its path statistics go to the method's."""
+
+    def __init__(self, source: LeapObjective, target: LeapObjective) -> None:
+        self.source, self.target = source, target
+
+    def task_end(self, params, final_loss) -> None:
+        length, segments = self.source.reset_stats()
+        self.target.path_length = self.target.path_length + length
+        self.target.segments += segments
+
+
 class Leap(MetaLearner):
     """Leap over the selected parameters; meta-gradient = mean over tasks of Σ_i δ_i (Algorithm 1)."""
 
@@ -249,6 +262,10 @@ class Leap(MetaLearner):
 
     def observers(self, task=None) -> list:
         return [self.objective]
+
+    def task_observers(self, acc, task=None) -> list:
+        objective = LeapObjective(self.config, acc)
+        return [objective, _PathStats(objective, self.objective)]
 
     def all_reduce(self, reduce) -> None:
         stats = torch.tensor(self.objective.reset_stats(), dtype=torch.float64)

@@ -34,3 +34,6 @@ class Reptile(MetaLearner):
 
     def observers(self, task=None) -> list:
         return [ReptileObjective(self._task_acc)]
+
+    def task_observers(self, acc, task=None) -> list:
+        return [ReptileObjective(acc)]

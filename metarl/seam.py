@@ -129,6 +129,72 @@ class OptimizerWatch:
             self.finish(None)
 
 
+class StackedWatch:
+    """One optimiser stepping several tasks at once: the parameters of K tasks stacked along a leading
+    dimension (the agents of one stacked model, agents/batched_a2c.py). Task k's observers see task k alone —
+    its slice of θ, of the clipped gradient and of the (K,) losses — at the same points as an
+    :class:`OptimizerWatch` on task k's own optimiser would, so every method's maths, accumulator and
+    finiteness check treats each agent as its own task.
+
+    ``view(i, tensor, k)`` is task k's part of ``tensor`` (the i-th stacked parameter or its gradient), e.g.
+    ``tensor[k]``; ``observers[k]`` are task k's observers. Losses come as (K,) tensors (``report``,
+    ``finish``); tasks end in order k = 0, 1, … (the order their meta-gradients are summed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, stacked: Sequence[Tensor], view,
+                 observers: Sequence[Sequence[StepObserver]]) -> None:
+        self.optimizer = optimizer
+        self.stacked = list(stacked)
+        self.view = view
+        self.observers = [list(o) for o in observers]
+        self.params = [[view(i, p.detach(), k) for i, p in enumerate(self.stacked)] for k in range(len(self.observers))]
+        self._loss: Tensor | None = None
+        self._handles: list = []
+        self._finished = False
+        self.steps = 0
+
+    def report(self, losses: Tensor) -> None:
+        self._loss = losses.detach().reshape(-1)
+
+    def finish(self, final_losses: Tensor | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for k, observers in enumerate(self.observers):
+            loss = None if final_losses is None else final_losses.detach().reshape(-1)[k].reshape(())
+            for obs in observers:
+                obs.task_end(self.params[k], loss)
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        losses, self._loss = self._loss, None
+        for k, observers in enumerate(self.observers):
+            grads = [self.view(i, g, k) if (g := p.grad) is not None else torch.zeros_like(self.params[k][i])
+                     for i, p in enumerate(self.stacked)]
+            loss = None if losses is None else losses[k].reshape(())
+            for obs in observers:
+                obs.before_step(self.params[k], grads, loss)
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        self.steps += 1
+        for k, observers in enumerate(self.observers):
+            for obs in observers:
+                obs.after_step(self.params[k])
+
+    def __enter__(self) -> "StackedWatch":
+        for k, observers in enumerate(self.observers):
+            for obs in observers:
+                obs.task_start(self.params[k])
+        self._handles = [self.optimizer.register_step_pre_hook(self._pre),
+                         self.optimizer.register_step_post_hook(self._post)]
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if exc_type is None and not self._finished:
+            self.finish(None)
+
+
 class NullWatch:
     """The watch used when no meta-learner is attached (evaluation, plain training)."""
 

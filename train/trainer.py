@@ -70,6 +70,22 @@ def run_task(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, task: Any, ge
     return model, meta.run_task(adapter, task, model, optimizer, steps, clip)
 
 
+def run_tasks_batched(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, tasks: list[Any],
+                      generators: list[torch.Generator], steps: int) -> list[list[float]]:
+    """Adapt several tasks from the current initialisation at once, as one stacked model
+    (``adapter.adapt_batched``), each watched as a task of its own (``meta.watch_stacked``); each task's model
+    is drawn as :func:`run_task` draws it. Returns the loss curves."""
+    models = [task_model(adapter, meta, task, g, cfg.meta.head) for task, g in zip(tasks, generators)]
+    for model in models:
+        if len(meta.task_parameters(model)) != len(list(model.parameters())):
+            raise ConfigError(f"batched tasks step every parameter of a task model; method {cfg.method!r} does not")
+    if type(meta).task_observers is MetaLearner.task_observers:      # the method has no per-task observers
+        raise ConfigError(f"method {cfg.method!r} cannot watch several tasks at once (batched tasks)")
+    results = adapter.adapt_batched(tasks, models, steps, watch=lambda model, opt: meta.watch_stacked(model, opt, tasks),
+                                    clip_grad_norm=cfg.inner.clip_grad_norm or None)
+    return [r.losses for r in results]
+
+
 # ------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -212,8 +228,13 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step."""
     rng, _ = step_generators(cfg.seed, unit)
     tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
-    curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, unit, 1 + k)[1], cfg.inner.steps)[1]
-              for k, task in world.mine(tasks)]
+    mine = world.mine(tasks)
+    if getattr(adapter, "batched", False) and mine:      # e.g. atari.a2c.batched: this rank's tasks at once
+        curves = run_tasks_batched(cfg, adapter, meta, [task for _, task in mine],
+                                   [step_generators(cfg.seed, unit, 1 + k)[1] for k, _ in mine], cfg.inner.steps)
+    else:
+        curves = [run_task(cfg, adapter, meta, task, step_generators(cfg.seed, unit, 1 + k)[1], cfg.inner.steps)[1]
+                  for k, task in mine]
     sums = {"auc": sum(curve_auc(c) for c in curves), "final": sum(c[-1] for c in curves), "tasks": len(curves)}
     stats = torch.tensor(list(sums.values()), dtype=torch.float64)      # one all-reduce for all three
     world.all_reduce([stats])

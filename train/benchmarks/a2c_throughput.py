@@ -26,6 +26,20 @@ torch's own default, one thread per core, as SB3 users run it and as the Atari c
 frames (configs/atari_leap_paper.yaml); the SB3 variants keep their Nature CNN on grey 4-stacks.
 
     metarl bench a2c-throughput [--steps 4000] [--rounds 3] [--threads 0] [--device cpu]
+
+``--agents K`` measures instead, in one run, the cost of training K independent agents as one stacked model
+(agents/batched_a2c.py; ``--games``: their games, cycled over the K agents, default ``--game`` for all):
+
+- ``agents_single``   one agent (the first game) with ``train_agent``: its env steps/s;
+- ``agents_batched``  K agents with ``train_agents``: env steps/s of each agent (all step alike);
+- ``agents_random``   the K agents' pools stepping random actions together (each pool sent, then each
+                      received): their combined env steps/s, the bound for the K agents together.
+
+Its last JSON line has ``agents``, ``per_agent_sps_single``, ``per_agent_sps_batched``, ``batched_cost_ratio``
+(= per_agent_sps_single / per_agent_sps_batched: the per-agent cost batched over one agent's alone; below 1
+batching pays), ``envpool_random_sps_agents`` and ``batched_of_bound`` (K · per-agent batched ÷ that bound).
+
+    metarl bench a2c-throughput --agents 8 [--games Pong,Breakout,Qbert] [--steps 2000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from ._common import atari_game, machine, parser, torch_threads
 
 VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym",
             "sb3_gym_tuned")
+AGENT_VARIANTS = ("agents_random", "agents_single", "agents_batched")     # --agents K
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -64,12 +79,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                    help="cpu (default), cuda, cuda:N or auto: where our loop and SB3 compute")
     p.add_argument("--network", default="nature", choices=("nature", "mnih2013"), help="our loop's network")
     p.add_argument("--observation", default="gray4", choices=("gray4", "rgb"), help="our loop's frames")
+    p.add_argument("--agents", type=int, default=0,
+                   help="K > 0: K agents batched against one agent and the K pools' random-action bound")
+    p.add_argument("--games", default=None, help="--agents: the agents' games, comma-separated, cycled (default --game)")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)   # internal: one variant in a child process
     args = p.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.agents < 0 or args.num_envs < 1 or args.n_steps < 1 or args.steps < 1:
+        p.error("--agents must be >= 0; --num-envs, --n-steps and --steps >= 1")
     args.game = atari_game(args.game)
+    names = [g for g in (args.games or args.game).split(",") if g.strip()]
+    if not names:
+        p.error("--games lists no game")
+    args.agent_games = [atari_game(names[k % len(names)]) for k in range(max(args.agents, 1))]
     from ..device import resolve_device
     args.device = str(resolve_device(args.device, option="--device"))   # CUDA absent: one line, exit 2
     return args
@@ -113,6 +137,59 @@ def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True
     return measure
 
 
+def _agents_random(args) -> Callable[[], float]:
+    """The K agents' pools stepping random actions together: combined env steps/s."""
+    from envs.atari import make_atari
+
+    envs = [make_atari(game, args.num_envs, args.seed + 1000 * k, backend="envpool", num_threads=args.env_threads,
+                       observation=args.observation) for k, game in enumerate(args.agent_games)]
+    for env in envs:
+        env.reset()
+    rng = np.random.default_rng(args.seed)
+    actions = [rng.integers(0, env.num_actions, size=(64, args.num_envs)) for env in envs]
+
+    def measure() -> float:
+        n = max(1, args.steps // args.num_envs)
+        start = time.perf_counter()
+        for i in range(n):
+            for env, a in zip(envs, actions):
+                env.send(a[i % 64])
+            for env in envs:
+                env.recv()
+        return n * args.num_envs * len(envs) / (time.perf_counter() - start)
+    return measure
+
+
+def _agents(args, batched: bool) -> Callable[[], float]:
+    """One agent (the first game) alone, or the K agents as one stacked model: env steps/s of each agent."""
+    from agents.a2c import A2CConfig, make_optimizer, train_agent
+    from agents.batched_a2c import BatchedActorCritic, train_agents
+    from agents.nets import ActorCritic
+    from envs.atari import make_atari
+
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps)
+    games = args.agent_games if batched else args.agent_games[:1]
+    envs = [make_atari(game, args.num_envs, args.seed + 1000 * k, backend="envpool", num_threads=args.env_threads,
+                       observation=args.observation) for k, game in enumerate(games)]
+    models = [ActorCritic(env.num_actions, in_channels=env.observation_shape[0], network=args.network,
+                          generator=torch.Generator().manual_seed(args.seed + k)).to(args.device)
+              for k, env in enumerate(envs)]
+    gens = [torch.Generator(device=args.device).manual_seed(args.seed + k) for k in range(len(envs))]
+    if not batched:
+        optimizer = make_optimizer(models[0].parameters(), cfg)
+
+        def one(steps: int) -> float:
+            return train_agent(envs[0], models[0], optimizer, steps, cfg=cfg, generator=gens[0]).sps
+    else:
+        model = BatchedActorCritic(models)
+        optimizer = make_optimizer(model.parameters(), cfg)
+
+        def one(steps: int) -> float:
+            return train_agents(envs, model, optimizer, steps, cfg, gens)[0].sps
+    one(4 * cfg.batch_size)                                                               # warm-up
+    return lambda: one(args.steps)
+
+
 def _sb3(args, backend: str) -> Callable[[], float]:
     from stable_baselines3 import A2C
     from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
@@ -151,7 +228,8 @@ def _maker(args, variant: str) -> Callable[[], float]:
             "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
             "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
             "sb3_envpool": lambda: _sb3(args, "envpool"), "sb3_gym": lambda: _sb3(args, "gymnasium"),
-            "sb3_gym_tuned": lambda: _sb3(args, "gymnasium")}[variant]()
+            "sb3_gym_tuned": lambda: _sb3(args, "gymnasium"), "agents_random": lambda: _agents_random(args),
+            "agents_single": lambda: _agents(args, False), "agents_batched": lambda: _agents(args, True)}[variant]()
 
 
 def _as_users_run_sb3(variant: str) -> bool:
@@ -193,7 +271,7 @@ def _serve(args) -> None:
 
 def run(argv: list[str]) -> dict:
     args = _parse(argv)
-    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    variants = list(AGENT_VARIANTS) if args.agents else [v for v in VARIANTS if v in args.variants.split(",")]
     with torch_threads(args.threads) as threads:
         if args.serve:
             _serve(args)
@@ -204,6 +282,8 @@ def run(argv: list[str]) -> dict:
         for _ in range(args.rounds):
             for v in variants:
                 samples[v].append(measures[v]())
+    if args.agents:
+        return _agents_result(args, host, threads, samples)
     result = {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
               "game": args.game, "num_envs": args.num_envs,
               "n_steps": args.n_steps,
@@ -232,6 +312,26 @@ def run(argv: list[str]) -> dict:
         result["ratio_overlap"] = round(result["ours_overlap_sps"] / result["ours_sps"], 3)
         print(f"{'overlap gain':>22}: {result['ratio_overlap']:.2f}x (ours_overlap / ours)")
     return result
+
+
+def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]]) -> dict:
+    """The ``--agents K`` figures (module docstring), medians over the rounds."""
+    med = {v: statistics.median(samples[v]) for v in AGENT_VARIANTS}
+    for v in AGENT_VARIANTS:
+        unit = "combined env steps/s" if v == "agents_random" else "env steps/s per agent"
+        print(f"{v:>15}: {med[v]:7.0f} {unit}  (rounds: {', '.join(f'{s:.0f}' for s in samples[v])})")
+    K = args.agents
+    ratio = med["agents_single"] / med["agents_batched"]
+    bound = K * med["agents_batched"] / med["agents_random"]
+    print(f"{'batched cost':>15}: {ratio:.2f} of one agent's per-agent cost ({K} agents); "
+          f"{bound:.2f} of the {K} pools' random-action bound")
+    return {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
+            "games": args.agent_games, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": threads,
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "env_threads": args.env_threads,
+            "rounds": args.rounds, "steps_per_round": args.steps,
+            "agents": K, "per_agent_sps_single": round(med["agents_single"], 1),
+            "per_agent_sps_batched": round(med["agents_batched"], 1), "batched_cost_ratio": round(ratio, 3),
+            "envpool_random_sps_agents": round(med["agents_random"], 1), "batched_of_bound": round(bound, 3)}
 
 
 if __name__ == "__main__":

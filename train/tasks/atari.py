@@ -236,12 +236,65 @@ class AtariAdapter(TaskAdapter):
         self.last_result = result
         return result.losses
 
-    def evaluate(self, task: Game, model: nn.Module) -> dict[str, float]:
-        """Mean true (raw, whole-game) score over the most recent ``eval_games`` games."""
+    @property
+    def batched(self) -> bool:
+        """``atari.a2c.batched``: the trainer adapts this rank's tasks of a meta-batch at once (:meth:`adapt_batched`)."""
+        return self.config.a2c.batched
+
+    def adapt_batched(self, tasks: list[Game], models: list[nn.Module], steps: int, watch=None,
+                      clip_grad_norm: float | None = None) -> list[A2CResult]:
+        """Several agents — ``tasks[k]`` from ``models[k]`` — trained at once as one stacked model
+        (agents/batched_a2c.py), each as :meth:`adapt` would train it alone (same envs, sampling generator and
+        A2C settings). ``watch(model, optimizer)``, when given, makes the watch of the stacked model's steps
+        (a meta-learner's ``watch_stacked``: each agent its own task); ``clip_grad_norm`` as in :meth:`adapt`.
+        Each model ends holding its trained parameters. Returns each agent's result; its finished games are in
+        ``result.episodes`` (``evaluate(..., games=)``), not in ``recent``, where agents of one game would
+        overwrite each other."""
+        from agents.batched_a2c import BatchedActorCritic, train_agents
+
+        cfg = self.config
+        a2c = cfg.a2c if not clip_grad_norm else dataclasses.replace(cfg.a2c, max_grad_norm=clip_grad_norm)
+        envs = [self._envs(task, train=True)[0] for task in tasks]      # a2c.batched: one env group per agent
+        offset = self.global_step
+        K = len(tasks)
+
+        def on_episode(k: int, ep: Episode) -> None:
+            record = GameRecord(tasks[k].key, offset + ep.global_step, ep.episodic_return, ep.length)
+            self.games_played.append(record)
+            if self.on_game is not None:
+                self.on_game(record)
+
+        on_progress = None
+        if self.on_progress is not None:
+            def on_progress(step: int) -> None:           # every agent has taken ``step`` env steps
+                self.on_progress(tasks[0].key, offset + K * step)
+
+        try:
+            batched = BatchedActorCritic(models, num_actions=[t.num_actions for t in tasks])
+            optimizer = make_optimizer(batched.parameters(), a2c)
+            generators = [_generator(m, t.seed) for m, t in zip(models, tasks)]
+            with (watch(batched, optimizer) if watch is not None else NULL_WATCH) as w:
+                results = train_agents(envs, batched, optimizer, steps, a2c, generators, watch=w,
+                                       on_episode=on_episode, final_loss=True, on_progress=on_progress)
+        finally:
+            close_all(envs)
+        with torch.no_grad():
+            for k, model in enumerate(models):
+                model.load_state_dict(batched.agent_state_dict(k))
+        for task, result in zip(tasks, results):
+            self._task_logs += _task_logs(task.key, offset, result)
+            self.recent[task.key] = result.episodes
+        self.global_step += sum(r.env_steps for r in results)
+        self.last_result = results[-1]
+        return results
+
+    def evaluate(self, task: Game, model: nn.Module, games: list[Episode] | None = None) -> dict[str, float]:
+        """Mean true (raw, whole-game) score over the most recent ``eval_games`` games (``games``: the task's
+        finished games, where several agents of one game ran at once)."""
         cfg = self.config
         if cfg.eval_steps > 0:
             games = self._evaluation_run(task, model)
-        else:
+        elif games is None:
             games = self.recent.get(task.key, [])
         games = games[-cfg.eval_games:]
         self.last_scored = games        # the games the score averages (an evaluation part records their range)

@@ -133,10 +133,18 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     if show and done:
         _say(bar, f"held-out: {len(done)} of {len(runs)} runs read from {parts.folder} (finished earlier)")
     finished: dict[tuple[str, str, int], dict[str, Any]] = {}
+    if adapter.config.a2c.batched:
+        # a2c.batched: a game's unfinished (init, seed) runs train at once, as one stacked model
+        for game in games:
+            todo_game = [(init, seed) for g, init, seed in runs if g == game and (g, init, seed) not in done]
+            if todo_game:
+                finished.update(run_parts_batched(cfg, adapter, meta, run_dir, parts, game, todo_game, settings,
+                                                  horizon, grid, window, video, bar, progress, show))
     for game, init, seed in runs:
-        finished[(game, init, seed)] = done.get((game, init, seed)) or run_part(
+        finished[(game, init, seed)] = done.get((game, init, seed)) or finished.get((game, init, seed)) or run_part(
             cfg, adapter, meta, run_dir, parts, game, init, seed, settings[init], horizon, grid, window,
             video and seed == 0, bar, progress, show)
+    finished = {run: finished[run] for run in runs}         # the protocol's order, however they ran
     curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
@@ -199,13 +207,8 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
     t0 = time.perf_counter()
     if progress is not None:
         progress.new_task()
-    # The same env seed and the same head draw for both initialisations of a (game, seed), whatever ran before.
-    rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
-    task = adapter.game(game, int(rng.integers(2**31 - 1)))
-    model = adapter.build_model(generator, task)      # drawn on the CPU, on the run's device
-    if init == "meta_init":
-        meta.load_init(model, skip=tuple(adapter.head))
-    optimizer = adapter.make_optimizer(model, meta.task_parameters(model), cfg.inner)
+    task, model, params = _agent(cfg, adapter, meta, game, init, seed)
+    optimizer = adapter.make_optimizer(model, params, cfg.inner)
     adapter.drain_games()
     start = adapter.global_step
     adapter.adapt(task, model, optimizer, horizon)
@@ -232,6 +235,62 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
             _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
                       f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
     return parts.save(part, gif)
+
+
+def _agent(cfg: Any, adapter: Any, meta: Any, game: str, init: str, seed: int) -> tuple[Any, Any, Any]:
+    """(task, model, optimiser) of one held-out run, drawn as :func:`run_part` draws them."""
+    # The same env seed and the same head draw for both initialisations of a (game, seed), whatever ran before.
+    rng, generator = step_generators(cfg.seed, FIXED, 1000 + seed)
+    task = adapter.game(game, int(rng.integers(2**31 - 1)))
+    model = adapter.build_model(generator, task)      # drawn on the CPU, on the run's device
+    if init == "meta_init":
+        meta.load_init(model, skip=tuple(adapter.head))
+    return task, model, meta.task_parameters(model)
+
+
+def run_parts_batched(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, game: str,
+                      todo: list[tuple[str, int]], settings: dict[str, dict[str, Any]], horizon: int,
+                      grid: np.ndarray, window: int, video: bool, bar: Any, progress: Any,
+                      show: bool) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The held-out runs ``todo`` ((init, seed) pairs) of ``game`` trained at once as one stacked model
+    (``atari.a2c.batched``; agents/batched_a2c.py); each saved as the part :func:`run_part` would save, from the
+    same model draw, env seed and sampling generator: the same run up to float summation order."""
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress.new_task()
+    agents = [_agent(cfg, adapter, meta, game, init, seed) for init, seed in todo]
+    for _, model, params in agents:
+        if len(params) != len(list(model.parameters())):
+            raise ValueError(f"atari.a2c.batched trains every parameter of a task model; {cfg.method} steps "
+                             f"{len(params)} of {len(list(model.parameters()))}")
+    tasks, models = [a[0] for a in agents], [a[1] for a in agents]
+    adapter.drain_games()
+    results = adapter.adapt_batched(tasks, models, horizon)
+    adapter.drain_games()
+    seconds = time.perf_counter() - t0
+    out = {}
+    for (init, seed), task, model, result in zip(todo, tasks, models, results):
+        played = result.episodes
+        s = np.array([g.global_step for g in played], dtype=np.float64)
+        r = np.array([g.episodic_return for g in played], dtype=np.float64)
+        final = adapter.evaluate(task, model, games=played)
+        part = {"format": FORMAT, "fingerprint": fingerprint(settings[init]), "settings": settings[init],
+                "game": game, "init": init, "seed": seed, "curve": running_curve(s, r, grid, window),
+                "final_score": final["score"], "final_games": int(final["games"]), "games": len(played),
+                "env_steps": result.env_steps, "optimizer": [[step, stats] for step, stats in result.optimizer_stats]}
+        if show:
+            _say(bar, f"held-out {game} {init.replace('_', ' ')} seed {seed + 1}/{cfg.eval.tasks}: final score "
+                      f"{final['score']:.1f} ({len(played)} games, {result.env_steps:,} env steps, batched: "
+                      f"{len(todo)} runs in {seconds:.0f} s)")
+        gif = None
+        if video and seed == 0:
+            entry, gif = record_video(adapter, task, model, run_dir, game, init, cfg.eval.video_frames)
+            part["video"] = {"entry": entry, "max_frames": cfg.eval.video_frames}
+            if show:
+                _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
+                          f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
+        out[(game, init, seed)] = parts.save(part, gif)
+    return out
 
 
 def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, init: str,
