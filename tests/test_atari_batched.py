@@ -96,7 +96,8 @@ def _compare(optimizer: str, network: str, observation: str, heads: str, device:
         assert [s for s, _ in out.optimizer_stats] == [s for s, _ in res.optimizer_stats]
         for (_, a), (_, b) in zip(out.optimizer_stats, res.optimizer_stats):
             assert a.keys() == b.keys()
-            torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())), rtol=1e-4, atol=0)
+            torch.testing.assert_close(torch.tensor(list(a.values())), torch.tensor(list(b.values())),
+                                       rtol=1e-4, atol=0)
     # padded policy rows (beyond each agent's width) never moved from zero
     for k, w in enumerate(widths):
         assert not batched.policy.weight[k, w:].any() and not batched.policy.bias[k, w:].any()
