@@ -131,7 +131,8 @@ def test_per_agent_clipping_is_clip_grad_norm_of_each_agent():
 def test_stacking_round_trips_and_pads_to_the_widest():
     models = _models("nature", [4, 18])
     batched = BatchedActorCritic(models)
-    assert batched.policy.weight.shape == (2, 18, 512) and getattr(batched.encoder.conv, "0").weight.shape == (2, 32, 4, 8, 8)
+    assert batched.policy.weight.shape == (2, 18, 512)
+    assert getattr(batched.encoder.conv, "0").weight.shape == (2, 32, 4, 8, 8)
     for k, m in enumerate(batched.unstack()):
         for (name, a), b in zip(m.named_parameters(), models[k].parameters()):
             assert torch.equal(a, b), name
@@ -187,7 +188,8 @@ def test_held_out_evaluation_batched_gives_the_per_seed_results_of_one_by_one(tm
         assert "batched" not in a["settings"]["atari"]["a2c"] and b["settings"]["atari"]["a2c"]["batched"] is True
         assert [s for s, _ in a["optimizer"]] == [s for s, _ in b["optimizer"]]
         for (_, x), (_, y) in zip(a["optimizer"], b["optimizer"]):
-            torch.testing.assert_close(torch.tensor(list(y.values())), torch.tensor(list(x.values())), rtol=1e-4, atol=0)
+            torch.testing.assert_close(torch.tensor(list(y.values())), torch.tensor(list(x.values())),
+                                       rtol=1e-4, atol=0)
 
 
 def test_agents_benchmark_reports_its_keys(capsys):

@@ -81,7 +81,8 @@ def run_tasks_batched(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, task
             raise ConfigError(f"batched tasks step every parameter of a task model; method {cfg.method!r} does not")
     if type(meta).task_observers is MetaLearner.task_observers:      # the method has no per-task observers
         raise ConfigError(f"method {cfg.method!r} cannot watch several tasks at once (batched tasks)")
-    results = adapter.adapt_batched(tasks, models, steps, watch=lambda model, opt: meta.watch_stacked(model, opt, tasks),
+    results = adapter.adapt_batched(tasks, models, steps,
+                                    watch=lambda model, opt: meta.watch_stacked(model, opt, tasks),
                                     clip_grad_norm=cfg.inner.clip_grad_norm or None)
     return [r.losses for r in results]
 

@@ -81,7 +81,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--observation", default="gray4", choices=("gray4", "rgb"), help="our loop's frames")
     p.add_argument("--agents", type=int, default=0,
                    help="K > 0: K agents batched against one agent and the K pools' random-action bound")
-    p.add_argument("--games", default=None, help="--agents: the agents' games, comma-separated, cycled (default --game)")
+    p.add_argument("--games", default=None,
+                   help="--agents: the agents' games, comma-separated, cycled (default --game)")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)   # internal: one variant in a child process
     args = p.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)

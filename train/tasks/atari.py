@@ -238,7 +238,8 @@ class AtariAdapter(TaskAdapter):
 
     @property
     def batched(self) -> bool:
-        """``atari.a2c.batched``: the trainer adapts this rank's tasks of a meta-batch at once (:meth:`adapt_batched`)."""
+        """``atari.a2c.batched``: the trainer adapts this rank's tasks of a meta-batch at once
+        (:meth:`adapt_batched`)."""
         return self.config.a2c.batched
 
     def adapt_batched(self, tasks: list[Game], models: list[nn.Module], steps: int, watch=None,
@@ -252,8 +253,10 @@ class AtariAdapter(TaskAdapter):
         overwrite each other."""
         from agents.batched_a2c import BatchedActorCritic, train_agents
 
+        if clip_grad_norm:
+            raise ValueError("Atari clips at atari.a2c.max_grad_norm only; inner.clip_grad_norm is refused")
         cfg = self.config
-        a2c = cfg.a2c if not clip_grad_norm else dataclasses.replace(cfg.a2c, max_grad_norm=clip_grad_norm)
+        a2c = cfg.a2c
         envs = [self._envs(task, train=True)[0] for task in tasks]      # a2c.batched: one env group per agent
         offset = self.global_step
         K = len(tasks)

@@ -37,9 +37,9 @@ order: ≤ 1e-6 in the tests, 9 iterations); over a long one a last-bit differen
 sampled action, and from there the two runs part (the plain RNN: seed 0 at iteration 149, seed 2 at 52), so
 batched seeds are the same in distribution, not run for run (docs/RESULTS.md). Its curves go to
 ``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each ``run_dir/seed_<k>/`` also gets
-the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json``
-holds the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes
-exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders,
+the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final checkpoint in the single-seed
+format, so it reads — and resumes — as a separate run; ``run_dir/eval.json`` holds the per-seed results and their
+mean. The run's own checkpoints hold the stacked state: it resumes exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders,
 configs and checkpoints are written by train/tasks/maze_seeds.py.
 
 Devices: the agent, its optimiser, the rollouts and the loss live on ``run.device``; the mazes step in NumPy on
