@@ -27,20 +27,20 @@ and the meta-batch action sampler each get their own stream derived from ``seed`
 states (as int64 tensors), the samplers' states, the per-episode returns so far, the log window and the
 counters; the trainer adds the agent and its optimiser: a resumed run continues exactly.
 
-Seeds as a batch dimension (``maze.seeds: [0, 1, ...]``; empty: the run's ``seed`` alone, as above): one
-process trains S independent agents stacked along a leading dimension of every parameter
-(agents.seed_batched), on S × B mazes. Seed k gets everything it would get as a run with ``seed: k`` alone —
-its initialisation (drawn after ``torch.manual_seed(k)``), its maze and sampler streams, its own Adam
-(metarl.seed_batch.SeedAdam: per-seed step counts), its own warps and warp optimiser, per-seed gradient
-clipping and non-finite skipping. Over a short run it ends where that run would (up to floating-point summation
-order: ≤ 1e-6 in the tests, 9 iterations); over a long one a last-bit difference in a batched sum can flip a
-sampled action, and from there the two runs part (the plain RNN: seed 0 at iteration 149, seed 2 at 52), so
-batched seeds are the same in distribution, not run for run (docs/RESULTS.md). Its curves go to
-``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each ``run_dir/seed_<k>/`` also gets
-the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final checkpoint in the single-seed
-format, so it reads — and resumes — as a separate run; ``run_dir/eval.json`` holds the per-seed results and their
-mean. The run's own checkpoints hold the stacked state: it resumes exactly, batched. The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders,
-configs and checkpoints are written by train/tasks/maze_seeds.py.
+Seeds as a batch dimension (``maze.seeds: [0, 1, ...]``; empty: the run's ``seed`` alone, as above): one process
+trains S independent agents stacked along a leading dimension of every parameter (agents.seed_batched), on S × B
+mazes. Seed k gets everything it would get as a run with ``seed: k`` alone — its initialisation (drawn after
+``torch.manual_seed(k)``), its maze and sampler streams, its own Adam (metarl.seed_batch.SeedAdam: per-seed step
+counts), its own warps and warp optimiser, per-seed gradient clipping and non-finite skipping. Over a short run it
+ends where that run would (up to floating-point summation order: ≤ 1e-6 in the tests, 9 iterations); over a long
+one a last-bit difference in a batched sum can flip a sampled action, and from there the two runs part (the plain
+RNN: seed 0 at iteration 149, seed 2 at 52), so batched seeds are the same in distribution, not run for run
+(docs/RESULTS.md). Its curves go to ``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each
+``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final
+checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json`` holds
+the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes exactly, batched.
+The run's ``seed`` is not used by the maze when ``seeds`` is given. The per-seed folders, configs and checkpoints
+are written by train/tasks/maze_seeds.py.
 
 Devices: the agent, its optimiser, the rollouts and the loss live on ``run.device``; the mazes step in NumPy on
 the CPU and the action samplers stay CPU generators on every device (agents.maze_a2c, "Devices": a CPU run is
