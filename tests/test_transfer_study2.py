@@ -234,7 +234,8 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
 
     run = tmp_path / "run"
     (run / "eval_parts" / "test").mkdir(parents=True)
-    (run / "config.yaml").write_text("name: arm\nseed: 0\ntask: atari\nmethod: leap\neval: {split: test}\n")
+    # trained with eval.split val, then `metarl eval --split test`: the curves are the test parts
+    (run / "config.yaml").write_text("name: arm\nseed: 0\ntask: atari\nmethod: leap\neval: {split: val}\n")
     curves = {("Pong", "meta_init"): [[None, -20.0, -19.5, -19.0], [-21.0, -20.5, -20.0, -18.0]],
               ("Pong", "random_init"): [[None, -21.0, -20.5, -20.0], [-21.0, -21.0, -20.5, -20.0]]}
     for (game, init), seeds in curves.items():
@@ -246,7 +247,7 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
     mean = {key: np.stack([np.nanmean(a, 0), np.nanstd(a, 0)]) for key, a in arrays.items()}
     table = summarise(["Pong"], mean, finals)
     add_per_seed(table, finals, arrays)
-    (run / "eval_atari.json").write_text(json.dumps(table))
+    (run / "eval_atari.json").write_text(json.dumps({"split": "test", "games": table}))
     report([run], tmp_path / "out", reps=50, figures=False)
     rows = list(csv.DictReader((tmp_path / "out" / "seed_curves.csv").open()))
     assert len(rows) == 4 * 4

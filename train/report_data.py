@@ -152,7 +152,7 @@ def load_runs(run_dirs: list[Path]) -> Runs:
                 continue
             if not isinstance(table, dict):
                 raise UserError(f"unreadable {d / 'eval_atari.json'}: no per-game table")
-            _atari(d, cfg, table, runs)
+            _atari(d, cfg, table, runs, split)
         elif "return_last_mean" in data:
             _maze(d, cfg, data, runs)
         elif "curve" in data:
@@ -166,11 +166,13 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     return runs
 
 
-def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, runs: Runs) -> None:
-    """Each seed's curve of (game, init) from the run's evaluation parts (train/tasks/atari_eval_parts.py) of its
-    evaluated split; a run without parts (or with unreadable ones) adds none."""
+def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, runs: Runs,
+                       split: str | None = None) -> None:
+    """Each seed's curve of (game, init) from the run's evaluation parts (train/tasks/atari_eval_parts.py) of the
+    split its result file records (else the config's ``eval.split``); a run without parts, or with unreadable
+    ones, adds none."""
     ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
-    folder = d / "eval_parts" / str(ev.get("split", "test"))
+    folder = d / "eval_parts" / str(split or ev.get("split", "test"))
     for path in sorted(folder.glob(f"{game}__{init}__*.json")):
         try:
             part = json.loads(path.read_text())
@@ -183,7 +185,7 @@ def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, ru
         runs.seed_curves.append(SeedCurve("atari", method, game, f"{cfg['seed']}/{seed}", x, y))
 
 
-def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
+def _atari(d: Path, cfg: dict, table: dict, runs: Runs, split: str | None = None) -> None:
     tb = None
     for game, rows in table.items():
         for init, r in rows.items():
@@ -194,7 +196,7 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs) -> None:
                                   f"another run; counted once")
                 continue
             runs.seen.add(key)
-            _atari_seed_curves(d, cfg, game, init, method, runs)
+            _atari_seed_curves(d, cfg, game, init, method, runs, split)
             finals = r.get("final_scores")
             if finals is None:          # written before per-seed scores were kept: the mean over seeds only
                 runs.notes.append(f"{d}: no per-seed scores for {game}/{init}; its mean counts as one seed")
