@@ -241,7 +241,12 @@ def test_meta_batch_batched_gives_each_task_its_own_meta_gradient(one_thread, me
     (a, ca), (b, cb) = out[False], out[True]
     assert a.tasks == b.tasks == 3 and a.skipped == b.skipped == 0
     for u, v in zip(a._acc, b._acc):
-        torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)
+        if "leap.p=1" in extra:
+            # the length metric sums Δθ_i/ℓ_i: differences of nearly equal parameters, so the batched forward's
+            # other summation order (≈ 1e-7 in θ) is ≈ 1e-4 of each increment; measured 1.5e-4–3.5e-4 of the norm
+            assert float((v - u).norm() / u.norm()) < 1e-3
+        else:
+            torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-5)
     assert b.displacement == pytest.approx(a.displacement, rel=1e-4)
     for x, y in zip(ca, cb):
         assert len(x) == len(y) == 23
