@@ -408,3 +408,19 @@ def test_omniglot_per_class_sizes_beyond_the_drawings_are_named(tmp_path):
                             train_per_class=100, test_per_class=1)
     with pytest.raises(ConfigError, match=r"train_per_class \+ omniglot.test_per_class = 101: more than the 3 "):
         OmniglotAdapter(config, seed=0, data=data)
+
+
+def test_eval_seeds_evaluates_more_held_out_runs_and_reuses_the_finished_ones(atari_run, tmp_path, capsys):
+    """`metarl eval RUN --seeds N` (eval.tasks for this evaluation): a run chosen on few validation seeds is
+    tested on more; the parts it already has are read back, not run again; a bad N is one line, exit 2."""
+    run = tmp_path / "run"
+    shutil.copytree(atari_run, run)
+    first = (run / "eval_parts" / "test" / "Breakout__meta_init__0.json").read_bytes()
+    code, out, err = cli(["eval", run, "--seeds", "2"], capsys)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["seeds"] == 2
+    assert sorted(p.name for p in (run / "eval_parts" / "test").glob("*.json")) == \
+        ["Breakout__meta_init__0.json", "Breakout__meta_init__1.json"]
+    assert (run / "eval_parts" / "test" / "Breakout__meta_init__0.json").read_bytes() == first
+    code, _, err = cli(["eval", run, "--seeds", "0"], capsys)
+    assert code == 2 and one_line(err) and "eval.tasks" in err

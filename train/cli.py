@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="val or test (default: the run's eval.split)")
     e.add_argument("--video", action="store_true", help="Atari: also record one game per held-out game and "
                    "initialisation (run_dir/videos/, TensorBoard), as eval.video: true does")
+    e.add_argument("--seeds", type=int, default=None, metavar="N", help="held-out tasks (Atari: seeds per game and "
+                   "initialisation) instead of the run's eval.tasks; finished ones are reused")
     b = sub.add_parser("bench", help="run a benchmark; the last line is a JSON object of figures",
                        description="benchmarks (metarl bench NAME --help for each one's options):\n" + "\n".join(
                            f"  {name:<20} {what}" for name, (_, what) in sorted(_benchmarks().items())),
@@ -208,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import dumps_json
     from .config import load_config
     from .evaluate import evaluate_run
-    result = evaluate_run(Path(args.run_dir), args.split, video=args.video)
+    result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds)
     print(dumps_json(result))
     _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result)
     return 0

@@ -31,8 +31,10 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     return cfg, adapter, meta, path
 
 
-def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -> dict:
-    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says.
+def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False, tasks: int | None = None) -> dict:
+    """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says;
+    ``tasks``: evaluate that many held-out tasks (``eval.tasks``; e.g. a run chosen on 5 validation seeds tested
+    on 10).
     Holds the run directory's lock (train/rundir.py) while it runs: an evaluation writes into the run (its
     results, TensorBoard, the seed folders of a batched maze run), so a run in progress refuses it in one line,
     and a run started meanwhile is refused until it ends."""
@@ -45,11 +47,12 @@ def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False) -
     with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
         if lock.stale is not None:
             print(lock.stale_warning(), file=sys.stderr)
-        return _evaluate_run(run_dir, split, video)
+        return _evaluate_run(run_dir, split, video, tasks)
 
 
-def _evaluate_run(run_dir: Path, split: str | None, video: bool) -> dict:
-    overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else [])
+def _evaluate_run(run_dir: Path, split: str | None, video: bool, tasks: int | None = None) -> dict:
+    overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else []) + \
+        ([f"eval.tasks={tasks}"] if tasks is not None else [])
     cfg, adapter, meta, path = load_run(run_dir, overrides)
     step = meta.meta_steps
     logger = Logger(run_dir, purge_step=None)
