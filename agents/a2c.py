@@ -255,6 +255,24 @@ class Rollout:
             for name in self.FLAGS:
                 getattr(self, name).copy_(self.host[name], non_blocking=True)
 
+    def store(self, t: int, sl: slice, obs: np.ndarray, reward: np.ndarray, done: np.ndarray,
+              info: dict[str, np.ndarray]) -> None:
+        """What envs ``sl`` returned for step t: rewards and flags into row t, the new observation into row t+1
+        (``last_obs`` after the last step)."""
+        next_obs = self.obs[t + 1, sl] if t + 1 < self.obs.shape[0] else self.last_obs[sl]
+        if self.staged:                         # GPU: through pinned host memory, copies in flight
+            host = self.host_obs[t, sl]
+            host.copy_(torch.from_numpy(obs))
+            next_obs.copy_(host, non_blocking=True)
+            flags = self.host
+        else:                                   # CPU: straight into the rollout
+            next_obs.copy_(torch.from_numpy(obs))
+            flags = {name: getattr(self, name) for name in self.FLAGS}
+        flags["rewards"][t, sl] = torch.from_numpy(reward)
+        flags["dones"][t, sl] = torch.from_numpy(done)
+        flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
+        flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
+
     def kept_features(self) -> Tensor:
         """The acting passes' trunk outputs, (n·N, ...) row-major like ``obs``."""
         return torch.cat([torch.cat(row) for row in self.features])
@@ -359,19 +377,7 @@ class RolloutCollector:
         ro, sl, env = self.rollout, self.slices[g], self.envs[g]
         obs, reward, done, info = env.recv()
         self.global_step += env.num_envs
-        next_obs = ro.obs[t + 1, sl] if t + 1 < self.n_steps else ro.last_obs[sl]
-        if ro.staged:                           # GPU: through pinned host memory, copies in flight
-            host = ro.host_obs[t, sl]
-            host.copy_(torch.from_numpy(obs))
-            next_obs.copy_(host, non_blocking=True)
-            flags = ro.host
-        else:                                   # CPU: straight into the rollout
-            next_obs.copy_(torch.from_numpy(obs))
-            flags = {name: getattr(ro, name) for name in ro.FLAGS}
-        flags["rewards"][t, sl] = torch.from_numpy(reward)
-        flags["dones"][t, sl] = torch.from_numpy(done)
-        flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
-        flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
+        ro.store(t, sl, obs, reward, done, info)
         for ep in self.stats.update(info, self.global_step, sl.start):
             self.episodes.append(ep)
             if self.on_episode is not None:

@@ -276,19 +276,7 @@ class BatchedRolloutCollector:
         ro, sl, env = self.rollout, self.slices[k], self.envs[k]
         obs, reward, done, info = env.recv()
         self.global_steps[k] += env.num_envs
-        next_obs = ro.obs[t + 1, sl] if t + 1 < self.n_steps else ro.last_obs[sl]
-        if ro.staged:
-            host = ro.host_obs[t, sl]
-            host.copy_(torch.from_numpy(obs))
-            next_obs.copy_(host, non_blocking=True)
-            flags = ro.host
-        else:
-            next_obs.copy_(torch.from_numpy(obs))
-            flags = {name: getattr(ro, name) for name in ro.FLAGS}
-        flags["rewards"][t, sl] = torch.from_numpy(reward)
-        flags["dones"][t, sl] = torch.from_numpy(done)
-        flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
-        flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
+        ro.store(t, sl, obs, reward, done, info)
         for ep in self.stats[k].update(info, self.global_steps[k]):
             self.episodes[k].append(ep)
             if self.on_episode is not None:
