@@ -66,7 +66,27 @@ def _loss_value(loss: Tensor | float | None) -> Tensor | None:
     return torch.tensor(float(loss))
 
 
-class OptimizerWatch:
+class _HookedWatch:
+    """What both watches share: the optimiser's step hooks (``_pre``/``_post``) attached while the watch is
+    entered, removed on exit, and a task closed without its final loss when the loop ends without ``finish``."""
+
+    optimizer: torch.optim.Optimizer
+    _handles: list
+    _finished: bool
+
+    def _attach(self) -> None:
+        self._handles = [self.optimizer.register_step_pre_hook(self._pre),
+                         self.optimizer.register_step_post_hook(self._post)]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if exc_type is None and not self._finished:
+            self.finish(None)
+
+
+class OptimizerWatch(_HookedWatch):
     """Attaches observers to one optimiser for the duration of one task's inner loop.
 
     Use as a context manager; hooks are removed on exit. ``params`` are the tensors the observers track
@@ -117,19 +137,12 @@ class OptimizerWatch:
         for obs in self.observers:
             obs.task_start(self.params)
         if self.observers:
-            self._handles = [self.optimizer.register_step_pre_hook(self._pre),
-                             self.optimizer.register_step_post_hook(self._post)]
+            self._attach()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if exc_type is None and not self._finished:
-            self.finish(None)
 
 
-class StackedWatch:
+class StackedWatch(_HookedWatch):
     """One optimiser stepping several tasks at once: the parameters of K tasks stacked along a leading
     dimension (the agents of one stacked model, agents/batched_a2c.py). Task k's observers see task k alone —
     its slice of θ, of the clipped gradient and of the (K,) losses — at the same points as an
@@ -183,16 +196,9 @@ class StackedWatch:
         for k, observers in enumerate(self.observers):
             for obs in observers:
                 obs.task_start(self.params[k])
-        self._handles = [self.optimizer.register_step_pre_hook(self._pre),
-                         self.optimizer.register_step_post_hook(self._post)]
+        self._attach()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if exc_type is None and not self._finished:
-            self.finish(None)
 
 
 class NullWatch:
