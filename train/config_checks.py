@@ -221,6 +221,8 @@ def check(cfg: Config) -> None:
         if not games.get(cfg.eval.split):
             raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty: the {cfg.eval.split} "
                               f"evaluation (eval.split: {cfg.eval.split}) has no games")
+    from .config_usage import adapter_class
+    adapter_class(cfg.task).check_config(cfg)         # the task family's own rules (TaskAdapter.check_config)
     from .device import check_device_name
     check_device_name(cfg.run.device)
     if not cfg.name or "/" in cfg.name:

@@ -39,7 +39,7 @@ from .config_checks import flatten
 from .errors import ConfigError
 
 
-def _adapter_class(task: str) -> Any:
+def adapter_class(task: str) -> Any:
     from .tasks import TASKS
     import importlib
     module, _, adapter_cls = TASKS[task]
@@ -51,7 +51,7 @@ def unused_keys(cfg: Any) -> dict[str, str]:
     from metarl.registry import method_class
     method = method_class(cfg.method)
     out = {k: f"{why} (this run's method is {cfg.method})" for k, why in method.unused_keys(cfg).items()}
-    out.update(_adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
+    out.update(adapter_class(cfg.task).unused_keys(cfg))     # the task family's own rules (TaskAdapter.unused_keys)
     if cfg.meta.every > 0:
         out["meta.meta_batch"] = "continual mode (meta.every > 0) trains one never-reset learner: no meta-batch"
     return out

@@ -3,7 +3,9 @@
 ``python -m train.maze_report curves RUN_DIR ... --out PNG``: per config, the mean over seeds of the
 smoothed episode-return curve with the inter-quartile band, as the WarpGrad paper's maze figure;
 ``python -m train.maze_report areas RUN_DIR ... [--early EPISODES]``: the mean return over the whole run and
-over its first episodes (areas under the learning curves), per config.
+over its first episodes (areas under the learning curves), per config;
+``python -m train.maze_report compare --a RUN_DIR ... --b RUN_DIR ...``: whether two groups of runs (e.g. seeds
+batched and the same seeds alone) differ in their seeds' final returns.
 """
 
 from __future__ import annotations
@@ -78,6 +80,41 @@ def results_table(run_dirs: list[Path]) -> str:
                      f"{', '.join(walls[name])} |")
     return "\n".join(lines)
 
+
+
+def seed_finals(run_dirs: list[Path]) -> dict[int, float]:
+    """{seed: its last-window mean return (``return_last_mean``)} over finished runs: a seed-batched run's
+    seeds, or single-seed runs (the same seed twice is refused: the comparison needs independent seeds)."""
+    out: dict[int, float] = {}
+    for d in _folders(run_dirs):
+        data = read_object(d / "eval.json") if (d / "eval.json").is_file() else None
+        if data is None or ("per_seed" not in data and "return_last_mean" not in data):
+            raise UserError(f"{d} is not a finished maze run (no eval.json with return_last_mean)")
+        rows = ({int(k): r["return_last_mean"] for k, r in data["per_seed"].items()} if "per_seed" in data
+                else {int(data["seed"] if "seed" in data else run_config(d)["seed"]): data["return_last_mean"]})
+        if twice := sorted(set(rows) & set(out)):
+            raise UserError(f"seed {twice[0]} is listed twice in one group ({d})")
+        out.update(rows)
+    return out
+
+
+def compare(group_a: list[Path], group_b: list[Path], resamples: int = 10_000) -> dict:
+    """Are two groups of runs of one config the same in distribution — e.g. seeds trained batched
+    (``maze.seeds``) and the same seeds trained alone, which part after a few dozen iterations when a last-bit
+    difference flips a sampled action? Two-sided Mann–Whitney U test on the seeds' last-window mean returns, and
+    the difference of the groups' means with a percentile-bootstrap 95 % interval (seeds resampled within each
+    group). Unpaired: once the runs have parted, a seed's two runs are two draws of the same process."""
+    from scipy.stats import mannwhitneyu
+    a, b = (np.array(list(seed_finals(g).values()), dtype=np.float64) for g in (group_a, group_b))
+    if len(a) < 2 or len(b) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise UserError("compare needs at least 2 seeds with a finite return in each group")
+    rng = np.random.default_rng(0)
+    boot = (rng.choice(a, (resamples, len(a))).mean(1) - rng.choice(b, (resamples, len(b))).mean(1))
+    return {"n_a": len(a), "n_b": len(b), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+            "std_a": float(a.std(ddof=1)), "std_b": float(b.std(ddof=1)),
+            "difference": float(a.mean() - b.mean()),
+            "difference_ci95": [float(q) for q in np.quantile(boot, [0.025, 0.975])],
+            "mann_whitney_p": float(mannwhitneyu(a, b, alternative="two-sided").pvalue)}
 
 
 def seed_returns(run_dirs: list[Path]):
@@ -169,10 +206,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
     a = sub.add_parser("areas", help="mean return over the whole run and over its first episodes, per config")
     a.add_argument("run_dirs", nargs="+", type=Path)
     a.add_argument("--early", type=float, default=50_000, help="episodes counted as the start (default 50,000)")
+    m = sub.add_parser("compare", help="two groups of runs the same in distribution? (Mann-Whitney U, bootstrap CI)")
+    m.add_argument("--a", nargs="+", type=Path, required=True, help="the first group's run folders")
+    m.add_argument("--b", nargs="+", type=Path, required=True, help="the second group's run folders")
     args = parser.parse_args(argv)
     try:
         if args.command == "table":
             print(results_table(args.run_dirs))
+        elif args.command == "compare":
+            print(json.dumps(compare(args.a, args.b)))
         elif args.command == "areas":
             print(learning_areas(args.run_dirs, args.early))
         else:

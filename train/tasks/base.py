@@ -75,6 +75,10 @@ class TaskAdapter:
             out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
         return out
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Value rules of the family's own over the whole config (raise ConfigError); none by default."""
+
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
         self.seed = seed

@@ -35,7 +35,9 @@ counts), its own warps and warp optimiser, per-seed gradient clipping and non-fi
 ends where that run would (up to floating-point summation order: ≤ 1e-6 in the tests, 9 iterations); over a long
 one a last-bit difference in a batched sum can flip a sampled action, and from there the two runs part (the plain
 RNN: seed 0 at iteration 149, seed 2 at 52), so batched seeds are the same in distribution, not run for run
-(docs/RESULTS.md). Its curves go to ``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each
+(docs/RESULTS.md; ``python -m train.maze_report compare`` tests it). Batched seeds need ``meta.head: learned``: under
+``reset`` a run alone keeps a second draw's heads, which the batched build does not reproduce. Its curves go to
+``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each
 ``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final
 checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json`` holds
 the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes exactly, batched.
@@ -227,6 +229,16 @@ class MazeAdapter(TaskAdapter):
                                  "meta.every task steps per meta-step")
         out["eval"] = "the maze has no held-out evaluation: its result is its training curve (maze.final_window)"
         return out
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        # Under meta.head: reset a single run's learner keeps the heads of a second draw from its seed's stream;
+        # the seed-batched build re-seeds each agent, so its heads would be the first draw's: every seed would
+        # part from its run alone at iteration 0. The maze's one learner needs no re-drawn head: refuse.
+        if cfg.task_config.seeds and cfg.meta.head == "reset":
+            from train.errors import ConfigError
+            raise ConfigError("maze.seeds needs meta.head: learned (the maze trains one never-reset learner; "
+                              "under reset the batched seeds' heads would not be their single runs')")
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
         super().__init__(config, seed)
