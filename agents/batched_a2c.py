@@ -1,5 +1,5 @@
 """K independent A2C agents as one stacked model: one forward and one backward per step for all K
-(DESIGN.md: "Independent agents of identical shape ... are one stacked model").
+(docs/architecture.md, "Stacked agents").
 
 Each agent is an :class:`~agents.nets.ActorCritic` of the same network; agent k has its own parameters (slice
 k of every stacked tensor), its own EnvPool env (one game each, all with the same number of envs), its own

@@ -1,4 +1,4 @@
-"""Independent seeds as a batch dimension of the maze agents (DESIGN.md, "Devices and seeds").
+"""Independent seeds as a batch dimension of the maze agents (docs/architecture.md, "Stacked agents").
 
 :func:`stack_models` turns S single-seed models of one class (agents.recurrent) into one module whose every
 parameter is the S models' tensors stacked along a new leading dimension ([S, ...]), under the same names
