@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     params = list(model.parameters())
     returns: list[float] = []                                   # mean episode return of every task step
 
-    with meta.watch(model, optimizer) if meta is not None else NULL_WATCH as watch:
+    with (meta.watch(model, optimizer) if meta is not None else NULL_WATCH) as watch:
         for window in range(1, args.windows + 1):
             for _ in range(args.every):
                 episodes = rollout(model, mazes, generator=sampler)     # one episode in each maze, with autograd

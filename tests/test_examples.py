@@ -1,0 +1,76 @@
+"""Smoke tests of examples/: each script runs as a user would run it (a subprocess, from another folder) at tiny
+step counts, and what it prints is checked: the result lines exist, their numbers are finite, and what the
+script says it did shows in its numbers (θ⁰ moved, by the sized outer step; the warps received gradients)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"(-?[0-9.]+|nan|inf)"
+
+
+def run_example(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def numbers(pattern: str, text: str) -> list[tuple[float, ...]]:
+    found = [tuple(float(x) for x in m) if isinstance(m, tuple) else (float(m),) for m in re.findall(pattern, text)]
+    assert found, f"no line matches {pattern!r} in:\n{text}"
+    return found
+
+
+def test_warp_rnn_maze(tmp_path):
+    out = run_example("warp_rnn_maze.py", ["--windows", "3", "--every", "2", "--mazes", "4", "--episode-length", "20",
+                                           "--lines", "3"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    windows = numbers(rf"window (\d+)/3: episodes (\d+), mean return {NUMBER}, warp grad norm {NUMBER}", out.stdout)
+    assert [w[:2] for w in windows] == [(1, 8), (2, 16), (3, 24)]
+    assert all(math.isfinite(w[2]) for w in windows)
+    assert windows[-1][3] > 0 and all(math.isfinite(w[3]) for w in windows)   # φ got its warp gradients
+    curve = re.search(r"return curve: (.*)", out.stdout).group(1).split()
+    assert len(curve) == 3 and all(math.isfinite(float(r)) for r in curve)
+    (result,) = numbers(rf"result warp-rnn: mean return {NUMBER} over the last (\d+) episodes", out.stdout)
+    assert math.isfinite(result[0]) and result[1] == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed")
+def test_leap_a2c_atari(tmp_path):
+    out = run_example("leap_a2c_atari.py", ["--meta-steps", "1", "--visit-steps", "100", "--eval-steps", "100",
+                                            "--seeds", "2", "--num-envs", "2", "--max-game-steps", "20",
+                                            "--last-games", "3"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    (step,) = numbers(rf"meta-step 1/1: visit scores .* \| visit ‖θᴷ−θ⁰‖ {NUMBER}, meta-step ‖Δθ⁰‖ {NUMBER}",
+                      out.stdout)
+    visit, init_step = step
+    assert visit > 0
+    # SGD lr 1 with step_fraction 0.25: θ⁰ moves a quarter of the mean visit's displacement (docs/leap.md §8)
+    assert init_step == pytest.approx(0.25 * visit, abs=2e-3)
+    (moved,) = numbers(rf"theta0 moved {NUMBER}", out.stdout)
+    assert moved[0] == pytest.approx(init_step, abs=1e-3)            # one meta-step: all of θ⁰'s movement
+    seeds = numbers(rf"held-out Assault seed (\d) (?:leap|random) encoder: {NUMBER} \((\d+) games\)", out.stdout)
+    assert len(seeds) == 4 and all(math.isfinite(s[1]) and s[2] > 0 for s in seeds)
+    for init in ("leap", "random"):
+        (mean, std) = numbers(rf"result Assault {init} encoder: {NUMBER} ± {NUMBER} \(mean ± sample std over 2 seeds",
+                              out.stdout)[0]
+        assert math.isfinite(mean) and math.isfinite(std) and std >= 0
+
+
+@pytest.mark.parametrize("name, args", [("leap_a2c_atari.py", ["--seeds", "0"]),
+                                        ("warp_rnn_maze.py", ["--windows", "0"])])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, name, args):
+    out = run_example(name, args, tmp_path)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "must be >= 1" in lines[0] and "Traceback" not in out.stderr, out.stderr
