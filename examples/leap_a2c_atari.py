@@ -12,7 +12,7 @@ Maths: docs/leap.md (§N below). The trainer (``metarl train configs/atari_leap.
 with logging, checkpoints and the full held-out protocol.
 
 The defaults spend about 0.5M env steps (3 meta-steps × 2 visits × 30k, then 2 encoders × 3 seeds × 50k):
-as a rough guide, tens of minutes on one CPU core. At this size the comparison demonstrates the
+as a rough guide, 10 to 20 minutes on one free CPU core. At this size the comparison demonstrates the
 machinery, not transfer: docs/RESULTS.md reports the transfer studies.
 """
 

@@ -67,6 +67,45 @@ def test_leap_a2c_atari(tmp_path):
         assert math.isfinite(mean) and math.isfinite(std) and std >= 0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed")
+def test_leap_example_visit_is_the_package_a2c_loop(one_thread):
+    """The example's hand-written visit (its seam, ``train_agent``) gives the meta-gradient, trained agent and
+    stepped θ⁰ of agents.a2c.train_agent under the same watch, tensor for tensor."""
+    import torch
+
+    from agents.a2c import A2CConfig, make_optimizer, train_agent
+    from envs.atari import make_atari
+    from metarl import Leap, LeapConfig, MetaOptimizerConfig
+
+    spec = importlib.util.spec_from_file_location("leap_a2c_atari", ROOT / "examples" / "leap_a2c_atari.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = example.parse_args(["--num-envs", "4"])
+    cfg = A2CConfig(num_envs=4, optimizer="rmsprop")
+    out = {}
+    for way in ("example", "package"):
+        meta = Leap(example.new_agent("AirRaid", 0), LeapConfig(p=2), include=["encoder."],
+                    meta_optimizer=MetaOptimizerConfig(lr=1.0, step_fraction=0.25))
+        model = example.new_agent("DemonAttack", 7)
+        meta.load_init(model, skip=example.HEADS)
+        if way == "example":
+            example.train_agent("DemonAttack", model, 200, 7, cfg, args, meta)
+        else:
+            envs = make_atari("DemonAttack", 4, 7, train=True)
+            optimizer = make_optimizer(model.parameters(), cfg)
+            with meta.watch(model, optimizer) as watch:
+                train_agent([envs], model, optimizer, 200, watch=watch, cfg=cfg, final_loss=True,
+                            generator=torch.Generator().manual_seed(7))
+            envs.close()
+        grads = [g.clone() for g in meta.meta_gradient()]
+        meta.meta_step()
+        out[way] = grads, model.state_dict(), meta.init_state
+    (g1, m1, i1), (g2, m2, i2) = out["example"], out["package"]
+    assert len(g1) == 8 and all(torch.equal(a, b) for a, b in zip(g1, g2)) and any(bool(a.any()) for a in g1)
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert all(torch.equal(i1[k], i2[k]) for k in i1)
+
+
 @pytest.mark.parametrize("name, args", [("leap_a2c_atari.py", ["--seeds", "0"]),
                                         ("warp_rnn_maze.py", ["--windows", "0"])])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, name, args):
