@@ -64,6 +64,7 @@ def new_agent(game: str, seed: int) -> ActorCritic:
 
 # -- (1) the seam: one A2C update, observed by Leap ----------------------------------------------------------
 def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout, cfg: A2CConfig, watch) -> None:
+    """One gradient step on a rollout (agents/a2c.py: the loss), its loss reported to the watch."""
     loss, _ = a2c_loss(model, rollout, cfg, model.num_actions)
     optimizer.zero_grad(set_to_none=True)      # freed gradients: Leap holds g_i by reference, no copy (§2)
     loss.backward()
@@ -74,11 +75,11 @@ def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout, cf
 
 
 # -- (2) one visit: A2C on one game from the model's current parameters -------------------------------------
-def train_agent(game: str, model: ActorCritic, steps: int, seed: int, cfg: A2CConfig, args,
+def train_agent(game: str, model: ActorCritic, steps: int, seed: int, cfg: A2CConfig, max_game_steps: int,
                 meta: Leap | None = None) -> list[float]:
     """A2C on ``game`` for ``steps`` env steps (whole updates), watched by ``meta`` when given; returns the true
     (raw, all-lives) scores of the games finished during the visit, in order."""
-    envs = make_atari(game, cfg.num_envs, seed, train=True, max_episode_steps=args.max_game_steps)
+    envs = make_atari(game, cfg.num_envs, seed, train=True, max_episode_steps=max_game_steps)
     try:
         collector = RolloutCollector([envs], model, cfg.n_steps, torch.Generator().manual_seed(seed),
                                      keep_graph=True)      # the loss reuses the acting passes' trunk outputs
@@ -123,10 +124,11 @@ def main(argv=None) -> None:
             seed = int(rng.integers(2**31 - 1))
             model = new_agent(game, seed)               # fresh heads for this game ...
             meta.load_init(model, skip=HEADS)           # ... on the encoder θ⁰
-            games = train_agent(game, model, args.visit_steps, seed, cfg, args, meta)
+            games = train_agent(game, model, args.visit_steps, seed, cfg, args.max_game_steps, meta)
             visits.append(f"{game} {score(games, args.last_games):.1f}")
-        # Mean over the visits of Σ_i δ_i (§4), descended: θ⁰ ← θ⁰ − β·mean_τ Σ_i δ_i moves θ⁰ the way the
-        # visits went, weighted by how much each step lowered the loss (§2, sign check)
+        # The paper's Algorithm 1: θ⁰ ← θ⁰ − β·mean_τ Σ_i δ_i over the visits (§4). Under p = 2 with the stabilizer
+        # a visit's Σ_i δ_i = (θ⁰ − θᴷ) + Σ_i |Δf_i|·g_i (§2): its displacement plus its gradients, each weighted
+        # by its step's loss change. Descending it pulls θ⁰ forward along the visits' paths.
         logs = meta.meta_step()
         print(f"meta-step {step}/{args.meta_steps}: visit scores {', '.join(visits)} | "
               f"visit ‖θᴷ−θ⁰‖ {logs.get('meta/visit_displacement', float('nan')):.3f}, meta-step ‖Δθ⁰‖ "
@@ -144,7 +146,7 @@ def main(argv=None) -> None:
             model = new_agent(args.held_out, seed)      # the random encoder is this draw's own
             if init == "leap":
                 meta.load_init(model, skip=HEADS)
-            games = train_agent(args.held_out, model, args.eval_steps, seed, cfg, args)
+            games = train_agent(args.held_out, model, args.eval_steps, seed, cfg, args.max_game_steps)
             results[init].append(score(games, args.last_games))
             print(f"held-out {args.held_out} seed {s} {init} encoder: {results[init][-1]:.1f} "
                   f"({len(games)} games)", flush=True)

@@ -80,7 +80,6 @@ def test_leap_example_visit_is_the_package_a2c_loop(one_thread):
     spec = importlib.util.spec_from_file_location("leap_a2c_atari", ROOT / "examples" / "leap_a2c_atari.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    args = example.parse_args(["--num-envs", "4"])
     cfg = A2CConfig(num_envs=4, optimizer="rmsprop")
     out = {}
     for way in ("example", "package"):
@@ -89,7 +88,7 @@ def test_leap_example_visit_is_the_package_a2c_loop(one_thread):
         model = example.new_agent("DemonAttack", 7)
         meta.load_init(model, skip=example.HEADS)
         if way == "example":
-            example.train_agent("DemonAttack", model, 200, 7, cfg, args, meta)
+            example.train_agent("DemonAttack", model, 200, 7, cfg, 27_000, meta)
         else:
             envs = make_atari("DemonAttack", 4, 7, train=True)
             optimizer = make_optimizer(model.parameters(), cfg)
