@@ -36,6 +36,19 @@ def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
         assert f"{name}" in out and what in out
 
 
+def test_train_help_says_where_the_configs_and_keys_are_listed(capsys):
+    """`metarl train --help` names the configs folder and the modules that list the keys; each exists."""
+    import re
+    code, out, _ = cli(["train", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "configs/*.yaml" in text and "config.yaml lists every key" in text
+    named = set(re.findall(r"\b(?:train|metarl)/[\w/<>.]*", text)) - {"metarl/"} | {"metarl"}
+    assert {"train/config.py", "train/tasks/<task>.py", "metarl"} <= named
+    for path in named:
+        assert list(ROOT.glob(path.replace("<task>", "*"))), path
+    assert (ROOT / "configs" / "atari_leap.yaml").is_file()
+
+
 # ------------------------------------------------------------------------------------------------
 # unused keys
 

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from .atari_scores import human_normalised
+from .commands import command
 from .errors import UserError
 
 INITS = ("meta_init", "random_init")      # the held-out protocol's initialisations (train/tasks/atari_eval.py)
@@ -253,8 +254,8 @@ def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
     if (d / "eval_test.json").is_file():
         runs.notes.append(f"{d}: its eval.json is on the {split} split; its test result read from eval_test.json")
         return read_object(d / "eval_test.json")
-    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json (metarl eval "
-                      f"--split test); skipped")
+    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json "
+                      f"({command('metarl', 'eval', d, '--split', 'test')}); skipped")
     return None
 
 

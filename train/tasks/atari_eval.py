@@ -62,6 +62,7 @@ from envs.atari import VIDEO_FPS
 
 from ..atari_scores import REFERENCE, human_normalised
 from ..checkpoint import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..commands import command
 from ..errors import UserError
 from ..seeding import FIXED, step_generators
 from .atari_eval_parts import FORMAT, Parts, final_score, fingerprint, part_settings
@@ -195,7 +196,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     if show:        # the table itself comes last, from the command (summary)
         name = result_name(split)
         print(f"table: {run_dir / (name + '.md')}\nplot: {run_dir / (name + '.png')}\n"
-              f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
+              f"TensorBoard: {command('tensorboard', '--logdir', run_dir)}", file=sys.stderr)
     return out
 
 
