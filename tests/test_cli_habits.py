@@ -206,6 +206,6 @@ def test_the_progress_bar_sets_and_clears_the_hooks_of_an_adapter_without_games(
     adapter.on_game(SimpleNamespace(task="pong", episodic_return=3.0))
     adapter.on_progress("pong", 25)
     progress.refresh()
-    assert progress.bar.text == "env steps 20, pong return 3.0 (last 1)"
+    assert progress.bar.text == "env steps 20, pong return 3.0 (last 1 game)"
     RLProgress.detach(adapter)
     assert adapter.on_game is None and adapter.on_progress is None

@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     break
     if world.is_main:
         print(dumps_json(result))
-        _print_summary(cfg, result)
+        _print_summary(cfg, result, run_dir)
     return 0
 
 
@@ -219,14 +219,25 @@ def _empty_run_dir(run_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _print_summary(cfg, result: dict) -> None:
-    """Atari: the held-out table after the JSON line, where a terminal shows it last (stderr, with the
-    progress output; stdout stays the JSON)."""
-    if cfg.task == "atari" and cfg.run.progress and isinstance(result.get("games"), dict):
+def _print_summary(cfg, result: dict, run_dir: Path | None = None) -> None:
+    """The run's table after the JSON line, where a terminal shows it last (stderr, with the progress output;
+    stdout stays the JSON): Atari's held-out table; the maze's per-seed returns and their mean (after the
+    TensorBoard command of ``run_dir``)."""
+    if not cfg.run.progress:
+        return
+    if cfg.task == "atari" and isinstance(result.get("games"), dict):
         from .tasks.atari_eval import summary
-        sys.stdout.flush()
-        print("\n" + summary(result, cfg.method, cfg.eval.note, cfg.task_config.eval_games), file=sys.stderr,
-              flush=True)
+        table = summary(result, cfg.method, cfg.eval.note, cfg.task_config.eval_games)
+    elif cfg.task == "maze" and "return_last_mean" in result:
+        from .commands import command
+        from .maze_report import run_summary
+        table = run_summary(result, cfg.name, cfg.seed)
+        if run_dir is not None:
+            table = f"TensorBoard: {command('tensorboard', '--logdir', run_dir)}\n\n{table}"
+    else:
+        return
+    sys.stdout.flush()
+    print("\n" + table, file=sys.stderr, flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -235,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds)
     print(dumps_json(result))
-    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result)
+    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
     return 0
 
 

@@ -79,6 +79,22 @@ def results_table(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def run_summary(result: dict, name: str, seed: int | None = None) -> str:
+    """A maze run's result (its eval.json) as the plain-text table `metarl train` and `metarl eval` print last: each
+    seed's mean return over its last episodes, then their mean ± sample std over seeds (— for one seed)."""
+    rows = ([(str(k), r["return_last_mean"]) for k, r in result["per_seed"].items()] if "per_seed" in result
+            else [(str(result.get("seed", seed if seed is not None else "")), result["return_last_mean"])])
+    values = np.array([float("nan") if v is None else v for _, v in rows])
+    episodes = result.get("final_window_episodes")
+    last = f"its last {episodes:,.0f} episodes" if episodes else "its last episodes"
+    mean_row = f"mean of {len(values)} seed{'s' if len(values) != 1 else ''}"
+    width = max(len(mean_row), *(len(k) for k, _ in rows))
+    spread = f"{values.std(ddof=1):.2f}" if len(values) > 1 else "—"
+    return "\n".join([f"maze run {name}: {result.get('episodes', 0):,.0f} episodes per seed; a seed's return: the "
+                      f"mean over {last}", f"{'seed'.ljust(width)}  return"]
+                     + [f"{k.ljust(width)}  {v:.2f}" for (k, _), v in zip(rows, values)]
+                     + [f"{mean_row.ljust(width)}  {values.mean():.2f} ± {spread} (sample std over seeds)"])
+
 
 def seed_returns(run_dirs: list[Path]):
     """Yield (config name, iterations per logged point, episodes, returns) per seed: each seed's

@@ -7,7 +7,9 @@ Defaults per task, from the tags a run has (``select_series``):
   names it ("random init", "Leap init": train/names.py), the mean over its seeds with
   their sample std as the band (runs evaluated before the seed runs existed: ``eval/<game>/episodic_return`` of
   ``eval/<init>``, the seed mean, counted as one);
-- Atari still training: ``charts/<game>/episodic_return`` of ``games/``, one panel per training game;
+- Atari still training: ``charts/<game>/episodic_return`` of its visits' runs ``games/<game>/visit_<S>`` (each on
+  its own env-step axis), one panel per training game with its first and its latest visit (runs written before the
+  visits had runs: ``games/``, "training");
 - otherwise the first of ``DEFAULT_TAGS`` the run has (the maze's return, supervised ``eval/auc`` …).
 
 ``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
@@ -58,6 +60,7 @@ def _accumulators(run_dir: Path) -> dict[str, object]:
             if d.is_dir():
                 folders[f"eval/{d.name}"] = d
                 folders.update({f"eval/{d.name}/{k.name}": k for k in sorted(d.glob("seed_*")) if k.is_dir()})
+    folders.update({f"games/{d.parent.name}/{d.name}": d for d in sorted((run_dir / "games").glob("*/visit_*"))})
     return {name: acc for name, d in folders.items() if (acc := load_events(d)) is not None}
 
 
@@ -117,6 +120,7 @@ def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Seri
                 ("episodic_return (held-out)",     # runs written before the eval/<init> runs
                  _per_game(accs, r"eval/(?P<game>[^/]+)/(?P<init>meta_init|random_init)/episodic_return", [""],
                            lambda run, m: labels.get(m.group("init"), m.group("init")))),
+                ("episodic_return (training)", _visits(accs)),
                 ("episodic_return (training)",
                  _per_game(accs, r"charts/(?P<game>[^/]+)/episodic_return", ["games"], lambda run, m: "training"))):
             if series:
@@ -130,12 +134,24 @@ def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Seri
         if not series and "/" in chosen:        # charts/episodic_return → charts/<game>/episodic_return
             head, tail = chosen.split("/", 1)
             pattern = rf"{re.escape(head)}/(?P<game>[^/]+)/{re.escape(tail)}"
-            series = _per_game(accs, pattern, evals, init) + _per_game(accs, pattern, ["games"],
-                                                                      lambda run, m: "training")
+            series = _per_game(accs, pattern, evals, init) + _visits(accs, head, tail) + _per_game(
+                accs, pattern, ["games"], lambda run, m: "training")
         if series:
             return chosen, series
     raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} "
                     f"(has: {', '.join(sorted(tags)) or 'none'})")
+
+
+def _visits(accs: dict, head: str = "charts", tail: str = "episodic_return") -> list[Series]:
+    """Per Atari training game, ``<head>/<game>/<tail>`` of its first and its latest visit (runs
+    ``games/<game>/visit_<S>``)."""
+    out = []
+    for game in sorted({r.split("/")[1] for r in accs if r.startswith("games/")}):
+        visits = sorted(r for r in accs if r.startswith(f"games/{game}/"))
+        ends = {visits[0]: "first visit", visits[-1]: "latest visit"} if len(visits) > 1 else {visits[0]: "visit"}
+        out += _per_game(accs, rf"{re.escape(head)}/(?P<game>{re.escape(game)})/{re.escape(tail)}", list(ends),
+                         lambda run, m: ends[run])
+    return out
 
 
 def _init_labels(run_dir: Path) -> dict[str, str]:

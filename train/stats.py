@@ -62,3 +62,9 @@ def pm(mean: float | None, std: float | None, digits: int) -> str:
         return "n/a"
     spread = f"{std:.{digits}f}" if std is not None and np.isfinite(std) else "—"
     return f"{mean:.{digits}f} ± {spread}"
+
+
+def spread_tag(tag: str) -> str:
+    """The TensorBoard tag of a spread named ``<section>/<name>_std``: ``<section>_std/<name>`` (its own section)."""
+    section, _, rest = tag.partition("/")
+    return f"{section}_std/{rest[:-len('_std')]}" if rest.endswith("_std") else tag

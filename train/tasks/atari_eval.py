@@ -363,11 +363,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def _bar(adapter: Any, total: int) -> tuple[Any, Any]:
-    """A tqdm bar over the protocol's env steps, moved by the adapter's hooks (train/progress.py)."""
-    from tqdm import tqdm
-
-    from ..progress import RLProgress
-    bar = tqdm(total=total, desc="held-out evaluation", unit="env step", unit_scale=True, dynamic_ncols=True)
+    """A bar over the protocol's env steps (a tqdm bar, or log lines: train/progress.py), moved by the adapter's
+    hooks."""
+    from ..progress import RLProgress, progress_bar
+    bar = progress_bar(total, "held-out evaluation", "env step")
     return bar, RLProgress(bar, start_step=adapter.global_step, count_steps=True).attach(adapter)
 
 
