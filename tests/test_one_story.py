@@ -216,7 +216,7 @@ def test_eval_json_table_report_and_plot_agree(atari_two_seeds, tmp_path, capsys
 def test_the_run_reads_in_a_log_and_its_closing_commands_run(atari_two_seeds):
     run_dir, _, err = atari_two_seeds
     assert "\r" not in err
-    assert re.search(r"^atari_leap: 1/1 meta-steps \(100 %\), elapsed \d+:\d\d", err, re.M)
+    assert re.search(r"^atari_leap: 1/1 meta-step \(100 %\), elapsed \d+:\d\d, env steps 6\d\d, ", err, re.M)
     assert re.search(r"^held-out evaluation: [\d,]+/4,800 env steps .*SPS, Breakout return", err, re.M)
     commands = printed_commands(err)
     assert commands and all(resolves(cmd[0]) for cmd in commands), commands
@@ -243,8 +243,8 @@ def test_a_seed_batched_maze_run_shows_its_return_ends_with_its_table_and_logs_t
                                          err, re.M)
     lines = err.rstrip().splitlines()
     means = [result["per_seed"][str(k)]["return_last_mean"] for k in range(3)]
-    assert lines[-5].startswith("maze run maze_seeds: ") and lines[-4].split() == ["seed", "return"]
-    assert [line.split() for line in lines[-3:-1]] == [["1", f"{means[1]:.2f}"], ["2", f"{means[2]:.2f}"]]
+    assert lines[-6].startswith("maze run maze_seeds: ") and lines[-5].split() == ["seed", "return"]
+    assert [line.split() for line in lines[-4:-1]] == [[str(k), f"{m:.2f}"] for k, m in enumerate(means)]
     assert lines[-1].split()[:6] == ["mean", "of", "3", "seeds", f"{np.mean(means):.2f}", "±"]
     assert lines[-1].split()[6] == f"{np.std(means, ddof=1):.2f}"
     commands = printed_commands(err)

@@ -1,5 +1,5 @@
 """`metarl report` on small synthetic run directories written in the real formats (Atari: the evaluation's own
-summarise/add_per_seed/write_outputs; maze and supervised eval.json as their code writes them): its aggregate
+summarise/write_outputs; maze and supervised eval.json as their code writes them): its aggregate
 numbers equal a direct computation, its intervals contain them; human normalisation; one-line CLI errors."""
 
 import json

@@ -253,7 +253,7 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
     import numpy as np
 
     from train.report import report
-    from train.tasks.atari_eval import add_per_seed, summarise
+    from train.tasks.atari_eval import summarise
 
     run = tmp_path / "run"
     (run / "eval_parts" / "test").mkdir(parents=True)
@@ -267,14 +267,12 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
                 {"format": 1, "game": game, "init": init, "seed": k, "curve": c, "settings": {"env_steps": 400}}))
     arrays = {key: np.array([[np.nan if v is None else v for v in c] for c in seeds]) for key, seeds in curves.items()}
     finals = {key: list(a[:, -1]) for key, a in arrays.items()}
-    mean = {key: np.stack([np.nanmean(a, 0), np.nanstd(a, 0)]) for key, a in arrays.items()}
-    table = summarise(["Pong"], mean, finals)
-    add_per_seed(table, finals, arrays)
+    table = summarise(["Pong"], arrays, finals)
     (run / "eval_atari.json").write_text(json.dumps({"split": "test", "games": table}))
     report([run], tmp_path / "out", reps=50, figures=False)
     rows = list(csv.DictReader((tmp_path / "out" / "seed_curves.csv").open()))
     assert len(rows) == 4 * 4
     got = [(r["method"], r["seed"], float(r["step"]), r["value"]) for r in rows if r["task"] == "Pong"]
-    assert got[:4] == [("arm", "0/0", 100.0, ""), ("arm", "0/0", 200.0, "-20"), ("arm", "0/0", 300.0, "-19.5"),
-                       ("arm", "0/0", 400.0, "-19")]
-    assert {r["method"] for r in rows} == {"arm", "random_init"}
+    assert got[:4] == [("Leap init", "0/0", 100.0, ""), ("Leap init", "0/0", 200.0, "-20"),
+                       ("Leap init", "0/0", 300.0, "-19.5"), ("Leap init", "0/0", 400.0, "-19")]
+    assert {r["method"] for r in rows} == {"Leap init", "random init"}

@@ -45,6 +45,7 @@ class LogBar:
         self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
         self.stream, self.interval = stream or sys.stderr, interval
         self.postfix = ""
+        self.source = None          # a callable giving the postfix when a line is written (RLProgress sets it)
         self._t0 = time.monotonic()
         self._last = None           # when the last line was written (None: none yet)
         self._closed = False
@@ -76,8 +77,9 @@ class LogBar:
         rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
         if not final and self.total and rate > 0:
             parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
-        if self.postfix:
-            parts.append(self.postfix)
+        postfix = self.source() if self.source is not None else self.postfix
+        if postfix:
+            parts.append(postfix)
         return ", ".join(parts)
 
     def _maybe_line(self) -> None:
@@ -96,6 +98,8 @@ class RLProgress:
         self.bar, self.start, self.count_steps, self.interval = bar, start_step, count_steps, interval
         self.steps_name = steps_name
         self.record_name = "game"       # what on_game reports (the maze: an iteration's mean return)
+        if isinstance(bar, LogBar):     # a log's lines carry the state when they are written, however recent
+            bar.source = self.postfix
         self.returns: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self.steps = start_step
         self.game = ""
