@@ -103,7 +103,8 @@ def valid_games(backend: str = "auto") -> list[str]:
 def canonical_game(game: str, backend: str = "auto") -> str:
     """Accept ``Pong``, ``Pong-v5``, ``ALE/Pong-v5``, ``pong``, ``space_invaders``; return ``Pong`` style.
 
-    Unknown names raise ``ValueError`` with a one-line message listing the valid names.
+    Unknown names raise ``ValueError`` with a one-line message: the likely neighbours first ("did you mean"),
+    then the valid names (a long list that error lines clip at the end).
     """
     name = game.strip()
     if name.startswith("ALE/"):
@@ -117,7 +118,11 @@ def canonical_game(game: str, backend: str = "auto") -> str:
     for g in games:
         if g.lower() == key:
             return g
-    raise ValueError(f"unknown Atari game {game!r}; valid games: {', '.join(games)}")
+    import difflib
+    by_key = {g.lower(): g for g in games}
+    near = [by_key[k] for k in difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.6)]     # closest first
+    guess = f"did you mean {' or '.join(near)}? " if near else ""
+    raise ValueError(f"unknown Atari game {game!r}; {guess}valid games ({len(games)}): {', '.join(games)}")
 
 
 def _resolve_backend(backend: str) -> str:

@@ -196,7 +196,8 @@ def test_trainer_meta_trains_atari_end_to_end(tmp_path):
     # the held-out protocol: the test game from the meta-learned and from a random init
     assert set(result["games"]["SpaceInvaders"]) == {"meta_init", "random_init"} and result["seeds"] == 1
     assert (tmp_path / "eval.json").is_file() and "SpaceInvaders" in (tmp_path / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"^config section 'atari': unknown Atari game 'Pongo'; valid games: "):
+    with pytest.raises(ConfigError, match=r"^config section 'atari': unknown Atari game 'Pongo'; did you mean Pong\? "
+                                          r"valid games \(\d+\): "):
         build_config({**data, "atari": {"train_games": ["Pongo"]}})
 
 

@@ -49,22 +49,29 @@ def test_atari_run_writes_training_and_eval_curves(atari_run):
     assert not any(t.startswith("eval/") for t in tags)         # env-step curves are not on the meta-step run
     assert [e.step for e in acc.Scalars("meta/grad_norm")] == [1, 2]
     assert "config/text_summary" in acc.Tags()["tensors"]       # the resolved config as TensorBoard text
-    # finished games are logged per game at the env step they ended, over both tasks (2 × ~1,200 + final
-    # rollouts), in games/ (their own TensorBoard run: another x-axis, purged on its own on resume)
+    # finished games are logged per game at the env step of their visit (task) they ended, each visit a TensorBoard
+    # run of its own (games/<game>/visit_<S>, S: the run's env steps when it began), so no line joins two visits;
+    # the SPS of each task on the run's env-step axis in games/
     games = _acc(tmp_path / "games")
-    game_tags = set(games.Tags()["scalars"])
-    assert {"charts/Breakout/episodic_return", "charts/Breakout/episodic_length", "charts/Breakout/SPS",
-            "losses/Breakout/policy", "losses/Breakout/value", "losses/Breakout/entropy"} <= game_tags
-    assert "charts/episodic_return" not in game_tags            # no curve mixing games
-    game_steps = [e.step for e in games.Scalars("charts/Breakout/episodic_return")]
-    assert game_steps == sorted(game_steps) and 0 < game_steps[-1] <= 2 * (1200 + 20)
+    assert set(games.Tags()["scalars"]) == {"charts/Breakout/SPS"}
     assert len(games.Scalars("charts/Breakout/SPS")) == 2       # one point per task
+    visits = sorted((tmp_path / "games" / "Breakout").glob("visit_*"))
+    assert [v.name for v in visits][0] == "visit_000000000000" and len(visits) == 2
+    assert int(visits[1].name.split("_")[1]) == games.Scalars("charts/Breakout/SPS")[0].step
+    for visit in visits:
+        acc = _acc(visit)
+        assert {"charts/Breakout/episodic_return", "charts/Breakout/episodic_length", "losses/Breakout/policy",
+                "losses/Breakout/value", "losses/Breakout/entropy"} <= set(acc.Tags()["scalars"])
+        assert "charts/episodic_return" not in acc.Tags()["scalars"]         # no curve mixing games
+        steps = [e.step for e in acc.Scalars("charts/Breakout/episodic_return")]
+        assert steps == sorted(steps) and 0 < steps[-1] <= 1200 + 20         # the visit's own axis
     # held-out: meta-init and random-init are two TensorBoard runs with the same tags (one card each game)
     meta, rand = _acc(tmp_path / "eval" / "meta_init"), _acc(tmp_path / "eval" / "random_init")
     tag = "eval/Breakout/episodic_return"
     assert tag in meta.Tags()["scalars"] and tag in rand.Tags()["scalars"]
     assert set(meta.Tags()["scalars"]) == set(rand.Tags()["scalars"])
-    assert "eval/Breakout/episodic_return_std" in meta.Tags()["scalars"]
+    # one seed: no spread (eval_std/, its section, has none); one game: no eval/mean/
+    assert not [t for t in meta.Tags()["scalars"] if t.startswith("eval_std/") or t.startswith("eval/mean/")]
     seed = _acc(tmp_path / "eval" / "meta_init" / "seed_0")
     assert "eval_seeds/Breakout/episodic_return" in seed.Tags()["scalars"]
     grid = set(int(x) for x in np.linspace(1200 / 50, 1200, 50))
@@ -92,13 +99,13 @@ def test_metarl_plot_of_an_atari_run_is_per_game(atari_run, tmp_path):
 
     run_dir = atari_run[0]
     name, series = select_series(run_dir)                        # the default: held-out curves
-    assert {(s.panel, s.label) for s in series} == {("Breakout", "meta_init"), ("Breakout", "random_init")}
+    assert {(s.panel, s.label) for s in series} == {("Breakout", "Leap init"), ("Breakout", "random init")}
     _, training = select_series(run_dir, "charts/episodic_return")     # expanded to the per-game tags
-    assert {(s.panel, s.label) for s in training} == {("Breakout", "training")}
+    assert {(s.panel, s.label) for s in training} == {("Breakout", "first visit"), ("Breakout", "latest visit")}
     fig = figure([run_dir])
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["Breakout"]
-    assert sorted(line.get_label() for line in axes[0].get_lines()) == ["meta init (n=1)", "random init (n=1)"]
+    assert sorted(line.get_label() for line in axes[0].get_lines()) == ["Leap init (n=1)", "random init (n=1)"]
     out = plot_runs([run_dir], out=str(tmp_path / "plot.png"))
     assert out.is_file() and out.stat().st_size > 0
 
@@ -128,6 +135,6 @@ def test_metarl_eval_video_records_each_init_and_ends_with_the_table(atari_run, 
     lines = err.rstrip().splitlines()
     note = load_config(saved).eval.note
     assert note and lines[-1] == note
-    assert lines[-7].startswith("held-out games: 1,200 env steps per run, 1 seed per game")
-    assert lines[-6].split()[:2] == ["game", "init"] and lines[-5].startswith("Breakout        random init")
-    assert lines[-4].startswith("Breakout        Leap init")
+    assert lines[-6].startswith("held-out games: 1,200 env steps per run, 1 seed per game")
+    assert lines[-4].split()[:2] == ["game", "init"] and lines[-3].startswith("Breakout  random init")
+    assert lines[-2].startswith("Breakout  Leap init")            # one game: no mean rows

@@ -29,10 +29,18 @@ def _row(final, std, hns=None, hns_std=None):
     return row
 
 
-# eval.json of a make run: Atlantis, 2 seeds (the figures of docs/RESULTS.md), as the file holds it
+# eval.json of a make run: Atlantis, 2 seeds (the figures of docs/RESULTS.md), as the file held it before the
+# sample std and the per-seed AUC (population std, no "auc"): the table reads the per-seed lists
 MAKE_RUN = {"step": 4, "horizon_env_steps": 60000, "seeds": 2, "window": 10,
-            "games": {"Atlantis": {"meta_init": _row(16130.0, 1160.0, 0.20274, 0.07170),
-                                   "random_init": _row(14205.0, 475.0, 0.08376, 0.02936)}},
+            "games": {"Atlantis": {"meta_init": {**_row(16130.0, 1160.0, 0.20274, 0.07170),
+                                                 "final_scores": [14970.0, 17290.0], "auc_scores": [14500.0, 13000.0],
+                                                 "final_human_normalised_scores": [0.13104, 0.27445],
+                                                 "human_normalised_auc_scores": [0.10199, 0.00927]},
+                                   "random_init": {**_row(14205.0, 475.0, 0.08376, 0.02936),
+                                                   "final_scores": [13730.0, 14680.0],
+                                                   "auc_scores": [13000.0, 13500.0],
+                                                   "final_human_normalised_scores": [0.05440, 0.11313],
+                                                   "human_normalised_auc_scores": [0.00926, 0.04017]}}},
             "mean_human_normalised": {"meta_init": {"games": ["Atlantis"], "auc": 0.1, "final": 0.20274,
                                                     "final_std": 0.07170},
                                       "random_init": {"games": ["Atlantis"], "auc": 0.1, "final": 0.08376,
@@ -46,14 +54,14 @@ def test_make_run_ends_with_its_held_out_table_and_the_note(tmp_path, capsys):
     _print_summary(cfg, result)
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
-        "held-out games: 60,000 env steps per run, 2 seeds per game and initialisation (mean ± std over seeds; "
-        "a run's score: the mean true score of its last 10 games)",
-        "game            init         final score       human-normalised",
-        "Atlantis        random init  14205.0 ± 475.0   0.084 ± 0.029",
-        "Atlantis        Leap init    16130.0 ± 1160.0  0.203 ± 0.072",
-        "mean of 1 game  random init                    0.084 ± 0.029",
-        "mean of 1 game  Leap init                      0.203 ± 0.072",
-        cfg.eval.note]
+        "held-out games: 60,000 env steps per run, 2 seeds per game and initialisation; mean ± sample std over "
+        "seeds (— for one seed)",
+        "final score: the mean true score of a run's last 10 games; AUC: a run's mean running score over its grid "
+        "to env step 60,000, averaged over seeds",
+        "game      init         final score       AUC               human-normalised final  human-normalised AUC",
+        "Atlantis  random init  14205.0 ± 671.8   13250.0 ± 353.6   0.084 ± 0.042           0.025 ± 0.022",
+        "Atlantis  Leap init    16130.0 ± 1640.5  13750.0 ± 1060.7  0.203 ± 0.101           0.056 ± 0.066",
+        cfg.eval.note]          # one game: no "mean of 1 game" rows repeating it
     assert "shows the pipeline, not transfer" in cfg.eval.note and "configs/atari_transfer_*.yaml" in cfg.eval.note
     # quiet runs print nothing but their JSON
     _print_summary(load_config(CONFIGS / "atari_leap.yaml", ["run.progress=false"]), result)
@@ -65,9 +73,13 @@ def test_the_table_names_the_method_and_shows_missing_scores():
               "games": {"AirRaid": {"meta_init": _row(500.0, 0.0), "random_init": _row(None, None)}}}
     lines = summary(result, "reptile").splitlines()
     assert lines[0].startswith("held-out games: 1,200 env steps per run, 1 seed per game")
-    assert lines[2].split() == ["AirRaid", "random", "init", "n/a", "no", "reference"]     # null: no game finished
-    assert lines[3].split() == ["AirRaid", "Reptile", "init", "500.0", "±", "0.0", "no", "reference"]
-    assert len(lines) == 4                                 # no mean row without reference scores, no note
+    # null: no game finished; a row without its AUC (written before it had one): —
+    assert lines[3].split() == ["AirRaid", "random", "init", "n/a", "—", "no", "reference", "no", "reference"]
+    assert lines[4].split() == ["AirRaid", "Reptile", "init", "500.0", "±", "0.0", "—", "no", "reference", "no",
+                                "reference"]
+    assert len(lines) == 5                                 # no mean row without reference scores, no note
+    one = {**result, "games": {"AirRaid": {"meta_init": {"final_scores": [500.0], "auc_scores": [300.0]}}}}
+    assert summary(one, "reptile").splitlines()[3].split()[3:7] == ["500.0", "±", "—", "300.0"]    # one seed: —
 
 
 # ------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ CASES = [
     (["train", "configs/does_not_exist.yaml"], "config file not found"),
     (["train"], "train needs a CONFIG file"),
     (["train", "--resume", "/nonexistent/run"], "cannot resume"),
-    (["eval", "/nonexistent/run"], "not a run directory"),
+    (["eval", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+    (["eval", "configs"], "not a run directory (no config.yaml): configs"),
     (["bench", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
     (["bench", "a2c-throughput", "--game", "Pongo"], "unknown Atari game 'Pongo'"),
     (["bench", "a2c-throughput", "--variants", "ours,theirs"], "unknown variants ['theirs']"),
@@ -83,7 +84,8 @@ CASES = [
     (["train", CFG, "leap.eps=-1"], "leap.eps must be >= 0"),
     (["train", CFG, "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["plot", "/nonexistent/run"], "not a directory"),
-    (["train", ATARI, "atari.train_games=[Pongo]"], "unknown Atari game 'Pongo'"),
+    (["train", ATARI, "atari.train_games=[Pongo]"], "unknown Atari game 'Pongo'; did you mean Pong?"),
+    (["train", ATARI, "atari.test_games=[SpaceInvader]"], "did you mean SpaceInvaders or SpaceWar?"),
     (["train", ATARI, "atari.train_games=[]", "atari.test_games=[]"], "no games configured"),
     (["train", ATARI, "atari.train_games=Pong"], "'atari.train_games' must be a list"),
     (["train", ATARI, "atari.a2c.num_envs=0"], "num_envs"),
@@ -97,7 +99,10 @@ CASES = [
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
+    before = set((ROOT / "runs").iterdir()) if (ROOT / "runs").is_dir() else set()
     code, err = run_inprocess(args, capsys)
+    after = set((ROOT / "runs").iterdir()) if (ROOT / "runs").is_dir() else set()
+    assert after <= before, f"a failed start left {sorted(map(str, after - before))}"
     assert code == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -116,3 +121,19 @@ def test_bad_config_files(tmp_path, capsys):
     for path, message in ((bad_yaml(tmp_path), "is not valid YAML"), (list_yaml(tmp_path), "must hold a mapping")):
         code, err = run_inprocess(["train", path], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [[TINY, "tiered.root=/nonexistent/tiered"], [OMNI, "omniglot.root=/nonexistent/o"]])
+def test_a_failed_start_leaves_nothing_behind(args, tmp_path, capsys, monkeypatch):
+    """A fresh run that stops on a user error before its first checkpoint (here: a data folder that is missing,
+    found when the task is built, after the run folder was made) removes the run folder and the parents it made,
+    whether named by --run-dir or the default runs/NAME__SEED__TIME."""
+    code, err = run_inprocess(["train", args[0], "--run-dir", str(tmp_path / "a" / "b" / "run"), *args[1:]], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.chdir(tmp_path)                       # the default run folder: runs/ under the current folder
+    code, err = run_inprocess(["train", *args], capsys)
+    assert code == 2 and list(tmp_path.iterdir()) == [], err
+    (tmp_path / "runs").mkdir()                       # a runs/ folder that was there stays
+    code, err = run_inprocess(["train", *args], capsys)
+    assert code == 2 and list(tmp_path.iterdir()) == [tmp_path / "runs"] and not any((tmp_path / "runs").iterdir())

@@ -36,6 +36,19 @@ def test_bench_help_lists_the_benchmarks_and_only_them(capsys):
         assert f"{name}" in out and what in out
 
 
+def test_train_help_says_where_the_configs_and_keys_are_listed(capsys):
+    """`metarl train --help` names the configs folder and the modules that list the keys; each exists."""
+    import re
+    code, out, _ = cli(["train", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "configs/*.yaml" in text and "config.yaml lists every key" in text
+    named = set(re.findall(r"\b(?:train|metarl)/[\w/<>.]*", text)) - {"metarl/"} | {"metarl"}
+    assert {"train/config.py", "train/tasks/<task>.py", "metarl"} <= named
+    for path in named:
+        assert list(ROOT.glob(path.replace("<task>", "*"))), path
+    assert (ROOT / "configs" / "atari_leap.yaml").is_file()
+
+
 # ------------------------------------------------------------------------------------------------
 # unused keys
 
@@ -193,6 +206,6 @@ def test_the_progress_bar_sets_and_clears_the_hooks_of_an_adapter_without_games(
     adapter.on_game(SimpleNamespace(task="pong", episodic_return=3.0))
     adapter.on_progress("pong", 25)
     progress.refresh()
-    assert progress.bar.text == "env steps 20, pong return 3.0 (last 1)"
+    assert progress.bar.text == "env steps 20, pong return 3.0 (last 1 game)"
     RLProgress.detach(adapter)
     assert adapter.on_game is None and adapter.on_progress is None

@@ -73,7 +73,7 @@ def test_export_refusals_are_one_line(atari_run, tmp_path, capsys):
     assert main(["export", str(run_dir)]) == 2
     assert "needs --out FILE and/or --sb3 FILE" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "e.pt")]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert f"run directory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     sine = tmp_path / "sine"
     sine.mkdir()
     (sine / "config.yaml").write_text(config_to_yaml(load_config(CONFIGS / "sine_leap.yaml")))

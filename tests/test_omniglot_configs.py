@@ -81,4 +81,5 @@ def test_batch_norm_diagnostic_on_a_bad_folder_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "train.diagnostics", str(tmp_path / "no_such_run")], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1
-    assert out.stderr.startswith("python -m train.diagnostics: error: not a run directory")
+    assert out.stderr.startswith(f"python -m train.diagnostics: error: run directory {tmp_path / 'no_such_run'} does "
+                                 "not exist")

@@ -17,6 +17,7 @@ GRID = np.linspace(100, 1000, 10)
 def atari_run(root: Path, name: str, evaluated: bool = True) -> Path:
     d = root / name
     d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"name: {name.split('__')[0]}\nmethod: {name.split('__')[0].split('_')[1]}\n")
     logger = Logger(d, purge_step=None)
     for game, scale in zip(GAMES, (-20.0, 5.0)):                # training games on the env-step axis
         for step in (200, 400):
@@ -24,9 +25,9 @@ def atari_run(root: Path, name: str, evaluated: bool = True) -> Path:
     if evaluated:
         seed_curves = {(g, i): np.array([np.linspace(1, 2, len(GRID)) * (k + 1) * (-20 if g == "Pong" else 5)
                                          for k in range(2)]) for g in GAMES for i in INITS}
-        curves = {k: np.stack([v.mean(0), v.std(0)]) for k, v in seed_curves.items()}
+        curves = {k: np.stack([v.mean(0), v.std(0, ddof=1)]) for k, v in seed_curves.items()}
         finals = {k: list(v[:, -1]) for k, v in seed_curves.items()}
-        write_outputs(d, list(GAMES), GRID, curves, summarise(list(GAMES), curves, finals), logger,
+        write_outputs(d, list(GAMES), GRID, curves, summarise(list(GAMES), seed_curves, finals), logger,
                       seed_curves=seed_curves)
     logger.close()
     return d
@@ -35,7 +36,9 @@ def atari_run(root: Path, name: str, evaluated: bool = True) -> Path:
 def test_default_atari_series_are_held_out_curves_per_game(tmp_path):
     name, series = select_series(atari_run(tmp_path, "atari_leap__0"))
     assert name.startswith("episodic_return")
-    assert sorted((s.panel, s.label) for s in series) == sorted((g, i) for g in GAMES for i in INITS)
+    # each seed's curve, labelled as the run's table labels the initialisation
+    assert sorted((s.panel, s.label) for s in series) == sorted((g, i) for g in GAMES for i in ("Leap init",
+                                                                                                 "random init") * 2)
     for s in series:        # each series holds one game's values only
         sign = -1 if s.panel == "Pong" else 1
         assert np.all(np.sign(s.values) == sign) and s.xlabel == "env steps"
@@ -52,7 +55,7 @@ def test_figure_has_one_axes_per_game_and_groups_seeds(tmp_path):
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert sorted(ax.get_title() for ax in axes) == sorted(GAMES)
     for ax in axes:
-        assert sorted(line.get_label() for line in ax.get_lines()) == ["meta init (n=2)", "random init (n=2)"]
+        assert sorted(line.get_label() for line in ax.get_lines()) == ["Leap init (n=4)", "random init (n=4)"]
         for line in ax.get_lines():     # ten points: markers on
             assert len(line.get_xdata()) == len(GRID) <= MARKERS_UP_TO and line.get_marker() == "o"
 
@@ -86,8 +89,8 @@ def test_two_configs_are_labelled_by_name_within_each_game(tmp_path):
     fig = figure(dirs)
     for ax in (a for a in fig.axes if a.get_visible()):
         assert sorted(line.get_label() for line in ax.get_lines()) == [
-            "atari_leap meta init (n=1)", "atari_leap random init (n=1)",
-            "atari_reptile meta init (n=1)", "atari_reptile random init (n=1)"]
+            "atari_leap Leap init (n=2)", "atari_leap random init (n=2)",
+            "atari_reptile Reptile init (n=2)", "atari_reptile random init (n=2)"]
 
 
 def test_seed_suffixes_group_runs_of_one_experiment(tmp_path):

@@ -1,5 +1,5 @@
 """`metarl report` on small synthetic run directories written in the real formats (Atari: the evaluation's own
-summarise/add_per_seed/write_outputs; maze and supervised eval.json as their code writes them): its aggregate
+summarise/write_outputs; maze and supervised eval.json as their code writes them): its aggregate
 numbers equal a direct computation, its intervals contain them; human normalisation; one-line CLI errors."""
 
 import json
@@ -12,7 +12,7 @@ import scipy.stats
 
 from train.atari_scores import REFERENCE, human_normalised
 from train.cli import main
-from train.tasks.atari_eval import add_per_seed, summarise, write_outputs
+from train.tasks.atari_eval import summarise, write_outputs
 from train.trainer import Logger
 
 GAMES = ("Breakout", "Pong")
@@ -24,13 +24,13 @@ def atari_run(root: Path, name: str, finals: dict, seed: int = 0) -> Path:
     train/tasks/atari_eval.py's own functions from ``finals[(game, init)]`` (raw final score per seed)."""
     d = root / f"{name}__{seed}__1"
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(f"name: {name}\nseed: {seed}\ntask: atari\nmethod: leap\n")
+    method = {"leap": "leap", "reptile": "reptile", "pretrained": "finetune"}[name.split("_")[-1]]
+    (d / "config.yaml").write_text(f"name: {name}\nseed: {seed}\ntask: atari\nmethod: {method}\n")
     seed_curves, curves = {}, {}
     for key, f in finals.items():
         seed_curves[key] = np.array([np.linspace(0.2, 1.0, len(GRID)) * v for v in f])      # (seeds, points)
-        curves[key] = np.stack([seed_curves[key].mean(0), seed_curves[key].std(0)])
-    table = summarise(list(GAMES), curves, finals)
-    add_per_seed(table, finals, seed_curves)
+        curves[key] = np.stack([seed_curves[key].mean(0), seed_curves[key].std(0, ddof=1)])
+    table = summarise(list(GAMES), seed_curves, finals)
     logger = Logger(d, purge_step=None)         # the trainer's: eval/<init> runs of their own
     write_outputs(d, list(GAMES), GRID, curves, table, logger, seed_curves=seed_curves)
     logger.close()
@@ -92,13 +92,15 @@ def test_atari_report_aggregates_equal_direct_computation(atari_runs, tmp_path, 
     assert stdout.strip() == f"wrote {out / 'report.md'}"
     atari = json.loads((out / "report.json").read_text())["suites"]["atari"]
     assert atari["metric"] == "human_normalised" and atari["tasks"] == sorted(GAMES)
-    assert atari["baseline"] == "random_init"
+    assert atari["baseline"] == "random init"               # --baseline random_init: its name
     # the random init evaluated by both runs (same config seed, same games) is counted once
-    assert np.array(atari["matrices"]["random_init"]).shape == (5, 2)
-    for method in ("atari_leap", "atari_reptile", "random_init"):
+    assert np.array(atari["matrices"]["random init"]).shape == (5, 2)
+    for method, name in (("atari_leap", "Leap init"), ("atari_reptile", "Reptile init"),
+                         ("random_init", "random init")):
         x = hns_matrix(finals[method])
-        np.testing.assert_allclose(atari["matrices"][method], x, rtol=1e-12)
-        agg = atari["aggregates"][method]
+        np.testing.assert_allclose(atari["matrices"][name], x, rtol=1e-12)
+        agg = atari["aggregates"][name]
+        assert agg["underpowered"] is False                  # 5 runs each
         direct = {"IQM": scipy.stats.trim_mean(x.ravel(), 0.25), "median": np.median(x.mean(0)), "mean": x.mean()}
         for name, value in direct.items():
             assert agg[name]["value"] == pytest.approx(value, rel=1e-12)
@@ -107,11 +109,12 @@ def test_atari_report_aggregates_equal_direct_computation(atari_runs, tmp_path, 
     # probability of improvement: per game P(X > Y) + ½ P(X = Y) over all seed pairs, averaged over games
     x, y = hns_matrix(finals["atari_leap"]), hns_matrix(finals["random_init"])
     poi = np.mean([np.mean((x[:, [g]] > y[:, g]) + 0.5 * (x[:, [g]] == y[:, g])) for g in range(2)])
-    agg = atari["aggregates"]["atari_leap"]["P(improvement)"]
+    agg = atari["aggregates"]["Leap init"]["P(improvement)"]
     assert agg["value"] == pytest.approx(poi) and agg["ci"][0] <= poi <= agg["ci"][1]
-    assert "P(improvement)" not in atari["aggregates"]["random_init"]
+    assert "P(improvement)" not in atari["aggregates"]["random init"]
+    assert atari["underpowered"] == []
     md = (out / "report.md").read_text()
-    assert "| Breakout | atari_leap | 5 |" in md and "human-normalised final score" in md and "final score (raw)" in md
+    assert "| Breakout | Leap init | 5 |" in md and "human-normalised final score" in md and "final score (raw)" in md
     raw = np.mean(finals["atari_leap"][("Breakout", "meta_init")])
     assert f"{raw:.1f}" in md or f"{raw:.3f}" in md                                      # the raw score is kept
     for png in ("curves_atari.png", "aggregates_atari.png", "profile_atari.png"):
@@ -133,20 +136,30 @@ def test_a_study_compares_every_method_with_the_one_run_that_evaluated_random_in
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     atari = report["suites"]["atari"]
-    assert atari["baseline"] == "random_init" and atari["tasks"] == sorted(GAMES)
-    np.testing.assert_allclose(atari["matrices"]["random_init"], hns_matrix(rand), rtol=1e-12)
+    assert atari["baseline"] == "random init" and atari["tasks"] == sorted(GAMES)
+    np.testing.assert_allclose(atari["matrices"]["random init"], hns_matrix(rand), rtol=1e-12)
+    names = {"atari_transfer_leap": "Leap init", "atari_transfer_reptile": "Reptile init",
+             "atari_transfer_pretrained": "pretrained init"}
     for name, finals in inits.items():
         x, y = hns_matrix(finals), hns_matrix(rand)
         poi = np.mean([np.mean((x[:, [g]] > y[:, g]) + 0.5 * (x[:, [g]] == y[:, g])) for g in range(2)])
-        assert atari["aggregates"][name]["P(improvement)"]["value"] == pytest.approx(poi)
+        assert atari["aggregates"][names[name]]["P(improvement)"]["value"] == pytest.approx(poi)
     assert atari["notes"] == [] and report["notes"] == []
     md = (out / "report.md").read_text()
-    assert "| Pong | random_init | 5 |" in md and not [line for line in md.splitlines() if line.startswith("- ")]
+    assert "| Pong | random init | 5 |" in md and not [line for line in md.splitlines() if line.startswith("- ")]
+    # --baseline takes a config name too; configs sharing a method are told apart by their names
+    code, _, err = run_report([*map(str, dirs), "--out", str(out), "--reps", "50",
+                               "--baseline", "atari_transfer_reptile"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["suites"]["atari"]["baseline"] == "Reptile init"
+    from train.names import init_names
+    assert init_names({"a": "finetune", "b": "finetune", "c": "leap"}) == {
+        "a": "pretrained init (a)", "b": "pretrained init (b)", "c": "Leap init", "random_init": "random init"}
     # without the Leap run there is no baseline, and the note says where it is
     code, _, err = run_report([str(dirs[1]), str(dirs[2]), "--out", str(tmp_path / "r2"), "--reps", "50"], capsys)
     assert code == 0, err
     [note] = json.loads((tmp_path / "r2" / "report.json").read_text())["suites"]["atari"]["notes"]
-    assert note.startswith("no baseline among the methods (random_init) (runs with eval.random_init: false")
+    assert note.startswith("no baseline among the methods (random init) (runs with eval.random_init: false")
 
 
 def test_atari_curves_pool_mean_and_std_over_seeds(atari_runs):
@@ -155,11 +168,11 @@ def test_atari_curves_pool_mean_and_std_over_seeds(atari_runs):
 
     _, dirs, finals = atari_runs
     runs = load_runs(dirs)
-    [curve] = [c for c in runs.curves if c.method == "atari_leap" and c.task == "Pong"]
+    [curve] = [c for c in runs.curves if c.method == "Leap init" and c.task == "Pong"]
     seeds = np.array([np.linspace(0.2, 1.0, len(GRID)) * v for v in finals["atari_leap"][("Pong", "meta_init")]])
     np.testing.assert_allclose(curve.x, GRID.astype(int))
     np.testing.assert_allclose(curve.mean, seeds.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(curve.std, seeds.std(0), rtol=1e-5)
+    np.testing.assert_allclose(curve.std, seeds.std(0), rtol=1e-5)      # over n, from TensorBoard's sample std
     # two halves of the seeds as two runs pool back to the mean and the sample std over all seeds
     halves = [type(curve)(**{**curve.__dict__, "mean": s.mean(0), "std": s.std(0), "n": len(s)})
               for s in (seeds[:2], seeds[2:])]
@@ -284,3 +297,20 @@ def test_corrupt_eval_json_is_a_one_line_error(tmp_path, capsys):
     (d / "eval.json").write_text("{not json")
     code, _, err = run_report([str(d), "--out", str(tmp_path / "report")], capsys)
     assert code == 2 and err.startswith(f"metarl: error: unreadable {d / 'eval.json'}") and err.count("\n") == 1
+
+
+def test_aggregates_from_fewer_than_five_runs_are_marked_underpowered(tmp_path, capsys):
+    """2 seeds on 2 games: every aggregate is underpowered, in the table and in the JSON."""
+    rng = np.random.default_rng(2)
+    finals = {(g, i): list(rng.uniform(*REFERENCE[g], size=2)) for g in GAMES for i in ("meta_init", "random_init")}
+    d = atari_run(tmp_path / "runs", "atari_leap", finals)
+    out = tmp_path / "report"
+    code, _, err = run_report([str(d), "--out", str(out), "--reps", "50"], capsys)
+    assert code == 0, err
+    atari = json.loads((out / "report.json").read_text())["suites"]["atari"]
+    assert atari["underpowered"] == ["Leap init", "random init"]
+    assert all(a["underpowered"] for a in atari["aggregates"].values())
+    md = (out / "report.md").read_text()
+    [row] = [line for line in md.splitlines() if line.startswith("| Leap init | 2 × 2 |")]
+    assert row.endswith("| underpowered: Leap init 2, random init 2 runs < 5 |")
+    assert "- underpowered: Leap init, random init have fewer than 5 runs" in md

@@ -146,21 +146,39 @@ def test_consistency_metrics_against_direct_computations():
 def test_the_auc_leaves_out_the_warm_up_before_auc_start():
     import numpy as np
 
-    from train.tasks.atari_eval import add_per_seed, summarise
+    from train.tasks.atari_eval import summarise
 
     grid = np.linspace(10, 100, 10)
     start = int(np.searchsorted(grid, 35))                    # first point at or after env step 35: 40
     assert grid[start] == 40
     seeds = np.array([np.arange(10.0), np.arange(10.0) * 2])
-    curves = {("Pong", "meta_init"): np.stack([seeds.mean(0), seeds.std(0)])}
     finals = {("Pong", "meta_init"): [9.0, 18.0]}
-    table = summarise(["Pong"], curves, finals, start)
-    add_per_seed(table, finals, {("Pong", "meta_init"): seeds}, start)
+    table = summarise(["Pong"], {("Pong", "meta_init"): seeds}, finals, start)
     row = table["Pong"]["meta_init"]
     assert row["auc_scores"] == pytest.approx([np.mean(range(3, 10)), 2 * np.mean(range(3, 10))])
+    assert row["auc"] == pytest.approx(np.mean(row["auc_scores"]))
     hn = [(a - (-20.7)) / (14.6 - (-20.7)) for a in row["auc_scores"]]
     assert row["human_normalised_auc_scores"] == pytest.approx(hn)
     assert row["human_normalised_auc"] == pytest.approx(np.mean(hn))
+    assert row["human_normalised_auc_std"] == pytest.approx(np.std(hn, ddof=1))
+
+
+def test_the_auc_is_the_mean_over_seeds_of_each_seeds_auc_and_the_std_the_sample_std():
+    """One AUC definition (train/stats.py): where seeds finish their first game at different points, the mean of
+    the per-seed AUCs, not the AUC of the seed-mean curve; spreads with n − 1, none for one seed."""
+    import numpy as np
+
+    from train.tasks.atari_eval import summarise
+
+    nan = np.nan
+    seeds = np.array([[nan, nan, 2.0, 4.0], [1.0, 1.0, 1.0, 1.0]])
+    table = summarise(["Pong"], {("Pong", "meta_init"): seeds}, {("Pong", "meta_init"): [4.0, 1.0]})
+    row = table["Pong"]["meta_init"]
+    assert row["auc_scores"] == [3.0, 1.0] and row["auc"] == 2.0
+    assert np.nanmean(np.nanmean(seeds, 0)) != 2.0               # the seed-mean curve's AUC would differ
+    assert row["final_score_std"] == pytest.approx(np.std([4.0, 1.0], ddof=1))
+    one = summarise(["Pong"], {("Pong", "meta_init"): seeds[:1]}, {("Pong", "meta_init"): [4.0]})["Pong"]["meta_init"]
+    assert one["final_score_std"] is None and one["auc_std"] is None and one["human_normalised_auc_std"] is None
 
 
 def test_minimum_detectable_effect_matches_a_simulated_power():
@@ -235,7 +253,7 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
     import numpy as np
 
     from train.report import report
-    from train.tasks.atari_eval import add_per_seed, summarise
+    from train.tasks.atari_eval import summarise
 
     run = tmp_path / "run"
     (run / "eval_parts" / "test").mkdir(parents=True)
@@ -249,14 +267,12 @@ def test_the_report_keeps_each_held_out_runs_curve_as_csv(tmp_path):
                 {"format": 1, "game": game, "init": init, "seed": k, "curve": c, "settings": {"env_steps": 400}}))
     arrays = {key: np.array([[np.nan if v is None else v for v in c] for c in seeds]) for key, seeds in curves.items()}
     finals = {key: list(a[:, -1]) for key, a in arrays.items()}
-    mean = {key: np.stack([np.nanmean(a, 0), np.nanstd(a, 0)]) for key, a in arrays.items()}
-    table = summarise(["Pong"], mean, finals)
-    add_per_seed(table, finals, arrays)
+    table = summarise(["Pong"], arrays, finals)
     (run / "eval_atari.json").write_text(json.dumps({"split": "test", "games": table}))
     report([run], tmp_path / "out", reps=50, figures=False)
     rows = list(csv.DictReader((tmp_path / "out" / "seed_curves.csv").open()))
     assert len(rows) == 4 * 4
     got = [(r["method"], r["seed"], float(r["step"]), r["value"]) for r in rows if r["task"] == "Pong"]
-    assert got[:4] == [("arm", "0/0", 100.0, ""), ("arm", "0/0", 200.0, "-20"), ("arm", "0/0", 300.0, "-19.5"),
-                       ("arm", "0/0", 400.0, "-19")]
-    assert {r["method"] for r in rows} == {"arm", "random_init"}
+    assert got[:4] == [("Leap init", "0/0", 100.0, ""), ("Leap init", "0/0", 200.0, "-20"),
+                       ("Leap init", "0/0", 300.0, "-19.5"), ("Leap init", "0/0", 400.0, "-19")]
+    assert {r["method"] for r in rows} == {"Leap init", "random init"}

@@ -22,11 +22,21 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+TRAIN_EPILOG = """\
+configs: configs/*.yaml in the repository, one per experiment (the README's "Configs" table says which
+  job each serves); e.g. metarl train configs/atari_leap.yaml run.threads=1
+keys: every key, its default and its meaning are in train/config.py (name, seed, task, method, run.*,
+  meta.*, inner.*, eval.*, maml.*), the task's module train/tasks/<task>.py (atari.*, maze.*, omniglot.*,
+  ...) and the method's module in metarl/ (leap.*, warpgrad.*, lazy.*); a run's saved config.yaml lists
+  every key with the value it used."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metarl", description="Leap and WarpGrad meta-learning for RL and supervised tasks")
     p.add_argument("--version", action="version", version=f"metarl {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="meta-train from a YAML config")
+    t = sub.add_parser("train", help="meta-train from a YAML config", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", nargs="?", help="configs/NAME.yaml (omit with --resume to reuse the run's config)")
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
@@ -135,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_world(cfg, int(os.environ.get("WORLD_SIZE", "1")))    # under torchrun: what one process could not equal
     args.active_run_dir = run_dir
     lock = None
-    created = not os.path.lexists(run_dir)
+    created = _missing_folders(run_dir)         # made by this command: a fresh run that fails to start removes them
+    started = False                             # a fresh run past check_fresh: its folder holds only what it wrote
     if _main_rank():                            # rank 0 guards the directory; the others use it
         run_dir = prepare_run_dir(run_dir, resume)
         lock = RunLock(run_dir).acquire()
@@ -149,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 set_aside_unreadable_results(run_dir, log=lambda msg: print(msg, file=sys.stderr))
             else:
                 check_fresh(run_dir)
+                started = True
         world = init_world(cfg.run.device)     # NCCL on CUDA, gloo on the CPU
         try:
             run_dir = Path(world.broadcast(str(run_dir)))     # every rank writes to rank 0's run directory
@@ -157,29 +169,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             shutdown(world)
     except Exception as e:
+        # A fresh run without a checkpoint to resume from leaves nothing behind when it fails with a user error (a
+        # missing data folder, found when the task is built) or runs out of memory: no config.yaml that would make
+        # its directory look like a run, and no empty folder.
+        unstarted = started and not list_checkpoints(run_dir)
+        if unstarted and (isinstance(e, UserError) or out_of_memory(e)):
+            _empty_run_dir(run_dir)
+            args.remove_folders = created       # removed with the lock below
         if not out_of_memory(e):
             raise
-        # an allocation the budget (train/budget.py) did not foresee: one line, and a fresh run leaves nothing
-        # that would make its directory look like a run (config.yaml) when it has no checkpoint to resume from
-        kept = "the last checkpoint is kept"
-        if lock is not None and not resume and not list_checkpoints(run_dir):
-            _empty_run_dir(run_dir)
-            kept = "nothing was kept"
-            args.remove_run_dir = created       # made by this command: removed with the lock below
+        # an allocation the budget (train/budget.py) did not foresee: one line
+        kept = "nothing was kept" if unstarted else "the last checkpoint is kept"
         raise UserError(f"out of memory: {clip(str(e) or type(e).__name__, 200)} ({kept}; lower the sizes in the "
                         f"config, or set run.max_memory to what this machine can give)") from None
     finally:
         if lock is not None:
             lock.release()
-            if getattr(args, "remove_run_dir", False):
+            for folder in getattr(args, "remove_folders", ()):
                 try:
-                    run_dir.rmdir()
+                    folder.rmdir()              # only if empty: the run folder, then the parents it needed
                 except OSError:
-                    pass
+                    break
     if world.is_main:
         print(dumps_json(result))
-        _print_summary(cfg, result)
+        _print_summary(cfg, result, run_dir)
     return 0
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """The folders that creating ``run_dir`` makes: itself and its missing parents, innermost first."""
+    out = []
+    while not os.path.lexists(run_dir) and run_dir != run_dir.parent:
+        out.append(run_dir)
+        run_dir = run_dir.parent
+    return out
 
 
 def _empty_run_dir(run_dir: Path) -> None:
@@ -196,14 +219,25 @@ def _empty_run_dir(run_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _print_summary(cfg, result: dict) -> None:
-    """Atari: the held-out table after the JSON line, where a terminal shows it last (stderr, with the
-    progress output; stdout stays the JSON)."""
-    if cfg.task == "atari" and cfg.run.progress and isinstance(result.get("games"), dict):
+def _print_summary(cfg, result: dict, run_dir: Path | None = None) -> None:
+    """The run's table after the JSON line, where a terminal shows it last (stderr, with the progress output;
+    stdout stays the JSON): Atari's held-out table; the maze's per-seed returns and their mean (after the
+    TensorBoard command of ``run_dir``)."""
+    if not cfg.run.progress:
+        return
+    if cfg.task == "atari" and isinstance(result.get("games"), dict):
         from .tasks.atari_eval import summary
-        sys.stdout.flush()
-        print("\n" + summary(result, cfg.method, cfg.eval.note, cfg.task_config.eval_games), file=sys.stderr,
-              flush=True)
+        table = summary(result, cfg.method, cfg.eval.note, cfg.task_config.eval_games)
+    elif cfg.task == "maze" and "return_last_mean" in result:
+        from .commands import command
+        from .maze_report import run_summary
+        table = run_summary(result, cfg.name, cfg.seed)
+        if run_dir is not None:
+            table = f"TensorBoard: {command('tensorboard', '--logdir', run_dir)}\n\n{table}"
+    else:
+        return
+    sys.stdout.flush()
+    print("\n" + table, file=sys.stderr, flush=True)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -212,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds)
     print(dumps_json(result))
-    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result)
+    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
     return 0
 
 
@@ -310,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Stopped):
             how = f"stopped by {signal.Signals(e.signum).name}"
             code = 128 + e.signum
-        where = f"metarl train --resume {run_dir}" if run_dir is not None else "metarl train --resume RUN_DIR"
+        from .commands import command
+        where = command("metarl", "train", "--resume", run_dir if run_dir is not None else "RUN_DIR")
         if args.command == "train":
             print(f"metarl: {how} (the last checkpoint is kept; continue with {where})", file=sys.stderr)
         else:

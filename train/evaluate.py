@@ -11,14 +11,14 @@ from .budget import check_budget
 from .checkpoint import load_latest, write_json_atomic
 from .config import Config, load_config
 from .errors import UserError
+from .rundir import check_run_dir
 from .tasks import build_adapter
 from .trainer import Logger, evaluate, setup
 
 
 def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any, MetaLearner, Path]:
     """A run's config (with ``overrides``), adapter and meta-learner at its newest readable checkpoint."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    check_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml", list(overrides))
     check_budget(cfg)                   # before the adapter and model are built
     adapter, meta = setup(cfg, build_adapter(cfg.task, cfg.task_config, cfg.seed))
@@ -42,8 +42,7 @@ def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False, t
 
     from .rundir import RunLock, prepare_run_dir
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    check_run_dir(run_dir)
     with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
         if lock.stale is not None:
             print(lock.stale_warning(), file=sys.stderr)

@@ -39,9 +39,9 @@ def run_encoder(run_dir: str | Path) -> tuple[dict[str, Tensor], Any]:
     """The ``encoder.*`` tensors of the run's initialisation (its newest usable checkpoint) and its config."""
     from .checkpoint import load_latest
     from .config import load_config
+    from .rundir import check_run_dir
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    check_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     if cfg.task != "atari":
         raise UserError(f"metarl export takes an Atari run; {run_dir} is a {cfg.task} run")

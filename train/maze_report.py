@@ -81,6 +81,22 @@ def results_table(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def run_summary(result: dict, name: str, seed: int | None = None) -> str:
+    """A maze run's result (its eval.json) as the plain-text table `metarl train` and `metarl eval` print last: each
+    seed's mean return over its last episodes, then their mean ± sample std over seeds (— for one seed)."""
+    rows = ([(str(k), r["return_last_mean"]) for k, r in result["per_seed"].items()] if "per_seed" in result
+            else [(str(result.get("seed", seed if seed is not None else "")), result["return_last_mean"])])
+    values = np.array([float("nan") if v is None else v for _, v in rows])
+    episodes = result.get("final_window_episodes")
+    last = f"its last {episodes:,.0f} episodes" if episodes else "its last episodes"
+    mean_row = f"mean of {len(values)} seed{'s' if len(values) != 1 else ''}"
+    width = max(len(mean_row), *(len(k) for k, _ in rows))
+    spread = f"{values.std(ddof=1):.2f}" if len(values) > 1 else "—"
+    return "\n".join([f"maze run {name}: {result.get('episodes', 0):,.0f} episodes per seed; a seed's return: the "
+                      f"mean over {last}", f"{'seed'.ljust(width)}  return"]
+                     + [f"{k.ljust(width)}  {v:.2f}" for (k, _), v in zip(rows, values)]
+                     + [f"{mean_row.ljust(width)}  {values.mean():.2f} ± {spread} (sample std over seeds)"])
+
 
 def seed_finals(run_dirs: list[Path]) -> dict[int, float]:
     """{seed: its last-window mean return (``return_last_mean``)} over finished runs: a seed-batched run's
@@ -135,7 +151,8 @@ def seed_returns(run_dirs: list[Path]):
 def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
     """Markdown table per config of the area under each seed's learning curve: its mean return over the whole
     run and over its first ``early`` episodes (every logged point weighs the same), mean ± sample std over
-    seeds. Where the seeds of a config ran for different lengths, both cover at most the shortest."""
+    seeds. Where the seeds of a config ran for different lengths, both cover at most the shortest; a config
+    whose runs end before ``early`` episodes has no "first episodes" value (—: it would be the whole run)."""
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for name, _, x, y in seed_returns(run_dirs):
         groups.setdefault(name, []).append((x, y))
@@ -146,28 +163,36 @@ def learning_areas(run_dirs: list[Path], early: float = 50_000) -> str:
         if min(x[0] for x, _ in runs) > early:
             raise UserError(f"{name}: no episode returns logged within the first {early:,.0f} episodes (--early)")
         whole = np.array([y[x <= end].mean() for x, y in runs])
-        first = np.array([y[x <= min(early, end)].mean() for x, y in runs])
-        lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {_mean_spread(whole)} | {_mean_spread(first)} |")
+        first = (_mean_spread(np.array([y[x <= early].mean() for x, y in runs])) if end >= early
+                 else f"— (the run ends at {end:,.0f})")
+        lines.append(f"| {name} | {len(runs)} | {end:,.0f} | {_mean_spread(whole)} | {first} |")
     return "\n".join(lines)
 
 
-def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{config name: (episodes, returns (seeds × points))}: each seed's returns (:func:`seed_returns`),
-    smoothed over ``window`` iterations (so over window / log_every points), on the x of the shortest seed."""
+def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """{config name: (episodes, returns (seeds × points), iterations per smoothing window)}: each seed's returns
+    (:func:`seed_returns`), smoothed over ``window`` iterations (so over window / log_every points, rounded:
+    the window actually used is returned; 0 where no seed was smoothed, its curve being shorter than a
+    window), on the x of the shortest seed."""
     from .plot import smooth
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    used: dict[str, int] = {}
     for name, every, x, y in seed_returns(run_dirs):
-        groups.setdefault(name, []).append((x, smooth(y, max(1, round(window / every)))))
+        points = max(1, round(window / every))
+        groups.setdefault(name, []).append((x, smooth(y, points)))
+        if 1 < points <= len(y):                       # smooth() leaves a curve shorter than its window as is
+            used[name] = points * every
     out = {}
     for name, runs in groups.items():
         n = min(len(x) for x, _ in runs)
-        out[name] = (runs[0][0][:n], np.stack([y[:n] for _, y in runs]))
+        out[name] = (runs[0][0][:n], np.stack([y[:n] for _, y in runs]), used.get(name, 0))
     return out
 
 
 def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str, dict[str, float]]:
     """The figure of :func:`seed_curves`: mean (line) and 25th–75th percentile over seeds (band). Returns
-    per config the final point's mean, quartiles and seed count."""
+    per config the final point's mean, quartiles and seed count, and the smoothing window used (iterations; 0:
+    unsmoothed, and labelled so)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -175,13 +200,19 @@ def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str,
     curves = seed_curves(run_dirs, window)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     summary = {}
-    for name, (x, y) in sorted(curves.items()):
+    windows = {used for _, _, used in curves.values()}
+    for name, (x, y, used) in sorted(curves.items()):
         q25, q75 = np.percentile(y, [25, 75], axis=0)
-        line, = ax.plot(x, y.mean(0), label=f"{name} ({len(y)} seeds)")
+        how = "" if len(windows) == 1 else f", {used}-iteration mean" if used else ", unsmoothed"
+        line, = ax.plot(x, y.mean(0), label=f"{name} ({len(y)} seed{'s' if len(y) != 1 else ''}{how})")
         ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.2)
         summary[name] = {"episodes": float(x[-1]), "mean": float(y[:, -1].mean()), "q25": float(q25[-1]),
-                         "q75": float(q75[-1]), "seeds": len(y)}
-    ax.set(xlabel="episodes", ylabel=f"return per episode ({window}-iteration mean)",
+                         "q75": float(q75[-1]), "seeds": len(y), "window_iterations": used}
+    # the smoothing each curve got: one window for all in the axis label, else per curve in the legend
+    only = next(iter(windows)) if len(windows) == 1 else None
+    smoothing = (f" ({only}-iteration mean)" if only else " (unsmoothed: shorter than a window)" if only == 0
+                 else "")
+    ax.set(xlabel="episodes", ylabel=f"return per episode{smoothing}",
            title="Maze: mean and inter-quartile range over seeds")
     ax.legend()
     try:

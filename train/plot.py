@@ -2,16 +2,23 @@
 
 Defaults per task, from the tags a run has (``select_series``):
 
-- Atari with a finished held-out evaluation: ``eval/<game>/episodic_return`` of the runs ``eval/meta_init``
-  and ``eval/random_init`` — one panel per held-out game, meta-init against random-init;
-- Atari still training: ``charts/<game>/episodic_return`` of ``games/``, one panel per training game;
+- Atari with a finished held-out evaluation: each seed's ``eval_seeds/<game>/episodic_return`` of the runs
+  ``eval/<init>/seed_<k>`` — one panel per held-out game, one line per initialisation, named as the run's table
+  names it ("random init", "Leap init": train/names.py), the mean over its seeds with
+  their sample std as the band (runs evaluated before the seed runs existed: ``eval/<game>/episodic_return`` of
+  ``eval/<init>``, the seed mean, counted as one);
+- Atari still training: ``charts/<game>/episodic_return`` of its visits' runs ``games/<game>/visit_<S>`` (each on
+  its own env-step axis), one panel per training game with its first and its latest visit (runs written before the
+  visits had runs: ``games/``, "training");
 - otherwise the first of ``DEFAULT_TAGS`` the run has (the maze's return, supervised ``eval/auc`` …).
 
 ``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
 expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs of one experiment
-with different seeds are grouped, a line being their mean ± sample std (band); a run folder's group is its name without
+with different seeds are grouped, a line being their mean ± sample std (band; train/stats.py), over the runs
+that have a point there (no run is extended past its ends); a run folder's group is its name without
 the seed: ``<group>__<seed>`` (the README's convention), or ``<group>_s<seed>`` / ``<group>_seed<seed>``.
-Lines of few points carry markers, so a single point shows.
+The legend gives each line's number of runs (or seeds), n. Lines of few points carry markers, so a single point
+shows. A seed-batched maze run's curve is its seeds' (``seed_<k>/games``), n of them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .stats import curve_mean_std
 
 DEFAULT_TAGS = ("charts/episodic_return", "eval/auc", "losses/train_auc")
 INITS = ("meta_init", "random_init")
@@ -41,12 +49,18 @@ class Series:
 
 
 def _accumulators(run_dir: Path) -> dict[str, object]:
-    """The run's TensorBoard runs by name: '' (meta-steps), 'games', 'eval/<init>'."""
+    """The run's TensorBoard runs by name: '' (meta-steps), 'games' (a seed-batched maze run: 'seed_<k>/games'
+    instead, its seeds), 'eval/<init>' and 'eval/<init>/seed_<k>'."""
     if not run_dir.is_dir():
         raise UserError(f"not a directory: {run_dir}")
-    folders = {"": run_dir, "games": run_dir / "games"}
+    seeds = sorted(run_dir.glob("seed_*/games"))
+    folders = {"": run_dir, **({f"{d.parent.name}/games": d for d in seeds} if seeds else {"games": run_dir / "games"})}
     if (run_dir / "eval").is_dir():
-        folders.update({f"eval/{d.name}": d for d in sorted((run_dir / "eval").iterdir()) if d.is_dir()})
+        for d in sorted((run_dir / "eval").iterdir()):
+            if d.is_dir():
+                folders[f"eval/{d.name}"] = d
+                folders.update({f"eval/{d.name}/{k.name}": k for k in sorted(d.glob("seed_*")) if k.is_dir()})
+    folders.update({f"games/{d.parent.name}/{d.name}": d for d in sorted((run_dir / "games").glob("*/visit_*"))})
     return {name: acc for name, d in folders.items() if (acc := load_events(d)) is not None}
 
 
@@ -94,13 +108,19 @@ def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Seri
     """(the y-axis name, the series to plot) of one run: the task's default (module docstring) or ``tag``."""
     accs = _accumulators(Path(run_dir))
     evals = [f"eval/{i}" for i in INITS]
-    init = lambda run, m: run.split("/", 1)[1]                          # noqa: E731
+    seed_runs = [r for r in accs if r.startswith(tuple(f"{e}/seed_" for e in evals))]
+    labels = _init_labels(Path(run_dir))
+    init = lambda run, m: labels.get(run.split("/")[1], run.split("/")[1])     # noqa: E731
     if tag is None:
         for what, series in (
-                ("episodic_return (held-out)", _per_game(accs, r"eval/(?P<game>[^/]+)/episodic_return", evals, init)),
+                ("episodic_return (held-out)",
+                 _per_game(accs, r"eval_seeds/(?P<game>[^/]+)/episodic_return", seed_runs, init)),
+                ("episodic_return (held-out)",     # runs written before the seed runs: the seed mean
+                 _per_game(accs, r"eval/(?P<game>[^/]+)/episodic_return", evals, init)),
                 ("episodic_return (held-out)",     # runs written before the eval/<init> runs
                  _per_game(accs, r"eval/(?P<game>[^/]+)/(?P<init>meta_init|random_init)/episodic_return", [""],
-                           lambda run, m: m.group("init"))),
+                           lambda run, m: labels.get(m.group("init"), m.group("init")))),
+                ("episodic_return (training)", _visits(accs)),
                 ("episodic_return (training)",
                  _per_game(accs, r"charts/(?P<game>[^/]+)/episodic_return", ["games"], lambda run, m: "training"))):
             if series:
@@ -108,18 +128,37 @@ def select_series(run_dir: Path, tag: str | None = None) -> tuple[str, list[Seri
     tags = {t: run for run, acc in accs.items() for t in acc.Tags().get("scalars", [])}
     chosen = tag or next((t for t in DEFAULT_TAGS if t in tags), None)
     if chosen is not None:
-        series = [Series(chosen, run.split("/", 1)[-1] if run.startswith("eval/") else "", *tag_points(acc, chosen),
-                         "env steps" if run else "step")
+        series = [Series(chosen, init(run, None) if run.startswith("eval/") else "",
+                         *tag_points(acc, chosen), "env steps" if run else "step")
                   for run, acc in accs.items() if chosen in acc.Tags().get("scalars", [])]
         if not series and "/" in chosen:        # charts/episodic_return → charts/<game>/episodic_return
             head, tail = chosen.split("/", 1)
             pattern = rf"{re.escape(head)}/(?P<game>[^/]+)/{re.escape(tail)}"
-            series = _per_game(accs, pattern, evals, init) + _per_game(accs, pattern, ["games"],
-                                                                      lambda run, m: "training")
+            series = _per_game(accs, pattern, evals, init) + _visits(accs, head, tail) + _per_game(
+                accs, pattern, ["games"], lambda run, m: "training")
         if series:
             return chosen, series
     raise UserError(f"run {run_dir} has no scalar {chosen or 'to plot'!r} "
                     f"(has: {', '.join(sorted(tags)) or 'none'})")
+
+
+def _visits(accs: dict, head: str = "charts", tail: str = "episodic_return") -> list[Series]:
+    """Per Atari training game, ``<head>/<game>/<tail>`` of its first and its latest visit (runs
+    ``games/<game>/visit_<S>``)."""
+    out = []
+    for game in sorted({r.split("/")[1] for r in accs if r.startswith("games/")}):
+        visits = sorted(r for r in accs if r.startswith(f"games/{game}/"))
+        ends = {visits[0]: "first visit", visits[-1]: "latest visit"} if len(visits) > 1 else {visits[0]: "visit"}
+        out += _per_game(accs, rf"{re.escape(head)}/(?P<game>{re.escape(game)})/{re.escape(tail)}", list(ends),
+                         lambda run, m: ends[run])
+    return out
+
+
+def _init_labels(run_dir: Path) -> dict[str, str]:
+    """How the run's table names its initialisations (train/tasks/atari_eval.py): after the config's method."""
+    from .report_data import run_config
+    from .names import init_labels
+    return init_labels(str(run_config(run_dir).get("method", "meta-learned")))
 
 
 def read_scalars(run_dir: Path, tag: str | None) -> tuple[str, np.ndarray, np.ndarray]:
@@ -159,7 +198,7 @@ def collect(run_dirs: list[Path], tag: str | None = None) -> tuple[str, dict[str
     panels: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))
     for group, series in per_run:
         for s in series:
-            label = " ".join(p for p in (group if several or not s.label else "", s.label.replace("_", " ")) if p)
+            label = " ".join(p for p in (group if several or not s.label else "", s.label) if p)
             panels[s.panel][label or group].append(s)
     return chosen, panels
 
@@ -222,10 +261,10 @@ def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0):
     for ax, (panel, lines) in zip(axes.flat, sorted(panels.items())):
         for label, runs in sorted(lines.items()):
             grid = np.unique(np.concatenate([s.steps for s in runs]))
-            curves = np.stack([np.interp(grid, s.steps, smooth(s.values, window or max(1, len(s.values) // 50)))
-                               for s in runs])
-            mean = curves.mean(0)
-            std = curves.std(0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)      # the sample std
+            # each run on the common grid, NaN outside its own steps: a point averages the runs that reach it
+            curves = np.stack([np.interp(grid, s.steps, smooth(s.values, window or max(1, len(s.values) // 50)),
+                                         left=np.nan, right=np.nan) for s in runs])
+            mean, std = curve_mean_std(curves)              # the sample std: no band for one run
             ax.plot(grid, mean, label=f"{label} (n={len(runs)})", marker="o" if len(grid) <= MARKERS_UP_TO else None,
                     markersize=4)
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)

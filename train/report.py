@@ -7,9 +7,11 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
 - aggregates over tasks × seeds of the suite's score (``--metric``; default: Atari the human-normalised final
   score, maze the last episodes' return, supervised the test accuracy): IQM, median and mean with 95%
   stratified bootstrap confidence intervals, and the probability of improvement of each method over each
-  baseline (``--baseline``, repeatable, default ``random_init``: Atari's random initialisation, from whichever
-  listed run evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at the Edge of the
-  Statistical Precipice"), not re-implemented here;
+  baseline (``--baseline``, repeatable, default ``random_init``: Atari's random initialisation, "random init",
+  from whichever listed run evaluated it), with its interval — all from rliable (Agarwal et al., 2021, "Deep RL at
+  the Edge of the Statistical Precipice"), not re-implemented here. An aggregate from fewer than ``MIN_RUNS`` runs
+  of a method (or of the baseline it is compared with) is marked underpowered, in the table and in the JSON
+  (``underpowered``): its interval and probability rest on too few runs to carry a claim;
 - consistency over seeds against the first baseline (:func:`consistency`): the std ratio, CVaR₂₅ and
   P(failed seed);
 - ``seed_curves.csv``: every held-out run's curve (Atari: from its evaluation parts), per seed;
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .names import RANDOM_INIT
 from .report_data import Curve, Runs, Score, load_runs
 
 ORDER = ("human_normalised", "score", "human_normalised_auc", "score_auc", "return_last_mean",
@@ -39,6 +42,7 @@ LABELS = {"score": "final score (raw)", "human_normalised": "human-normalised fi
           "return_last_mean": "return, last episodes", "test_accuracy": "test accuracy", "test_loss": "test loss",
           "auc": "training-loss AUC", "final_loss": "final training loss"}
 AGGREGATES = ("IQM", "median", "mean")
+MIN_RUNS = 5            # fewer runs per method than this: the aggregates are marked underpowered
 
 
 def lower_is_better(metric: str) -> bool:
@@ -247,12 +251,26 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                   f"over {len(tasks)} task(s) × seeds ({', '.join(tasks)}): point estimate [95% stratified bootstrap "
                   f"CI, {reps} resamples] (rliable).", "",
                   f"| method | runs × tasks | {' | '.join(AGGREGATES)} | "
-                  + " | ".join(f"P(method {than} {b})" for b in (baseline or "baseline", *others)) + " |",
-                  "|---|---|" + "---|" * (len(AGGREGATES) + len(keys))]
+                  + " | ".join(f"P(method {than} {b})" for b in (baseline or "baseline", *others)) + " | power |",
+                  "|---|---|" + "---|" * (len(AGGREGATES) + len(keys) + 1)]
+        few = {m for m, x in matrices.items() if x.shape[0] < MIN_RUNS}
         for m, a in agg["methods"].items():
+            # underpowered: this method's runs, or those of a baseline it is compared with, are too few
+            weak = sorted(({m} | ({baseline, *others} & set(matrices) if m not in (baseline, *others) else set()))
+                          & few)
+            a["underpowered"] = bool(weak)
             cells = [f"{fmt(a[k]['value'])} [{fmt(a[k]['ci'][0])}, {fmt(a[k]['ci'][1])}]" if k in a else
                      ("baseline" if m in (baseline, *others) else "—") for k in (*AGGREGATES, *keys)]
-            lines.append(f"| {m} | {matrices[m].shape[0]} × {matrices[m].shape[1]} | " + " | ".join(cells) + " |")
+            power = ("underpowered: " + ", ".join(f"{w} {matrices[w].shape[0]}" for w in weak)
+                     + f" runs < {MIN_RUNS}") if weak else "ok"
+            lines.append(f"| {m} | {matrices[m].shape[0]} × {matrices[m].shape[1]} | " + " | ".join(cells)
+                         + f" | {power} |")
+        result["underpowered"] = sorted(m for m, a in agg["methods"].items() if a["underpowered"])
+        if few:
+            notes.append(f"underpowered: {', '.join(sorted(few))} {'has' if len(few) == 1 else 'have'} fewer than "
+                         f"{MIN_RUNS} runs (seeds × config seeds): the intervals and probabilities of improvement "
+                         f"above rest on too few runs to support a claim (python -m train.power REPORT_JSON says what "
+                         f"effect a design can detect)")
         if baseline is not None:
             result["consistency"] = cons = consistency(matrices, baseline, lower)
             lines += ["", f"Consistency over seeds against {baseline} ({LABELS.get(metric, metric)}): the std over "
@@ -263,7 +281,7 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                       for m, c in cons.items()]
         if baseline is None:
             hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
-                    if suite == "atari" and "random_init" in baselines else "")
+                    if suite == "atari" and RANDOM_INIT in baselines else "")
             notes.append(f"no baseline among the methods ({', '.join(baselines)}){hint}: no probability of "
                          f"improvement; name one with --baseline")
         if figures:
@@ -293,6 +311,7 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
     if reps < 1:
         raise UserError(f"--reps must be positive (got {reps})")
     runs = load_runs([Path(d) for d in run_dirs])
+    baselines = tuple(runs.aliases.get(b, b) for b in baselines)      # a config name or random_init: its name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

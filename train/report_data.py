@@ -5,13 +5,15 @@ A run directory is told apart by what it holds (a listed folder without results 
 - Atari (``eval_atari.json``, else ``eval.json`` with ``games``; train/tasks/atari_eval.py; the test split's
   only: a result that records another split is skipped with a note): one task per
   held-out game; per seed the raw final score and AUC and, for games with reference scores
-  (train/atari_scores.py), their human-normalised values. ``meta_init`` is named after the run's config
-  (``name`` in config.yaml: atari_leap, ...), ``random_init`` stays ``random_init``; the random init of one
+  (train/atari_scores.py), their human-normalised values. The initialisations are named as the runs' tables
+  name them (train/names.py): ``random_init`` "random init", ``meta_init`` after the config's method ("Leap
+  init"; with the config's name where two listed configs share a method); ``Runs.aliases`` maps the config names
+  and ``random_init`` to these names (``--baseline`` takes either). The random init of one
   (config seed, game) evaluated by several runs is counted once, and a run without it (``eval.random_init:
   false``: the transfer study's Reptile and pretrained runs) is compared with the one of the run that has it.
-  Curves: TensorBoard ``eval/<game>/episodic_return`` and ``…_std`` (over the run's evaluation seeds) in the runs
-  ``eval/<init>``
-  (earlier runs: ``eval/<game>/<init>/episodic_return`` in the run directory itself).
+  Curves: TensorBoard ``eval/<game>/episodic_return`` and its sample std over the run's evaluation seeds,
+  ``eval_std/<game>/episodic_return``, in the runs ``eval/<init>`` (earlier runs: ``eval/<game>/episodic_return_std``,
+  a population std, there, or ``eval/<game>/<init>/…`` in the run directory itself).
 - maze (``eval.json`` with ``return_last_mean``, or ``per_seed`` for a seed-batched run; train/tasks/maze.py):
   one task, one score per seed; curves: ``charts/episodic_return`` in ``games/`` (``seed_<k>/`` when batched).
 - supervised (Omniglot, tiered, sine: ``eval.json`` with ``curve``; train/trainer.py): one task (the family),
@@ -28,7 +30,9 @@ import numpy as np
 import yaml
 
 from .atari_scores import human_normalised
+from .commands import command
 from .errors import UserError
+from .names import init_names
 
 INITS = ("meta_init", "random_init")      # the held-out protocol's initialisations (train/tasks/atari_eval.py)
 
@@ -75,6 +79,8 @@ class Runs:
     seed_curves: list[SeedCurve] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seen: set = field(default_factory=set)
+    atari_methods: dict[str, str] = field(default_factory=dict)     # Atari config name → its method
+    aliases: dict[str, str] = field(default_factory=dict)           # config name or random_init → display name
 
 
 def read_object(path: Path) -> dict:
@@ -163,7 +169,16 @@ def load_runs(run_dirs: list[Path]) -> Runs:
             runs.notes.append(f"{d}: eval.json of a kind the report does not read; skipped")
     if not runs.scores:
         raise UserError(f"no finished runs (eval.json or eval_atari.json) in: {', '.join(map(str, run_dirs))}")
+    _name_initialisations(runs)
     return runs
+
+
+def _name_initialisations(runs: Runs) -> None:
+    """Atari's methods (config names, ``random_init``) renamed to the initialisations' names (train/names.py)."""
+    runs.aliases = init_names(runs.atari_methods)
+    for item in (*runs.scores, *runs.curves, *runs.seed_curves):
+        if item.suite == "atari":
+            item.method = runs.aliases.get(item.method, item.method)
 
 
 def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, runs: Runs,
@@ -186,6 +201,7 @@ def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, ru
 
 
 def _atari(d: Path, cfg: dict, table: dict, runs: Runs, split: str | None = None) -> None:
+    runs.atari_methods[cfg["name"]] = str(cfg.get("method", cfg["name"]))
     tb = None
     for game, rows in table.items():
         for init, r in rows.items():
@@ -210,8 +226,9 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs, split: str | None = None
             if tb is None:      # eval/<init> runs, tags eval/<game>/…; earlier runs: eval/<game>/<init>/… in d
                 tb = {}
                 for i in INITS:
-                    tags = tuple(f"eval/{g}/episodic_return{s}" for g in table for s in ("", "_std"))
-                    tb.update({f"eval/{t.split('/')[1]}/{i}/{t.split('/', 2)[2]}": v
+                    tags = tuple(f"{section}/{g}/episodic_return{s}" for g in table
+                                 for section, s in (("eval", ""), ("eval", "_std"), ("eval_std", "")))
+                    tb.update({f"{t.split('/')[0]}/{t.split('/')[1]}/{i}/{t.split('/', 2)[2]}": v
                                for t, v in scalars(d / "eval" / i, tags).items()})
                 if not tb:
                     tags = tuple(f"eval/{g}/{i}/episodic_return{s}"
@@ -220,8 +237,15 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs, split: str | None = None
             tag = f"eval/{game}/{init}/episodic_return"
             if tag in tb:
                 x, mean = tb[tag]
-                std = np.interp(x, *tb[tag + "_std"]) if tag + "_std" in tb else np.zeros_like(mean)
-                runs.curves.append(Curve("atari", method, game, x, mean, std, len(finals), "env steps",
+                n = len(finals)
+                if f"eval_std/{game}/{init}/episodic_return" in tb:     # the sample std (n − 1): Curve's is over n
+                    sample = np.interp(x, *tb[f"eval_std/{game}/{init}/episodic_return"])
+                    std = sample * np.sqrt((n - 1) / n)
+                elif tag + "_std" in tb:                                # written before: the std over n
+                    std = np.interp(x, *tb[tag + "_std"])
+                else:                                                   # one seed: no spread
+                    std = np.zeros_like(mean)
+                runs.curves.append(Curve("atari", method, game, x, mean, std, n, "env steps",
                                          "episodic return (true score)"))
 
 
@@ -253,8 +277,8 @@ def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
     if (d / "eval_test.json").is_file():
         runs.notes.append(f"{d}: its eval.json is on the {split} split; its test result read from eval_test.json")
         return read_object(d / "eval_test.json")
-    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json (metarl eval "
-                      f"--split test); skipped")
+    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json "
+                      f"({command('metarl', 'eval', d, '--split', 'test')}); skipped")
     return None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_latest, read_json
+from .commands import command
 from .errors import RunDirError
 
 LOCK_NAME = ".metarl.lock"
@@ -36,6 +37,15 @@ def _reason(e: OSError) -> str:
     if e.errno == errno.ELOOP:
         return "a symbolic link loop"
     return e.strerror or type(e).__name__
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A finished or stopped run to read (``metarl eval``, ``export``): one line (RunDirError) when the folder does
+    not exist or holds no config.yaml."""
+    if not run_dir.exists():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"not a run directory (no config.yaml): {run_dir}")
 
 
 def prepare_run_dir(path: str | os.PathLike, resume: bool = False) -> Path:
@@ -250,7 +260,8 @@ def check_fresh(run_dir: str | os.PathLike) -> None:
         raise RunDirError(f"cannot read run directory {run_dir}: {_reason(e)}") from None
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        hint = f"continue it with metarl train --resume {run_dir}, or " if "config.yaml" in entries else ""
+        hint = (f"continue it with {command('metarl', 'train', '--resume', run_dir)}, or "
+                if "config.yaml" in entries else "")
         raise RunDirError(f"run directory {run_dir} is not empty ({shown}): {hint}choose another --run-dir")
 
 
@@ -324,7 +335,7 @@ def check_resumable(run_dir: str | os.PathLike, cfg: Any, state: dict[str, Any] 
     if done == total and finished_result(run_dir) is not None:
         raise RunDirError(f"run {run_dir} is finished ({done} of {total} {unit}, result in "
                           f"{finished_result(run_dir)[0].name}): nothing to resume; raise meta.steps to train "
-                          f"on, or evaluate it with metarl eval {run_dir}")
+                          f"on, or evaluate it with {command('metarl', 'eval', run_dir)}")
 
 
 def resume_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:

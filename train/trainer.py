@@ -29,6 +29,7 @@ from .distributed import World
 from .errors import ConfigError
 from .rundir import check_resumable, run_info
 from .seeding import FIXED, step_generators
+from .stats import sample_std, spread_tag
 from .tasks import build_adapter
 from .tasks.base import TaskAdapter, curve_auc
 
@@ -97,7 +98,7 @@ def evaluate(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, split: str | 
     """Adapt fixed held-out tasks from the current initialisation; mean metrics over tasks.
 
     The held-out tasks and their head draws depend only on the seed, so every evaluation of every method
-    sees the same tasks. Metrics (mean and std over tasks): AUC of the training-loss curve, final training
+    sees the same tasks. Metrics (mean and sample std over tasks): AUC of the training-loss curve, final training
     loss, and the held-out metrics of ``metrics(task, adapted model)`` (default: the adapter's
     ``evaluate``, e.g. test loss, accuracy); plus the mean loss curve."""
     split = split or cfg.eval.split
@@ -112,7 +113,7 @@ def evaluate(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, split: str | 
         curves.append(curve)
         rows.append({"auc": curve_auc(curve), "final_loss": curve[-1], **(metrics or adapter.evaluate)(task, model)})
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    summary.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]})
+    summary.update({f"{k}_std": sample_std([r[k] for r in rows]) for k in rows[0]})     # None for one task
     return summary, np.mean(curves, axis=0).tolist()
 
 
@@ -136,18 +137,29 @@ class Logger:
         self.games_dir = Path(run_dir) / "games"
         self.games_purge_step = games_purge_step
         self._games = None
-        self._runs: dict[str, Any] = {}     # run_dir/<run>: runs of their own (the seeds of a seed-batched maze run)
+        self._runs: dict[str, Any] = {}     # run_dir/<run>: runs of their own (maze seeds, Atari visits)
+        self._closed: set[str] = set()      # visit runs written and closed
         self._evaluations: dict[str, Any] = {}      # run_dir/<run>: evaluation runs (eval/meta_init, ...)
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+    def scalars(self, values: dict[str, float | None], step: int) -> None:
+        for k, v in values.items():         # a spread (…_std) in a section of its own; none (None) for one value
+            if v is not None:
+                self.writer.add_scalar(spread_tag(k), v, step)
 
     def games(self, values: dict[str, float], step: int, run: str | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
         if run is not None:         # env-step axis of a run of its own, in run_dir/<run>
             if run not in self._runs:
-                self._runs[run] = SummaryWriter(str(self.games_dir.parent / run), purge_step=self.games_purge_step)
+                purge = self.games_purge_step           # seed_<k>/games: the run's env-step axis
+                if run.startswith("games/"):
+                    # games/<game>/visit_<S>: one visit's own axis, written whole by the process that runs the visit
+                    # (from step 0: a resumed run that repeats a visit replaces it). Visits come one after another,
+                    # so the one before is closed (a run holds hundreds); one seen again is appended to.
+                    for done in [r for r in self._runs if r.startswith("games/")]:
+                        self._runs.pop(done).close()
+                        self._closed.add(done)
+                    purge = None if run in self._closed else 0
+                self._runs[run] = SummaryWriter(str(self.games_dir.parent / run), purge_step=purge)
             writer = self._runs[run]
         else:
             if self._games is None:     # created on first use: supervised runs get no empty folder
@@ -348,10 +360,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         logger.text("config", "    " + config_to_yaml(cfg).replace("\n", "\n    "))
     bar = None
     if cfg.run.progress and world.is_main:
-        from tqdm import tqdm
-
-        from .progress import RLProgress
-        bar = tqdm(initial=start_meta, total=cfg.meta.steps, desc=cfg.name, dynamic_ncols=True, unit="meta-step")
+        from .progress import RLProgress, progress_bar
+        bar = progress_bar(cfg.meta.steps, cfg.name, "meta-step", initial=start_meta)     # a tqdm bar, or log lines
         if games_step is not None:      # RL families: env steps, SPS and recent return in the postfix
             RLProgress(bar, start_step=games_step).attach(adapter)
     t0 = time.time()

@@ -25,9 +25,13 @@ Game statistics
 ---------------
 ``adapt`` returns the per-update loss curve (the protocol). Finished games — raw score summed over all
 lives, length, and the env-step at which they ended — are kept on the adapter for the trainer to log per
-game (``drain_logs``): ``charts/<game>/episodic_return`` / ``episodic_length``, one ``charts/<game>/SPS`` point
-per task, and the A2C losses ``losses/<game>/{policy,value,entropy}`` (means over at most ``LOSS_POINTS``
-blocks of updates per task) — scores of different games never share a curve. Read ``drain_games()`` after
+game (``drain_logs``): ``charts/<game>/episodic_return`` / ``episodic_length``, the A2C losses
+``losses/<game>/{policy,value,entropy}`` (means over at most ``LOSS_POINTS`` blocks of updates per task) and
+RMSprop's statistics ``optim/<game>/*`` go to a TensorBoard run per *visit* (one task: a game trained from the
+initialisation), ``games/<game>/visit_<S>`` with S the run's env steps when the visit started (as if the visits of
+a batched meta-batch ran one after another; zero-padded, so runs sort by time), on the visit's own env-step axis —
+so each visit is a curve from 0 and no line joins two visits; one ``charts/<game>/SPS`` point per task goes to
+``games/`` on the run's env-step axis. Scores of different games never share a curve. Read ``drain_games()`` after
 each task (steps are cumulative over every ``adapt`` call of this adapter), or set ``on_game`` /
 ``on_update`` / ``on_progress`` (env steps after each update, no host sync) for live logging.
 ``evaluate`` returns the mean true score of the most recent games of the task's last ``adapt`` (the
@@ -133,6 +137,13 @@ class GameRecord:
     global_step: int          # env steps over every adapt() of this adapter, at the end of the game
     episodic_return: float
     length: int
+    visit_step: int = 0       # env steps into its visit (its task), at the end of the game
+    visit: int = 0            # the visit's start: this adapter's env steps when it began (module docstring)
+
+
+def visit_run(game: str, start: int) -> str:
+    """The TensorBoard run of the visit of ``game`` that started at env step ``start`` (module docstring)."""
+    return f"games/{game}/visit_{start:012d}"
 
 
 class AtariAdapter(TaskAdapter):
@@ -209,7 +220,8 @@ class AtariAdapter(TaskAdapter):
 
         def on_episode(ep: Episode) -> None:
             recent.append(ep)
-            record = GameRecord(task.key, offset + ep.global_step, ep.episodic_return, ep.length)
+            record = GameRecord(task.key, offset + ep.global_step, ep.episodic_return, ep.length, ep.global_step,
+                                offset)
             self.games_played.append(record)
             if self.on_game is not None:
                 self.on_game(record)
@@ -259,10 +271,12 @@ class AtariAdapter(TaskAdapter):
         a2c = cfg.a2c
         envs = [self._envs(task, train=True)[0] for task in tasks]      # a2c.batched: one env group per agent
         offset = self.global_step
+        first = len(self.games_played)                                  # this call's records start here
         K = len(tasks)
 
         def on_episode(k: int, ep: Episode) -> None:
-            record = GameRecord(tasks[k].key, offset + ep.global_step, ep.episodic_return, ep.length)
+            record = GameRecord(tasks[k].key, offset + ep.global_step, ep.episodic_return, ep.length, ep.global_step,
+                                k)          # the agent: its visit's start is known when all have run (below)
             self.games_played.append(record)
             if self.on_game is not None:
                 self.on_game(record)
@@ -284,8 +298,11 @@ class AtariAdapter(TaskAdapter):
         with torch.no_grad():
             for k, model in enumerate(models):
                 model.load_state_dict(batched.agent_state_dict(k))
-        for task, result in zip(tasks, results):
-            self._task_logs += _task_logs(task.key, offset, result)
+        starts = offset + np.cumsum([0] + [r.env_steps for r in results[:-1]])    # as if one after another
+        for record in self.games_played[first:]:
+            record.visit = int(starts[record.visit])                            # agent k → its visit's start
+        for task, result, start in zip(tasks, results, starts):
+            self._task_logs += _task_logs(task.key, int(start), result)
             self.recent[task.key] = result.episodes
         self.global_step += sum(r.env_steps for r in results)
         self.last_result = results[-1]
@@ -349,12 +366,16 @@ class AtariAdapter(TaskAdapter):
         out, self.games_played, self._task_logs = self.games_played, [], []
         return out
 
-    def drain_logs(self) -> list[tuple[int, dict[str, float]]]:
-        """Env-step scalars since the last call, per game: finished games, then each task's SPS and losses."""
+    def drain_logs(self) -> list[tuple]:
+        """Env-step scalars since the last call, per game: finished games, then each task's SPS and losses; as
+        (step, scalars, run) on a visit's axis in its run (:func:`visit_run`), or (step, scalars) on the run's
+        env-step axis (``games/``: SPS)."""
         tasks = self._task_logs
-        games = [(g.global_step, {f"charts/{g.task}/episodic_return": g.episodic_return,
-                                  f"charts/{g.task}/episodic_length": float(g.length)}) for g in self.drain_games()]
-        return games + tasks
+        games = [(g.visit_step, {f"charts/{g.task}/episodic_return": g.episodic_return,
+                                 f"charts/{g.task}/episodic_length": float(g.length)}, visit_run(g.task, g.visit))
+                 for g in self.drain_games()]
+        # grouped by run, each in step order (a visit's run is written whole, then closed: trainer.Logger)
+        return sorted(games + tasks, key=lambda e: (e[2] if len(e) > 2 else "", e[0]))
 
     def run_info(self) -> dict[str, Any]:
         """The Atari backend this run steps (``auto`` resolved) and its package's version."""
@@ -388,24 +409,23 @@ class AtariAdapter(TaskAdapter):
         return collector.episodes
 
 
-def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple[int, dict[str, float]]]:
-    """One task's per-game env-step scalars: its SPS at its end, and its A2C losses as means over at most
-    ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
-    out = [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})]
-    out += [(offset + step, {f"optim/{game}/{k}": v for k, v in stats.items()})
-            for step, stats in result.optimizer_stats]
+def _task_logs(game: str, offset: int, result: A2CResult) -> list[tuple]:
+    """One task's per-game env-step scalars: its SPS at its end (run's axis: env step ``offset`` + its steps), and,
+    on the visit's axis in its run (:func:`visit_run`), RMSprop's statistics and its A2C losses as means over at
+    most ``LOSS_POINTS`` blocks of updates, each at the env step its block ended."""
+    run = visit_run(game, offset)
+    out = [(step, {f"optim/{game}/{k}": v for k, v in stats.items()}, run) for step, stats in result.optimizer_stats]
     logs = result.logs
-    if not logs:
-        return out
-    per_update = result.env_steps // (len(logs) + (result.final_loss is not None))
-    size = -(-len(logs) // LOSS_POINTS)
-    for start in range(0, len(logs), size):
-        block = logs[start:start + size]
-        out.append((offset + (start + len(block)) * per_update,
-                    {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy"
-                                                              else "losses/entropy"] for row in block]))
-                     for k in ("policy", "value", "entropy")}))
-    return sorted(out, key=lambda e: e[0])
+    if logs:
+        per_update = result.env_steps // (len(logs) + (result.final_loss is not None))
+        size = -(-len(logs) // LOSS_POINTS)
+        for start in range(0, len(logs), size):
+            block = logs[start:start + size]
+            out.append(((start + len(block)) * per_update,
+                        {f"losses/{game}/{k}": float(np.mean([row[f"losses/{k}_loss" if k != "entropy"
+                                                                  else "losses/entropy"] for row in block]))
+                         for k in ("policy", "value", "entropy")}, run))
+    return [(offset + result.env_steps, {f"charts/{game}/SPS": float(result.sps)})] + sorted(out, key=lambda e: e[0])
 
 
 def _generator(model: nn.Module, seed: int) -> torch.Generator:

@@ -12,20 +12,26 @@ Outputs in the run directory:
 - TensorBoard: each initialisation is a run of its own, ``eval/meta_init`` and ``eval/random_init``, with the
   same tags, so TensorBoard draws both on one card per game: ``eval/<game>/episodic_return`` (mean over seeds
   of the running mean of the last ``window`` finished games — ``atari.eval_window`` — on a grid of env
-  steps) and ``eval/<game>/episodic_return_std``; for games with published reference scores also
-  ``eval/<game>/human_normalised`` (and ``_std``), and over those games ``eval/mean/human_normalised`` (the
-  mean normalised score; its std over seeds). Each seed is a run too, ``eval/<init>/seed_<k>``, with
+  steps); for games with published reference scores also ``eval/<game>/human_normalised``, and, with more than
+  one such game, ``eval/mean/human_normalised`` (the mean over them). Their sample std over seeds is in a section
+  of its own, ``eval_std/…`` with the same rest of the tag (none for one seed). Each seed is a run too,
+  ``eval/<init>/seed_<k>``, with
   ``eval_seeds/<game>/episodic_return`` (its own running mean: a card of its own, all seeds of both inits) and
   RMSprop's accumulator quantiles over the run, ``optim/<game>/*`` (agents/a2c.py ``rmsprop_stats``).
   All of it is written at the end, from the parts (the GIFs below too), each of these runs from step 0 on: what
   an interrupted evaluation wrote there is replaced, not repeated;
-- ``eval_atari.png``: mean ± ``atari.eval_band`` standard deviations over seeds per game, both initialisations;
+- ``eval_atari.png``: mean ± ``atari.eval_band`` sample standard deviations over seeds per game, both
+  initialisations (labelled as the table and `metarl plot` label them, with their seed count);
 - ``eval_atari.json`` (``{"split": "test", "games": {...}}``) and ``eval_atari.md``: per game and
-  initialisation, the min–max normalised AUC (where
-  both initialisations were evaluated), the final score (mean ± std over seeds) and, where references exist,
-  the human-normalised final score and AUC; and per seed (the lists ``final_scores``, ``auc_scores`` and
-  ``final_human_normalised_scores``, ``human_normalised_auc_scores``) the raw and human-normalised final score
-  and AUC, read by `metarl report`;
+  initialisation (:func:`summarise`), the final score and the AUC, mean and sample std over seeds
+  (``final_score``, ``final_score_std``, ``auc``, ``auc_std``), where references exist the same human-normalised
+  (``final_human_normalised``, ``human_normalised_auc``, their ``_std``), the min–max normalised AUC (where
+  both initialisations were evaluated), and per seed the lists ``final_scores``, ``auc_scores``,
+  ``final_human_normalised_scores``, ``human_normalised_auc_scores`` (what `metarl report` reads; the tables
+  are computed from them). ``mean_human_normalised`` (eval.json): per initialisation, each seed's mean over the
+  games with references, then mean and sample std over seeds (``final``, ``final_std``, ``auc``, ``auc_std``).
+  A std is null for one seed. Results written before these definitions (population std, the AUC of the
+  seed-mean curve) still read: their tables are recomputed from the per-seed lists;
 - with ``eval.video``: ``videos/<game>_<init>.mp4``, one game played by seed 0's agent at the end of its run
   (the real 210×160 RGB screens, at most ``eval.video_frames`` of them, 15 per second: envs/atari.py), and
   the same as an animated GIF in TensorBoard's images dashboard, ``videos/<game>`` in each ``eval/<init>``
@@ -38,10 +44,13 @@ is refused.
 
 :func:`summary` is the result as a plain-text table (``metarl train`` and ``metarl eval`` print it last).
 
-Normalisations: (1) per game, the two mean curves are mapped to [0, 1] by the lowest and highest point
-either reaches, and the normalised AUC is the mean of that curve over the horizon (every AUC here starts at
-the first grid point at or after ``atari.auc_start``, 0 by default, so that a warm-up can be left out;
-eval.json says where: ``auc_from_env_step``): it compares the two
+The AUC (one definition, train/stats.py, for every output): per seed, the mean of its running-score curve over
+the grid points from the first at or after ``atari.auc_start`` (0 by default, so that a warm-up can be left out;
+eval.json says where: ``auc_from_env_step``) to the horizon; for the initialisation, the mean over seeds of
+those per-seed AUCs.
+
+Normalisations: (1) per game, the AUC mapped to [0, 1] by the lowest and highest point that either
+initialisation's seed-mean curve reaches: the min–max normalised AUC, which compares the two
 initialisations on one game. (2) The human-normalised score (score − random) / (human − random) with the
 published random and human reference scores (train/atari_scores.py) — the Leap paper plots "normalised
 scores" without saying which normalisation; we use this one. The final score is the mean true game score
@@ -52,7 +61,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +70,11 @@ from envs.atari import VIDEO_FPS
 
 from ..atari_scores import REFERENCE, human_normalised
 from ..checkpoint import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..commands import command
 from ..errors import UserError
 from ..seeding import FIXED, step_generators
+from ..names import init_labels
+from ..stats import curve_mean_std, mean_std, pm, seed_auc
 from .atari_eval_parts import FORMAT, Parts, final_score, fingerprint, part_settings
 from .atari_eval_parts import curve as part_curve
 
@@ -145,7 +156,6 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
             cfg, adapter, meta, run_dir, parts, game, init, seed, settings[init], horizon, grid, window,
             video and seed == 0, bar, progress, show)
     finished = {run: finished[run] for run in runs}         # the protocol's order, however they ran
-    curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
     videos: dict[str, dict[str, dict[str, Any]]] = {}
@@ -153,28 +163,20 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     for game in games:
         for init in inits:
             group = [finished[(game, init, seed)] for seed in range(seeds)]
-            stacked = np.stack([part_curve(p) for p in group])
-            seed_curves[(game, init)] = stacked
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                curves[(game, init)] = np.stack([np.nanmean(stacked, 0), np.nanstd(stacked, 0)])
+            seed_curves[(game, init)] = np.stack([part_curve(p) for p in group])
             finals[(game, init)] = [final_score(p) for p in group]
             if video:
                 videos.setdefault(game, {})[init] = group[0]["video"]["entry"]
                 gifs[(game, init)] = parts.folder / group[0]["video"]["gif"]
-    with warnings.catch_warnings():      # games with no finished episode yet give all-NaN slices
-        warnings.simplefilter("ignore", RuntimeWarning)
-        table = summarise(games, curves, finals, start)
-        add_per_seed(table, finals, seed_curves, start)
-        mean_hns = mean_normalised(games, seed_curves)
-        out = {"step": step, "split": split, "horizon_env_steps": horizon, "seeds": seeds, "window": window,
-               "auc_from_env_step": float(grid[start]), "games": table}
-        if videos:
-            out["videos"] = videos
-        if mean_hns:
-            out["mean_human_normalised"] = {init: {"games": mean_hns["games"], "auc": float(np.nanmean(m[start:])),
-                                                   "final": float(m[-1]), "final_std": float(sd[-1])}
-                                            for init, (m, sd) in mean_hns["curves"].items()}
+    curves = {key: np.stack(curve_mean_std(stacked)) for key, stacked in seed_curves.items()}     # mean, sample std
+    table = summarise(games, seed_curves, finals, start)
+    mean_hns = mean_normalised(games, seed_curves)
+    out = {"step": step, "split": split, "horizon_env_steps": horizon, "seeds": seeds, "window": window,
+           "auc_from_env_step": float(grid[start]), "games": table}
+    if videos:
+        out["videos"] = videos
+    if mean_hns:
+        out["mean_human_normalised"] = mean_over_games(table, mean_hns["games"])
     if bar is not None:
         progress.finish()
         bar.close()
@@ -195,7 +197,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     if show:        # the table itself comes last, from the command (summary)
         name = result_name(split)
         print(f"table: {run_dir / (name + '.md')}\nplot: {run_dir / (name + '.png')}\n"
-              f"TensorBoard: tensorboard --logdir {run_dir}", file=sys.stderr)
+              f"TensorBoard: {command('tensorboard', '--logdir', run_dir)}", file=sys.stderr)
     return out
 
 
@@ -307,40 +309,51 @@ def record_video(adapter: Any, task: Any, model: Any, run_dir: Path, game: str, 
     return entry, encode_gif(frames, VIDEO_FPS)
 
 
-# the meta-learned initialisation's name in the summary, by method
-METHOD_NAMES = {"leap": "Leap", "reptile": "Reptile", "finetune": "pretrained", "no_pretraining": "fixed random",
-                "fomaml": "FOMAML", "maml": "MAML"}
+# Per statistic of a row of eval.json: its mean's key and the list of its per-seed values. Tables show the mean ±
+# sample std of the per-seed list (train/stats.py) where the row has one — results written before the sample std
+# and the per-seed AUC then read as new ones do —, else the stored mean and std.
+STATISTICS = {"final score": ("final_score", "final_scores", 1), "AUC": ("auc", "auc_scores", 1),
+              "human-normalised final": ("final_human_normalised", "final_human_normalised_scores", 3),
+              "human-normalised AUC": ("human_normalised_auc", "human_normalised_auc_scores", 3)}
 
 
-def init_labels(method: str) -> dict[str, str]:
-    """How tables and plots name the two initialisations: the meta-learned one after its method."""
-    return {"random_init": "random init", "meta_init": f"{METHOD_NAMES.get(method, method)} init"}
+def cell(row: dict[str, Any], statistic: str, game: str) -> str:
+    """One statistic of ``game``'s eval.json row as "mean ± sample std" (STATISTICS); "n/a": no game finished;
+    "no reference": a human-normalised value of a game without reference scores; "—": not recorded."""
+    key, per_seed, digits = STATISTICS[statistic]
+    if key.startswith(("final_human", "human")) and game not in REFERENCE:
+        return "no reference"
+    if per_seed in row:
+        return pm(*mean_std(row[per_seed]), digits)
+    return pm(row[key], row.get(f"{key}_std"), digits) if key in row else "—"
 
 
 def summary(result: dict[str, Any], method: str = "meta-learned", note: str = "", last_games: int = 0) -> str:
     """The held-out result (what eval.json holds) as a plain-text table: per game the random and the
-    meta-learned initialisation, final score and human-normalised final score, mean ± std over seeds; then
-    the mean over the games with reference scores, and ``note`` as the last line. ``last_games``: the games
-    a run's score averages (``atari.eval_games``), for the header."""
+    meta-learned initialisation, the final score and the AUC, raw and human-normalised, each the mean ± sample
+    std over seeds; then, with more than one game with reference scores, their mean; and ``note`` as the last
+    line. ``last_games``: the games a run's score averages (``atari.eval_games``), for the header."""
     label = init_labels(method)
-    rows = [("game", "init", "final score", "human-normalised")]
+    rows = [("game", "init", *STATISTICS)]
     for game, by_init in (result.get("games") or {}).items():
         for init in ("random_init", "meta_init"):
             r = by_init.get(init)
             if r is not None:
-                hns = (_pm(r.get("final_human_normalised"), r.get("final_human_normalised_std"), 3)
-                       if "final_human_normalised" in r else "no reference")
-                rows.append((game, label[init], _pm(r.get("final_score"), r.get("final_score_std"), 1), hns))
+                rows.append((game, label[init], *(cell(r, k, game) for k in STATISTICS)))
     for init in ("random_init", "meta_init"):
         m = (result.get("mean_human_normalised") or {}).get(init)
-        if m is not None:
-            rows.append((f"mean of {_plural(len(m['games']), 'game')}", label[init], "",
-                         _pm(m.get("final"), m.get("final_std"), 3)))
+        if m is not None and len(m.get("games", [])) > 1:          # one game: its own row says it
+            rows.append((f"mean of {_plural(len(m['games']), 'game')}", label[init], "", "",
+                         pm(m.get("final"), m.get("final_std"), 3), pm(m.get("auc"), m.get("auc_std"), 3)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     last = _plural(last_games, "game") if last_games else "games"
-    lines = [f"held-out games: {result.get('horizon_env_steps', 0):,} env steps per run, "
-             f"{_plural(result.get('seeds', 0), 'seed')} per game and initialisation (mean ± std over seeds; "
-             f"a run's score: the mean true score of its last {last})"]
+    horizon = result.get("horizon_env_steps", 0)
+    start = result.get("auc_from_env_step")
+    lines = [f"held-out games: {horizon:,} env steps per run, {_plural(result.get('seeds', 0), 'seed')} per game "
+             f"and initialisation; mean ± sample std over seeds (— for one seed)",
+             f"final score: the mean true score of a run's last {last}; AUC: a run's mean running score over "
+             + (f"env steps {start:,.0f}–{horizon:,}" if start is not None else f"its grid to env step {horizon:,}")
+             + ", averaged over seeds"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines + ([note] if note else []))
 
@@ -349,19 +362,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _pm(mean: Any, std: Any, digits: int) -> str:
-    """mean ± std; "n/a" where eval.json holds null (NaN: no game finished within the horizon)."""
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and np.isfinite(std) else f"{mean:.{digits}f}"
-
-
 def _bar(adapter: Any, total: int) -> tuple[Any, Any]:
-    """A tqdm bar over the protocol's env steps, moved by the adapter's hooks (train/progress.py)."""
-    from tqdm import tqdm
-
-    from ..progress import RLProgress
-    bar = tqdm(total=total, desc="held-out evaluation", unit="env step", unit_scale=True, dynamic_ncols=True)
+    """A bar over the protocol's env steps (a tqdm bar, or log lines: train/progress.py), moved by the adapter's
+    hooks."""
+    from ..progress import RLProgress, progress_bar
+    bar = progress_bar(total, "held-out evaluation", "env step")
     return bar, RLProgress(bar, start_step=adapter.global_step, count_steps=True).attach(adapter)
 
 
@@ -374,7 +379,8 @@ def _say(bar: Any, line: str) -> None:
 
 def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
     """Per initialisation, the mean over the games with reference scores of each seed's human-normalised
-    curve, then mean and std over seeds: {"games": [...], "curves": {init: (mean, std)}}; {} without such games."""
+    curve, then mean and sample std over seeds: {"games": [...], "curves": {init: (mean, std)}}; {} without such
+    games. (TensorBoard's ``eval/mean/human_normalised``; the result's numbers are :func:`mean_over_games`.)"""
     known = [g for g in games if g in REFERENCE]
     if not known:
         return {}
@@ -382,50 +388,63 @@ def mean_normalised(games: list[str], seed_curves: dict) -> dict[str, Any]:
     for init in (i for i in INITS if (known[0], i) in seed_curves):
         per_seed = np.mean([(seed_curves[(g, init)] - REFERENCE[g][0]) / (REFERENCE[g][1] - REFERENCE[g][0])
                             for g in known], axis=0)                      # (seeds, points)
-        result[init] = (np.nanmean(per_seed, 0), np.nanstd(per_seed, 0))
+        result[init] = curve_mean_std(per_seed)
     return {"games": known, "curves": result}
 
 
-def add_per_seed(table: dict, finals: dict, seed_curves: dict, start: int = 0) -> None:
-    """Each seed's raw final score and AUC (mean of its running-return curve from grid point ``start`` — the
-    first at or after ``atari.auc_start`` — to the horizon) into ``table``, and their human-normalised values
-    where the game has reference scores (the raw ones are kept)."""
-    for (game, init), final in finals.items():
-        row = table[game][init]
-        row["final_scores"] = [float(f) for f in final]
-        row["auc_scores"] = [float(np.nanmean(c[start:])) for c in seed_curves[(game, init)]]
-        if game in REFERENCE:
-            row["final_human_normalised_scores"] = [human_normalised(game, f) for f in row["final_scores"]]
-            row["human_normalised_auc_scores"] = [human_normalised(game, a) for a in row["auc_scores"]]
+def mean_over_games(table: dict, known: list[str]) -> dict[str, dict[str, Any]]:
+    """Per initialisation, the human-normalised final score and AUC averaged over the games ``known`` (those with
+    reference scores), per seed, then mean and sample std over seeds: the result's ``mean_human_normalised``."""
+    out = {}
+    for init in (i for i in INITS if all(i in table[g] for g in known)):
+        per_game = {key: np.array([table[g][init][key] for g in known], dtype=np.float64)      # (games, seeds)
+                    for key in ("final_human_normalised_scores", "human_normalised_auc_scores")}
+        final, final_std = mean_std(per_game["final_human_normalised_scores"].mean(0))
+        auc, auc_std = mean_std(per_game["human_normalised_auc_scores"].mean(0))
+        out[init] = {"games": known, "final": final, "final_std": final_std, "auc": auc, "auc_std": auc_std}
+    return out
 
 
-def summarise(games: list[str], curves: dict, finals: dict, start: int = 0) -> dict[str, dict[str, dict[str, float]]]:
-    """Per game and evaluated initialisation: final score and, with reference scores, human-normalised
-    values; the min–max normalised AUC only where both initialisations were evaluated (it compares them).
-    AUCs run from grid point ``start`` (``add_per_seed``)."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
+def summarise(games: list[str], seed_curves: dict, finals: dict, start: int = 0) -> dict[str, dict[str, dict]]:
+    """Per game and evaluated initialisation, from each seed's curve (``seed_curves``: (seeds, points)) and final
+    score: the final score and the AUC (train/stats.py: per seed, the mean of its curve from grid point ``start``
+    — the first at or after ``atari.auc_start`` — to the horizon; then the mean over seeds), each with its sample
+    std over seeds and its per-seed list (``final_scores``, ``auc_scores``); with reference scores the same
+    human-normalised (``final_human_normalised``, ``human_normalised_auc``, ...; an affine map per game, so the
+    mean of the normalised seeds is the normalised mean); and where both initialisations were evaluated the
+    min–max normalised AUC, ``normalised_auc``: the AUC mapped by the lowest and highest point either
+    initialisation's seed-mean curve reaches (it compares the two on one game)."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for game in games:
-        inits = [i for i in INITS if (game, i) in curves]
-        both = np.concatenate([curves[(game, i)][0][start:] for i in inits])
+        inits = [i for i in INITS if (game, i) in seed_curves]
+        both = np.concatenate([curve_mean_std(seed_curves[(game, i)])[0][start:] for i in inits])
         lo, hi = (np.nanmin(both), np.nanmax(both)) if np.isfinite(both).any() else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
         table[game] = {}
         for init in inits:
-            mean = curves[(game, init)][0][start:]
-            final = np.asarray(finals[(game, init)], dtype=np.float64)
+            finals_ = [float(f) for f in finals[(game, init)]]
+            aucs = [seed_auc(c, start) for c in seed_curves[(game, init)]]
+            (final, final_std), (auc, auc_std) = mean_std(finals_), mean_std(aucs)
             row = table[game][init] = {}
             if len(inits) == len(INITS):
-                row["normalised_auc"] = (float(np.nanmean((mean - lo) / span)) if np.isfinite(mean).any()
-                                         else float("nan"))
-            row.update({"final_score": float(np.nanmean(final)), "final_score_std": float(np.nanstd(final))})
+                row["normalised_auc"] = float((auc - lo) / span)
+            row.update({"final_score": final, "final_score_std": final_std, "auc": auc, "auc_std": auc_std,
+                        "final_scores": finals_, "auc_scores": aucs})
             if game in REFERENCE:
-                hns = np.array([human_normalised(game, f) for f in final])
-                curve, _ = normalise_curve(game, mean, curves[(game, init)][1][start:])
-                table[game][init].update({
-                    "final_human_normalised": float(np.nanmean(hns)),
-                    "final_human_normalised_std": float(np.nanstd(hns)),
-                    "human_normalised_auc": float(np.nanmean(curve)) if np.isfinite(curve).any() else float("nan")})
+                hns = [human_normalised(game, f) for f in finals_]
+                hauc = [human_normalised(game, a) for a in aucs]
+                (hn, hn_std), (ha, ha_std) = mean_std(hns), mean_std(hauc)
+                row.update({"final_human_normalised": hn, "final_human_normalised_std": hn_std,
+                            "human_normalised_auc": ha, "human_normalised_auc_std": ha_std,
+                            "final_human_normalised_scores": hns, "human_normalised_auc_scores": hauc})
     return table
+
+
+def _log_finite(logger: Any, run: str, values: dict[str, float], step: int) -> None:
+    """``values`` that are finite (no NaN point: a mean before any game finished, a spread of one seed)."""
+    finite = {k: float(v) for k, v in values.items() if np.isfinite(v)}
+    if finite:
+        logger.evaluation(run, finite, step)
 
 
 def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dict, table: dict, logger: Any,
@@ -438,20 +457,21 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
     label = init_labels(method)
     tb = tb_prefix(split)
     if logger is not None:
+        # the means in eval/, their sample std over seeds in a section of its own, eval_std/ (train/stats.py)
         for (game, init), (mean, std) in curves.items():
             hns = normalise_curve(game, mean, std) if game in REFERENCE else None
-            for i, (x, m, s) in enumerate(zip(grid, mean, std)):
-                if np.isfinite(m):
-                    values = {f"eval/{game}/episodic_return": float(m), f"eval/{game}/episodic_return_std": float(s)}
-                    if hns is not None:
-                        values.update({f"eval/{game}/human_normalised": float(hns[0][i]),
-                                       f"eval/{game}/human_normalised_std": float(hns[1][i])})
-                    logger.evaluation(f"{tb}/{init}", values, int(x))
-        for init, (mean, std) in (mean_hns or {}).get("curves", {}).items():
-            for x, m, s in zip(grid, mean, std):
-                if np.isfinite(m):
-                    logger.evaluation(f"{tb}/{init}", {"eval/mean/human_normalised": float(m),
-                                                       "eval/mean/human_normalised_std": float(s)}, int(x))
+            for i, x in enumerate(grid):
+                values = {f"eval/{game}/episodic_return": mean[i], f"eval_std/{game}/episodic_return": std[i]}
+                if hns is not None:
+                    values.update({f"eval/{game}/human_normalised": hns[0][i],
+                                   f"eval_std/{game}/human_normalised": hns[1][i]})
+                _log_finite(logger, f"{tb}/{init}", values, int(x))
+        # the mean over games only where there are several (one game's would repeat its own card)
+        curves_mean = (mean_hns or {}).get("curves", {}) if len((mean_hns or {}).get("games", [])) > 1 else {}
+        for init, (mean, std) in curves_mean.items():
+            for x, m, sd in zip(grid, mean, std):
+                _log_finite(logger, f"{tb}/{init}", {"eval/mean/human_normalised": m,
+                                                     "eval_std/mean/human_normalised": sd}, int(x))
         for (game, init), stacked in (seed_curves or {}).items():
             for k, curve in enumerate(stacked):
                 for x, v in zip(grid, curve):
@@ -462,12 +482,13 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
     for ax, game in zip(axes[0], games):
         for init in (i for i in INITS if (game, i) in curves):
             mean, std = curves[(game, init)]
-            ax.plot(grid, mean, label=label[init], marker="o" if np.isfinite(mean).sum() <= 20 else None,
-                    markersize=3)
-            ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)
+            n = len(seed_curves[(game, init)]) if seed_curves else None
+            ax.plot(grid, mean, label=label[init] + (f" (n={n})" if n else ""),
+                    marker="o" if np.isfinite(mean).sum() <= 20 else None, markersize=3)
+            ax.fill_between(grid, mean - band * std, mean + band * std, alpha=0.2)     # none where std is NaN
         ax.set_title(f"{game} ({split} split)")
         ax.set_xlabel("env steps")
-        ax.set_ylabel(f"episodic return (true score), ± {band:g} std")
+        ax.set_ylabel(f"episodic return (true score), ± {band:g} sample std")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -477,15 +498,15 @@ def write_outputs(run_dir: Path, games: list[str], grid: np.ndarray, curves: dic
     fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
     write_bytes_atomic(run_dir / f"{name}.png", png.getvalue())
-    lines = [f"Held-out evaluation on the {split} games.", "",
-             "| game | init | normalised AUC | final score (mean ± std over seeds) | human-normalised final |",
-             "|---|---|---|---|---|"]
+    lines = [f"Held-out evaluation on the {split} games: mean ± sample std over seeds (— for one seed); AUC: the "
+             f"mean over seeds of each seed's mean running score; min–max AUC: the AUC mapped to [0, 1] by the lowest "
+             f"and highest point of the two initialisations' mean curves.", "",
+             "| game | init | seeds | " + " | ".join(STATISTICS) + " | min–max AUC |",
+             "|---|---|---|" + "---|" * (len(STATISTICS) + 1)]
     for game, rows in table.items():
         for init, r in rows.items():
-            hns = (f"{r['final_human_normalised']:.3f} ± {r['final_human_normalised_std']:.3f}"
-                   if "final_human_normalised" in r else "no reference")
-            auc = f"{r['normalised_auc']:.3f}" if "normalised_auc" in r else "—"     # one init: nothing to compare
-            lines.append(f"| {game} | {label[init]} | {auc} | "
-                         f"{r['final_score']:.1f} ± {r['final_score_std']:.1f} | {hns} |")
+            minmax = f"{r['normalised_auc']:.3f}" if "normalised_auc" in r else "—"    # one init: nothing to compare
+            lines.append(f"| {game} | {label[init]} | {len(r['final_scores'])} | "
+                         + " | ".join(cell(r, k, game) for k in STATISTICS) + f" | {minmax} |")
     write_text_atomic(run_dir / f"{name}.md", "\n".join(lines) + "\n")
     write_json_atomic(run_dir / f"{name}.json", {"split": split, "games": table})

@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from metarl.warp_layers import make_warp
 
 from ..checkpoint import write_json_atomic
+from ..stats import curve_mean_std
 from .base import NULL_WATCH, TaskAdapter, finish_task, supervised_step
 
 WEIGHTINGS = ("eq19", "eq19_literal", "mean")
@@ -447,7 +448,7 @@ def forgetting_protocol(adapter: ContinualSineAdapter, state: dict[str, Tensor],
             mats = sequence_matrices(adapter, state, ordered, warp=warp, lr=lr, momentum=momentum)
             mean = mats.mean(0)
             key = f"{method}/{oname}"
-            result["matrices"][key] = {"mean": lower_triangle(mean), "std": lower_triangle(mats.std(0))}
+            result["matrices"][key] = {"mean": lower_triangle(mean), "std": lower_triangle(curve_mean_std(mats)[1])}
             result["summary"][key] = {
                 "final": mean[-1].tolist(),                 # loss on each presented sub-task after all T
                 "final_mean": float(mean[-1].mean()),

@@ -37,7 +37,8 @@ one a last-bit difference in a batched sum can flip a sampled action, and from t
 RNN: seed 0 at iteration 149, seed 2 at 52), so batched seeds are the same in distribution, not run for run
 (docs/RESULTS.md; ``python -m train.maze_report compare`` tests it). Batched seeds need ``meta.head: learned``: under
 ``reset`` a run alone keeps a second draw's heads, which the batched build does not reproduce. Its curves go to
-``run_dir/seed_<k>/games/`` (where a run of its own has them); at the end each
+``run_dir/seed_<k>/games/`` (where a run of its own has them), their mean over seeds to the run's own ``games/``
+(with the sample std of the return over seeds as ``charts_std/episodic_return``); at the end each
 ``run_dir/seed_<k>/`` also gets the seed's ``eval.json``, ``config.yaml`` (``seed: k``, no ``seeds``) and final
 checkpoint in the single-seed format, so it reads — and resumes — as a separate run; ``run_dir/eval.json`` holds
 the per-seed results and their mean. The run's own checkpoints hold the stacked state: it resumes exactly, batched.
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ from metarl.seed_batch import SeedAdam
 
 from train.maze_report import results_table  # noqa: F401  (re-exported: the table moved there)
 
+from ..stats import sample_std
 from .base import TaskAdapter
 from .maze_seeds import _adam_state, seed_config, seed_folder, split_checkpoint, write_seed_runs  # noqa: F401
 
@@ -209,12 +212,22 @@ class MazeStream:
         return rollout_loss(episodes, a.loss_config).total
 
 
+def seed_mean(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """A log window's scalars averaged over the seeds of a seed-batched run, with the sample std over seeds of the
+    return in a section of its own (``charts_std/episodic_return``: train/stats.py)."""
+    out = {k: float(np.mean([logs[k] for logs in per_seed])) for k in per_seed[0] if all(k in x for x in per_seed)}
+    if len(per_seed) > 1:
+        out["charts_std/episodic_return"] = float(np.std([x["charts/episodic_return"] for x in per_seed], ddof=1))
+    return out
+
+
 class MazeAdapter(TaskAdapter):
     """The never-reset maze learner (module docstring). Runs in the trainer's continual mode only."""
 
     head = ("policy_head.", "value_head.")
     splits = ("train",)
     periodic_evaluation = False        # the result is the training curve itself
+    steps_name, record_name = "episodes", "iteration"      # the progress bar's words (train/progress.py)
     # The agent, rollouts and losses on ``run.device``; the NumPy mazes and the samplers' CPU generators on the
     # CPU (agents.maze_a2c, "Devices").
     device_types = ("cpu", "cuda")
@@ -375,6 +388,7 @@ class MazeAdapter(TaskAdapter):
         w["seconds"] += seconds
         for k, v in zip(LOSS_KEYS, (loss.total, loss.policy, loss.value, loss.prob_sq)):
             w[k] += float(v.detach())
+        self._report_progress(mean_return)
         if len(self.returns) % mc.log_every:
             return
         self._logs.append((self.global_step, self._window_logs(self.window, self.skipped)))
@@ -390,12 +404,15 @@ class MazeAdapter(TaskAdapter):
             w["seconds"] += seconds
             for key, v in zip(LOSS_KEYS, terms):
                 w[key] += float(v[k])
+        self._report_progress(float(np.mean(mean_returns)))
         if len(self.returns) % self.config.log_every:
             return
+        per_seed = []
         for k, (seed, window) in enumerate(zip(self.seeds, self.windows)):
-            self._logs.append((self.global_step, self._window_logs(window, int(self.seed_skipped[k])),
-                               f"{seed_folder(seed)}/games"))
+            per_seed.append(self._window_logs(window, int(self.seed_skipped[k])))
+            self._logs.append((self.global_step, per_seed[-1], f"{seed_folder(seed)}/games"))
             window.reset()
+        self._logs.append((self.global_step, seed_mean(per_seed)))         # the batch's own games/ run
 
     def _window_logs(self, window: _Window, skipped: int) -> dict[str, float]:
         mc, w = self.config, window.v
@@ -407,9 +424,18 @@ class MazeAdapter(TaskAdapter):
             logs["meta/meta_batch_return"] = w["meta_return"] / w["meta_rollouts"]
         return logs
 
+    def _report_progress(self, mean_return: float) -> None:
+        """The live-progress hooks (train/progress.py): an iteration's mean return (over its mazes; seed-batched,
+        over the seeds too) and the episodes so far."""
+        if self.on_game is not None:
+            self.on_game(SimpleNamespace(task="maze", episodic_return=mean_return))
+        if self.on_progress is not None:
+            self.on_progress("maze", self.global_step)
+
     def drain_logs(self) -> list[tuple]:
         """(step, scalars) for the run's games/ TensorBoard run; seed-batched (step, scalars,
-        "seed_<k>/games"): the games/ run of each seed's own run folder."""
+        "seed_<k>/games"): the games/ run of each seed's own run folder, and (step, scalars) of the seed mean
+        (:func:`seed_mean`) for the run's own games/ run."""
         out, self._logs = self._logs, []
         return out
 
@@ -429,7 +455,7 @@ class MazeAdapter(TaskAdapter):
             rows = self.seed_results()
             means = np.array([r["return_last_mean"] for r in rows])
             return {"seeds": list(self.seeds), "return_last_mean": float(means.mean()),
-                    "return_last_mean_std_over_seeds": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
+                    "return_last_mean_std_over_seeds": sample_std(means),      # None (null) for one seed
                     "final_window_episodes": rows[0]["final_window_episodes"], "iterations": float(len(self.returns)),
                     "episodes": float(self.global_step), "wall_time_s": self.wall,
                     "skipped_steps": float(self.seed_skipped.sum()),
@@ -447,7 +473,7 @@ class MazeAdapter(TaskAdapter):
         flat = returns.reshape(-1).double()
         last = flat[-mc.final_window:]
         return {"return_last_mean": float(last.mean()) if len(last) else float("nan"),
-                "return_last_std": float(last.std(unbiased=False)) if len(last) else float("nan"),
+                "return_last_std": float(last.std()) if len(last) > 1 else float("nan"),      # sample std
                 "final_window_episodes": float(len(last)), "iterations": float(len(returns)),
                 "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(skipped)}
 
