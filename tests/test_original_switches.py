@@ -138,7 +138,7 @@ def test_every_task_starts_from_the_documented_head(method, data, monkeypatch):
         return model
 
     monkeypatch.setattr(trainer, "task_model", recording)
-    trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+    trainer.episodic_unit(cfg, adapter, meta, World(), 0)
     trainer.evaluate(cfg, adapter, meta, "val")
     assert len(seen) == 3 + 2
     for s in seen:
@@ -158,7 +158,7 @@ def test_learned_head_receives_the_meta_gradient(method, data):
         cfg = quick(method, *small, f"meta.head={head}")
         adapter, meta = build(cfg, data)
         before = meta.init_state["head.weight"].clone()
-        trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+        trainer.episodic_unit(cfg, adapter, meta, World(), 0)
         learned = any(n.startswith("head.") for n in meta.names)
         assert learned == (head == "learned")
         assert (not torch.equal(meta.init_state["head.weight"], before)) == (head == "learned")
@@ -178,7 +178,7 @@ def replayed_points(cfg, data, monkeypatch):
         return replay(traj, point)
 
     monkeypatch.setattr(meta, "_replay_value", recording)
-    trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+    trainer.episodic_unit(cfg, adapter, meta, World(), 0)
     trajectories = sorted({t for t, _ in seen})
     return meta, {t: sorted(k for u, k in seen if u == t) for t in trajectories}
 

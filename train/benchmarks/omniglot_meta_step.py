@@ -202,7 +202,7 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
     for unit in range(args.rounds):
         world.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
-        episodic_unit(cfg, adapter, meta, world, unit, lambda values: None)
+        episodic_unit(cfg, adapter, meta, world, unit)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     if size > 1:
