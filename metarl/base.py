@@ -170,6 +170,11 @@ class MetaLearner:
         return out
 
     @classmethod
+    def check_config(cls, cfg: Any, task: Any) -> None:
+        """Refuse (ValueError, one line naming the key) values of a run config ``cfg`` this method cannot run
+        with on the task family ``task`` (a train.tasks.base.TaskAdapter class: what its tasks offer)."""
+
+    @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
         """Why a run of ``cfg`` cannot split its meta-batches over torchrun ranks ("" when it can: the
         meta-batch's sums are all-reduced, so every rank takes the step one process would)."""

@@ -27,6 +27,13 @@ class FineTuning(MetaLearner):
                 "cannot split")
 
     @classmethod
+    def check_config(cls, cfg: Any, task: Any) -> None:
+        # a learned head follows the trunk into θ⁰ (TaskHeads.task_end), so it needs one shape for every task
+        varies = task.head_shape_varies(cfg.task_config)
+        if cfg.meta.head == "learned" and varies:
+            raise ValueError(f"method finetune with meta.head: learned needs one head shape for every task: {varies}")
+
+    @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":
         return cls(model, head=tuple(head), learned_head=cfg.meta.head == "learned", **common)
 

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import MetaLearner, Update, all_finite, global_norm
-from .maml import _Functional
+from .functional import Functional
 
 LEAPS = ("interpolate", "follow_updates")          # the teacher's leap rules
 READINGS = (*LEAPS, "leap_then_step")              # a leap rule alone, or a leap (``base``) + one step
@@ -193,7 +193,7 @@ class Lazy(MetaLearner):
         losses: list[float] = []
         finite = True
         stepped = [phi[n] for n in self.step_names]
-        functional = _Functional(model, phi)
+        functional = Functional(model, phi)
         for _ in range(cfg.student_steps):
             loss = loss_fn(functional, "train")
             value = float(loss.detach())
@@ -233,7 +233,7 @@ class Lazy(MetaLearner):
             else:                               # follow_updates: θ − γ η Σ_k sg[g_k]
                 psi[n] = t - cfg.gamma * rates[n] * trace.grad_sum[n]
         if cfg.reading == "leap_then_step":     # one differentiable step at the leap point
-            support = loss_fn(_Functional(model, psi), "train")
+            support = loss_fn(Functional(model, psi), "train")
             trace.extra["support_loss"] = float(support.detach())
             keys = list(self.step_names)
             grads = torch.autograd.grad(support, [psi[n] for n in keys], create_graph=True, allow_unused=True)
@@ -242,7 +242,7 @@ class Lazy(MetaLearner):
                 if g is not None:
                     alpha = rates[n] if cfg.teacher_step_lr is None else cfg.teacher_step_lr
                     psi[n] = psi[n] - alpha * g
-        query = loss_fn(_Functional(model, psi), "query")
+        query = loss_fn(Functional(model, psi), "query")
         inputs = [theta[n] for n in self.names] + list(self.lr_params)
         grads = torch.autograd.grad(query, inputs, allow_unused=True)
         return query.detach(), list(grads[:len(self.names)]), list(grads[len(self.names):])

@@ -158,10 +158,10 @@ def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
 
 
 def _untimed(window: Any) -> Any:
-    """The maze's log window (train/tasks/maze.py) without its wall-time column."""
-    import train.tasks.maze as maze
+    """The maze's log window (train/tasks/maze.py LogWindow) without its wall-time column."""
+    from train.tasks.maze import LogWindow
     window = window.clone()
-    window[..., maze._Window.KEYS.index("seconds")] = 0
+    window[..., LogWindow.KEYS.index("seconds")] = 0
     return window
 
 

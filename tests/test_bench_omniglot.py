@@ -180,7 +180,7 @@ def test_bad_precision_is_one_line():
 def real_data():
     if not (DATA / "images_background.zip").is_file():
         pytest.skip(f"real Omniglot data not found at {DATA}")
-    from train.tasks.omniglot import load_omniglot
+    from train.tasks.omniglot_data import load_omniglot
     return load_omniglot(DATA)          # the decoded-image cache, as the benchmark and `metarl train` use
 
 

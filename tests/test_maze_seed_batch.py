@@ -16,7 +16,8 @@ from agents.seed_batched import build_seed_batched
 from metarl.seed_batch import SeedAdam, clip_grad_norm_seeds
 from train.checkpoint import load_latest
 from train.config import build_config, load_config
-from train.tasks.maze import MazeAdapter, MazeTaskConfig, results_table
+from train.maze_report import results_table
+from train.tasks.maze import MazeAdapter, MazeTaskConfig
 from train.trainer import train
 
 torch.set_num_threads(1)

@@ -19,7 +19,8 @@ from train.config import load_config
 from train.distributed import World
 from train.errors import ConfigError
 from train.seeding import step_generators
-from train.tasks.omniglot import DEFAULT_CACHE_DIR, OmniglotAdapter, load_omniglot
+from train.tasks.omniglot import OmniglotAdapter
+from train.tasks.omniglot_data import DEFAULT_CACHE_DIR, load_omniglot
 from train import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def test_bad_switch_values_are_one_line_config_errors():
         quick("maml", "maml.outer_loss=all")
     with pytest.raises(ConfigError, match="batch_norm_eval must be running, refit or batch"):
         quick("maml", "omniglot.batch_norm_eval=batches")
-    with pytest.raises(ConfigError, match="'maml.outer_loss' held_out .* task omniglot only"):
+    with pytest.raises(ConfigError, match="'maml.outer_loss' held_out needs tasks with held-out batches .* task sine"):
         load_config(ROOT / "configs" / "sine_maml.yaml", ["maml.outer_loss=held_out"])
     with pytest.raises(ValueError, match="outer_loss must be one of query_batch, held_out"):
         MAML(torch.nn.Linear(2, 2), outer_loss="all")

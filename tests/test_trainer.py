@@ -113,7 +113,7 @@ def test_a_signal_mid_run_closes_the_watch_the_bar_and_the_writers(tmp_path, mon
 
     from train import trainer
     from train.callbacks import Callback
-    from train.cli import Stopped, _stop_signals
+    from train.cli import Stopped, stop_signals
 
     closed = {"bars": 0, "loggers": 0}
     bar_close, logger_close = tqdm.tqdm.close, trainer.Logger.close
@@ -149,7 +149,7 @@ def test_a_signal_mid_run_closes_the_watch_the_bar_and_the_writers(tmp_path, mon
 
     cb = Signal()
     cfg = cfg_for("no_pretraining", "meta.every=4", "meta.steps=5", "run.checkpoint_every=1", "run.progress=true")
-    with pytest.raises(Stopped), _stop_signals():
+    with pytest.raises(Stopped), stop_signals():
         train(cfg, tmp_path, callbacks=[cb])
     assert cb.points == ["start", 1, 2, "end"] and cb.hooks > 0
     assert len(cb.optimizer._optimizer_step_pre_hooks) == 0 and len(cb.optimizer._optimizer_step_post_hooks) == 0

@@ -30,6 +30,11 @@ def task_config_class(name: str) -> type:
     return getattr(module, cfg_cls)
 
 
+def adapter_class(name: str) -> type:
+    module, _, adapter_cls = _entry(name)
+    return getattr(module, adapter_cls)
+
+
 def build_adapter(name: str, config: Any, seed: int) -> Any:
     module, _, adapter_cls = _entry(name)
     return getattr(module, adapter_cls)(config, seed=seed)

@@ -71,10 +71,8 @@ from metarl.continual import continual_update, continual_update_seeds
 from metarl.seam import NULL_WATCH
 from metarl.seed_batch import SeedAdam
 
-from train.maze_report import results_table  # noqa: F401  (re-exported: the table moved there)
-
 from .base import TaskAdapter
-from .maze_seeds import _adam_state, seed_config, seed_folder, split_checkpoint, write_seed_runs  # noqa: F401
+from .maze_seeds import seed_folder, write_seed_runs
 
 LOSS_KEYS = ("loss", "policy_loss", "value_loss", "prob_sq_loss")
 
@@ -159,7 +157,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 # the task family
 
 
-class _Window:
+class LogWindow:
     """Sums of the scalars logged every ``log_every`` iterations (checkpointed with the run)."""
 
     KEYS = ("iterations", "return", "skipped", *LOSS_KEYS, "seconds", "meta_return", "meta_rollouts")
@@ -244,7 +242,7 @@ class MazeAdapter(TaskAdapter):
             self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
             self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
             self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
-            self.window = _Window()
+            self.window = LogWindow()
             self.skipped = 0
             return
         # Seed k's streams are those of a run with ``seed: k`` alone.
@@ -252,7 +250,7 @@ class MazeAdapter(TaskAdapter):
         self.sampler = [torch.Generator().manual_seed(_stream_seed(k, 1)) for k in self.seeds]
         self.meta_mazes = SeedMazeBatch([_stream_seed(k, 2) for k in self.seeds], mc.batch, maze_config)
         self.meta_sampler = [torch.Generator().manual_seed(_stream_seed(k, 3)) for k in self.seeds]
-        self.windows = [_Window() for _ in self.seeds]
+        self.windows = [LogWindow() for _ in self.seeds]
         self.seed_skipped = np.zeros(len(self.seeds), dtype=np.int64)
         self._query_state: tuple | None = None
         self._query_returns: np.ndarray | None = None
@@ -385,7 +383,7 @@ class MazeAdapter(TaskAdapter):
                                f"{seed_folder(seed)}/games"))
             window.reset()
 
-    def _window_logs(self, window: _Window, skipped: int) -> dict[str, float]:
+    def _window_logs(self, window: LogWindow, skipped: int) -> dict[str, float]:
         mc, w = self.config, window.v
         n = w["iterations"]
         logs = {"charts/episodic_return": w["return"] / n, "charts/episodic_length": float(mc.episode_length),
