@@ -51,7 +51,7 @@ or teacher loss is non-finite is skipped (``meta/skipped_tasks``) and never reac
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from .base import MetaLearner, Update, all_finite, global_norm
 from .functional import Functional
+from .state import Names, Record, Tensors
 
 LEAPS = ("interpolate", "follow_updates")          # the teacher's leap rules
 READINGS = (*LEAPS, "leap_then_step")              # a leap rule alone, or a leap (``base``) + one step
@@ -320,23 +321,8 @@ class Lazy(MetaLearner):
         self._sums = LossSums()
 
     # -- checkpointing -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The base state (θ, the meta-optimiser — its second group holds the log step sizes —,
-        accumulators, counters) plus the log step sizes, their accumulator and the loss statistics."""
-        state = super().state_dict()
-        state["lr_names"] = list(self.lr_names)
-        state["log_lr"] = [p.detach().clone() for p in self.lr_params]
-        state["lr_acc"] = [a.clone() for a in self._lr_acc]
-        state["lazy_sums"] = asdict(self._sums)
-        return state
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state.get("lr_names", [])) != list(self.lr_names):
-            raise ValueError("checkpoint learned step sizes do not match this learner's (learn_lr differs?)")
-        super().load_state_dict(state)
-        for p, v in zip(self.lr_params, state["log_lr"]):
-            p.copy_(v)
-        for a, v in zip(self._lr_acc, state["lr_acc"]):
-            a.copy_(v)
-        self._sums = LossSums(**state["lazy_sums"])
+    # the base state (θ, the meta-optimiser — its second group holds the log step sizes —, accumulators,
+    # counters) plus the log step sizes, their accumulator and the loss statistics
+    saved = (Names("lr_names", mismatch="learned step sizes do not match this learner's (learn_lr differs?)"),
+             Tensors("log_lr", "lr_params"), Tensors("lr_acc", "_lr_acc"),
+             Record("lazy_sums", "_sums"))

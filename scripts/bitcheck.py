@@ -3,6 +3,7 @@ folders tensor by tensor.
 
     python scripts/bitcheck.py train OUT [--only NAME ...] [--list]
     python scripts/bitcheck.py compare A B [--ignore KEY ...]
+    python scripts/bitcheck.py reload A
 
 ``train`` runs each config below with `metarl train` (one process per run, one torch thread, `nice` is the
 caller's) into ``OUT/<name>``; the settings are the tiny ones the tests use. ``compare`` reads every checkpoint
@@ -10,7 +11,9 @@ under both folders (``torch.equal`` on each tensor, ``==`` on everything else), 
 TensorBoard scalar (tag, step, value), leaving out what measures time (wall time, SPS, steps per second), the
 provenance in run_info.json and the keys named by ``--ignore`` (a key a change adds on purpose); it prints one
 line per run and exits 1 on any difference. Typical use: train on the base commit, train on yours,
-compare (`git stash`/`git worktree` for the base; PYTHONPATH picks the tree).
+compare (`git stash`/`git worktree` for the base; PYTHONPATH picks the tree). ``reload`` loads every checkpoint
+under a folder (written by any commit) into this tree's meta-learner and adapter, built from the run's
+config.yaml, and checks that saving them again gives the same tensors: old checkpoints still load, unchanged.
 """
 
 from __future__ import annotations
@@ -226,6 +229,33 @@ def compare(a: Path, b: Path) -> int:
     return 1 if bad else 0
 
 
+def reload(folder: Path) -> int:
+    import torch
+
+    from train.config import load_config
+    from train.trainer import setup
+    bad = 0
+    for config in sorted(folder.rglob("config.yaml")):
+        run = config.parent
+        checkpoints = sorted(run.glob("checkpoint-*.pt"))
+        if not checkpoints:
+            continue
+        adapter, meta = setup(load_config(config))
+        diffs: list[str] = []
+        for path in checkpoints:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            meta.load_state_dict(saved["meta"])
+            adapter.load_state_dict(saved.get("adapter", {}))
+            _diff(saved["meta"], meta.state_dict(), f"{path.name}.meta", diffs)
+            _diff(saved.get("adapter", {}), adapter.state_dict(), f"{path.name}.adapter", diffs)
+        print(f"{run.relative_to(folder)}: {'reloads unchanged' if not diffs else 'DIFFERENT'} "
+              f"({len(checkpoints)} checkpoints)")
+        for d in diffs[:20]:
+            print(f"    {d}")
+        bad += bool(diffs)
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -236,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
     c.add_argument("--ignore", nargs="*", default=[], metavar="KEY", help="dictionary keys to leave out")
+    r = sub.add_parser("reload")
+    r.add_argument("a", type=Path)
     args = p.parse_args(argv)
+    if args.mode == "reload":
+        return reload(args.a)
     if args.mode == "train":
         return train(args.out, args.only)
     IGNORED.update(args.ignore)

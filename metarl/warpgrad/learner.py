@@ -10,12 +10,13 @@ from torch import Tensor, nn
 from ..base import MetaLearner, MetaOptimizerConfig, Update, all_finite, global_norm, make_optimizer, select
 from ..leap import LeapConfig
 from ..seam import OptimizerWatch
+from ..state import Counters, Names, Optimizer, Tensors
 from .config import WarpGradConfig, warp_maml_config
 from .init_objectives import LeapInit, MAMLInit, NoInit, make_init_objective
 from .inner import InnerSGD, SGDRule
 from .objective import WarpObjective, WarpValue
-from .observers import TaskBegin, TaskEnd, OnlineWarp
-from .replay import ReplayPoint, Recorder, Trajectory
+from .observers import OnlineWarp, TaskBegin, TaskEnd
+from .replay import Recorder, ReplayPoint, Trajectory
 
 
 # the loss statistics of the warp objective, summed over points in one float64 vector (all-reduced at once)
@@ -293,26 +294,11 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_task_loss"] = task_loss_sum / used
 
     # -- checkpointing -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """θ⁰ and φ (``init``), both meta-optimisers, accumulators and counters — tensors and plain
-        containers only. The replay buffer is not saved: checkpoint between meta-steps."""
-        state = super().state_dict()
-        state["warp_names"] = list(self.warp_names)
-        state["warp_optimizer"] = self.warp_optimizer.state_dict()
-        state["warp_acc"] = [a.clone() for a in self._warp_acc]
-        state["warp_stats"] = self._stats.clone()
-        state["warp_counters"] = torch.tensor([self.warp_updates])
-        return state
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["warp_names"]) != list(self.warp_names):
-            raise ValueError("checkpoint warp parameters do not match this model's")
-        super().load_state_dict(state)
-        self.warp_optimizer.load_state_dict(state["warp_optimizer"])
-        torch._foreach_copy_(self._warp_acc, [a.to(self._warp_acc[0].device) for a in state["warp_acc"]])
-        self._stats.copy_(state["warp_stats"])
-        self.warp_updates = int(state["warp_counters"][0])
+    # θ⁰ and φ (both in ``init``), both meta-optimisers, accumulators and counters. The replay buffer is not
+    # saved: checkpoint between meta-steps.
+    saved = (Names("warp_names", mismatch="warp parameters do not match this model's"),
+             Optimizer("warp_optimizer"), Tensors("warp_acc", "_warp_acc"),
+             Tensors("warp_stats", "_stats"), Counters("warp_counters", attrs=("warp_updates",)))
 
     # -- presets -------------------------------------------------------------------------------------------
     @classmethod
