@@ -36,5 +36,4 @@ def adapter_class(name: str) -> type:
 
 
 def build_adapter(name: str, config: Any, seed: int) -> Any:
-    module, _, adapter_cls = _entry(name)
-    return getattr(module, adapter_cls)(config, seed=seed)
+    return adapter_class(name).build(config, seed=seed)

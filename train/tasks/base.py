@@ -87,6 +87,11 @@ class TaskAdapter:
             out[f"eval.{k}"] = f"only Atari's held-out protocol reads eval.{k} (this run's task is {cfg.task})"
         return out
 
+    @classmethod
+    def build(cls, config: Any, seed: int = 0) -> "TaskAdapter":
+        """The family's adapter for ``config`` (a family with variants builds the one the config names)."""
+        return cls(config, seed=seed)
+
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config
         self.seed = seed
