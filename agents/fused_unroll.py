@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 
-def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+def stacked_mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """a @ b for matrices (mm) or seed-stacked matrices (bmm)."""
     return torch.mm(a, b, out=out) if a.dim() == 2 else torch.bmm(a, b, out=out)
 
 
-def _addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+def stacked_addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """c + a @ b for matrices (addmm) or seed-stacked matrices (baddbmm)."""
     return torch.addmm(c, a, b, out=out) if a.dim() == 2 else torch.baddbmm(c, a, b, out=out)
 

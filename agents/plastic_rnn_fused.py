@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from agents.fused_unroll import FusedUnroll, _addmm, _mm
+from agents.fused_unroll import FusedUnroll, stacked_addmm, stacked_mm
 
 if TYPE_CHECKING:
     from agents.recurrent import ModulatedPlasticRNN
@@ -160,7 +160,7 @@ class PlasticRNNUnroll(FusedUnroll):
         self.bound = float(torch.nextafter(one, 2 * one))  # just above 1: hardtanh's open bound = clamp's closed one
         # Reuse the model's workspace unless another unroll still holds it.
         key = (steps, batch, nx, H, seeds, self.retroactive, dtype)
-        ws = self._take_workspace(model._fused_slot, key, lambda: _Workspace(*key))
+        ws = self._take_workspace(model.fused_slot, key, lambda: _Workspace(*key))
         ws.U[0, ..., nx:] = 0.0  # h_0 = 0
         ws.hebb.zero_()  # Hebb_0 = 0
         ws.plastic.zero_()  # P_1 h_0 = 0
@@ -173,8 +173,8 @@ class PlasticRNNUnroll(FusedUnroll):
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
         # h_t = tanh(P_t h_{t−1} + [W_in, W] [x_t, h_{t−1}]), P_t h_{t−1} prepared by the previous step
-        h = _addmm(ws.plastic, u, self.w_cat_t, out=nxt[..., nx:]).tanh_()
-        m = _mm(h, self.w_mod, out=ws.M[t]).tanh_()
+        h = stacked_addmm(ws.plastic, u, self.w_cat_t, out=nxt[..., nx:]).tanh_()
+        m = stacked_mm(h, self.w_mod, out=ws.M[t]).tanh_()
         if t + 1 < self.T:  # the last step's traces reach no output
             # Seed by seed: one seed's traces stay in cache through all of their updates.
             for k in range(self.seeds) if self.seeds else [None]:
@@ -272,7 +272,7 @@ class PlasticRNNUnroll(FusedUnroll):
             dpre = torch.mul(dh, dtanh_h[t], out=DPRE[t])
             if t == 0:  # Hebb_0 = 0, and h_0 needs no gradient
                 break
-            carry = _mm(dpre, w) if to_prev is None else _addmm(to_prev, dpre, w)
+            carry = stacked_mm(dpre, w) if to_prev is None else stacked_addmm(to_prev, dpre, w)
             torch.clamp(Q[t - 1], -1.0, 1.0, out=Hc)  # Hebb_{t−1}
             _outer(dpre, h_prev, R)  # ∂L/∂P_t
             if need_alpha:

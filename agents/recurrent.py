@@ -164,7 +164,7 @@ class LSTMActorCritic(RecurrentActorCritic):
         return list(self.lstm.parameters())
 
 
-class _WarpGates(nn.Module):
+class WarpGates(nn.Module):
     """The warp: an adaptation LSTM over [x_t, h_{t−1}] whose hidden state z_t is projected by a bias-free
     linear map and squashed by tanh into multiplicative gates U = tanh(P z_t) (docs/warpgrad.md §9)."""
 
@@ -203,8 +203,8 @@ class WarpRNN(TanhRNN):
         super().__init__(config)            # the base cell's W_ih, W_hh, b: the plain RNN's task parameters
         c = self.config
         H = c.hidden_size
-        self.warp = _WarpGates(c.obs_dim + H, c.warp_hidden_size, [c.obs_dim, H, H, H, H])
-        self._fused_slot = WorkspaceSlot()  # buffers reused by successive fused unrolls (not model state)
+        self.warp = WarpGates(c.obs_dim + H, c.warp_hidden_size, [c.obs_dim, H, H, H, H])
+        self.fused_slot = WorkspaceSlot()  # buffers reused by successive fused unrolls (not model state)
 
     def state_sizes(self) -> tuple[int, ...]:
         c = self.config
@@ -238,7 +238,7 @@ class WarpLSTM(RecurrentActorCritic):
         self.weight_ih = nn.Parameter(nn.init.orthogonal_(torch.empty(H4, c.obs_dim)))
         self.weight_hh = nn.Parameter(nn.init.orthogonal_(torch.empty(H4, c.hidden_size)))
         self.bias = nn.Parameter(torch.zeros(H4))
-        self.warp = _WarpGates(c.obs_dim + c.hidden_size, c.warp_hidden_size, [c.obs_dim, c.hidden_size, H4, H4, H4])
+        self.warp = WarpGates(c.obs_dim + c.hidden_size, c.warp_hidden_size, [c.obs_dim, c.hidden_size, H4, H4, H4])
 
     def state_sizes(self) -> tuple[int, ...]:
         c = self.config
@@ -277,7 +277,7 @@ class ModulatedPlasticRNN(RecurrentActorCritic):
         self.weight = nn.Parameter(0.01 * torch.rand(c.hidden_size, c.hidden_size))
         self.alpha = nn.Parameter(0.01 * torch.rand(c.hidden_size, c.hidden_size))
         self.modulation = nn.Parameter(nn.init.uniform_(torch.empty(c.hidden_size), -0.1, 0.1))  # w of M_t
-        self._fused_slot = WorkspaceSlot()  # buffers reused by successive fused unrolls (not model state)
+        self.fused_slot = WorkspaceSlot()  # buffers reused by successive fused unrolls (not model state)
 
     def state_sizes(self) -> tuple[int, ...]:
         H = self.config.hidden_size

@@ -146,7 +146,7 @@ class SeedBatchedLSTM(SeedBatchedModel):
 
 
 def _warp_gates(warp: nn.Module, x: Tensor, h: Tensor, z: Tensor, zc: Tensor, sizes: list[int]):
-    """The warp (agents.recurrent._WarpGates) with per-seed weights."""
+    """The warp (agents.recurrent.WarpGates) with per-seed weights."""
     m = warp.lstm
     gates = torch.baddbmm(_row(m.bias_ih + m.bias_hh), torch.cat((x, h), -1), m.weight_ih.mT)
     gates = torch.baddbmm(gates, z, m.weight_hh.mT)
@@ -169,7 +169,7 @@ class SeedBatchedWarpRNN(SeedBatchedModel):
         super().__init__(models)
         c = self.config
         self._gate_sizes = [c.obs_dim, *[c.hidden_size] * 4]
-        self._fused_slot = WorkspaceSlot()
+        self.fused_slot = WorkspaceSlot()
 
     def state_sizes(self) -> tuple[int, ...]:
         c = self.config
@@ -213,7 +213,7 @@ class SeedBatchedPlasticRNN(SeedBatchedModel):
 
     def __init__(self, models: list[RecurrentActorCritic]) -> None:
         super().__init__(models)
-        self._fused_slot = WorkspaceSlot()
+        self.fused_slot = WorkspaceSlot()
 
     def state_sizes(self) -> tuple[int, ...]:
         H = self.config.hidden_size

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from agents.fused_unroll import FusedUnroll, _addmm, _mm
+from agents.fused_unroll import FusedUnroll, stacked_addmm, stacked_mm
 
 if TYPE_CHECKING:
     from agents.recurrent import WarpRNN
@@ -123,7 +123,7 @@ class WarpRNNUnroll(FusedUnroll):
                 self.b = self.b.unsqueeze(1)
         # Reuse the model's workspace unless another unroll still holds it.
         key = (steps, batch, nx, H, K, seeds)
-        ws = self._take_workspace(model._fused_slot, key, lambda: _Workspace(*key))
+        ws = self._take_workspace(model.fused_slot, key, lambda: _Workspace(*key))
         ws.U[0, ..., nx:] = 0.0  # h_0 = z_0 = 0
         ws.C[0] = 0.0
         ws.MMB[..., 2, :] = self.b
@@ -133,16 +133,16 @@ class WarpRNNUnroll(FusedUnroll):
         ws = self._next_step()
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
-        s = _addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
+        s = stacked_addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
         i, f, g, o = s.split(K, -1)
         g.mul_(2).sub_(1)
         c = torch.mul(f, ws.C[t], out=ws.C[t + 1]).addcmul_(i, g)
         z = torch.mul(o, torch.tanh(c, out=ws.TC[t]), out=nxt[..., nx + H :])
-        p = _mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
+        p = stacked_mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
         p_x, p_h, p_i, p_hh, p_b = p.split((nx, H, H, H, H), -1)
         mmb = ws.MMB[t]
-        m1 = _mm(torch.mul(u[..., :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[..., 0, :])
-        m2 = _mm(torch.mul(u[..., nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[..., 1, :])
+        m1 = stacked_mm(torch.mul(u[..., :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[..., 0, :])
+        m2 = stacked_mm(torch.mul(u[..., nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[..., 1, :])
         h = torch.mul(self.b, p_b, out=nxt[..., nx : nx + H]).addcmul_(m1, p_i).addcmul_(m2, p_hh).tanh_()
         self.t = t + 1
         return h
@@ -179,17 +179,17 @@ class WarpRNNUnroll(FusedUnroll):
             dm2 = torch.mul(dpre, P_hh[t], out=ws.DM2[t])
             dq = DQ[t]
             xhd = ws.XHD[t]
-            torch.mul(_mm(dm1, self.w_ih), xhd[..., :nx], out=dq[..., :nx])
-            dhs = _mm(dm2, self.w_hh)
+            torch.mul(stacked_mm(dm1, self.w_ih), xhd[..., :nx], out=dq[..., :nx])
+            dhs = stacked_mm(dm2, self.w_hh)
             torch.mul(dhs, xhd[..., nx:], out=dq[..., nx : nx + H])
             torch.mul(ws.MMBD[t], dpre.unsqueeze(-2), out=dq[..., nx + H :].view(*lead, 3, H))
-            dz = _addmm(carry_z, dq, self.P)
+            dz = stacked_addmm(carry_z, dq, self.P)
             dc = torch.addcmul(carry_c, dz, ws.OD[t])
             da = DA[t]
             torch.mul(ws.GCI[t], dc.unsqueeze(-2), out=da[..., : 3 * K].view(*lead, 3, K))
             torch.mul(dz, ws.OSD[t], out=da[..., 3 * K :])
             carry_c = dc * Fg[t]
-            du = _mm(da, self.A_rec)
+            du = stacked_mm(da, self.A_rec)
             carry_h = torch.addcmul(du[..., :H], dhs, P_h[t])
             carry_z = du[..., H:]
 

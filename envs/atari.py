@@ -91,7 +91,7 @@ def envpool_available() -> bool:
 
 def valid_games(backend: str = "auto") -> list[str]:
     """Game names the backend can run (EnvPool's registry, or ale-py's ROM list)."""
-    if _resolve_backend(backend) == "envpool":
+    if resolve_backend(backend) == "envpool":
         from envpool.atari.registration import atari_game_list
         roms = atari_game_list
     else:
@@ -125,7 +125,7 @@ def canonical_game(game: str, backend: str = "auto") -> str:
     raise ValueError(f"unknown Atari game {game!r}; {guess}valid games ({len(games)}): {', '.join(games)}")
 
 
-def _resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown Atari backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -135,7 +135,7 @@ def _resolve_backend(backend: str) -> str:
 
 def num_actions(game: str, backend: str = "auto") -> int:
     """Size of the game's minimal action set, without starting an emulator where the backend allows it."""
-    backend = _resolve_backend(backend)
+    backend = resolve_backend(backend)
     name = canonical_game(game, backend)
     if backend == "envpool":
         import envpool
@@ -388,7 +388,7 @@ def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     observation_shape(observation)
-    backend = _resolve_backend(backend)
+    backend = resolve_backend(backend)
     name = canonical_game(game, backend)
     if backend == "envpool":
         return EnvPoolAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import state as checkpointed
 from .seam import Observer, OptimizerWatch, StackedWatch, StepObserver
 
 
@@ -168,6 +169,11 @@ class MetaLearner:
         if not cls.measures_displacement:
             out["meta.optimizer.step_fraction"] = "the sized step needs each task's displacement, which is not measured"
         return out
+
+    @classmethod
+    def check_config(cls, cfg: Any, task: Any) -> None:
+        """Refuse (ValueError, one line naming the key) values of a run config ``cfg`` this method cannot run
+        with on the task family ``task`` (a train.tasks.base.TaskAdapter class: what its tasks offer)."""
 
     @classmethod
     def distributed_refusal(cls, cfg: Any) -> str:
@@ -347,20 +353,19 @@ class MetaLearner:
         self.displacement = 0.0
 
     # -- checkpointing -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": {k: v.clone() for k, v in self.init_state.items()},
-                "meta_optimizer": self.meta_optimizer.state_dict(),
-                "acc": [a.clone() for a in self._acc],
-                "counters": torch.tensor([self.tasks, self.skipped, self.meta_steps, self.displacement],
-                                         dtype=torch.float64)}
+    # What a checkpoint holds, as typed entries (metarl/state.py); a method lists only what it adds, in its own
+    # ``saved``, and state_dict / load_state_dict are generated from the whole hierarchy's entries.
+    saved = (checkpointed.Tensors("init", "init_state"), checkpointed.Optimizer("meta_optimizer"),
+             checkpointed.Tensors("acc", "_acc"),
+             # a checkpoint written before displacement was counted holds the first three
+             checkpointed.Counters("counters", attrs=("tasks", "skipped", "meta_steps", "displacement"),
+                            dtype=torch.float64))
 
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state["init"].items():
-            self.init_state[k].copy_(v)
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])     # moves its state to the params' device
-        torch._foreach_copy_(self._acc, [a.to(self.device) for a in state["acc"]])
-        counters = state["counters"].tolist()
-        self.tasks, self.skipped, self.meta_steps = (int(x) for x in counters[:3])
-        self.displacement = float(counters[3]) if len(counters) > 3 else 0.0    # older checkpoints: 3 counters
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for exact resume: tensors and plain containers only (weights_only loading)."""
+        return checkpointed.state_dict(self)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output onto this learner's device."""
+        checkpointed.load_state_dict(self, saved)
 

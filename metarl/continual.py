@@ -75,6 +75,7 @@ from torch import Tensor, nn
 from .base import MetaLearner, Update, all_finite
 from .seam import Observer, OptimizerWatch
 from .seed_batch import SeedAdam, clip_grad_norm_seeds, seed_finite, seed_grad_norms
+from .state import Counters, Stacked
 
 WARP_OBJECTIVES = ("same_loss", "meta_batch")
 
@@ -184,17 +185,8 @@ class ContinualWarpGrad(MetaLearner):
             self.seed_tasks.zero_()
             self.seed_skipped.zero_()
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), "warp_steps": torch.tensor(self.warp_steps)}
-        if self.seeds:
-            state["seed_counters"] = torch.stack((self.seed_tasks, self.seed_skipped, self.seed_warp_steps))
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.warp_steps = int(state["warp_steps"])
-        if self.seeds:
-            self.seed_tasks, self.seed_skipped, self.seed_warp_steps = (c.clone() for c in state["seed_counters"])
+    saved = (Counters("warp_steps", attrs=("warp_steps",), scalar=True),
+             Stacked("seed_counters", attrs=("seed_tasks", "seed_skipped", "seed_warp_steps"), when="seeds"))
 
 
 class _WarpContribution(Observer):

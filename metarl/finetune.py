@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .base import MetaLearner, all_finite, select
 from .seam import Observer, OptimizerWatch
+from .state import Bank
 
 
 class FineTuning(MetaLearner):
@@ -25,6 +26,13 @@ class FineTuning(MetaLearner):
     def distributed_refusal(cls, cfg: Any) -> str:
         return ("fine-tuning chains the tasks of a meta-batch (each starts from the last one's end), which ranks "
                 "cannot split")
+
+    @classmethod
+    def check_config(cls, cfg: Any, task: Any) -> None:
+        # a learned head follows the trunk into θ⁰ (TaskHeads.task_end), so it needs one shape for every task
+        varies = task.head_shape_varies(cfg.task_config)
+        if cfg.meta.head == "learned" and varies:
+            raise ValueError(f"method finetune with meta.head: learned needs one head shape for every task: {varies}")
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head: Sequence[str] = ("head.",), **common: Any) -> "FineTuning":
@@ -59,17 +67,7 @@ class FineTuning(MetaLearner):
         logs["meta/heads"] = float(len(self.heads))
         return ()                       # θ⁰ moved at every task's end (_Continue)
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        keys = sorted(self.heads)
-        state["head_keys"] = keys    # strings are plain data: weights_only loading accepts them
-        state["heads"] = [self.heads[k] for k in keys]
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.heads = {k: {n: v.to(self.device) for n, v in head.items()}
-                      for k, head in zip(state["head_keys"], state["heads"])}
+    saved = (Bank("heads", keys="head_keys"),)     # the task heads by task key
 
 
 class _Continue(Observer):

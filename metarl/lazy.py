@@ -51,14 +51,15 @@ or teacher loss is non-finite is skipped (``meta/skipped_tasks``) and never reac
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from .base import MetaLearner, Update, all_finite, global_norm
-from .maml import _Functional
+from .functional import Functional
+from .state import Names, Record, Tensors
 
 LEAPS = ("interpolate", "follow_updates")          # the teacher's leap rules
 READINGS = (*LEAPS, "leap_then_step")              # a leap rule alone, or a leap (``base``) + one step
@@ -193,7 +194,7 @@ class Lazy(MetaLearner):
         losses: list[float] = []
         finite = True
         stepped = [phi[n] for n in self.step_names]
-        functional = _Functional(model, phi)
+        functional = Functional(model, phi)
         for _ in range(cfg.student_steps):
             loss = loss_fn(functional, "train")
             value = float(loss.detach())
@@ -233,7 +234,7 @@ class Lazy(MetaLearner):
             else:                               # follow_updates: θ − γ η Σ_k sg[g_k]
                 psi[n] = t - cfg.gamma * rates[n] * trace.grad_sum[n]
         if cfg.reading == "leap_then_step":     # one differentiable step at the leap point
-            support = loss_fn(_Functional(model, psi), "train")
+            support = loss_fn(Functional(model, psi), "train")
             trace.extra["support_loss"] = float(support.detach())
             keys = list(self.step_names)
             grads = torch.autograd.grad(support, [psi[n] for n in keys], create_graph=True, allow_unused=True)
@@ -242,7 +243,7 @@ class Lazy(MetaLearner):
                 if g is not None:
                     alpha = rates[n] if cfg.teacher_step_lr is None else cfg.teacher_step_lr
                     psi[n] = psi[n] - alpha * g
-        query = loss_fn(_Functional(model, psi), "query")
+        query = loss_fn(Functional(model, psi), "query")
         inputs = [theta[n] for n in self.names] + list(self.lr_params)
         grads = torch.autograd.grad(query, inputs, allow_unused=True)
         return query.detach(), list(grads[:len(self.names)]), list(grads[len(self.names):])
@@ -320,23 +321,8 @@ class Lazy(MetaLearner):
         self._sums = LossSums()
 
     # -- checkpointing -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The base state (θ, the meta-optimiser — its second group holds the log step sizes —,
-        accumulators, counters) plus the log step sizes, their accumulator and the loss statistics."""
-        state = super().state_dict()
-        state["lr_names"] = list(self.lr_names)
-        state["log_lr"] = [p.detach().clone() for p in self.lr_params]
-        state["lr_acc"] = [a.clone() for a in self._lr_acc]
-        state["lazy_sums"] = asdict(self._sums)
-        return state
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state.get("lr_names", [])) != list(self.lr_names):
-            raise ValueError("checkpoint learned step sizes do not match this learner's (learn_lr differs?)")
-        super().load_state_dict(state)
-        for p, v in zip(self.lr_params, state["log_lr"]):
-            p.copy_(v)
-        for a, v in zip(self._lr_acc, state["lr_acc"]):
-            a.copy_(v)
-        self._sums = LossSums(**state["lazy_sums"])
+    # the base state (θ, the meta-optimiser — its second group holds the log step sizes —, accumulators,
+    # counters) plus the log step sizes, their accumulator and the loss statistics
+    saved = (Names("lr_names", mismatch="learned step sizes do not match this learner's (learn_lr differs?)"),
+             Tensors("log_lr", "lr_params"), Tensors("lr_acc", "_lr_acc"),
+             Record("lazy_sums", "_sums"))

@@ -10,42 +10,21 @@ The outer loss (``outer_loss``) is one of two readings:
   L_outer = (L_train(θ_{K−1}; batch K) + Σ_b L_b(θ_K)) / B — the loss of the last inner step, at the
   parameters before that step, on its batch, differentiated through θ_{K−1} as well (docs/protocols.md §1).
 
-The inner loop is written with ``torch.func.functional_call`` so the graph runs from θ⁰ through every
-step (``create_graph=True``). Memory grows with K, which is why MAML uses few steps (5 in the Leap
+The inner loop is written with ``torch.func.functional_call`` (metarl/functional.py) so the graph runs from θ⁰
+through every step (``create_graph=True``). Memory grows with K, which is why MAML uses few steps (5 in the Leap
 experiments) while the other methods observe long loops through the optimiser-step seam.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from .base import MetaLearner
-
-
-class _Functional(nn.Module):
-    """Calls ``model`` with substituted parameters, so task code can keep calling ``model(x)``."""
-
-    def __init__(self, model: nn.Module, params: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.model = model
-        self.params = params
-
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        return functional_call(self.model, self.params, args, kwargs)
-
-
-def laid_out(t: Tensor, stride: tuple[int, ...]) -> Tensor:
-    """``t`` (differentiably) in the memory layout ``stride`` of the parameter it stands for. A step's gradient
-    may come back in another layout than its parameter (and a point stored flat comes back contiguous); a
-    channels_last model's convolutions would then run and return NCHW, where this CPU build's max-pooling is
-    many times slower (docs/RESULTS.md, omniglot-meta-step)."""
-    if t.stride() == stride:
-        return t
-    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+from .functional import Functional
 
 
 def clip_by_global_norm(grads: list[Tensor | None], max_norm: float) -> list[Tensor | None]:
@@ -62,6 +41,26 @@ def clip_by_global_norm(grads: list[Tensor | None], max_norm: float) -> list[Ten
 OUTER_LOSSES = ("query_batch", "held_out")
 
 
+@dataclass
+class MAMLConfig:
+    """The ``maml:`` section."""
+    inner_lr: float = 0.01
+    steps: int = 5
+    first_order: bool = False
+    # The outer loss. query_batch: one batch of held-out data at θ_K (the usual MAML); held_out: the
+    # original Leap / WarpGrad Omniglot code's, every held-out image (in the task's batches) plus the last
+    # inner loss, averaged over the held-out batches (module docstring; docs/protocols.md §1).
+    outer_loss: str = "query_batch"
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"'maml.steps' must be positive, got {self.steps}")
+        if self.inner_lr < 0:
+            raise ValueError(f"'maml.inner_lr' must be >= 0, got {self.inner_lr}")
+        if self.outer_loss not in OUTER_LOSSES:
+            raise ValueError(f"'maml.outer_loss' must be {' or '.join(OUTER_LOSSES)}, got {self.outer_loss!r}")
+
+
 class MAML(MetaLearner):
     name = "maml"
 
@@ -74,6 +73,12 @@ class MAML(MetaLearner):
         # inner.clip_grad_norm is honoured (clipped inside the differentiable loop); the loop's rule is SGD
         why = "MAML's differentiable inner loop is plain SGD (maml.inner_lr); held-out adaptation keeps that rule"
         return {**super().unused_keys(cfg), "inner.optimizer": why, "inner.momentum": why}
+
+    @classmethod
+    def check_config(cls, cfg: Any, task: Any) -> None:
+        if cfg.maml.outer_loss == "held_out" and not task.held_out_batches:
+            raise ValueError(f"config key 'maml.outer_loss' held_out needs tasks with held-out batches "
+                             f"(held_out_batches), which task {cfg.task} does not have")
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "MAML":
@@ -123,7 +128,7 @@ class MAML(MetaLearner):
         curve = []
         keep_last = self.outer_loss == "held_out"      # the last inner loss is part of the outer loss
         for k in range(self.inner_steps):
-            loss = loss_fn(_Functional(model, params), "train")
+            loss = loss_fn(Functional(model, params), "train")
             curve.append(float(loss.detach()))
             keys = [n for n in params if params[n].requires_grad]
             retain = not self.first_order or (keep_last and k == self.inner_steps - 1)
@@ -137,11 +142,11 @@ class MAML(MetaLearner):
                     params[n] = params[n] - self.inner_lr * g
         if self.outer_loss == "held_out":
             # `loss` is still the last inner step's: at θ_{K−1}, on batch K (the original adds it in)
-            batches = torch.stack(held_out(_Functional(model, params)))
+            batches = torch.stack(held_out(Functional(model, params)))
             query = batches.mean()
             outer = (loss + batches.sum()) / len(batches)
         else:
-            query = outer = loss_fn(_Functional(model, params), "query")
+            query = outer = loss_fn(Functional(model, params), "query")
         meta_grads = torch.autograd.grad(outer, [start[n] for n in self.names], allow_unused=True)
         with torch.no_grad():
             for acc, g in zip(self._task_acc, meta_grads):

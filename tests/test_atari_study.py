@@ -12,8 +12,9 @@ import pytest
 
 from cli_helpers import cli, one_line
 from train.atari_scores import REFERENCE
-from train.cli import _print_summary
-from train.config import config_to_dict, load_config, read_yaml
+from train.cli import print_summary
+from train.config import config_to_dict, load_config
+from train.config_yaml import read_yaml
 from train.config_checks import flatten
 from train.config_usage import check_used_keys
 from train.tasks.atari_eval import summary
@@ -51,7 +52,7 @@ def test_make_run_ends_with_its_held_out_table_and_the_note(tmp_path, capsys):
     (tmp_path / "eval.json").write_text(json.dumps(MAKE_RUN, indent=2))
     result = json.loads((tmp_path / "eval.json").read_text())
     cfg = load_config(CONFIGS / "atari_leap.yaml")          # what `make run` trains
-    _print_summary(cfg, result)
+    print_summary(cfg, result)
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
         "held-out games: 60,000 env steps per run, 2 seeds per game and initialisation; mean ± sample std over "
@@ -64,7 +65,7 @@ def test_make_run_ends_with_its_held_out_table_and_the_note(tmp_path, capsys):
         cfg.eval.note]          # one game: no "mean of 1 game" rows repeating it
     assert "shows the pipeline, not transfer" in cfg.eval.note and "configs/atari_transfer_*.yaml" in cfg.eval.note
     # quiet runs print nothing but their JSON
-    _print_summary(load_config(CONFIGS / "atari_leap.yaml", ["run.progress=false"]), result)
+    print_summary(load_config(CONFIGS / "atari_leap.yaml", ["run.progress=false"]), result)
     assert capsys.readouterr().err == ""
 
 

@@ -72,7 +72,7 @@ def test_flops_of_a_meta_step_match_the_trainer(pool):
     cfg = load_config(bench.CONFIG, ["inner.steps=3", "meta.meta_batch=2", "omniglot.filters=8", "eval.every=0"])
     adapter, meta = setup(cfg, OmniglotAdapter(cfg.task_config, seed=cfg.seed, data=pool))
     with FlopCounterMode(display=False) as counter:
-        episodic_unit(cfg, adapter, meta, World(), 0, lambda values: None)
+        episodic_unit(cfg, adapter, meta, World(), 0)
     counts = counter.get_flop_counts()["Global"]
     counted = sum(v for op, v in counts.items() if str(op) != "aten.bmm")
     assert counted == bench.meta_step_flops(2, 3, filters=8, batch=20, ways=20)
@@ -180,7 +180,7 @@ def test_bad_precision_is_one_line():
 def real_data():
     if not (DATA / "images_background.zip").is_file():
         pytest.skip(f"real Omniglot data not found at {DATA}")
-    from train.tasks.omniglot import load_omniglot
+    from train.tasks.omniglot_data import load_omniglot
     return load_omniglot(DATA)          # the decoded-image cache, as the benchmark and `metarl train` use
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import cli, one_line
-from train.config import config_to_yaml, load_config, read_yaml
+from train.config import config_to_yaml, load_config
+from train.config_yaml import read_yaml
 from train.config_usage import check_used_keys, unused_keys
 from train.errors import ConfigError
 

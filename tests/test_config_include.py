@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from train.cli import main
-from train.config import config_to_yaml, deep_merge, load_config, read_yaml
+from train.config import config_to_yaml, load_config
+from train.config_yaml import deep_merge, read_yaml
 from train.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ from torch import nn
 
 import train.trainer as trainer_module
 from train.checkpoint import load_latest
-from train.config import build_config, read_yaml
+from train.config import build_config
+from train.config_yaml import read_yaml
 from train.device import check_device_name, resolve_device, to_cpu, to_device
 from train.errors import ConfigError
 from train.tasks import build_adapter

@@ -308,8 +308,8 @@ def test_fused_warp_rnn_unroll_matches_autograd_through_cell():
     with pytest.raises(RuntimeError):
         H.sum().backward()  # one backward pass per unroll
     # The reusable workspace is not model state: not in the state dict, not copied with the model.
-    assert m._fused_slot.workspace is not None
-    assert copy.deepcopy(m)._fused_slot.workspace is None
+    assert m.fused_slot.workspace is not None
+    assert copy.deepcopy(m).fused_slot.workspace is None
     assert all("workspace" not in k for k in m.state_dict())
 
 

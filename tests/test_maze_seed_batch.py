@@ -16,7 +16,8 @@ from agents.seed_batched import build_seed_batched
 from metarl.seed_batch import SeedAdam, clip_grad_norm_seeds
 from train.checkpoint import load_latest
 from train.config import build_config, load_config
-from train.tasks.maze import MazeAdapter, MazeTaskConfig, results_table
+from train.maze_report import results_table
+from train.tasks.maze import MazeAdapter, MazeTaskConfig
 from train.trainer import train
 
 torch.set_num_threads(1)
@@ -164,18 +165,25 @@ def test_a_seed_split_from_a_batch_continues_alone_as_it_would_have(tmp_path):
 def test_a_non_finite_seed_is_skipped_and_the_others_train_on(tmp_path, monkeypatch):
     """Seed 1's recurrent weights are NaN: every one of its iterations is skipped (no task step, no warp
     contribution, no query rollout), exactly as when it runs alone; seeds 3 and 4 are unaffected."""
-    real = MazeAdapter.make_model
+    from train.tasks.maze import SeedBatchedMazeAdapter
+    real_alone, real_batched = MazeAdapter.make_model, SeedBatchedMazeAdapter.make_model
 
-    def make_model(self, generator, task=None):
-        model = real(self, generator, task)
-        with torch.no_grad():
-            if self.seeds and 1 in self.seeds:
-                model.weight_hh[self.seeds.index(1)] = float("nan")
-            elif not self.seeds and self.seed == 1:
+    def alone(self, generator, task=None):
+        model = real_alone(self, generator, task)
+        if self.seed == 1:
+            with torch.no_grad():
                 model.weight_hh.fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(MazeAdapter, "make_model", make_model)
+    def batched(self, generator, task=None):
+        model = real_batched(self, generator, task)
+        if 1 in self.seeds:
+            with torch.no_grad():
+                model.weight_hh[self.seeds.index(1)] = float("nan")
+        return model
+
+    monkeypatch.setattr(MazeAdapter, "make_model", alone)
+    monkeypatch.setattr(SeedBatchedMazeAdapter, "make_model", batched)
     result = train(tiny_cfg("warp-rnn", 0, SEEDS), tmp_path / "batch")
     batched = load_latest(tmp_path / "batch")[0]
     assert result["per_seed"]["1"]["skipped_steps"] == 8 and result["per_seed"]["3"]["skipped_steps"] == 0
@@ -411,3 +419,16 @@ def test_maze_learning_areas_are_each_seeds_mean_return_over_the_run_and_its_sta
     from train.errors import UserError
     with pytest.raises(UserError, match="no episode returns logged within the first 10 episodes"):
         learning_areas([batch], early=10)
+
+
+def test_one_seed_and_a_batch_of_seeds_are_two_adapters_not_branches():
+    """maze.seeds builds the seed-batched adapter; one seed keeps its own (the S = 1 batch is not that run bit
+    for bit), and neither asks ``if self.seeds``."""
+    import re
+
+    import train.tasks.maze as maze
+    from train.tasks import build_adapter
+    single = build_adapter("maze", MazeTaskConfig(batch=2, episode_length=4), 0)
+    batch = build_adapter("maze", MazeTaskConfig(batch=2, episode_length=4, seeds=[0, 1]), 0)
+    assert type(single) is MazeAdapter and type(batch) is maze.SeedBatchedMazeAdapter
+    assert not re.search(r"if (not )?(self|a)\.seeds", Path(maze.__file__).read_text())

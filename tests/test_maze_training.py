@@ -18,7 +18,8 @@ from metarl.base import MetaOptimizerConfig
 from metarl.continual import ContinualWarpConfig, ContinualWarpGrad, continual_update
 from train.checkpoint import list_checkpoints, load_latest
 from train.config import build_config, load_config
-from train.tasks.maze import MazeTaskConfig, numpy_rng_state, results_table, set_numpy_rng_state
+from train.maze_report import results_table
+from train.tasks.maze import MazeTaskConfig, numpy_rng_state, set_numpy_rng_state
 from train.trainer import train
 
 torch.set_num_threads(1)

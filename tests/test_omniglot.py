@@ -20,8 +20,8 @@ from metarl.reptile import Reptile
 from train.errors import ConfigError, DataError
 from train.tasks import omniglot as om
 from train.tasks import omniglot_data
-from train.tasks.omniglot import (IndexStream, OmniConv, OmniglotAdapter, OmniglotConfig, OmniglotData,
-                                  load_omniglot, random_affine)
+from train.tasks.omniglot import IndexStream, OmniConv, OmniglotAdapter, OmniglotConfig, random_affine
+from train.tasks.omniglot_data import OmniglotData, load_omniglot
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 DROPPED = {"Blackfoot_(Canadian_Aboriginal_Syllabics)": 14, "Ojibwe_(Canadian_Aboriginal_Syllabics)": 14,
@@ -56,7 +56,7 @@ def test_real_data_counts(data):
     assert (data.num_alphabets, data.num_characters, data.num_images) == (50, 1623, 32460)
     assert data.images.shape == (32460, 28, 28) and data.images.dtype == np.uint8
     assert np.all(np.diff(data.char_start) == 20)
-    split = {s: int((data.alphabet_split == s).sum()) for s in om.SPLITS}
+    split = {s: int((data.alphabet_split == s).sum()) for s in omniglot_data.SPLITS}
     assert split == {"images_background": 30, "images_evaluation": 20}
     per_alphabet = data.characters_per_alphabet()
     assert sum(per_alphabet.values()) == 1623
@@ -79,7 +79,7 @@ def test_second_load_comes_from_cache(data, cache_dir, monkeypatch):
     assert np.array_equal(again.images, data.images) and np.array_equal(again.files, data.files)
     assert np.array_equal(again.char_start, data.char_start)
     names = sorted(p.name for p in cache_dir.iterdir())
-    assert names == [om.cache_path(ROOT, cache_dir).name]      # no temp file left behind
+    assert names == [omniglot_data.cache_path(ROOT, cache_dir).name]      # no temp file left behind
 
 
 def test_filter_and_seeded_split(adapter, data):
@@ -292,7 +292,7 @@ def test_adapt_evaluate_and_batchnorm_reset(adapter):
 # errors and the extracted-folder layout (small synthetic data)
 
 
-def _write_tree(root: Path, layout: dict[str, dict[str, int]], drawings: int = 3) -> None:
+def write_tree(root: Path, layout: dict[str, dict[str, int]], drawings: int = 3) -> None:
     rng = np.random.default_rng(0)
     for split, alphabets in layout.items():
         for alphabet, n_chars in alphabets.items():
@@ -313,28 +313,28 @@ def _zip_tree(root: Path, split: str, dest: Path) -> None:
 @pytest.fixture
 def tiny(tmp_path) -> Path:
     tree = tmp_path / "tree"
-    _write_tree(tree, {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"Gamma": 2}})
+    write_tree(tree, {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"Gamma": 2}})
     return tree
 
 
 def test_zip_and_folder_layouts_decode_identically(tiny, tmp_path):
     zips = tmp_path / "zips"
     zips.mkdir()
-    for split in om.SPLITS:
+    for split in omniglot_data.SPLITS:
         _zip_tree(tiny, split, zips / f"{split}.zip")
     from_dir = load_omniglot(tiny, cache_dir=None)
     from_zip = load_omniglot(zips, cache_dir=None)
     assert from_dir.num_alphabets == 3 and from_dir.num_characters == 7 and from_dir.num_images == 21
-    for name in om._ARRAYS:
+    for name in omniglot_data.ARRAYS:
         assert np.array_equal(getattr(from_dir, name), getattr(from_zip, name)), name
     # the cache key follows the source files: touching one drawing invalidates it
     cache = tmp_path / "cache"
-    first = om.cache_path(tiny, cache)
+    first = omniglot_data.cache_path(tiny, cache)
     load_omniglot(tiny, cache)
     assert first.is_file()
     png = next((tiny / "images_evaluation").rglob("*.png"))
     os.utime(png, ns=(0, 0))
-    assert om.cache_path(tiny, cache) != first
+    assert omniglot_data.cache_path(tiny, cache) != first
 
 
 def _assert_one_line(err: pytest.ExceptionInfo, path: Path) -> None:
@@ -372,7 +372,7 @@ def test_truncated_real_zip_raises_data_error(tmp_path):
 def test_corrupt_member_and_bad_png_raise_data_error(tiny, tmp_path):
     zips = tmp_path / "zips"
     zips.mkdir()
-    for split in om.SPLITS:
+    for split in omniglot_data.SPLITS:
         _zip_tree(tiny, split, zips / f"{split}.zip")
     path = zips / "images_evaluation.zip"
     with zipfile.ZipFile(path) as z:

@@ -19,7 +19,8 @@ from train.config import load_config
 from train.distributed import World
 from train.errors import ConfigError
 from train.seeding import step_generators
-from train.tasks.omniglot import DEFAULT_CACHE_DIR, OmniglotAdapter, load_omniglot
+from train.tasks.omniglot import OmniglotAdapter
+from train.tasks.omniglot_data import DEFAULT_CACHE_DIR, load_omniglot
 from train import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def test_bad_switch_values_are_one_line_config_errors():
         quick("maml", "maml.outer_loss=all")
     with pytest.raises(ConfigError, match="batch_norm_eval must be running, refit or batch"):
         quick("maml", "omniglot.batch_norm_eval=batches")
-    with pytest.raises(ConfigError, match="'maml.outer_loss' held_out .* task omniglot only"):
+    with pytest.raises(ConfigError, match="'maml.outer_loss' held_out needs tasks with held-out batches .* task sine"):
         load_config(ROOT / "configs" / "sine_maml.yaml", ["maml.outer_loss=held_out"])
     with pytest.raises(ValueError, match="outer_loss must be one of query_batch, held_out"):
         MAML(torch.nn.Linear(2, 2), outer_loss="all")
@@ -138,7 +139,7 @@ def test_every_task_starts_from_the_documented_head(method, data, monkeypatch):
         return model
 
     monkeypatch.setattr(trainer, "task_model", recording)
-    trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+    trainer.episodic_unit(cfg, adapter, meta, World(), 0)
     trainer.evaluate(cfg, adapter, meta, "val")
     assert len(seen) == 3 + 2
     for s in seen:
@@ -158,7 +159,7 @@ def test_learned_head_receives_the_meta_gradient(method, data):
         cfg = quick(method, *small, f"meta.head={head}")
         adapter, meta = build(cfg, data)
         before = meta.init_state["head.weight"].clone()
-        trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+        trainer.episodic_unit(cfg, adapter, meta, World(), 0)
         learned = any(n.startswith("head.") for n in meta.names)
         assert learned == (head == "learned")
         assert (not torch.equal(meta.init_state["head.weight"], before)) == (head == "learned")
@@ -178,7 +179,7 @@ def replayed_points(cfg, data, monkeypatch):
         return replay(traj, point)
 
     monkeypatch.setattr(meta, "_replay_value", recording)
-    trainer.episodic_unit(cfg, adapter, meta, World(), 0, lambda *a, **k: None)
+    trainer.episodic_unit(cfg, adapter, meta, World(), 0)
     trajectories = sorted({t for t, _ in seen})
     return meta, {t: sorted(k for u, k in seen if u == t) for t in trajectories}
 

@@ -123,8 +123,8 @@ def test_fused_plastic_unroll_float32_is_the_models_hook(name, seeded):
         _check(m, H_f, g_f, H_ref, g_ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError):
         out.sum().backward()  # one backward pass per unroll
-    assert m._fused_slot.workspace is not None
-    assert copy.deepcopy(m)._fused_slot.workspace is None
+    assert m.fused_slot.workspace is not None
+    assert copy.deepcopy(m).fused_slot.workspace is None
     assert all("workspace" not in k for k in m.state_dict())
     assert m.to(torch.float64).fused_unroll(B, T) is None
 
@@ -160,7 +160,7 @@ def test_fused_and_unfused_rollouts_agree_for_plastic_rnns(name, seeded):
         m.modulation.mul_(10.0)
     assert m.fused_unroll(B, T) is not None
     r1, g1 = _rollout_grads(m, make_batch, generator, fused=True)
-    clipped = float((m._fused_slot.workspace.Q[: T - 1].abs() > 1).double().mean())  # the pre-clip traces
+    clipped = float((m.fused_slot.workspace.Q[: T - 1].abs() > 1).double().mean())  # the pre-clip traces
     assert clipped > 0.01, clipped
     r2, g2 = _rollout_grads(m, make_batch, generator, fused=False)
     torch.testing.assert_close(r1.actions, r2.actions)
@@ -189,7 +189,7 @@ def test_clip_bounds_pass_gradient_as_torch_clamp_does(name):
     w = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
     H_ref, g_ref, _ = _reference(m, xs, w)
     H_f, g_f, _ = _fused(m, xs, w)
-    Q = m._fused_slot.workspace.Q[12 : T - 1]
+    Q = m.fused_slot.workspace.Q[12 : T - 1]
     assert int((Q.abs() == 1).sum()) > 20  # pre-clip values on the bounds
     _check(m, H_f, g_f, H_ref, g_ref, rtol=1e-10, atol=1e-12)
 
@@ -234,7 +234,7 @@ def test_two_unrolls_alive_at_once_and_in_place_updates(name):
     w = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
     H_ref, g_ref, _ = _reference(m, xs, w)
     first, second = PlasticRNNUnroll(m, B, T), PlasticRNNUnroll(m, B, T)
-    assert m._fused_slot.workspace is first.ws and second.ws is not first.ws
+    assert m.fused_slot.workspace is first.ws and second.ws is not first.ws
     for unroll in (second, first):
         H_f, g_f, _ = _fused(m, xs, w, unroll)
         _check(m, H_f, g_f, H_ref, g_ref, rtol=1e-10, atol=1e-12)
@@ -246,4 +246,4 @@ def test_two_unrolls_alive_at_once_and_in_place_updates(name):
         m.alpha.mul_(0.5)
     with pytest.raises(RuntimeError, match="modified in place"):
         (out * w).sum().backward()
-    assert not m._fused_slot.workspace.in_use          # released: the next unroll can take it
+    assert not m.fused_slot.workspace.in_use          # released: the next unroll can take it

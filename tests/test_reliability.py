@@ -20,7 +20,8 @@ from train import checkpoint as ckpt
 from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from cli_helpers import cli, one_line
 from train.cli import main
-from train.config import build_config, load_config, read_yaml
+from train.config import build_config, load_config
+from train.config_yaml import read_yaml
 from train.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -397,12 +397,12 @@ def test_a_truncated_or_fake_mp4_is_not_a_video(tmp_path):
 
 
 def test_omniglot_per_class_sizes_beyond_the_drawings_are_named(tmp_path):
-    from test_omniglot import _write_tree
+    from test_omniglot import write_tree
 
     from train.errors import ConfigError
     from train.tasks.omniglot import OmniglotAdapter, OmniglotConfig
     from train.tasks.omniglot_data import load_omniglot
-    _write_tree(tmp_path, {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"Gamma": 2}})
+    write_tree(tmp_path, {"images_background": {"Alpha": 3, "Beta": 2}, "images_evaluation": {"Gamma": 2}})
     data = load_omniglot(tmp_path, cache_dir=None)
     config = OmniglotConfig(root=str(tmp_path), cache_dir=None, ways=2, num_pretrain=1, num_test=1,
                             train_per_class=100, test_per_class=1)

@@ -21,8 +21,8 @@ from PIL import Image
 from metarl.warpgrad import WarpGrad
 from train.errors import ConfigError, DataError
 from train.tasks.base import supervised_adapt
-from train.tasks.tiered import (TieredAdapter, TieredConfig, TieredConv, TieredSplit, images_path, labels_path,
-                                load_pickle)
+from train.tasks.tiered import TieredAdapter, TieredConfig, TieredConv
+from train.tasks.tiered_data import TieredSplit, images_path, labels_path, load_pickle
 
 from tiered_fixture import make_tiny_tiered, write_tiered_pickles
 

@@ -96,3 +96,90 @@ def test_every_method_trains(tmp_path):
         cfg = cfg_for(method, "meta.steps=2", "eval.tasks=1")
         result = train(cfg, tmp_path / method)
         assert set(result) >= {"auc", "final_loss", "test_loss"}
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop's callbacks and its clean-up
+
+
+def test_a_signal_mid_run_closes_the_watch_the_bar_and_the_writers(tmp_path, monkeypatch):
+    """SIGTERM during a continual run (train/cli.py turns it into Stopped, a KeyboardInterrupt) leaves no watch
+    hook on the stream's optimiser, the progress bar and every TensorBoard writer closed, and each callback's
+    ``on_training_end`` called; the checkpoint of the last finished meta-step is kept."""
+    import os
+    import signal
+
+    import tqdm
+
+    from train import trainer
+    from train.callbacks import Callback
+    from train.cli import Stopped, stop_signals
+
+    closed = {"bars": 0, "loggers": 0}
+    bar_close, logger_close = tqdm.tqdm.close, trainer.Logger.close
+
+    def close_bar(self):
+        closed["bars"] += not self.disable       # the first close (a later one, e.g. tqdm's __del__, does nothing)
+        bar_close(self)
+
+    def close_logger(self):
+        closed["loggers"] += 1
+        logger_close(self)
+
+    monkeypatch.setattr(tqdm.tqdm, "close", close_bar)
+    monkeypatch.setattr(trainer.Logger, "close", close_logger)
+
+    class Signal(Callback):
+        def __init__(self):
+            self.points = []
+
+        def on_training_start(self, run):
+            self.points.append("start")
+            self.optimizer = run.stream.optimizer
+
+        def on_meta_step(self, run, logs):
+            self.points.append(run.meta.meta_steps)
+            self.hooks = len(self.optimizer._optimizer_step_pre_hooks)
+            if run.meta.meta_steps == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_training_end(self, run):           # after the run's own callbacks, before the writers close
+            self.points.append("end")
+            self.closed = dict(closed)
+
+    cb = Signal()
+    cfg = cfg_for("no_pretraining", "meta.every=4", "meta.steps=5", "run.checkpoint_every=1", "run.progress=true")
+    with pytest.raises(Stopped), stop_signals():
+        train(cfg, tmp_path, callbacks=[cb])
+    assert cb.points == ["start", 1, 2, "end"] and cb.hooks > 0
+    assert len(cb.optimizer._optimizer_step_pre_hooks) == 0 and len(cb.optimizer._optimizer_step_post_hooks) == 0
+    assert cb.closed == {"bars": 1, "loggers": 0} and closed == {"bars": 1, "loggers": 1}
+    assert int(load_latest(tmp_path)[0]["step"]) == 2 and not (tmp_path / "eval.json").exists()
+
+
+def test_train_and_eval_write_the_same_final_evaluation(tmp_path):
+    """One final evaluation for `metarl train` and `metarl eval`: the same eval.json (the checkpoint evaluated
+    included) and the same eval/* points; another split goes to eval_<split>.json and eval_<split>/*."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from train.evaluate import evaluate_run
+
+    def points(tag):
+        acc = EventAccumulator(str(tmp_path))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    train(cfg_for("leap", "meta.steps=2", "eval.tasks=2"), tmp_path)
+    trained = json.loads((tmp_path / "eval.json").read_text())
+    assert trained["checkpoint"] == "checkpoint-0000002.pt" and trained["split"] == "test"
+    auc, curve = points("eval/auc"), points("eval/loss_curve")
+    assert len(auc) == 1 and len(curve) == 11
+    (tmp_path / "eval.json").unlink()
+    assert {k: v for k, v in evaluate_run(tmp_path).items()} == trained
+    assert json.loads((tmp_path / "eval.json").read_text()) == trained
+    assert points("eval/auc") == auc * 2 and points("eval/loss_curve")[11:] == curve
+    val = evaluate_run(tmp_path, "val")
+    assert json.loads((tmp_path / "eval_val.json").read_text()) == val and val["split"] == "val"
+    assert points("eval_val/auc") == [(2, pytest.approx(val["auc"]))]
+    assert json.loads((tmp_path / "eval.json").read_text()) == trained

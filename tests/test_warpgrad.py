@@ -555,7 +555,7 @@ class _LayoutProbe(nn.Module):
 def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kind):
     """A stored point comes back, and θ' = θ − α∇L is handed to the model, in the parameter's layout
     (channels_last here), so replayed convolutions run as the inner loop's do (and max-pooling stays fast)."""
-    from metarl.warpgrad.replay import _flat, _Trajectory
+    from metarl.warpgrad.replay import flat, Trajectory
 
     torch.manual_seed(0)
     model = _LayoutProbe().to(memory_format=torch.channels_last)
@@ -563,8 +563,8 @@ def test_replayed_points_and_the_lookahead_keep_the_parameters_memory_layout(kin
     assert cl != torch.empty(model.conv.weight.shape).stride()      # the probe can tell the two layouts apart
     names = ["conv.weight", "conv.bias"]
     params = [model.conv.weight, model.conv.bias]
-    traj = _Trajectory(None, model, names, params)
-    theta = traj.unpack(_flat(params, torch.float32, torch.device("cpu")))
+    traj = Trajectory(None, model, names, params)
+    theta = traj.unpack(flat(params, torch.float32, torch.device("cpu")))
     assert [t.stride() for t in theta] == [p.stride() for p in params]
     assert all(torch.equal(t, p) for t, p in zip(theta, params))
     x1, x2 = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)

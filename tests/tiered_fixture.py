@@ -24,7 +24,7 @@ import numpy as np
 if __package__ in (None, ""):       # run as a script: the repository root holds the `train` package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train.tasks.tiered import IMAGE_SHAPE, SPLITS, images_path, labels_path  # noqa: E402
+from train.tasks.tiered_data import IMAGE_SHAPE, SPLITS, images_path, labels_path  # noqa: E402
 
 
 class _Python2Pickler(pickle._Pickler):      # the pure-Python pickler, whose dispatch table can be extended

@@ -100,7 +100,8 @@ def _main_rank() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import dumps_json, list_checkpoints, remove_temp_files
-    from .config import DATA_ENV, check_resume_overrides, load_config, read_yaml
+    from .config import DATA_ENV, check_resume_overrides, load_config
+    from .config_yaml import read_yaml
     from .config_usage import check_used_keys
     from .distributed import init_world, shutdown
     from .rundir import (RunLock, check_fresh, check_resumable, prepare_run_dir, resume_state,
@@ -192,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     break
     if world.is_main:
         print(dumps_json(result))
-        _print_summary(cfg, result, run_dir)
+        print_summary(cfg, result, run_dir)
     return 0
 
 
@@ -219,7 +220,7 @@ def _empty_run_dir(run_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _print_summary(cfg, result: dict, run_dir: Path | None = None) -> None:
+def print_summary(cfg, result: dict, run_dir: Path | None = None) -> None:
     """The run's table after the JSON line, where a terminal shows it last (stderr, with the progress output;
     stdout stays the JSON): Atari's held-out table; the maze's per-seed returns and their mean (after the
     TensorBoard command of ``run_dir``)."""
@@ -246,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds)
     print(dumps_json(result))
-    _print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
+    print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
     return 0
 
 
@@ -301,7 +302,7 @@ def _stop(signum: int, frame) -> None:
 
 
 @contextlib.contextmanager
-def _stop_signals():
+def stop_signals():
     """While a command runs, SIGTERM and SIGHUP raise :class:`Stopped` (a KeyboardInterrupt)."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     command = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
                "report": cmd_report, "export": cmd_export}[args.command]
     try:
-        with _stop_signals():
+        with stop_signals():
             return command(args)
     except UserError as e:
         print(error_line("metarl", e), file=sys.stderr)

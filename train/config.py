@@ -10,7 +10,7 @@ in int64; duplicate YAML keys, empty files and alias bombs are refused, and erro
 few hundred characters of a value.
 
 The YAML reading (strict loader, includes, overrides) is in :mod:`train.config_yaml`, the validation in
-:mod:`train.config_checks`; their names are re-exported here.
+:mod:`train.config_checks`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ import yaml
 
 from metarl.base import MetaOptimizerConfig
 from metarl.leap import LeapConfig
+from metarl.maml import MAMLConfig
 from metarl.registry import METHODS
 
-from .config_checks import flatten
-from .config_checks import (_INTERNAL, ALLOW_NON_FINITE, FLOAT_MAX, INT_LIMIT, QUOTE_LIMIT,  # noqa: F401
-                            _coerce, _optimizer_configs, _show, _type_name, check, from_dict, to_dict)
-from .config_yaml import (MAX_ALIASES, MAX_INCLUDE_DEPTH, MAX_NODES, _count_nodes, _load_yaml,  # noqa: F401
-                          _Loader, _read_one, _read_with_includes, _YAMLProblem, deep_merge, parse_override,
-                          read_yaml)
+from .config_checks import check, flatten, from_dict, show_value, to_dict
+from .config_yaml import MAX_NODES, count_nodes, parse_override, read_yaml
 from .errors import ConfigError, clip
 
 
@@ -54,17 +51,6 @@ class MetaConfig:
     head: str = "reset"             # reset: every method re-draws the output head per task; learned: it is in θ⁰
     #                                 (the WarpGrad code re-draws it for Leap, Reptile, FOMAML, no-pretraining only)
     every: int = 0                  # continual mode: a meta-step every N task updates while tasks rotate
-
-
-@dataclass
-class MAMLConfig:
-    inner_lr: float = 0.01
-    steps: int = 5
-    first_order: bool = False
-    # The outer loss. query_batch: one batch of held-out data at θ_K (the usual MAML); held_out: the
-    # original Leap / WarpGrad Omniglot code's, every held-out image (in the task's batches) plus the last
-    # inner loss, averaged over the held-out batches (metarl/maml.py; docs/protocols.md §1). Omniglot only.
-    outer_loss: str = "query_batch"
 
 
 @dataclass
@@ -143,7 +129,7 @@ def build_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
     from .tasks import task_config_class
     from metarl import method_config_class
 
-    if _count_nodes(data) > MAX_NODES:
+    if count_nodes(data) > MAX_NODES:
         raise ConfigError(f"config expands to more than {MAX_NODES} values: refused")
     data = _plain_copy(data)              # overrides must not change the caller's nested sections
     for text in overrides:
@@ -152,9 +138,9 @@ def build_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
     task = data.get("task", Config.task)
     method = data.get("method", Config.method)
     if not isinstance(task, str):
-        raise ConfigError(f"config key 'task' must be a string, got {_show(task)}")
+        raise ConfigError(f"config key 'task' must be a string, got {show_value(task)}")
     if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError(f"unknown method {_show(method)} (valid: {', '.join(METHODS)})")
+        raise ConfigError(f"unknown method {show_value(method)} (valid: {', '.join(METHODS)})")
     task_cls = task_config_class(task)                   # raises ConfigError for an unknown task
     method_cls = method_config_class(method)
     task_section = data.pop(task, None) or {}
@@ -280,7 +266,7 @@ def check_resume_overrides(saved: Config, new: Config) -> list[str]:
         k = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ConfigError(clip(
-            f"cannot change {k!r} on resume ({_show(a.get(k))} -> {_show(b.get(k))}){more}: a resumed run "
+            f"cannot change {k!r} on resume ({show_value(a.get(k))} -> {show_value(b.get(k))}){more}: a resumed run "
             f"may only change {', '.join(p if '.' in p else p + '.*' for p in RESUME_MUTABLE)}; "
             f"start a new run for anything else", 600))
     return changed

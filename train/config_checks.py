@@ -1,7 +1,7 @@
 """Config validation: raw values coerced into the config dataclasses (types, finite floats, int64 integers,
 bounded error messages) and the value checks the types cannot express (:func:`check`).
 
-Used by :mod:`train.config`, which re-exports these names.
+Used by :mod:`train.config` (building a config) and :mod:`train.config_usage`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 3, 6, 6, 6
 _repr.maxstring, _repr.maxother, _repr.maxlong = QUOTE_LIMIT, QUOTE_LIMIT, 40
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A bounded repr for error messages: an alias bomb or a huge string must not become a huge message."""
     return clip(_repr.repr(value), QUOTE_LIMIT)
 
@@ -57,16 +57,16 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
                 return _coerce(value, arg, key, finite)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0] if errors else ConfigError(f"config key {key!r}: unexpected value {_show(value)}")
+        raise errors[0] if errors else ConfigError(f"config key {key!r}: unexpected value {show_value(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {type(value).__name__} {_show(value)}")
+            raise ConfigError(f"config key {key!r} must be a mapping, got {type(value).__name__} {show_value(value)}")
         return from_dict(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be a list, got {type(value).__name__} {_show(value)}")
+            raise ConfigError(f"config key {key!r} must be a list, got {type(value).__name__} {show_value(value)}")
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
@@ -82,14 +82,14 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {key!r} must be true or false, got {_show(value)}")
+        raise ConfigError(f"config key {key!r} must be true or false, got {show_value(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if not -INT_LIMIT <= value < INT_LIMIT:
                 raise ConfigError(f"config key {key!r} must be an integer of magnitude below 2**63, "
-                                  f"got {_show(value)}")
+                                  f"got {show_value(value)}")
             return value
-        raise ConfigError(f"config key {key!r} must be an integer, got {_show(value)}")
+        raise ConfigError(f"config key {key!r} must be an integer, got {show_value(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -103,15 +103,15 @@ def _coerce(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise ConfigError(f"config key {key!r} must be a number, got {_show(value)}")
+            raise ConfigError(f"config key {key!r} must be a number, got {show_value(value)}")
         if finite and not (math.isfinite(number) and abs(number) <= FLOAT_MAX):
             raise ConfigError(f"config key {key!r} must be a finite number of magnitude at most 3.4e38, "
-                              f"got {_show(value)}")
+                              f"got {show_value(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key {key!r} must be a string, got {_show(value)}")
+        raise ConfigError(f"config key {key!r} must be a string, got {show_value(value)}")
     raise ConfigError(f"config key {key!r}: unsupported type {_type_name(tp)}")
 
 
@@ -147,7 +147,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def _optimizer_configs(obj: Any, prefix: str = "") -> list[tuple[str, MetaOptimizerConfig]]:
-    """Every :class:`MetaOptimizerConfig` in the config (meta.optimizer, warpgrad.warp_optimizer, ...)."""
+    """Every :class:`MetaOptimizerConfig` in the config (meta.optimizer, a method section's own, ...)."""
     from .config import Config          # train.config imports this module
 
     found = []
@@ -165,68 +165,53 @@ def _optimizer_configs(obj: Any, prefix: str = "") -> list[tuple[str, MetaOptimi
 def check(cfg: Config) -> None:
     """Value checks the types cannot express."""
     positive = {"inner.steps": cfg.inner.steps, "meta.meta_batch": cfg.meta.meta_batch,
-                "eval.tasks": cfg.eval.tasks, "run.keep": cfg.run.keep, "maml.steps": cfg.maml.steps,
-                "eval.video_frames": cfg.eval.video_frames}
+                "eval.tasks": cfg.eval.tasks, "run.keep": cfg.run.keep, "eval.video_frames": cfg.eval.video_frames}
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {v}")
     non_negative = {"meta.steps": cfg.meta.steps, "eval.every": cfg.eval.every, "eval.steps": cfg.eval.steps,
                     "run.checkpoint_every": cfg.run.checkpoint_every, "inner.lr": cfg.inner.lr,
                     "inner.momentum": cfg.inner.momentum, "inner.clip_grad_norm": cfg.inner.clip_grad_norm,
-                    "maml.inner_lr": cfg.maml.inner_lr,
                     "run.threads": cfg.run.threads, "seed": cfg.seed, "meta.every": cfg.meta.every,
                     "run.max_memory": cfg.run.max_memory}
     for key, v in non_negative.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {v}")
     if cfg.seed >= 2**63:
-        raise ConfigError(f"config key 'seed' must be below 2**63, got {_show(cfg.seed)}")
+        raise ConfigError(f"config key 'seed' must be below 2**63, got {show_value(cfg.seed)}")
     for key, opt in _optimizer_configs(cfg):
         for name in ("lr", "momentum", "weight_decay", "clip_grad_norm"):
             v = getattr(opt, name)
             if v < 0:
                 raise ConfigError(f"config key '{key}.{name}' must be >= 0, got {v}")
         if opt.name not in ("sgd", "adam", "rmsprop"):
-            raise ConfigError(f"config key '{key}.name' must be sgd, adam or rmsprop, got {_show(opt.name)}")
+            raise ConfigError(f"config key '{key}.name' must be sgd, adam or rmsprop, got {show_value(opt.name)}")
         if not all(0.0 <= b < 1.0 for b in opt.betas):
             raise ConfigError(f"config key '{key}.betas' must be in [0, 1), got {list(opt.betas)}")
     if cfg.inner.optimizer not in ("sgd", "adam", "rmsprop"):
         raise ConfigError(f"config key 'inner.optimizer' must be sgd, adam or rmsprop, "
-                          f"got {_show(cfg.inner.optimizer)}")
+                          f"got {show_value(cfg.inner.optimizer)}")
     if cfg.meta.head not in ("reset", "learned"):
-        raise ConfigError(f"config key 'meta.head' must be reset or learned, got {_show(cfg.meta.head)}")
-    if cfg.maml.outer_loss not in ("query_batch", "held_out"):
-        raise ConfigError(f"config key 'maml.outer_loss' must be query_batch or held_out, "
-                          f"got {_show(cfg.maml.outer_loss)}")
-    if cfg.method == "maml" and cfg.maml.outer_loss == "held_out" and cfg.task != "omniglot":
-        # the original code's outer loss needs the task's held-out batches (OmniglotTask.held_out_batches)
-        raise ConfigError(f"config key 'maml.outer_loss' held_out is the original Omniglot code's: task omniglot "
-                          f"only, not {cfg.task!r}")
-    if cfg.method == "finetune" and cfg.meta.head == "learned" and getattr(cfg.task_config, "heads", None) == "game":
-        # a learned head follows the trunk into θ⁰ (metarl/finetune.py), so it needs one shape for every game
-        raise ConfigError("method finetune with meta.head: learned needs one head shape for every game: set "
-                          "atari.heads: max (atari.heads: game sizes each game's head by its own action set)")
+        raise ConfigError(f"config key 'meta.head' must be reset or learned, got {show_value(cfg.meta.head)}")
     if cfg.eval.split not in ("val", "test"):
-        raise ConfigError(f"config key 'eval.split' must be val or test, got {_show(cfg.eval.split)}")
+        raise ConfigError(f"config key 'eval.split' must be val or test, got {show_value(cfg.eval.split)}")
     if cfg.eval.periodic_split not in ("", "val", "test"):
         raise ConfigError(f"config key 'eval.periodic_split' must be val, test or empty (eval.split), "
-                          f"got {_show(cfg.eval.periodic_split)}")
-    # Task families with game lists (Atari): the lists a run will use must not be empty, or it fails only
-    # after training. eval.split's own games, never the test games in their place: the results would be
-    # filed under a split they are not (eval_parts/val/ holding test games).
-    games = {split: getattr(cfg.task_config, f"{split}_games", None) for split in ("train", "val", "test")}
-    if games["test"] is not None:
-        if cfg.meta.steps > 0 and not games["train"]:
-            raise ConfigError(f"config key '{cfg.task}.train_games' is empty: meta-training has no games")
-        if not games.get(cfg.eval.split):
-            raise ConfigError(f"config key '{cfg.task}.{cfg.eval.split}_games' is empty: the {cfg.eval.split} "
-                              f"evaluation (eval.split: {cfg.eval.split}) has no games")
-    from .config_usage import adapter_class
-    adapter_class(cfg.task).check_config(cfg)         # the task family's own rules (TaskAdapter.check_config)
+                          f"got {show_value(cfg.eval.periodic_split)}")
+    # the task family's and the method's own rules (TaskAdapter.check_config, MetaLearner.check_config)
+    from metarl.registry import method_class
+
+    from .tasks import adapter_class
+    task = adapter_class(cfg.task)
+    try:
+        task.check_config(cfg)
+        method_class(cfg.method).check_config(cfg, task)
+    except ValueError as e:
+        raise ConfigError(clip(str(e))) from None
     from .device import check_device_name
     check_device_name(cfg.run.device)
     if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {_show(cfg.name)}")
+        raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {show_value(cfg.name)}")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -4,28 +4,13 @@ A key the run never reads must not be accepted and ignored: ``metarl train`` ref
 an unused key given as a command-line override, or present in the config file (or a file it includes)
 with a value other than its default. A config file may carry an unused key at its default value: a run's
 saved ``config.yaml`` lists every key and must stay usable as a config. On ``--resume`` only the overrides
-are checked. The rules live with what reads the keys — a task family's ``TaskAdapter.unused_keys`` and a
-method's ``MetaLearner.unused_keys`` — and with the generic sections here; in summary:
+are checked.
 
-- ``maml.*``: only ``method: maml`` reads it (Warp-MAML's options are ``warpgrad.maml_*``); ``leap.*``: only
-  ``method: leap`` and ``method: warpgrad`` with ``init_objective: leap`` (Warp-Leap) — ``MetaLearner.sections``.
-- ``meta.optimizer.step_fraction``: only methods whose tasks end through the base class's watch, which
-  measures each task's displacement (``MetaLearner.measures_displacement``: Leap, Reptile, FOMAML).
-- Atari: ``inner.optimizer``, ``inner.lr``, ``inner.momentum`` (A2C has its own optimiser: ``atari.a2c.*``;
-  ``inner.steps`` is the env steps per game).
-- The maze: ``inner.optimizer``, ``inner.lr``, ``inner.momentum``, ``inner.steps`` (Adam with ``maze.task_lr``
-  every task step, ``meta.every`` task steps per meta-step) and ``eval.*`` (its result is its training
-  curve; no held-out evaluation).
-- One clip key per task (``TaskAdapter.clip_key``): Atari and the maze clip with their own key
-  (``atari.a2c.max_grad_norm``, ``maze.clip_grad_norm``) and refuse ``inner.clip_grad_norm``.
-- Tasks whose held-out protocol runs once at the end (Atari, the maze, continual sine): ``eval.every`` and
-  ``eval.periodic_split``.
-- Continual mode (``meta.every`` > 0: one never-reset learner): ``meta.meta_batch``.
-- What a method's own inner loop cannot honour, declared by the method (``MetaLearner.unused_keys``): MAML and
-  Lazy step plain SGD (``inner.optimizer``, ``inner.momentum``; Lazy's student also ``inner.clip_grad_norm``),
-  WarpGrad replays unclipped SGD steps (``inner.clip_grad_norm``).
-- Every task but Atari: ``eval.video``, ``eval.video_frames``, ``eval.note``, ``eval.random_init`` (Atari's
-  held-out protocol only).
+The rules live with what reads the keys, each with its reason: the task family's
+``TaskAdapter.unused_keys`` (its own clip key, its own optimiser, no periodic or no held-out evaluation, ...)
+and the method's ``MetaLearner.unused_keys`` (the shared method sections it does not read, what its own inner
+loop cannot honour, the sized step without measured displacements). The one rule here is the trainer's own:
+continual mode (``meta.every`` > 0: one never-reset learner) has no ``meta.meta_batch``.
 """
 
 from __future__ import annotations
@@ -37,13 +22,7 @@ from metarl.base import SHARED_SECTIONS
 
 from .config_checks import flatten
 from .errors import ConfigError
-
-
-def adapter_class(task: str) -> Any:
-    from .tasks import TASKS
-    import importlib
-    module, _, adapter_cls = TASKS[task]
-    return getattr(importlib.import_module(module), adapter_cls)
+from .tasks import adapter_class
 
 
 def unused_keys(cfg: Any) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .config_checks import QUOTE_LIMIT, _show
+from .config_checks import QUOTE_LIMIT, show_value
 from .errors import ConfigError, clip
 
 
@@ -63,11 +63,11 @@ class _Loader(yaml.SafeLoader):
                 except TypeError:           # an unhashable key: the base class reports it
                     continue
                 if duplicate:
-                    raise _YAMLProblem(f"duplicate key {_show(key)}", key_node.start_mark)
+                    raise _YAMLProblem(f"duplicate key {show_value(key)}", key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 
-def _count_nodes(data: Any, limit: int = MAX_NODES) -> int:
+def count_nodes(data: Any, limit: int = MAX_NODES) -> int:
     """Values in ``data`` with aliases expanded, counting stops past ``limit`` (no exponential walk)."""
     count, stack = 0, [data]
     while stack:
@@ -101,7 +101,7 @@ def _load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} is not valid YAML{where}") from None
     except RecursionError:
         raise ConfigError(f"{source} is nested too deeply") from None
-    if _count_nodes(data) > MAX_NODES:
+    if count_nodes(data) > MAX_NODES:
         raise ConfigError(f"{source} expands to more than {MAX_NODES} values (aliases): refused")
     return data
 
@@ -180,7 +180,7 @@ def _read_with_includes(path: Path, chain: tuple[Path, ...], budget: _IncludeBud
         names = [names]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise ConfigError(f"config file {path}: 'include' must be a file name or a list of file names, "
-                          f"got {_show(names)}")
+                          f"got {show_value(names)}")
     if len(chain) > MAX_INCLUDE_DEPTH:
         raise ConfigError(f"config file {path}: includes nest deeper than {MAX_INCLUDE_DEPTH}")
     merged: dict[str, Any] = {}
@@ -198,7 +198,7 @@ def _read_with_includes(path: Path, chain: tuple[Path, ...], budget: _IncludeBud
             raise ConfigError(f"config file {path}: included file not found: {target}")
         merged = deep_merge(merged, _read_with_includes(target, (*chain, key), budget))
     merged = deep_merge(merged, data)
-    if _count_nodes(merged) > MAX_NODES:
+    if count_nodes(merged) > MAX_NODES:
         raise ConfigError(f"config file {path} expands to more than {MAX_NODES} values: refused")
     return merged
 

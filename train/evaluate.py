@@ -1,19 +1,21 @@
-"""`metarl eval RUN_DIR`: evaluate a run's latest initialisation on held-out tasks."""
+"""`metarl eval RUN_DIR`: evaluate a run's latest initialisation on held-out tasks, as the run's own final
+evaluation does (train/trainer.py ``final_evaluation``: the same tags and files)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
 from metarl import MetaLearner
 
 from .budget import check_budget
-from .checkpoint import load_latest, write_json_atomic
+from .checkpoint import load_latest
 from .config import Config, load_config
 from .errors import UserError
 from .rundir import check_run_dir
 from .tasks import build_adapter
-from .trainer import Logger, evaluate, setup
+from .trainer import Logger, final_evaluation, setup
 
 
 def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any, MetaLearner, Path]:
@@ -52,16 +54,7 @@ def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False, t
 def _evaluate_run(run_dir: Path, split: str | None, video: bool, tasks: int | None = None) -> dict:
     overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else []) + \
         ([f"eval.tasks={tasks}"] if tasks is not None else [])
+    own_split = load_config(run_dir / "config.yaml").eval.split      # what the run evaluates at its end
     cfg, adapter, meta, path = load_run(run_dir, overrides)
-    step = meta.meta_steps
-    logger = Logger(run_dir, purge_step=None)
-    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)    # a family's own protocol (Atari: games × seeds)
-    if out is not None:
-        logger.close()
-        return out
-    result, curve = evaluate(cfg, adapter, meta)
-    logger.scalars({f"eval/{cfg.eval.split}/meta_init/{k}": v for k, v in result.items()}, step)
-    logger.close()
-    out = {"checkpoint": path.name, "split": cfg.eval.split, **result, "curve": curve}
-    write_json_atomic(run_dir / f"eval_{cfg.eval.split}.json", out)
-    return out
+    with contextlib.closing(Logger(run_dir, purge_step=None)) as logger:
+        return final_evaluation(cfg, adapter, meta, run_dir, logger, path, own_split)

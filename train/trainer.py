@@ -2,7 +2,9 @@
 meta-step (episodic, Algorithm 1), or one never-reset task learner adapted ``meta.every`` steps at a time
 with a meta-step after each window (continual, ``meta.every`` > 0, WarpGrad's Algorithm 3). The trainer owns
 logging, evaluation and checkpoints; methods and tasks own none of that, and the trainer reaches them only
-through their protocols (metarl.base.MetaLearner, train.tasks.base.TaskAdapter).
+through their protocols (metarl.base.MetaLearner, train.tasks.base.TaskAdapter). What the loop does around its
+meta-steps — checkpoints, periodic evaluation, the rate, the progress bar — are callbacks (train/callbacks.py);
+the final evaluation is :func:`final_evaluation`, which `metarl eval` runs too.
 
 Randomness is derived from (seed, meta-step), never carried in hidden state (train.seeding), so a resumed
 run draws exactly the tasks and batches an uninterrupted run would.
@@ -10,10 +12,10 @@ run draws exactly the tasks and batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +24,10 @@ from torch import nn
 from metarl import MetaLearner
 from metarl.registry import method_class
 
-from .checkpoint import load_latest, matches_reference, read_json, save_checkpoint, write_json_atomic, write_text_atomic
+from .callbacks import Callback, CallbackList, Run, default_callbacks
+from .checkpoint import load_latest, matches_reference, read_json, write_json_atomic, write_text_atomic
 from .config import Config, config_to_yaml
-from .device import configure, resolve_device, to_cpu
+from .device import configure, resolve_device
 from .distributed import World
 from .errors import ConfigError
 from .rundir import check_resumable, run_info
@@ -115,6 +118,34 @@ def evaluate(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, split: str | 
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     summary.update({f"{k}_std": sample_std([r[k] for r in rows]) for k in rows[0]})     # None for one task
     return summary, np.mean(curves, axis=0).tolist()
+
+
+def eval_prefix(split: str, own_split: str) -> str:
+    """TensorBoard prefix of an evaluation on ``split``: ``eval`` on the run's own (its ``eval.split``), else
+    ``eval_<split>`` (curves of their own: eval_val/accuracy beside eval/accuracy)."""
+    return "eval" if split == own_split else f"eval_{split}"
+
+
+def final_evaluation(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, run_dir: Path, logger: Any,
+                     checkpoint: Path | None, own_split: str | None = None) -> dict[str, Any]:
+    """The evaluation of a run's initialisation, one for `metarl train` (at its end) and `metarl eval`: the task
+    family's own protocol where it has one (``adapter.evaluate_run``: Atari's games × seeds, the maze's
+    training result, continual sine's forgetting matrix), else :func:`evaluate` on ``eval.split``'s held-out
+    tasks, logged at the meta-step as ``eval/<metric>`` and per inner step as ``eval/loss_curve``. The result,
+    with the ``checkpoint`` evaluated, goes to ``eval.json``; on a split other than the run's own
+    (``own_split``, default ``eval.split``), to ``eval_<split>.json`` and ``eval_<split>/*``. Returns it."""
+    split, step = cfg.eval.split, meta.meta_steps
+    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)
+    if out is None:
+        result, curve = evaluate(cfg, adapter, meta)
+        prefix = eval_prefix(split, own_split or split)
+        logger.scalars({f"{prefix}/{k}": v for k, v in result.items()}, step)
+        for i, v in enumerate(curve):       # the held-out loss curve of the initialisation, per inner step
+            logger.scalars({f"{prefix}/loss_curve": v}, i)
+        out = {**result, "split": split, "curve": curve}
+    out = {"checkpoint": checkpoint.name if checkpoint is not None else None, **out}
+    write_json_atomic(run_dir / ("eval.json" if split == (own_split or split) else f"eval_{split}.json"), out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,9 +267,8 @@ def setup(cfg: Config, adapter: TaskAdapter = None) -> tuple[Any, MetaLearner]:
     return adapter, build_meta_learner(cfg, template, adapter)
 
 
-def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: World, unit: int,
-                  log: Callable[[dict[str, float]], None]) -> None:
-    """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step."""
+def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: World, unit: int) -> dict[str, float]:
+    """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step; returns its logs."""
     rng, _ = step_generators(cfg.seed, unit)
     tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
     mine = world.mine(tasks)
@@ -253,9 +283,8 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     world.all_reduce([stats])
     sums = dict(zip(sums, stats.tolist()))
     meta.all_reduce(world.all_reduce)
-    logs = meta.meta_step()
-    log({**logs, "losses/train_auc": sums["auc"] / sums["tasks"], "losses/train_final": sums["final"] / sums["tasks"]})
-    log_games(adapter, log)
+    n = sums["tasks"]
+    return {**meta.meta_step(), "losses/train_auc": sums["auc"] / n, "losses/train_final": sums["final"] / n}
 
 
 class Stream:
@@ -282,20 +311,36 @@ class Stream:
         self.watch.__exit__(None, None, None)
 
 
-def continual_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, stream: Stream,
-                   log: Callable[[dict[str, float]], None]) -> None:
-    """One window of Algorithm 3: ``meta.every`` more task steps of the never-reset learner, one meta-step."""
+@contextlib.contextmanager
+def open_stream(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, state: dict[str, Any] | None
+                ) -> Iterator[Stream | None]:
+    """Continual mode with meta-steps left: the :class:`Stream` (from its checkpointed ``state``), its watch
+    closed on every exit; otherwise None."""
+    if not cfg.meta.every or meta.meta_steps >= cfg.meta.steps:
+        yield None
+        return
+    stream = Stream(cfg, adapter, meta)
+    try:
+        if state is not None:
+            stream.load_state_dict(state)
+        yield stream
+    finally:
+        stream.close()
+
+
+def continual_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, stream: Stream) -> dict[str, float]:
+    """One window of Algorithm 3: ``meta.every`` more task steps of the never-reset learner, one meta-step;
+    returns its logs."""
     curve = adapter.adapt(stream.task, stream.model, stream.optimizer, cfg.meta.every, stream.watch,
                           clip_grad_norm=cfg.inner.clip_grad_norm or None)
-    log_games(adapter, log)
-    log({**meta.meta_step(), "losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]})
+    return {**meta.meta_step(), "losses/train_auc": curve_auc(curve), "losses/train_final": curve[-1]}
 
 
-def log_games(adapter: TaskAdapter, log: Callable[..., None]) -> None:
+def log_games(adapter: TaskAdapter, logger: Logger | NullLogger) -> None:
     """RL tasks: scalars on the env-step axis (finished games, the maze's episode windows) in run_dir/games,
     or in run_dir/<run> for entries (step, values, run) (the seeds of a seed-batched maze run)."""
     for step, values, *run in adapter.drain_logs():
-        log(values, step=step, run=run[0] if run else None)
+        logger.games(values, step, run[0] if run else None)
 
 
 def check_world(cfg: Config, size: int) -> None:
@@ -310,14 +355,9 @@ def check_world(cfg: Config, size: int) -> None:
         raise ConfigError(f"method {cfg.method!r} cannot run under torchrun: {reason}; launch it without torchrun")
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
-          progress: Callable | None = None, world: World | None = None) -> dict[str, float]:
-    """Meta-train per ``cfg`` in ``run_dir`` until ``meta.steps`` meta-steps.
-
-    A unit of work is a meta-batch (episodic) or a window of ``meta.every`` task steps (continual).
-    ``stop_after`` ends this process after that many units (used to test resumption). With several
-    ``world`` ranks, each adapts its share of every meta-batch; rank 0 logs, evaluates and checkpoints."""
-    world = world or World()
+def build_run(cfg: Config, world: World) -> tuple[TaskAdapter, MetaLearner]:
+    """The adapter and meta-learner of a training run, after the refusals that need no run directory (a bad
+    data path, a torchrun world or continual mode the task or method cannot run)."""
     check_world(cfg, world.size)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -328,9 +368,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     if cfg.meta.every and not meta.continual:
         raise ConfigError(f"method {cfg.method!r} meta-learns over whole tasks: continual mode (meta.every > 0) "
                           f"needs warpgrad_continual or no_pretraining")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    unit = 0
+    return adapter, meta
+
+
+def start_run(cfg: Config, run_dir: Path, adapter: TaskAdapter, meta: MetaLearner, world: World, resume: bool
+              ) -> tuple[dict[str, Any] | None, Path | None]:
+    """Resume from the newest checkpoint that fits this run (``resume``), after the run directory's checks;
+    rank 0 writes the resolved config and the run's info. Returns the checkpoint loaded (None: step 0) and its
+    path."""
     # A checkpoint must fit this run's structure (else the previous one is tried); checked on copies, so a
     # rejected checkpoint never half-loads into the live meta-learner.
     reference = {"step": 0, "meta": meta.state_dict(), "adapter": adapter.state_dict()}
@@ -345,89 +390,61 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
         # said once, plainly: the warnings above only name each unreadable checkpoint
         print(f"warning: no checkpoint of {run_dir} is readable: the run starts again from step 0 (the unreadable "
               f"ones are kept as *.pt.corrupt)", file=sys.stderr)
-    if loaded is not None:
-        meta.load_state_dict(loaded[0]["meta"])
-        adapter.load_state_dict(loaded[0].get("adapter", {}))
-        unit = int(loaded[0]["step"])
-    start_meta = meta.meta_steps
-    # Purge only when training continues: a finished run's evaluation curves sit past its last meta-step.
-    continuing = loaded is not None and start_meta < cfg.meta.steps
+    if loaded is None:
+        return None, None
+    meta.load_state_dict(loaded[0]["meta"])
+    adapter.load_state_dict(loaded[0].get("adapter", {}))
+    return loaded
+
+
+def open_logger(cfg: Config, run_dir: Path, adapter: TaskAdapter, meta: MetaLearner, world: World,
+                resumed: bool) -> Logger | NullLogger:
+    """Rank 0's TensorBoard writers (the others' do nothing). Purge only when training continues: a finished
+    run's evaluation curves sit past its last meta-step."""
+    if not world.is_main:
+        return NullLogger()
+    continuing = resumed and meta.meta_steps < cfg.meta.steps
     games_step = adapter.global_step
-    logger = Logger(run_dir, purge_step=start_meta + 1 if continuing else None,
-                    games_purge_step=games_step + 1 if continuing and games_step is not None else None) \
-        if world.is_main else NullLogger()
-    if loaded is None:      # the resolved config as TensorBoard text (indented: shown as code)
+    logger = Logger(run_dir, purge_step=meta.meta_steps + 1 if continuing else None,
+                    games_purge_step=games_step + 1 if continuing and games_step is not None else None)
+    if not resumed:      # the resolved config as TensorBoard text (indented: shown as code)
         logger.text("config", "    " + config_to_yaml(cfg).replace("\n", "\n    "))
-    bar = None
-    if cfg.run.progress and world.is_main:
-        from .progress import RLProgress, progress_bar
-        bar = progress_bar(cfg.meta.steps, cfg.name, "meta-step", initial=start_meta)     # a tqdm bar, or log lines
-        if games_step is not None:      # RL families: env steps, SPS and recent return in the postfix
-            RLProgress(bar, start_step=games_step).attach(adapter)
-    t0 = time.time()
+    return logger
 
-    def log(values: dict[str, float], step: int | None = None, run: str | None = None) -> None:
-        # meta-step logs come from meta_step(); task-level logs land on the latest meta-step; logs with
-        # their own ``step`` are training games at the env step they ended
-        if step is not None:
-            logger.games(values, step, run)
-            return
-        step = meta.meta_steps
-        logger.scalars(values, step)
-        if "meta/tasks" in values:
-            logger.scalars({"charts/meta_steps_per_s": (step - start_meta) / (time.time() - t0)}, step)
-            if bar is not None:
-                bar.update(1)
-            if world.is_main and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.meta.steps \
-                    and adapter.periodic_evaluation:
-                split = cfg.eval.periodic_split or cfg.eval.split
-                # a split other than the final evaluation's gets its own curves: eval_val/accuracy, ...
-                prefix = "eval" if split == cfg.eval.split else f"eval_{split}"
-                logger.scalars({f"{prefix}/{k}": v for k, v in evaluate(cfg, adapter, meta, split)[0].items()}, step)
-            if progress is not None:
-                progress(step, values)
 
-    stream = None
-    if cfg.meta.every and meta.meta_steps < cfg.meta.steps:
-        stream = Stream(cfg, adapter, meta)
-        if loaded is not None and "stream" in loaded[0]:
-            stream.load_state_dict(loaded[0]["stream"])
+def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None,
+          world: World | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Meta-train per ``cfg`` in ``run_dir`` until ``meta.steps`` meta-steps, then evaluate (rank 0).
+
+    A unit of work is a meta-batch (episodic) or a window of ``meta.every`` task steps (continual).
+    ``stop_after`` ends this process after that many units (used to test resumption). With several
+    ``world`` ranks, each adapts its share of every meta-batch; rank 0 logs, evaluates and checkpoints.
+    ``callbacks`` (train/callbacks.py) are called after the run's own: the rate, the progress bar, periodic
+    evaluation and checkpoints. The stream's watch, the callbacks and the writers close on every exit."""
+    world = world or World()
+    adapter, meta = build_run(cfg, world)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loaded, checkpoint = start_run(cfg, run_dir, adapter, meta, world, resume)
+    run = Run(cfg, run_dir, adapter, meta, world, open_logger(cfg, run_dir, adapter, meta, world, loaded is not None),
+              unit=int(loaded["step"]) if loaded is not None else 0, checkpoint=checkpoint)
     done = 0
-    while meta.meta_steps < cfg.meta.steps and (stop_after is None or done < stop_after):
-        before = meta.meta_steps
-        if stream is not None:
-            continual_unit(cfg, adapter, meta, stream, log)
-        else:
-            episodic_unit(cfg, adapter, meta, world, unit, log)
-        unit, done = unit + 1, done + 1
-        every = cfg.run.checkpoint_every
-        if world.is_main and ((every and before // every != meta.meta_steps // every)
-                              or meta.meta_steps >= cfg.meta.steps):
-            state = {"step": unit, "meta": meta.state_dict(), "adapter": adapter.state_dict()}
-            if stream is not None:
-                state["stream"] = stream.state_dict()
-            # CPU tensors only: the checkpoint resumes on any device (train/device.py)
-            save_checkpoint(run_dir, unit, to_cpu(state), cfg.run.keep)
-    if stream is not None:
-        stream.close()
-    if bar is not None:
-        bar.close()
-        from .progress import RLProgress
-        RLProgress.detach(adapter)
-    result: dict[str, float] = {}
-    finished = meta.meta_steps >= cfg.meta.steps
-    previous = read_json(run_dir / "eval.json") if world.is_main and finished and done == 0 else None
-    if previous is not None:                     # resumed a finished run (an unreadable result is evaluated again)
-        result = {k: v for k, v in previous.items() if k not in ("curve", "split")}
-    elif world.is_main and finished and (protocol := adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps,
-                                                                          logger)) is not None:
-        result = protocol
-        write_json_atomic(run_dir / "eval.json", result)
-    elif world.is_main and finished:
-        result, curve = evaluate(cfg, adapter, meta)
-        logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)
-        for i, v in enumerate(curve):       # the held-out loss curve of the final initialisation, per inner step
-            logger.scalars({"eval/loss_curve": v}, i)
-        write_json_atomic(run_dir / "eval.json", {**result, "split": cfg.eval.split, "curve": curve})
-    logger.close()
-    return result
+    with contextlib.closing(run.logger):
+        with open_stream(cfg, adapter, meta, (loaded or {}).get("stream")) as run.stream, \
+                CallbackList([*default_callbacks(cfg, world), *callbacks], run) as hooks:
+            while meta.meta_steps < cfg.meta.steps and (stop_after is None or done < stop_after):
+                if run.stream is not None:
+                    logs = continual_unit(cfg, adapter, meta, run.stream)
+                else:
+                    logs = episodic_unit(cfg, adapter, meta, world, run.unit)
+                run.unit, done = run.unit + 1, done + 1
+                log_games(adapter, run.logger)
+                run.logger.scalars(logs, meta.meta_steps)       # task-level logs land on the new meta-step
+                hooks.on_meta_step(run, logs)
+        if not world.is_main or meta.meta_steps < cfg.meta.steps:
+            return {}
+        previous = read_json(run_dir / "eval.json") if done == 0 else None
+        if previous is not None:            # resumed a finished run (an unreadable result is evaluated again)
+            return {k: v for k, v in previous.items() if k != "curve"}
+        out = final_evaluation(cfg, adapter, meta, run_dir, run.logger, run.checkpoint)
+        return {k: v for k, v in out.items() if k != "curve"}

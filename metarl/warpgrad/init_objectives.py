@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..leap import LeapConfig, LeapObjective
-from ..maml import _Functional
+from ..functional import Functional
 from ..seam import Observer
 from .config import WarpGradConfig
 from .inner import InnerSGD
@@ -23,7 +23,7 @@ class NoInit:
     name = "none"
 
     def observer(self, wg: "WarpGrad", model: nn.Module, task: Any, task_names: list[str],
-                 inner: "InnerSGD") -> Any:
+                 inner: "InnerSGD", acc: Sequence[Tensor]) -> Any:
         return None
 
 
@@ -43,9 +43,9 @@ class LeapInit:
         return self._objective
 
     def observer(self, wg: "WarpGrad", model: nn.Module, task: Any, task_names: list[str],
-                 inner: "InnerSGD") -> Any:
+                 inner: "InnerSGD", acc: Sequence[Tensor]) -> Any:
         index = [task_names.index(n) for n in wg.names]
-        obs = self.objective(wg._task_acc)
+        obs = self.objective(acc)
         return obs if index == list(range(len(task_names))) else _Subset(obs, index)
 
     def pop_logs(self) -> dict[str, float]:
@@ -66,8 +66,8 @@ class MAMLInit:
         self.steps, self.lr, self.first_order, self.query_split = steps, lr, first_order, query_split
 
     def observer(self, wg: "WarpGrad", model: nn.Module, task: Any, task_names: list[str],
-                 inner: "InnerSGD") -> Any:
-        return _MAMLObserver(self, wg, model, task, task_names, inner)
+                 inner: "InnerSGD", acc: Sequence[Tensor]) -> Any:
+        return _MAMLObserver(self, wg, model, task, task_names, inner, acc)
 
 
 class _Subset:
@@ -94,9 +94,9 @@ class _Subset:
 
 class _MAMLObserver(Observer):
     def __init__(self, init: MAMLInit, wg: "WarpGrad", model: nn.Module, task: Any, task_names: list[str],
-                 inner: "InnerSGD") -> None:
+                 inner: "InnerSGD", acc: Sequence[Tensor]) -> None:
         self.init, self.wg, self.model, self.task, self.names = init, wg, model, task, task_names
-        self.inner = inner
+        self.inner, self.acc = inner, acc      # the task's θ⁰ meta-gradient accumulator
         self.index = [task_names.index(n) for n in wg.names]
 
     def task_start(self, params) -> None:
@@ -109,15 +109,15 @@ class _MAMLObserver(Observer):
                      **{k: b.detach().clone() for k, b in self.model.named_buffers()}}
             fast = list(start)
             for _ in range(init.steps):
-                loss = task.loss(_Functional(self.model, {**fixed, **dict(zip(self.names, fast))}),
+                loss = task.loss(Functional(self.model, {**fixed, **dict(zip(self.names, fast))}),
                                  task.batch(wg.config.task_split))
                 g = torch.autograd.grad(loss, fast, create_graph=not init.first_order, allow_unused=True)
                 fast = [f if gi is None else f - lr * gi for f, gi, lr in zip(fast, g, lrs)]
-            query = task.loss(_Functional(self.model, {**fixed, **dict(zip(self.names, fast))}),
+            query = task.loss(Functional(self.model, {**fixed, **dict(zip(self.names, fast))}),
                               task.batch(init.query_split))
             meta = torch.autograd.grad(query, [start[i] for i in self.index], allow_unused=True)
         with torch.no_grad():
-            for acc, g in zip(wg._task_acc, meta):
+            for acc, g in zip(self.acc, meta):
                 if g is not None:
                     acc.add_(g)
 

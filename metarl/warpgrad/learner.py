@@ -10,12 +10,13 @@ from torch import Tensor, nn
 from ..base import MetaLearner, MetaOptimizerConfig, Update, all_finite, global_norm, make_optimizer, select
 from ..leap import LeapConfig
 from ..seam import OptimizerWatch
+from ..state import Counters, Names, Optimizer, Tensors
 from .config import WarpGradConfig, warp_maml_config
 from .init_objectives import LeapInit, MAMLInit, NoInit, make_init_objective
 from .inner import InnerSGD, SGDRule
 from .objective import WarpObjective, WarpValue
-from .observers import _Begin, _End, _OnlineWarp
-from .replay import _Point, _Recorder, _Trajectory
+from .observers import OnlineWarp, TaskBegin, TaskEnd
+from .replay import Recorder, ReplayPoint, Trajectory
 
 
 # the loss statistics of the warp objective, summed over points in one float64 vector (all-reduced at once)
@@ -82,7 +83,7 @@ class WarpGrad(MetaLearner):
         # indexed by STATS; on the device, so adding a point's losses needs no host sync
         self._task_stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
         self._stats = torch.zeros(len(STATS), dtype=torch.float64, device=self.warp_params[0].device)
-        self._replay: list[_Trajectory] = []
+        self._replay: list[Trajectory] = []
         self.warp_updates = 0                 # φ steps since construction
         self.last_warp_grad: list[Tensor] = [torch.zeros_like(p) for p in self.warp_params]
         # the mean warp gradient over the points of the last meta-step (diagnostic)
@@ -118,17 +119,17 @@ class WarpGrad(MetaLearner):
             raise ValueError(f"meta-learned parameters {missing[:3]} are not in the inner optimiser")
         params = [p for n, p in named if id(p) in in_opt]
         inner = InnerSGD(optimizer, params, self.config)
-        observers: list[Any] = [_Begin(self)]
-        init_obs = self.init_objective.observer(self, model, task, task_names, inner)
+        observers: list[Any] = [TaskBegin(self)]
+        init_obs = self.init_objective.observer(self, model, task, task_names, inner, self._task_acc)
         if init_obs is not None:
             observers.append(init_obs)
         trajectory = None
         if self.config.algorithm == "online":
-            observers.append(_OnlineWarp(self, model, task, task_names, inner))
+            observers.append(OnlineWarp(self, model, task, task_names, inner))
         else:
-            trajectory = _Trajectory(task, model, task_names, params)
-            observers.append(_Recorder(self, trajectory, inner))
-        observers.append(_End(self, trajectory))
+            trajectory = Trajectory(task, model, task_names, params)
+            observers.append(Recorder(self, trajectory, inner))
+        observers.append(TaskEnd(self, trajectory))
         return OptimizerWatch(optimizer, params, observers)
 
     # -- one point -------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class WarpGrad(MetaLearner):
             return self.warp_batches(task, k)
         return task.batch(self.config.task_split), task.batch(self.config.meta_split)
 
-    def _point_value(self, model: nn.Module, task: Any, names: list[str], theta: Sequence[Tensor],
+    def point_value(self, model: nn.Module, task: Any, names: list[str], theta: Sequence[Tensor],
                      momentum: Sequence[Tensor | None], buffers: Mapping[str, Tensor],
                      rules: Sequence[SGDRule], k: int) -> WarpValue:
         b_task, b_meta = self._batches(task, k)
@@ -145,27 +146,27 @@ class WarpGrad(MetaLearner):
         return self.warp_objective(model, dict(zip(names, theta)), phi, task.loss, b_task, b_meta,
                                    rules, momentum, buffers)
 
-    def _replay_value(self, traj: _Trajectory, point: _Point) -> WarpValue:
+    def _replay_value(self, traj: Trajectory, point: ReplayPoint) -> WarpValue:
         theta = traj.unpack(point.theta)
         momentum = traj.unpack(point.momentum, point.has_momentum) if point.momentum is not None else None
         own = dict(traj.model.named_buffers())
         buffers = {n: b.to(own[n].device, own[n].dtype) for n, b in point.buffers.items()}
-        return self._point_value(traj.model, traj.task, traj.names, theta, momentum, buffers, point.rules,
+        return self.point_value(traj.model, traj.task, traj.names, theta, momentum, buffers, point.rules,
                                  point.index)
 
     # -- per-task bookkeeping ------------------------------------------------------------------------------
-    def _begin_task(self) -> None:
+    def begin_task(self) -> None:
         torch._foreach_zero_(self._task_acc)
         torch._foreach_zero_(self._warp_task_acc)
         self._task_stats.zero_()
 
-    def _add_task_point(self, value: WarpValue) -> None:
+    def add_task_point(self, value: WarpValue) -> None:
         torch._foreach_add_(self._warp_task_acc, value.grads)
         self._task_stats += torch.stack([torch.ones((), dtype=torch.float64, device=self._task_stats.device),
                                          value.meta_loss.double().to(self._task_stats.device),
                                          value.task_loss.double().to(self._task_stats.device)])
 
-    def _end_task(self, trajectory: _Trajectory | None) -> None:
+    def end_task(self, trajectory: Trajectory | None) -> None:
         checks = [t.isfinite().all() for t in self._task_acc]
         if trajectory is None:
             checks += [t.isfinite().all() for t in self._warp_task_acc] + [self._task_stats.isfinite().all()]
@@ -293,26 +294,11 @@ class WarpGrad(MetaLearner):
             logs["meta/warp_task_loss"] = task_loss_sum / used
 
     # -- checkpointing -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """θ⁰ and φ (``init``), both meta-optimisers, accumulators and counters — tensors and plain
-        containers only. The replay buffer is not saved: checkpoint between meta-steps."""
-        state = super().state_dict()
-        state["warp_names"] = list(self.warp_names)
-        state["warp_optimizer"] = self.warp_optimizer.state_dict()
-        state["warp_acc"] = [a.clone() for a in self._warp_acc]
-        state["warp_stats"] = self._stats.clone()
-        state["warp_counters"] = torch.tensor([self.warp_updates])
-        return state
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state["warp_names"]) != list(self.warp_names):
-            raise ValueError("checkpoint warp parameters do not match this model's")
-        super().load_state_dict(state)
-        self.warp_optimizer.load_state_dict(state["warp_optimizer"])
-        torch._foreach_copy_(self._warp_acc, [a.to(self._warp_acc[0].device) for a in state["warp_acc"]])
-        self._stats.copy_(state["warp_stats"])
-        self.warp_updates = int(state["warp_counters"][0])
+    # θ⁰ and φ (both in ``init``), both meta-optimisers, accumulators and counters. The replay buffer is not
+    # saved: checkpoint between meta-steps.
+    saved = (Names("warp_names", mismatch="warp parameters do not match this model's"),
+             Optimizer("warp_optimizer"), Tensors("warp_acc", "_warp_acc"),
+             Tensors("warp_stats", "_stats"), Counters("warp_counters", attrs=("warp_updates",)))
 
     # -- presets -------------------------------------------------------------------------------------------
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..maml import _Functional, laid_out
+from ..functional import Functional, laid_out
 from .config import OBJECTIVES
 from .inner import SGDRule, sgd_step
 
@@ -65,7 +65,7 @@ class WarpObjective:
             th = [theta[n].detach().requires_grad_(True) for n in names]
             bufs = {k: v.detach().clone() for k, v in (buffers or {}).items()}
             fixed = {**dict(zip(phi_names, phi_values)), **bufs}
-            task_loss = loss_fn(_Functional(model, {**fixed, **dict(zip(names, th))}), batch_task)
+            task_loss = loss_fn(Functional(model, {**fixed, **dict(zip(names, th))}), batch_task)
             g = torch.autograd.grad(task_loss, th, create_graph=self.full, allow_unused=True)
             g = [torch.zeros_like(t) if gi is None else gi for t, gi in zip(th, g)]
             if self.full:
@@ -74,7 +74,7 @@ class WarpObjective:
                 with torch.no_grad():      # sg[θ − α d]: the step is kept, its dependence on φ is not
                     new = sgd_step([t.detach() for t in th], [gi.detach() for gi in g], rules, momentum)
             new = [laid_out(n, t.stride()) for n, t in zip(new, th)]   # θ's layout (e.g. channels_last)
-            meta_loss = loss_fn(_Functional(model, {**fixed, **dict(zip(names, new))}), batch_meta)
+            meta_loss = loss_fn(Functional(model, {**fixed, **dict(zip(names, new))}), batch_meta)
             grads = torch.autograd.grad(meta_loss, phi_values, allow_unused=True)
         grads = [torch.zeros_like(p) if gp is None else gp.detach() for p, gp in zip(phi_values, grads)]
         return WarpValue(grads, task_loss.detach(), meta_loss.detach())

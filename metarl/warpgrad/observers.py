@@ -12,26 +12,26 @@ from .inner import InnerSGD
 
 if TYPE_CHECKING:
     from .learner import WarpGrad
-    from .replay import _Trajectory
+    from .replay import Trajectory
 
 
-class _Begin(Observer):
+class TaskBegin(Observer):
     def __init__(self, wg: "WarpGrad") -> None:
         self.wg = wg
 
     def task_start(self, params) -> None:
-        self.wg._begin_task()
+        self.wg.begin_task()
 
 
-class _End(Observer):
-    def __init__(self, wg: "WarpGrad", trajectory: _Trajectory | None) -> None:
+class TaskEnd(Observer):
+    def __init__(self, wg: "WarpGrad", trajectory: Trajectory | None) -> None:
         self.wg, self.trajectory = wg, trajectory
 
     def task_end(self, params, final_loss) -> None:
-        self.wg._end_task(self.trajectory)
+        self.wg.end_task(self.trajectory)
 
 
-class _PointSelector(Observer):
+class PointSelector(Observer):
     """Calls ``visit(params, k)`` at the selected points θ_k: every stride-th step and θ_K."""
 
     def __init__(self, wg: "WarpGrad") -> None:
@@ -52,7 +52,7 @@ class _PointSelector(Observer):
         raise NotImplementedError
 
 
-class _OnlineWarp(_PointSelector):
+class OnlineWarp(PointSelector):
     """Algorithm 1: the warp gradient at every selected θ_k, accumulated for the task."""
 
     def __init__(self, wg: "WarpGrad", model: nn.Module, task: Any, names: list[str], inner: InnerSGD) -> None:
@@ -61,6 +61,6 @@ class _OnlineWarp(_PointSelector):
 
     def visit(self, params, k) -> None:
         wg = self.wg
-        value = wg._point_value(self.model, self.task, self.names, [p.detach() for p in params],
+        value = wg.point_value(self.model, self.task, self.names, [p.detach() for p in params],
                                 self.inner.momentum(), dict(self.model.named_buffers()), self.inner.rules(), k)
-        wg._add_task_point(value)
+        wg.add_task_point(value)

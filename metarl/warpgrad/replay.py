@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..maml import laid_out
+from ..functional import laid_out
 from .inner import InnerSGD, SGDRule
-from .observers import _PointSelector
+from .observers import PointSelector
 
 if TYPE_CHECKING:
     from .learner import WarpGrad
 
 
-class _Point(NamedTuple):
+class ReplayPoint(NamedTuple):
     index: int                           # k: the step the point was taken before (K for θ_K)
     theta: Tensor                        # flat θ_k (storage dtype)
     momentum: Tensor | None              # flat momentum buffers present before step k
@@ -24,7 +24,7 @@ class _Point(NamedTuple):
     rules: tuple[SGDRule, ...]
 
 
-class _Trajectory:
+class Trajectory:
     """One task's stored points plus what replaying them needs."""
 
     def __init__(self, task: Any, model: nn.Module, names: list[str], params: Sequence[Tensor]) -> None:
@@ -34,7 +34,7 @@ class _Trajectory:
         self.numels = [p.numel() for p in params]
         self.dtypes = [p.dtype for p in params]
         self.device = params[0].device if params else torch.device("cpu")
-        self.points: list[_Point] = []
+        self.points: list[ReplayPoint] = []
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)   # on device: no sync per point
         self.init_grad: list[Tensor] | None = None
 
@@ -48,14 +48,14 @@ class _Trajectory:
         return out
 
 
-def _flat(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+def flat(tensors: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.cat([t.detach().reshape(-1).to(device, dtype) for t in tensors])
 
 
-class _Recorder(_PointSelector):
+class Recorder(PointSelector):
     """Algorithm 2: store the selected θ_k with the model buffers and the momentum buffers before step k."""
 
-    def __init__(self, wg: "WarpGrad", trajectory: _Trajectory, inner: InnerSGD) -> None:
+    def __init__(self, wg: "WarpGrad", trajectory: Trajectory, inner: InnerSGD) -> None:
         super().__init__(wg)
         self.trajectory, self.inner = trajectory, inner
         self._rules: tuple[SGDRule, ...] | None = None
@@ -64,11 +64,11 @@ class _Recorder(_PointSelector):
         wg, traj = self.wg, self.trajectory
         device = torch.device(wg.config.replay_device) if wg.config.replay_device else traj.device
         dtype = torch.float16 if wg.config.fp16 else _common_dtype(traj.dtypes)
-        theta = _flat(params, dtype, device)
+        theta = flat(params, dtype, device)
         finite = theta.isfinite().all()
         moms = self.inner.momentum()
         has = tuple(m is not None for m in moms)
-        mom = _flat([m for m in moms if m is not None], dtype, device) if any(has) else None
+        mom = flat([m for m in moms if m is not None], dtype, device) if any(has) else None
         if mom is not None:
             finite = finite & mom.isfinite().all()
         buffers = {}
@@ -80,7 +80,7 @@ class _Recorder(_PointSelector):
             rules = self._rules          # share one tuple across points while the rule is unchanged
         self._rules = rules
         traj.finite = traj.finite & finite.to(traj.finite.device)
-        traj.points.append(_Point(k, theta, mom, has, buffers, rules))
+        traj.points.append(ReplayPoint(k, theta, mom, has, buffers, rules))
 
     def model_buffers(self):
         return self.trajectory.model.named_buffers()

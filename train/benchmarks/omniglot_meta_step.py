@@ -89,7 +89,7 @@ def load() -> str:
 
 def synthetic_data(alphabets: int = 46, characters: int = 20, drawings: int = 20, size: int = 28, seed: int = 0):
     """An OmniglotData of random uint8 images with the real data's shapes (46 usable alphabets)."""
-    from train.tasks.omniglot import OmniglotData
+    from train.tasks.omniglot_data import OmniglotData
     rng = np.random.default_rng(seed)
     n_chars = alphabets * characters
     images = rng.integers(0, 256, size=(n_chars * drawings, size, size), dtype=np.uint8)
@@ -202,7 +202,7 @@ def _worker(rank: int, size: int, port: int, argv: list[str], queue) -> None:
     for unit in range(args.rounds):
         world.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
-        episodic_unit(cfg, adapter, meta, world, unit, lambda values: None)
+        episodic_unit(cfg, adapter, meta, world, unit)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     if size > 1:

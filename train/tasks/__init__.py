@@ -30,6 +30,10 @@ def task_config_class(name: str) -> type:
     return getattr(module, cfg_cls)
 
 
-def build_adapter(name: str, config: Any, seed: int) -> Any:
+def adapter_class(name: str) -> type:
     module, _, adapter_cls = _entry(name)
-    return getattr(module, adapter_cls)(config, seed=seed)
+    return getattr(module, adapter_cls)
+
+
+def build_adapter(name: str, config: Any, seed: int) -> Any:
+    return adapter_class(name).build(config, seed=seed)

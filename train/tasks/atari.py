@@ -160,6 +160,22 @@ class AtariAdapter(TaskAdapter):
                                  "the env steps per game)")
         return out
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        # the lists a run will use must not be empty, or it fails only after training; eval.split's own games,
+        # never the test games in their place: the results would be filed under a split they are not
+        c = cfg.task_config
+        if cfg.meta.steps > 0 and not c.train_games:
+            raise ValueError("config key 'atari.train_games' is empty: meta-training has no games")
+        if not getattr(c, f"{cfg.eval.split}_games"):
+            raise ValueError(f"config key 'atari.{cfg.eval.split}_games' is empty: the {cfg.eval.split} evaluation "
+                             f"(eval.split: {cfg.eval.split}) has no games")
+
+    @classmethod
+    def head_shape_varies(cls, task_config: Any) -> str:
+        return ("atari.heads: game sizes each game's head by its own action set; set atari.heads: max"
+                if task_config.heads == "game" else "")
+
     def __init__(self, config: AtariTaskConfig | None = None, seed: int = 0) -> None:
         super().__init__(config or AtariTaskConfig(), seed)   # task seeds come from sample_tasks' rng
         cfg = self.config
@@ -381,8 +397,8 @@ class AtariAdapter(TaskAdapter):
         """The Atari backend this run steps (``auto`` resolved) and its package's version."""
         from importlib import metadata
 
-        from envs.atari import _resolve_backend
-        backend = _resolve_backend(self.config.backend)
+        from envs.atari import resolve_backend
+        backend = resolve_backend(self.config.backend)
         try:
             version = metadata.version("envpool" if backend == "envpool" else "ale-py")
         except metadata.PackageNotFoundError:

@@ -71,10 +71,10 @@ def init_digest(meta: Any, skip: tuple[str, ...]) -> str:
 def part_settings(cfg: Any, adapter: Any, meta: Any, init: str, env_steps: int, points: int,
                   window: int) -> dict[str, Any]:
     """What decides the numbers of a part of ``init`` (module docstring)."""
-    from envs.atari import _resolve_backend
+    from envs.atari import resolve_backend
 
     atari = {k: v for k, v in dataclasses.asdict(adapter.config).items() if k not in NOT_IN_SETTINGS}
-    atari["backend"] = _resolve_backend(atari["backend"])       # auto: EnvPool or gymnasium, as this machine has
+    atari["backend"] = resolve_backend(atari["backend"])       # auto: EnvPool or gymnasium, as this machine has
     # Batched agents give the same runs up to float summation order, not bit for bit: their parts carry the
     # switch; one-by-one parts keep the settings (and fingerprints) they had before the switch existed.
     if not atari["a2c"].get("batched"):

@@ -59,6 +59,18 @@ class TaskAdapter:
     # only — in training and in held-out runs alike — and refuses inner.clip_grad_norm; every other family
     # reads inner.clip_grad_norm. So no precedence between two keys exists to differ from task to task.
     clip_key = "inner.clip_grad_norm"
+    held_out_batches = False                   # its tasks have held_out_batches(): all held-out data in batches
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse (ValueError, one line naming the key) values of a run config ``cfg`` this family cannot run
+        with, beyond what its own section's dataclass checks (e.g. a split with no tasks)."""
+
+    @classmethod
+    def head_shape_varies(cls, task_config: Any) -> str:
+        """Why the output head's shape differs from task to task under ``task_config`` ("" when it has one
+        shape): a head learned into θ⁰ (meta.head: learned) then has no one shape."""
+        return ""
 
     @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
@@ -76,8 +88,9 @@ class TaskAdapter:
         return out
 
     @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        """Value rules of the family's own over the whole config (raise ConfigError); none by default."""
+    def build(cls, config: Any, seed: int = 0) -> "TaskAdapter":
+        """The family's adapter for ``config`` (a family with variants builds the one the config names)."""
+        return cls(config, seed=seed)
 
     def __init__(self, config: Any, seed: int = 0) -> None:
         self.config = config

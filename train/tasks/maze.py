@@ -27,9 +27,10 @@ and the meta-batch action sampler each get their own stream derived from ``seed`
 states (as int64 tensors), the samplers' states, the per-episode returns so far, the log window and the
 counters; the trainer adds the agent and its optimiser: a resumed run continues exactly.
 
-Seeds as a batch dimension (``maze.seeds: [0, 1, ...]``; empty: the run's ``seed`` alone, as above): one process
-trains S independent agents stacked along a leading dimension of every parameter (agents.seed_batched), on S × B
-mazes. Seed k gets everything it would get as a run with ``seed: k`` alone — its initialisation (drawn after
+Seeds as a batch dimension (``maze.seeds: [0, 1, ...]``, :class:`SeedBatchedMazeAdapter`; empty: the run's ``seed``
+alone, as above, :class:`MazeAdapter`): one process trains S independent agents stacked along a leading dimension
+of every parameter (agents.seed_batched), on S × B mazes.
+Seed k gets everything it would get as a run with ``seed: k`` alone — its initialisation (drawn after
 ``torch.manual_seed(k)``), its maze and sampler streams, its own Adam (metarl.seed_batch.SeedAdam: per-seed step
 counts), its own warps and warp optimiser, per-seed gradient clipping and non-finite skipping. Over a short run it
 ends where that run would (up to floating-point summation order: ≤ 1e-6 in the tests, 9 iterations); over a long
@@ -58,8 +59,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -68,18 +69,16 @@ from torch import nn
 
 from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
 from agents.recurrent import INITS, MODELS, RecurrentConfig, build_model
-from agents.seed_batched import SeedBatchedModel, build_seed_batched
+from agents.seed_batched import build_seed_batched
 from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch, SeedMazeBatch
 from metarl.continual import continual_update, continual_update_seeds
 from metarl.seam import NULL_WATCH
 from metarl.seed_batch import SeedAdam
 
-from train.maze_report import results_table  # noqa: F401  (re-exported: the table moved there)
-
 from ..stats import sample_std
 from .base import TaskAdapter
-from .maze_seeds import _adam_state, seed_config, seed_folder, split_checkpoint, write_seed_runs  # noqa: F401
+from .maze_seeds import seed_folder, write_seed_runs
 
 LOSS_KEYS = ("loss", "policy_loss", "value_loss", "prob_sq_loss")
 
@@ -164,7 +163,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 # the task family
 
 
-class _Window:
+class LogWindow:
     """Sums of the scalars logged every ``log_every`` iterations (checkpointed with the run)."""
 
     KEYS = ("iterations", "return", "skipped", *LOSS_KEYS, "seconds", "meta_return", "meta_rollouts")
@@ -199,14 +198,7 @@ class MazeStream:
     def loss(self, model: nn.Module, batch: str) -> torch.Tensor:
         a = self.adapter
         if batch == "query":
-            if a.seeds:
-                a._query_started()
-            episodes = rollout(model, a.meta_mazes, generator=a.meta_sampler, fused=a.config.fused)
-            if a.seeds:                 # committed per seed once the task step's outcome is known
-                a._query_returns = episodes.seed_mean_returns
-            else:
-                a.window.v["meta_return"] += episodes.mean_return
-                a.window.v["meta_rollouts"] += 1
+            episodes = a.query_rollout(model)
         else:
             episodes = rollout(model, a.mazes, generator=a.sampler, fused=a.config.fused)
         return rollout_loss(episodes, a.loss_config).total
@@ -222,7 +214,10 @@ def seed_mean(per_seed: list[dict[str, float]]) -> dict[str, float]:
 
 
 class MazeAdapter(TaskAdapter):
-    """The never-reset maze learner (module docstring). Runs in the trainer's continual mode only."""
+    """The never-reset maze learner of one seed (module docstring). Runs in the trainer's continual mode only.
+    ``maze.seeds`` builds :class:`SeedBatchedMazeAdapter` instead (:meth:`build`): the S = 1 batch is not this
+    run bit for bit (its batched kernels, per-seed norms and per-seed Adam sum in another order: ≈ 3e-8 apart
+    after 9 iterations), so one seed keeps this path and the batch is a class of its own, not a branch."""
 
     head = ("policy_head.", "value_head.")
     splits = ("train",)
@@ -249,38 +244,34 @@ class MazeAdapter(TaskAdapter):
         # the seed-batched build re-seeds each agent, so its heads would be the first draw's: every seed would
         # part from its run alone at iteration 0. The maze's one learner needs no re-drawn head: refuse.
         if cfg.task_config.seeds and cfg.meta.head == "reset":
-            from train.errors import ConfigError
-            raise ConfigError("maze.seeds needs meta.head: learned (the maze trains one never-reset learner; "
-                              "under reset the batched seeds' heads would not be their single runs')")
+            raise ValueError("maze.seeds needs meta.head: learned (the maze trains one never-reset learner; "
+                             "under reset the batched seeds' heads would not be their single runs')")
+
+    @classmethod
+    def build(cls, config: MazeTaskConfig, seed: int = 0) -> "MazeAdapter":
+        return (SeedBatchedMazeAdapter if config.seeds else cls)(config, seed=seed)
 
     def __init__(self, config: MazeTaskConfig, seed: int = 0) -> None:
         super().__init__(config, seed)
         mc = config
-        maze_config = MazeConfig(size=mc.maze_size, episode_length=mc.episode_length, wall_penalty=mc.wall_penalty)
-        self.seeds: list[int] = list(mc.seeds)            # [] : the run's seed alone
         self.loss_config = MazeA2CConfig(gamma=mc.gamma, value_coef=mc.value_coef, prob_sq_coef=mc.prob_sq_coef,
                                          value_baseline=mc.value_baseline)
         self.returns: list[torch.Tensor] = []     # per iteration: the B episodes' returns ((S, B) seed-batched)
         self.wall = 0.0
         self._logs: list[tuple] = []
-        self._model: nn.Module | None = None
-        if not self.seeds:
-            self.mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 0))
-            self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
-            self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
-            self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
-            self.window = _Window()
-            self.skipped = 0
-            return
-        # Seed k's streams are those of a run with ``seed: k`` alone.
-        self.mazes = SeedMazeBatch([_stream_seed(k, 0) for k in self.seeds], mc.batch, maze_config)
-        self.sampler = [torch.Generator().manual_seed(_stream_seed(k, 1)) for k in self.seeds]
-        self.meta_mazes = SeedMazeBatch([_stream_seed(k, 2) for k in self.seeds], mc.batch, maze_config)
-        self.meta_sampler = [torch.Generator().manual_seed(_stream_seed(k, 3)) for k in self.seeds]
-        self.windows = [_Window() for _ in self.seeds]
-        self.seed_skipped = np.zeros(len(self.seeds), dtype=np.int64)
-        self._query_state: tuple | None = None
-        self._query_returns: np.ndarray | None = None
+        self.open_streams(MazeConfig(size=mc.maze_size, episode_length=mc.episode_length,
+                                     wall_penalty=mc.wall_penalty))
+
+    def open_streams(self, maze_config: MazeConfig) -> None:
+        """The task mazes, the task action sampler, the meta-batch mazes and their sampler, each its own stream
+        derived from the seed; the log window and the skipped-step count."""
+        mc, seed = self.config, self.seed
+        self.mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 0))
+        self.sampler = torch.Generator().manual_seed(_stream_seed(seed, 1))
+        self.meta_mazes = MazeBatch(mc.batch, maze_config, seed=_stream_seed(seed, 2))
+        self.meta_sampler = torch.Generator().manual_seed(_stream_seed(seed, 3))
+        self.window = LogWindow()
+        self.skipped = 0
 
     @property
     def global_step(self) -> int:                 # task episodes so far (each seed's): the x-axis of the curves
@@ -291,16 +282,11 @@ class MazeAdapter(TaskAdapter):
         return RecurrentConfig(hidden_size=mc.hidden_size, warp_hidden_size=mc.warp_hidden_size, init=mc.init)
 
     def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:
-        """The agent; its initialisation comes from torch's global generator, seeded by the trainer.
-        Seed-batched: seed k's agent drawn after ``torch.manual_seed(k)``, the S agents stacked."""
-        if self.seeds:
-            return build_seed_batched(self.config.model, self._recurrent_config(), self.seeds)
+        """The agent; its initialisation comes from torch's global generator, seeded by the trainer."""
         return build_model(self.config.model, self._recurrent_config())
 
     def make_optimizer(self, model: nn.Module, params, inner: Any) -> torch.optim.Optimizer:
         mc = self.config
-        if self.seeds:
-            return SeedAdam(params, len(self.seeds), lr=mc.task_lr, eps=mc.adam_eps)
         return torch.optim.Adam(params, lr=mc.task_lr, eps=mc.adam_eps)
 
     def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[MazeStream]:
@@ -314,107 +300,50 @@ class MazeAdapter(TaskAdapter):
         if clip_grad_norm:
             raise ValueError("the maze clips at maze.clip_grad_norm only; inner.clip_grad_norm is refused")
         clip = mc.clip_grad_norm or None
-        if self.seeds:
-            return self._adapt_seeds(model, optimizer, steps, watch, clip)
         all_params = list(model.parameters())
         curve = []
         for _ in range(steps):
-            t0, burning_in, episodes, loss = self._task_rollout(model)
-            outcome = continual_update(loss.total, optimizer, watch, all_params, burning_in, clip)
-            self.skipped += outcome == "non_finite"
+            t0 = time.perf_counter()
+            burning_in = len(self.returns) < mc.burn_in
+            with torch.set_grad_enabled(not burning_in):        # no autograd while burning in
+                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
+                loss = rollout_loss(episodes, self.loss_config)
+            skipped = self.task_step(loss.total, optimizer, watch, all_params, burning_in, clip)
             self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
             seconds = time.perf_counter() - t0
             self.wall += seconds
-            curve.append(float(loss.total.detach()))
-            self._record(episodes.mean_return, loss, outcome == "non_finite", seconds)
+            curve.append(self.curve_point(loss.total.detach()))
+            self.record(episodes, loss, skipped, seconds)
         return curve
 
-    def _task_rollout(self, model: nn.Module) -> tuple[float, bool, Any, Any]:
-        """One task step's start time, burn-in flag, episodes on the task mazes and their A2C loss (no
-        autograd while burning in): the part shared by the single-seed and the seed-batched step."""
-        mc = self.config
-        t0 = time.perf_counter()
-        burning_in = len(self.returns) < mc.burn_in
-        with torch.set_grad_enabled(not burning_in):
-            episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
-            loss = rollout_loss(episodes, self.loss_config)
-        return t0, burning_in, episodes, loss
+    def task_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, watch: Any, params: list,
+                  burning_in: bool, clip: float | None) -> Any:
+        """One update of the task parameters (metarl.continual); returns whether it was skipped (non-finite)."""
+        skipped = continual_update(loss, optimizer, watch, params, burning_in, clip) == "non_finite"
+        self.skipped += skipped
+        return skipped
 
-    def _adapt_seeds(self, model: SeedBatchedModel, optimizer: SeedAdam, steps: int, watch, clip) -> list[float]:
-        S = len(self.seeds)
-        self._model = model
-        all_params = list(model.parameters())
-        curve = []
-        for _ in range(steps):
-            t0, burning_in, episodes, loss = self._task_rollout(model)
-            self._query_state, self._query_returns = None, None
-            outcomes = continual_update_seeds(loss.total, optimizer, watch, all_params, S, burning_in, clip)
-            skipped = np.array([o == "non_finite" for o in outcomes])
-            self._query_finished(~skipped)
-            self.seed_skipped += skipped
-            self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
-            seconds = time.perf_counter() - t0
-            self.wall += seconds
-            totals = loss.total.detach()
-            finite = totals[torch.isfinite(totals)]
-            curve.append(float(finite.mean()) if len(finite) else float("nan"))
-            self._record_seeds(episodes.seed_mean_returns, loss, skipped, seconds)
-        return curve
+    def curve_point(self, loss: torch.Tensor) -> float:
+        return float(loss)
 
-    # -- the meta-batch objective's rollouts, seed-batched: a seed whose task step is skipped takes no query
-    #    rollout alone, so its query streams are put back and its query return is not counted.
-    def _query_started(self) -> None:
-        if self._query_state is None:
-            self._query_state = ([numpy_rng_state(r) for r in self.meta_mazes.rngs],
-                                 [g.get_state() for g in self.meta_sampler])
+    def query_rollout(self, model: nn.Module) -> Any:
+        """The meta-batch objective's rollout on the query mazes, its return counted in the log window."""
+        episodes = rollout(model, self.meta_mazes, generator=self.meta_sampler, fused=self.config.fused)
+        self.window.v["meta_return"] += episodes.mean_return
+        self.window.v["meta_rollouts"] += 1
+        return episodes
 
-    def _query_finished(self, stepped: np.ndarray) -> None:
-        if self._query_state is None:
-            return
-        for k in np.flatnonzero(~stepped):
-            set_numpy_rng_state(self.meta_mazes.rngs[k], self._query_state[0][k])
-            self.meta_sampler[k].set_state(self._query_state[1][k])
-        if self._query_returns is not None:
-            for k in np.flatnonzero(stepped):
-                self.windows[k].v["meta_return"] += float(self._query_returns[k])
-                self.windows[k].v["meta_rollouts"] += 1
-        self._query_state, self._query_returns = None, None
-
-    def _record(self, mean_return: float, loss: Any, skipped: bool, seconds: float) -> None:
-        mc, w = self.config, self.window.v
-        w["iterations"] += 1
-        w["return"] += mean_return
-        w["skipped"] += skipped
-        w["seconds"] += seconds
-        for k, v in zip(LOSS_KEYS, (loss.total, loss.policy, loss.value, loss.prob_sq)):
-            w[k] += float(v.detach())
-        self._report_progress(mean_return)
-        if len(self.returns) % mc.log_every:
+    def record(self, episodes: Any, loss: Any, skipped: Any, seconds: float) -> None:
+        """Add the iteration to the log window; every ``log_every`` iterations, log it and start a new one."""
+        _add(self.window.v, episodes.mean_return, skipped, seconds,
+             [float(t.detach()) for t in (loss.total, loss.policy, loss.value, loss.prob_sq)])
+        self._report_progress(episodes.mean_return)
+        if len(self.returns) % self.config.log_every:
             return
         self._logs.append((self.global_step, self._window_logs(self.window, self.skipped)))
         self.window.reset()
 
-    def _record_seeds(self, mean_returns: np.ndarray, loss: Any, skipped: np.ndarray, seconds: float) -> None:
-        terms = [t.detach() for t in (loss.total, loss.policy, loss.value, loss.prob_sq)]
-        for k, window in enumerate(self.windows):
-            w = window.v
-            w["iterations"] += 1
-            w["return"] += float(mean_returns[k])
-            w["skipped"] += bool(skipped[k])
-            w["seconds"] += seconds
-            for key, v in zip(LOSS_KEYS, terms):
-                w[key] += float(v[k])
-        self._report_progress(float(np.mean(mean_returns)))
-        if len(self.returns) % self.config.log_every:
-            return
-        per_seed = []
-        for k, (seed, window) in enumerate(zip(self.seeds, self.windows)):
-            per_seed.append(self._window_logs(window, int(self.seed_skipped[k])))
-            self._logs.append((self.global_step, per_seed[-1], f"{seed_folder(seed)}/games"))
-            window.reset()
-        self._logs.append((self.global_step, seed_mean(per_seed)))         # the batch's own games/ run
-
-    def _window_logs(self, window: _Window, skipped: int) -> dict[str, float]:
+    def _window_logs(self, window: LogWindow, skipped: int) -> dict[str, float]:
         mc, w = self.config, window.v
         n = w["iterations"]
         logs = {"charts/episodic_return": w["return"] / n, "charts/episodic_length": float(mc.episode_length),
@@ -443,30 +372,12 @@ class MazeAdapter(TaskAdapter):
         return self.result()
 
     def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
-        if not self.seeds:
-            return self.result()
-        return self._evaluate_seeds(cfg, Path(run_dir))
+        return self.result()
 
     def result(self) -> dict[str, float]:
-        """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time.
-        Seed-batched: the mean over seeds of their ``return_last_mean``, its sample std over seeds and each seed's
-        result under ``per_seed``."""
-        if self.seeds:
-            rows = self.seed_results()
-            means = np.array([r["return_last_mean"] for r in rows])
-            return {"seeds": list(self.seeds), "return_last_mean": float(means.mean()),
-                    "return_last_mean_std_over_seeds": sample_std(means),      # None (null) for one seed
-                    "final_window_episodes": rows[0]["final_window_episodes"], "iterations": float(len(self.returns)),
-                    "episodes": float(self.global_step), "wall_time_s": self.wall,
-                    "skipped_steps": float(self.seed_skipped.sum()),
-                    "per_seed": {str(k): r for k, r in zip(self.seeds, rows)}}
+        """Mean and std of the last ``final_window`` episodes' returns, the counters and the wall time."""
         returns = torch.stack(self.returns) if self.returns else torch.zeros(0, self.config.batch)
         return self._result(returns, self.skipped)
-
-    def seed_results(self) -> list[dict[str, float]]:
-        """Each seed's :meth:`result` as its run alone would report it (the batch's wall time)."""
-        returns = torch.stack(self.returns) if self.returns else torch.zeros(0, len(self.seeds), self.config.batch)
-        return [self._result(returns[:, k], int(self.seed_skipped[k])) for k in range(len(self.seeds))]
 
     def _result(self, returns: torch.Tensor, skipped: int) -> dict[str, float]:
         mc = self.config
@@ -477,24 +388,7 @@ class MazeAdapter(TaskAdapter):
                 "final_window_episodes": float(len(last)), "iterations": float(len(returns)),
                 "episodes": float(self.global_step), "wall_time_s": self.wall, "skipped_steps": float(skipped)}
 
-    def _evaluate_seeds(self, cfg: Any, run_dir: Path) -> dict:
-        """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint; maze_seeds) and
-        return the batch's result."""
-        result = self.result()
-        write_seed_runs(cfg, run_dir, self.seeds, result)
-        return result
-
     def state_dict(self) -> dict[str, Any]:
-        if self.seeds:
-            return {"maze_rng": torch.stack([numpy_rng_state(r) for r in self.mazes.rngs]),
-                    "meta_maze_rng": torch.stack([numpy_rng_state(r) for r in self.meta_mazes.rngs]),
-                    "sampler": torch.stack([g.get_state() for g in self.sampler]),
-                    "meta_sampler": torch.stack([g.get_state() for g in self.meta_sampler]),
-                    "returns": (torch.stack(self.returns) if self.returns
-                                else torch.zeros(0, len(self.seeds), self.config.batch)),
-                    "counters": torch.from_numpy(self.seed_skipped.copy()),
-                    "wall_time": torch.tensor(self.wall, dtype=torch.float64),
-                    "window": torch.stack([w.tensor() for w in self.windows])}
         return {"maze_rng": numpy_rng_state(self.mazes.rng), "meta_maze_rng": numpy_rng_state(self.meta_mazes.rng),
                 "sampler": self.sampler.get_state(), "meta_sampler": self.meta_sampler.get_state(),
                 "returns": torch.stack(self.returns) if self.returns else torch.zeros(0, self.config.batch),
@@ -502,20 +396,6 @@ class MazeAdapter(TaskAdapter):
                 "window": self.window.tensor()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.seeds:
-            S = len(self.seeds)
-            if state["maze_rng"].dim() != 2 or state["maze_rng"].shape[0] != S:
-                raise ValueError(f"checkpoint is not a run of {S} batched seeds")
-            for k in range(S):
-                set_numpy_rng_state(self.mazes.rngs[k], state["maze_rng"][k])
-                set_numpy_rng_state(self.meta_mazes.rngs[k], state["meta_maze_rng"][k])
-                self.sampler[k].set_state(state["sampler"][k].clone())
-                self.meta_sampler[k].set_state(state["meta_sampler"][k].clone())
-                self.windows[k].load(state["window"][k])
-            self.returns = list(state["returns"].unbind(0))
-            self.seed_skipped = state["counters"].numpy().astype(np.int64).copy()
-            self.wall = float(state["wall_time"])
-            return
         set_numpy_rng_state(self.mazes.rng, state["maze_rng"])
         set_numpy_rng_state(self.meta_mazes.rng, state["meta_maze_rng"])
         self.sampler.set_state(state["sampler"])
@@ -524,6 +404,142 @@ class MazeAdapter(TaskAdapter):
         self.skipped = int(state["counters"][0])
         self.wall = float(state["wall_time"])
         self.window.load(state["window"])
+
+
+def _add(w: dict[str, float], mean_return: float, skipped: Any, seconds: float, losses: list[float]) -> None:
+    """One iteration into a log window's sums."""
+    w["iterations"] += 1
+    w["return"] += mean_return
+    w["skipped"] += skipped
+    w["seconds"] += seconds
+    for k, v in zip(LOSS_KEYS, losses):
+        w[k] += v
+
+
+class SeedBatchedMazeAdapter(MazeAdapter):
+    """``maze.seeds``: S independent seeds as one stacked agent (module docstring, "Seeds as a batch
+    dimension"). Seed k's streams, initialisation, Adam, clipping and skipping are those of a run with
+    ``seed: k`` alone; its curves, result, config and final checkpoint go to its own run folder (maze_seeds)."""
+
+    def open_streams(self, maze_config: MazeConfig) -> None:
+        mc = self.config
+        self.seeds: list[int] = list(mc.seeds)
+        # Seed k's streams are those of a run with ``seed: k`` alone.
+        self.mazes = SeedMazeBatch([_stream_seed(k, 0) for k in self.seeds], mc.batch, maze_config)
+        self.sampler = [torch.Generator().manual_seed(_stream_seed(k, 1)) for k in self.seeds]
+        self.meta_mazes = SeedMazeBatch([_stream_seed(k, 2) for k in self.seeds], mc.batch, maze_config)
+        self.meta_sampler = [torch.Generator().manual_seed(_stream_seed(k, 3)) for k in self.seeds]
+        self.windows = [LogWindow() for _ in self.seeds]
+        self.seed_skipped = np.zeros(len(self.seeds), dtype=np.int64)
+        self._query_state: tuple | None = None
+        self._query_returns: np.ndarray | None = None
+
+    def make_model(self, generator: torch.Generator, task: Any = None) -> nn.Module:
+        """Seed k's agent drawn after ``torch.manual_seed(k)``, the S agents stacked."""
+        return build_seed_batched(self.config.model, self._recurrent_config(), self.seeds)
+
+    def make_optimizer(self, model: nn.Module, params, inner: Any) -> torch.optim.Optimizer:
+        mc = self.config
+        return SeedAdam(params, len(self.seeds), lr=mc.task_lr, eps=mc.adam_eps)
+
+    def task_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, watch: Any, params: list,
+                  burning_in: bool, clip: float | None) -> Any:
+        """Per seed; returns the (S,) mask of skipped seeds. A seed whose task step is skipped takes no query
+        rollout alone: its query streams are put back and its query return is not counted."""
+        self._query_state, self._query_returns = None, None
+        outcomes = continual_update_seeds(loss, optimizer, watch, params, len(self.seeds), burning_in, clip)
+        skipped = np.array([o == "non_finite" for o in outcomes])
+        self._query_finished(~skipped)
+        self.seed_skipped += skipped
+        return skipped
+
+    def curve_point(self, loss: torch.Tensor) -> float:
+        finite = loss[torch.isfinite(loss)]         # the mean over the seeds with a finite loss
+        return float(finite.mean()) if len(finite) else float("nan")
+
+    def query_rollout(self, model: nn.Module) -> Any:
+        if self._query_state is None:
+            self._query_state = ([numpy_rng_state(r) for r in self.meta_mazes.rngs],
+                                 [g.get_state() for g in self.meta_sampler])
+        episodes = rollout(model, self.meta_mazes, generator=self.meta_sampler, fused=self.config.fused)
+        self._query_returns = episodes.seed_mean_returns    # committed per seed once the step's outcome is known
+        return episodes
+
+    def _query_finished(self, stepped: np.ndarray) -> None:
+        if self._query_state is None:
+            return
+        for k in np.flatnonzero(~stepped):
+            set_numpy_rng_state(self.meta_mazes.rngs[k], self._query_state[0][k])
+            self.meta_sampler[k].set_state(self._query_state[1][k])
+        if self._query_returns is not None:
+            for k in np.flatnonzero(stepped):
+                self.windows[k].v["meta_return"] += float(self._query_returns[k])
+                self.windows[k].v["meta_rollouts"] += 1
+        self._query_state, self._query_returns = None, None
+
+    def record(self, episodes: Any, loss: Any, skipped: Any, seconds: float) -> None:
+        terms = [t.detach() for t in (loss.total, loss.policy, loss.value, loss.prob_sq)]
+        for k, window in enumerate(self.windows):
+            _add(window.v, float(episodes.seed_mean_returns[k]), bool(skipped[k]), seconds,
+                 [float(v[k]) for v in terms])
+        self._report_progress(float(np.mean(episodes.seed_mean_returns)))
+        if len(self.returns) % self.config.log_every:
+            return
+        per_seed = []
+        for k, (seed, window) in enumerate(zip(self.seeds, self.windows)):
+            per_seed.append(self._window_logs(window, int(self.seed_skipped[k])))
+            self._logs.append((self.global_step, per_seed[-1], f"{seed_folder(seed)}/games"))
+            window.reset()
+        self._logs.append((self.global_step, seed_mean(per_seed)))         # the batch's own games/ run
+
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
+        """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint; maze_seeds) and
+        return the batch's result."""
+        result = self.result()
+        write_seed_runs(cfg, Path(run_dir), self.seeds, result)
+        return result
+
+    def result(self) -> dict[str, float]:
+        """The mean over seeds of their ``return_last_mean``, its sample std over seeds and each seed's result
+        under ``per_seed``."""
+        rows = self.seed_results()
+        means = np.array([r["return_last_mean"] for r in rows])
+        return {"seeds": list(self.seeds), "return_last_mean": float(means.mean()),
+                "return_last_mean_std_over_seeds": sample_std(means),      # None (null) for one seed
+                "final_window_episodes": rows[0]["final_window_episodes"], "iterations": float(len(self.returns)),
+                "episodes": float(self.global_step), "wall_time_s": self.wall,
+                "skipped_steps": float(self.seed_skipped.sum()),
+                "per_seed": {str(k): r for k, r in zip(self.seeds, rows)}}
+
+    def seed_results(self) -> list[dict[str, float]]:
+        """Each seed's :meth:`result` as its run alone would report it (the batch's wall time)."""
+        returns = torch.stack(self.returns) if self.returns else torch.zeros(0, len(self.seeds), self.config.batch)
+        return [self._result(returns[:, k], int(self.seed_skipped[k])) for k in range(len(self.seeds))]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"maze_rng": torch.stack([numpy_rng_state(r) for r in self.mazes.rngs]),
+                "meta_maze_rng": torch.stack([numpy_rng_state(r) for r in self.meta_mazes.rngs]),
+                "sampler": torch.stack([g.get_state() for g in self.sampler]),
+                "meta_sampler": torch.stack([g.get_state() for g in self.meta_sampler]),
+                "returns": (torch.stack(self.returns) if self.returns
+                            else torch.zeros(0, len(self.seeds), self.config.batch)),
+                "counters": torch.from_numpy(self.seed_skipped.copy()),
+                "wall_time": torch.tensor(self.wall, dtype=torch.float64),
+                "window": torch.stack([w.tensor() for w in self.windows])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        S = len(self.seeds)
+        if state["maze_rng"].dim() != 2 or state["maze_rng"].shape[0] != S:
+            raise ValueError(f"checkpoint is not a run of {S} batched seeds")
+        for k in range(S):
+            set_numpy_rng_state(self.mazes.rngs[k], state["maze_rng"][k])
+            set_numpy_rng_state(self.meta_mazes.rngs[k], state["meta_maze_rng"][k])
+            self.sampler[k].set_state(state["sampler"][k].clone())
+            self.meta_sampler[k].set_state(state["meta_sampler"][k].clone())
+            self.windows[k].load(state["window"][k])
+        self.returns = list(state["returns"].unbind(0))
+        self.seed_skipped = state["counters"].numpy().astype(np.int64).copy()
+        self.wall = float(state["wall_time"])
 
 
 if __name__ == "__main__":

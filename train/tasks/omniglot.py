@@ -39,9 +39,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, autocast,
                                    build_warps, check_precision, init_task_layers)
-from .omniglot_data import (_ARRAYS, _CACHE_FORMAT, DEFAULT_CACHE_DIR, SPLITS, OmniglotData,  # noqa: F401
-                            _decode, _decode_all, _one_line, _read_cache, _Source, _source_key, _sources,
-                            _write_cache, cache_path, load_omniglot)
+from .omniglot_data import DEFAULT_CACHE_DIR, OmniglotData, load_omniglot
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,6 +306,7 @@ def batch_statistics(model: nn.Module) -> nn.Module:
 
 class OmniglotAdapter(ImageClassificationAdapter):
     config: OmniglotConfig
+    held_out_batches = True             # OmniglotTask.held_out_batches (MAML's outer_loss: held_out)
 
     def __init__(self, config: OmniglotConfig | None = None, seed: int | None = None,
                  data: OmniglotData | None = None, warp: WarpFactory | None = None) -> None:

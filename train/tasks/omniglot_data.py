@@ -25,7 +25,7 @@ from ..errors import DataError
 SPLITS = ("images_background", "images_evaluation")
 DEFAULT_CACHE_DIR = "~/.cache/metarl"
 _CACHE_FORMAT = 1                  # bump when the decoded representation changes
-_ARRAYS = ("images", "files", "char_start", "char_names", "char_alphabet", "alphabets", "alphabet_split")
+ARRAYS = ("images", "files", "char_start", "char_names", "char_alphabet", "alphabets", "alphabet_split")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def _read_cache(path: Path, key: str) -> dict[str, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as f:
             if str(f["key"]) != key:
                 return None
-            return {name: f[name] for name in _ARRAYS}
+            return {name: f[name] for name in ARRAYS}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None     # missing, stale or damaged: decode again and overwrite
 

@@ -50,8 +50,7 @@ from metarl.warp_layers import CONV_WARP_KINDS, MAP_WARP_KINDS, make_warp
 from ..errors import ConfigError, DataError
 from .image_classification import (ClassificationTask, ImageClassificationAdapter, WarpFactory, autocast,
                                    build_warps, check_precision, init_task_layers)
-from .tiered_data import (IMAGE_SHAPE, LABEL_KEYS, SPLITS, TieredSplit, _as_str, _int_labels,  # noqa: F401
-                          _names, _one_line, decode_png, images_path, labels_path, load_pickle)
+from .tiered_data import IMAGE_SHAPE, SPLITS, TieredSplit, images_path, labels_path
 
 PROTOCOLS = {"shots": 100, "steps": 640}          # reading → the inner steps it expects
 WARP_KINDS = ("none", *MAP_WARP_KINDS)     # no warp, or a feature-map warp of metarl.warp_layers
