@@ -29,8 +29,9 @@ def test_unknown_game_lists_valid_names_on_one_line():
         make_atari("Pongg", num_envs=1, seed=0, backend="envpool")
     msg = str(err.value)
     assert "\n" not in msg and "'Pongg'" in msg
-    assert "Pong" in msg.split("valid games:")[1] and "SpaceInvaders" in msg
-    with pytest.raises(ValueError, match="valid games: .*Breakout"):
+    assert "did you mean Pong?" in msg                          # the likely neighbour before the list
+    assert "Pong" in msg.split("valid games (")[1] and "SpaceInvaders" in msg
+    with pytest.raises(ValueError, match=r"valid games \(\d+\): .*Breakout"):
         AtariTaskConfig(train_games=["Pong"], test_games=["NotAGame-v5"])
 
 
