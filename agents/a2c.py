@@ -20,7 +20,9 @@ The convolutional trunk runs once per frame: the acting passes keep its graph, a
 runs only the rest (linear layer and heads) over the whole rollout (:func:`split`, ``reuse_forward``).
 
 Compute and stepping can overlap when the envs come in groups (``envs.atari.make_atari_groups``): the
-network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``).
+network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``); or with EnvPool's
+asynchronous mode, where each receive returns the first envs to finish (``A2CConfig.async_batch``,
+agents/async_a2c.py: rollouts indexed by env id).
 
 Devices: the network, the rollout buffers, returns, loss and optimiser state live on the model's device;
 EnvPool steps on CPU threads. On a GPU, what the envs return is written into pinned host buffers and goes
@@ -70,6 +72,14 @@ class A2CConfig:
     # as one stacked model, one forward and backward per step for all (agents/batched_a2c.py); false, one by
     # one. The same results up to float summation order (equal in distribution).
     batched: bool = False
+    # EnvPool's async mode (agents/async_a2c.py): each receive returns the first ``async_batch`` envs to finish
+    # their step, which act again at once, so emulation overlaps the network's work. 0: every env steps in
+    # lockstep (the default). Must divide num_envs; num_envs itself gives the lockstep rollouts through the
+    # async code path. Runs are no longer reproducible bit for bit: which envs finish first is up to the threads.
+    async_batch: int = 0
+    # CUDA graphs for the acting forward pass and the update (agents/cuda_graphs.py): one replay instead of tens
+    # of kernel launches each. CUDA only; float32 only.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -82,6 +92,14 @@ class A2CConfig:
             raise ValueError(f"a2c.num_envs ({self.num_envs}) must be a multiple of a2c.groups ({self.groups})")
         if self.batched and self.groups != 1:
             raise ValueError(f"a2c.batched steps one env group per agent: set a2c.groups: 1 (got {self.groups})")
+        if self.async_batch < 0 or (self.async_batch and self.num_envs % self.async_batch):
+            raise ValueError(f"a2c.async_batch ({self.async_batch}) must be 0 (off) or divide a2c.num_envs "
+                             f"({self.num_envs})")
+        if self.async_batch and (self.groups != 1 or self.batched):
+            raise ValueError("a2c.async_batch steps one asynchronous env pool per agent: set a2c.groups: 1 and "
+                             "a2c.batched: false")
+        if self.cuda_graphs and self.precision != "fp32":
+            raise ValueError("a2c.cuda_graphs captures the float32 network: set a2c.precision: fp32")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"a2c.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -201,16 +219,18 @@ class EpisodeStats:
         self.returns = np.zeros(num_envs, dtype=np.float64)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
 
-    def update(self, info: dict[str, np.ndarray], global_step: int, start: int = 0) -> list[Episode]:
-        """Add one step of envs ``start … start+len−1``; return the games that ended on it."""
+    def update(self, info: dict[str, np.ndarray], global_step: int, start: int = 0,
+               ids: np.ndarray | None = None) -> list[Episode]:
+        """Add one step of envs ``start … start+len−1`` (or of the envs ``ids``, an async batch); return the
+        games that ended on it."""
         real = ~info["autoreset"]                 # reset steps: reward 0, and not part of any game
-        sl = slice(start, start + len(real))
+        sl = slice(start, start + len(real)) if ids is None else ids
         self.returns[sl] += info["raw_reward"] * real
         self.lengths[sl] += real
         ended = np.flatnonzero(info["terminated"] | info["truncated"])
         out = []
         for i in ended:
-            j = start + int(i)
+            j = start + int(i) if ids is None else int(ids[i])
             out.append(Episode(global_step, float(self.returns[j]), int(self.lengths[j]), j))
             self.returns[j] = 0.0
             self.lengths[j] = 0
@@ -272,6 +292,10 @@ class Rollout:
         flags["dones"][t, sl] = torch.from_numpy(done)
         flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
         flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
+
+    def returns(self, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+        """Returns and advantages of the rollout, (n, N) each (:func:`compute_returns`)."""
+        return compute_returns(self.rewards, self.values, self.dones, self.truncated, gamma, gae_lambda)
 
     def kept_features(self) -> Tensor:
         """The acting passes' trunk outputs, (n·N, ...) row-major like ``obs``."""
@@ -407,8 +431,7 @@ def a2c_loss(model: nn.Module, ro: Rollout, cfg: A2CConfig, num_actions: int) ->
     """The A2C loss of a rollout; means run over valid (non-reset) transitions only. The trunk's outputs
     come from the acting passes when the collector kept them, else from one pass over the rollout."""
     n, N = ro.actions.shape
-    returns, advantages = compute_returns(ro.rewards, ro.values, ro.dones, ro.truncated, cfg.gamma,
-                                          cfg.gae_lambda)
+    returns, advantages = ro.returns(cfg.gamma, cfg.gae_lambda)
     trunk, head = split(model)
     with autocast(model, cfg.precision):
         features = ro.kept_features() if ro.features is not None else trunk(ro.obs.view(n * N, *ro.obs.shape[2:]))
@@ -491,8 +514,14 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     """
     envs = list(envs) if isinstance(envs, (list, tuple)) else [envs]
     cfg = cfg or A2CConfig(num_envs=sum(e.num_envs for e in envs))
-    collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
-                                 keep_graph=cfg.reuse_forward)
+    if cfg.async_batch:                     # EnvPool's async mode: agents/async_a2c.py
+        from agents.async_a2c import AsyncRolloutCollector
+        if len(envs) != 1:
+            raise ValueError("a2c.async_batch steps one asynchronous env pool (a2c.groups: 1)")
+        collector = AsyncRolloutCollector(envs[0], model, cfg.n_steps, generator, on_episode, cfg.precision)
+    else:
+        collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
+                                     keep_graph=cfg.reuse_forward)
     steps_per_update = collector.num_envs * cfg.n_steps
     updates = max(1, total_steps // steps_per_update)
     names: list[str] = []

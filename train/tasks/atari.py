@@ -48,7 +48,8 @@ from torch import nn
 from agents.a2c import (A2CConfig, A2CResult, Episode, RolloutCollector, autocast, make_optimizer,
                         sample_actions, train_agent)
 from agents.nets import ENCODERS, ActorCritic
-from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari, make_atari_groups, num_actions
+from envs.atari import (OBSERVATIONS, _resolve_backend, canonical_game, close_all, make_atari, make_atari_groups,
+                        num_actions)
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
@@ -106,6 +107,8 @@ class AtariTaskConfig:
             raise ValueError("atari: no games configured (train_games, val_games and test_games are all empty)")
         if self.env_threads is not None and self.env_threads < 1:
             raise ValueError(f"atari.env_threads must be >= 1 (or null: EnvPool's default), got {self.env_threads}")
+        if self.a2c.async_batch and _resolve_backend(self.backend) != "envpool":
+            raise ValueError("atari.a2c.async_batch is EnvPool's async mode: set atari.backend: envpool")
         shared = sorted(set(self.train_games) & set(self.test_games) | set(self.val_games) & set(self.test_games))
         if shared and not self.test_on_train_games:
             raise ValueError(f"atari: {', '.join(shared)} both trained on and held out; set "
@@ -165,6 +168,18 @@ class AtariAdapter(TaskAdapter):
         self.on_progress: Callable[[str, int], None] | None = None       # (game, env steps so far)
         self._task_logs: list[tuple[int, dict[str, float]]] = []         # per-game SPS and losses of adapt()
 
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, "_device", torch.device("cpu"))
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        """``run.device``, set by the trainer: CUDA graphs are refused anywhere else, in one line."""
+        if self.config.a2c.cuda_graphs and torch.device(device).type != "cuda":
+            raise ConfigError(f"atari.a2c.cuda_graphs needs a CUDA device (run.device is {device}): set "
+                              f"atari.a2c.cuda_graphs: false or run.device: cuda")
+        self._device = torch.device(device)
+
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
         """Actor-critic drawn from ``generator``; policy head per ``config.heads`` (module docstring)."""
@@ -203,7 +218,7 @@ class AtariAdapter(TaskAdapter):
         if clip_grad_norm:
             raise ValueError("Atari clips at atari.a2c.max_grad_norm only; inner.clip_grad_norm is refused")
         a2c = cfg.a2c
-        envs = self._envs(task, train=True)
+        envs = self._envs(task, train=True, batch_size=a2c.async_batch or None)
         offset = self.global_step
         recent: list[Episode] = []
 
@@ -368,12 +383,14 @@ class AtariAdapter(TaskAdapter):
             version = None
         return {"atari_backend": backend, "atari_backend_version": version}
 
-    def _envs(self, task: Game, train: bool) -> list:
+    def _envs(self, task: Game, train: bool, batch_size: int | None = None) -> list:
+        """The task's env groups; ``batch_size``: one asynchronous pool (``a2c.async_batch``, training only)."""
         cfg = self.config
         a2c = cfg.a2c
+        extra = {"batch_size": batch_size} if batch_size else {}
         return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=a2c.groups, backend=cfg.backend,
                                  train=train, num_threads=cfg.env_threads, max_episode_steps=cfg.max_episode_steps,
-                                 observation=cfg.observation, reward_bound=cfg.reward_clip or None)
+                                 observation=cfg.observation, reward_bound=cfg.reward_clip or None, **extra)
 
     def _evaluation_run(self, task: Game, model: nn.Module) -> list[Episode]:
         """Stochastic policy, whole games, raw rewards (train=False envs), no learning."""
