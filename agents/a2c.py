@@ -100,6 +100,8 @@ class A2CConfig:
                              "a2c.batched: false")
         if self.cuda_graphs and self.precision != "fp32":
             raise ValueError("a2c.cuda_graphs captures the float32 network: set a2c.precision: fp32")
+        if self.cuda_graphs and self.async_batch:
+            raise ValueError("a2c.cuda_graphs and a2c.async_batch do not combine yet: set one of them")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"a2c.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -198,6 +200,10 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: A2CConfig) -> torch.opti
     meta-learner lets the task step)."""
     if cfg.optimizer == "rmsprop_tf":
         return RMSpropTF(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+    if cfg.cuda_graphs:                     # its step inside a CUDA graph (agents/cuda_graphs.py)
+        params = list(params)
+        on_cuda = bool(params) and isinstance(params[0], Tensor) and params[0].device.type == "cuda"
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, capturable=on_cuda)
     return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
 
 
@@ -354,15 +360,17 @@ class RolloutCollector:
 
     ``keep_graph=True`` runs the trunk of the acting forward passes (see :func:`split`) with autograd on and
     keeps its outputs in the rollout: θ does not change during a rollout, so they are exactly the trunk
-    outputs the A2C loss needs, and the update skips a second pass over all n·N frames.
+    outputs the A2C loss needs, and the update skips a second pass over all n·N frames. ``graphs`` (a
+    ``agents.cuda_graphs.Graphs``): the forward passes replay CUDA graphs instead (nothing kept).
     """
 
     def __init__(self, envs: Sequence, model: nn.Module, n_steps: int,
                  generator: torch.Generator | None = None,
                  on_episode: Callable[[Episode], None] | None = None, precision: str = "fp32",
-                 keep_graph: bool = False) -> None:
+                 keep_graph: bool = False, graphs=None) -> None:
         self.envs = list(envs)
         self.model = model
+        self.graphs = graphs
         self.precision = precision
         self.keep_graph = keep_graph
         self.n_steps = n_steps
@@ -383,14 +391,18 @@ class RolloutCollector:
 
     def _act(self, t: int, sl: slice) -> np.ndarray:
         ro = self.rollout
-        trunk, head = split(self.model)
-        with autocast(self.model, self.precision):
-            with torch.set_grad_enabled(self.keep_graph):
-                features = trunk(ro.obs[t, sl])
+        if self.graphs is not None:             # one replay (agents/cuda_graphs.py)
             with torch.no_grad():
-                logits, value = head(features)
-        if self.keep_graph:
-            ro.features[t].append(features)
+                logits, value = self.graphs.run(("act", t, sl.start), lambda: self.model(ro.obs[t, sl]))
+        else:
+            trunk, head = split(self.model)
+            with autocast(self.model, self.precision):
+                with torch.set_grad_enabled(self.keep_graph):
+                    features = trunk(ro.obs[t, sl])
+                with torch.no_grad():
+                    logits, value = head(features)
+            if self.keep_graph:
+                ro.features[t].append(features)
         actions = sample_actions(logits[:, : self.num_actions], self.generator)
         ro.values[t, sl] = value
         ro.actions[t, sl] = actions
@@ -420,7 +432,10 @@ class RolloutCollector:
         with torch.no_grad(), autocast(self.model, self.precision):
             for g, sl in enumerate(self.slices):
                 self._receive(n - 1, g)
-                ro.values[n, sl] = self.model(ro.last_obs[sl])[1]
+                if self.graphs is not None:
+                    ro.values[n, sl] = self.graphs.run(("last", sl.start), lambda: self.model(ro.last_obs[sl])[1])
+                else:
+                    ro.values[n, sl] = self.model(ro.last_obs[sl])[1]
         ro.upload()
         return ro
 
@@ -472,6 +487,23 @@ def a2c_step(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cf
     return [f"losses/{k}" for k in parts], torch.stack([v.float() for v in parts.values()])
 
 
+def graphed_a2c_step(graphs, model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
+                     num_actions: int, watch=NULL_WATCH) -> tuple[list[str], Tensor]:
+    """:func:`a2c_step` replayed from a CUDA graph (agents/cuda_graphs.py); ``ro`` is always the same rollout."""
+    from agents.cuda_graphs import graphed_step
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    return graphed_step(graphs, optimizer, lambda: a2c_loss(model, ro, cfg, num_actions),
+                        lambda: nn.utils.clip_grad_norm_(model.parameters(), max_norm), watch)
+
+
+def graphs_for(cfg: A2CConfig, model: nn.Module):
+    """A fresh ``agents.cuda_graphs.Graphs`` for ``model`` with ``cfg.cuda_graphs``, else None."""
+    if not cfg.cuda_graphs:
+        return None
+    from agents import cuda_graphs
+    return cuda_graphs.Graphs(next(model.parameters()).device)
+
+
 def a2c_update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
                num_actions: int, watch=NULL_WATCH) -> dict[str, float]:
     """One gradient step on a rollout; returns ``losses/*`` scalars for logging (one conversion)."""
@@ -521,7 +553,8 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
         collector = AsyncRolloutCollector(envs[0], model, cfg.n_steps, generator, on_episode, cfg.precision)
     else:
         collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
-                                     keep_graph=cfg.reuse_forward)
+                                     keep_graph=cfg.reuse_forward and not cfg.cuda_graphs,
+                                     graphs=graphs_for(cfg, model))
     steps_per_update = collector.num_envs * cfg.n_steps
     updates = max(1, total_steps // steps_per_update)
     names: list[str] = []
@@ -531,7 +564,10 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     start = time.perf_counter()
     for i in range(updates):
         ro = collector.collect()
-        names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
+        if collector.graphs is not None and i > 0:        # agents/cuda_graphs.py: the first update is eager
+            names, values = graphed_a2c_step(collector.graphs, model, optimizer, ro, cfg, collector.num_actions, watch)
+        else:
+            names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
         if i in stats_at and (stats := rmsprop_stats(optimizer)):
             optimizer_stats.append((collector.global_step, stats))
         if table is None:

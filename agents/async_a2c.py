@@ -113,6 +113,7 @@ class AsyncRolloutCollector:
         self.env, self.model, self.generator = env, model, generator
         self.on_episode, self.precision = on_episode, precision
         self.keep_graph = False                 # never: module docstring
+        self.graphs = None                      # no CUDA graphs (A2CConfig refuses them with async envs)
         M = self.num_envs = env.num_envs
         B = env.batch_size or M
         if M % B:

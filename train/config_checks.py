@@ -223,6 +223,10 @@ def check(cfg: Config) -> None:
                               f"evaluation (eval.split: {cfg.eval.split}) has no games")
     from .device import check_device_name
     check_device_name(cfg.run.device)
+    if getattr(getattr(cfg.task_config, "a2c", None), "cuda_graphs", False) and cfg.run.device != "cuda" and \
+            not cfg.run.device.startswith("cuda:") and (cfg.run.device == "cpu" or not _cuda_available()):
+        raise ConfigError(f"config key '{cfg.task}.a2c.cuda_graphs' needs a CUDA device (run.device: "
+                          f"{cfg.run.device} runs on the CPU): set it false, or run.device: cuda")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"config key 'name' must be a non-empty name without '/', got {_show(cfg.name)}")
 
@@ -235,3 +239,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: data}
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()

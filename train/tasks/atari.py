@@ -168,18 +168,6 @@ class AtariAdapter(TaskAdapter):
         self.on_progress: Callable[[str, int], None] | None = None       # (game, env steps so far)
         self._task_logs: list[tuple[int, dict[str, float]]] = []         # per-game SPS and losses of adapt()
 
-    @property
-    def device(self) -> torch.device:
-        return getattr(self, "_device", torch.device("cpu"))
-
-    @device.setter
-    def device(self, device: torch.device) -> None:
-        """``run.device``, set by the trainer: CUDA graphs are refused anywhere else, in one line."""
-        if self.config.a2c.cuda_graphs and torch.device(device).type != "cuda":
-            raise ConfigError(f"atari.a2c.cuda_graphs needs a CUDA device (run.device is {device}): set "
-                              f"atari.a2c.cuda_graphs: false or run.device: cuda")
-        self._device = torch.device(device)
-
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
         """Actor-critic drawn from ``generator``; policy head per ``config.heads`` (module docstring)."""
