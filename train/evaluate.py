@@ -12,7 +12,8 @@ from .checkpoint import load_latest, write_json_atomic
 from .config import Config, load_config
 from .errors import UserError
 from .tasks import build_adapter
-from .trainer import Logger, evaluate, setup
+from .distributed import World
+from .trainer import Logger, NullLogger, evaluate, setup
 
 
 def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any, MetaLearner, Path]:
@@ -31,32 +32,43 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Config, Any,
     return cfg, adapter, meta, path
 
 
-def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False, tasks: int | None = None) -> dict:
+def evaluate_run(run_dir: Path, split: str | None = None, video: bool = False, tasks: int | None = None,
+                 world: World | None = None) -> dict:
     """``video``: also record the held-out games (Atari, ``eval.video``), whatever the run's config says;
     ``tasks``: evaluate that many held-out tasks (``eval.tasks``; e.g. a run chosen on 5 validation seeds tested
     on 10).
     Holds the run directory's lock (train/rundir.py) while it runs: an evaluation writes into the run (its
     results, TensorBoard, the seed folders of a batched maze run), so a run in progress refuses it in one line,
-    and a run started meanwhile is refused until it ends."""
+    and a run started meanwhile is refused until it ends.
+    ``world`` (``metarl eval`` under torchrun): where the family spreads its held-out runs (Atari), every rank
+    takes a share and rank 0, which holds the lock, writes the results; the other ranks return {}."""
     import sys
 
     from .rundir import RunLock, prepare_run_dir
+    world = world or World()
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
+    if not world.is_main:
+        return _evaluate_run(run_dir, split, video, tasks, world)
     with RunLock(prepare_run_dir(run_dir, resume=True)) as lock:
         if lock.stale is not None:
             print(lock.stale_warning(), file=sys.stderr)
-        return _evaluate_run(run_dir, split, video, tasks)
+        return _evaluate_run(run_dir, split, video, tasks, world)
 
 
-def _evaluate_run(run_dir: Path, split: str | None, video: bool, tasks: int | None = None) -> dict:
+def _evaluate_run(run_dir: Path, split: str | None, video: bool, tasks: int | None = None,
+                  world: World | None = None) -> dict:
+    world = world or World()
     overrides = ([f"eval.split={split}"] if split else []) + (["eval.video=true"] if video else []) + \
         ([f"eval.tasks={tasks}"] if tasks is not None else [])
     cfg, adapter, meta, path = load_run(run_dir, overrides)
+    if not world.is_main and not adapter.spreads_evaluation:
+        return {}
     step = meta.meta_steps
-    logger = Logger(run_dir, purge_step=None)
-    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)    # a family's own protocol (Atari: games × seeds)
+    logger = Logger(run_dir, purge_step=None) if world.is_main else NullLogger()
+    # a family's own protocol (Atari: games × seeds)
+    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger, world=world)
     if out is not None:
         logger.close()
         return out

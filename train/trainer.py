@@ -229,7 +229,7 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step."""
     rng, _ = step_generators(cfg.seed, unit)
     tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
-    mine = world.mine(tasks)
+    mine = world.mine(tasks, adapter.task_costs([task for _, task in tasks]))     # by measured speed, if any
     if getattr(adapter, "batched", False) and mine:      # e.g. atari.a2c.batched: this rank's tasks at once
         curves = run_tasks_batched(cfg, adapter, meta, [task for _, task in mine],
                                    [step_generators(cfg.seed, unit, 1 + k)[1] for k, _ in mine], cfg.inner.steps)
@@ -241,6 +241,7 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     world.all_reduce([stats])
     sums = dict(zip(sums, stats.tolist()))
     meta.all_reduce(world.all_reduce)
+    adapter.share_costs(world.all_reduce)
     logs = meta.meta_step()
     log({**logs, "losses/train_auc": sums["auc"] / sums["tasks"], "losses/train_final": sums["final"] / sums["tasks"]})
     log_games(adapter, log)
@@ -407,12 +408,15 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
     result: dict[str, float] = {}
     finished = meta.meta_steps >= cfg.meta.steps
     previous = read_json(run_dir / "eval.json") if world.is_main and finished and done == 0 else None
+    # every rank takes a share of the held-out runs where the family spreads them (rank 0 decides whether to run)
+    spread = finished and world.size > 1 and adapter.spreads_evaluation and world.broadcast(previous is None)
     if previous is not None:                     # resumed a finished run (an unreadable result is evaluated again)
         result = {k: v for k, v in previous.items() if k not in ("curve", "split")}
-    elif world.is_main and finished and (protocol := adapter.evaluate_run(cfg, meta, run_dir, meta.meta_steps,
-                                                                          logger)) is not None:
+    elif (world.is_main or spread) and finished and (protocol := adapter.evaluate_run(
+            cfg, meta, run_dir, meta.meta_steps, logger, world=world)) is not None:
         result = protocol
-        write_json_atomic(run_dir / "eval.json", result)
+        if world.is_main:
+            write_json_atomic(run_dir / "eval.json", result)
     elif world.is_main and finished:
         result, curve = evaluate(cfg, adapter, meta)
         logger.scalars({f"eval/{k}": v for k, v in result.items()}, meta.meta_steps)

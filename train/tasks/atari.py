@@ -142,6 +142,7 @@ class AtariAdapter(TaskAdapter):
     config: AtariTaskConfig
     head = ("policy.", "value.")
     periodic_evaluation = False           # the held-out protocol (evaluate_run) runs once, at the end
+    spreads_evaluation = True             # under torchrun every rank takes a share of the held-out runs
     clip_key = "atari.a2c.max_grad_norm"  # the one clip key (TaskAdapter.clip_key)
 
     @classmethod
@@ -167,6 +168,10 @@ class AtariAdapter(TaskAdapter):
         self.on_update: Callable[[str, int, dict[str, float]], None] | None = None
         self.on_progress: Callable[[str, int], None] | None = None       # (game, env steps so far)
         self._task_logs: list[tuple[int, dict[str, float]]] = []         # per-game SPS and losses of adapt()
+        # Seconds per env step of each training game, pooled over ranks (share_costs): the meta-batch's
+        # assignment to ranks (task_costs); and what this rank measured since the last pooling.
+        self.costs: dict[str, float] = {}
+        self._measured: dict[str, list[float]] = {}
 
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
@@ -234,6 +239,7 @@ class AtariAdapter(TaskAdapter):
         finally:
             close_all(envs)
         self._task_logs += _task_logs(task.key, offset, result)
+        self._measure(task.key, result)
         self.global_step += result.env_steps
         self.recent[task.key] = recent
         self.last_result = result
@@ -289,6 +295,7 @@ class AtariAdapter(TaskAdapter):
                 model.load_state_dict(batched.agent_state_dict(k))
         for task, result in zip(tasks, results):
             self._task_logs += _task_logs(task.key, offset, result)
+            self._measure(task.key, result)
             self.recent[task.key] = result.episodes
         self.global_step += sum(r.env_steps for r in results)
         self.last_result = results[-1]
@@ -335,9 +342,38 @@ class AtariAdapter(TaskAdapter):
             env.close()
         return np.stack(frames), score, over
 
-    def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None) -> dict:
-        """The held-out protocol: each held-out game from the meta-learned and from a random init."""
-        return evaluate_atari(cfg, self, meta, run_dir, step, logger)
+    def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None, world=None) -> dict:
+        """The held-out protocol: each held-out game from the meta-learned and from a random init (its runs
+        spread over ``world``'s ranks)."""
+        return evaluate_atari(cfg, self, meta, run_dir, step, logger, world=world)
+
+    def task_costs(self, tasks: list[Game]) -> list[float] | None:
+        """Each task's measured seconds per env step (games not measured yet: the mean of those that were);
+        None before any was. The same on every rank: only pooled measurements enter (:meth:`share_costs`)."""
+        if not self.costs:
+            return None
+        mean = float(np.mean(list(self.costs.values())))
+        return [self.costs.get(task.key, mean) for task in tasks]
+
+    def share_costs(self, all_reduce: Callable[[list[torch.Tensor]], None]) -> None:
+        """Pool the training games' speeds measured on every rank since the last call: each game measured on
+        some rank gets the mean of those measurements as its cost. In batched mode (``a2c.batched``) an agent's
+        speed is its batch's, so a slow game weighs on every game batched with it."""
+        games = self.games["train"]
+        sums = torch.zeros(len(games), dtype=torch.float64)
+        counts = torch.zeros(len(games), dtype=torch.float64)
+        for i, game in enumerate(games):
+            measured = self._measured.get(game, [])
+            sums[i], counts[i] = sum(measured), len(measured)
+        all_reduce([sums, counts])
+        for game, total, n in zip(games, sums.tolist(), counts.tolist()):
+            if n > 0:
+                self.costs[game] = total / n
+        self._measured = {}
+
+    def _measure(self, game: str, result: A2CResult) -> None:
+        if result.env_steps:
+            self._measured.setdefault(game, []).append(result.seconds / result.env_steps)
 
     def state_dict(self) -> dict:
         return {"global_step": torch.tensor(self.global_step)}

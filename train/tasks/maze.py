@@ -404,7 +404,8 @@ class MazeAdapter(TaskAdapter):
     def evaluate(self, task: Any, model: nn.Module) -> dict[str, float]:
         return self.result()
 
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
+                     world: Any = None) -> dict:
         if not self.seeds:
             return self.result()
         return self._evaluate_seeds(cfg, Path(run_dir))
