@@ -167,3 +167,20 @@ def test_async_envpool_trains_on_the_first_envs_to_finish(one_thread):
     assert all(np.isfinite(result.losses)) and len(result.losses) == 7
     for p in model.parameters():
         assert torch.isfinite(p).all()
+
+
+def test_benchmark_measures_the_async_variant_and_refuses_graphs_on_the_cpu(capsys):
+    """`metarl bench a2c-throughput --variants ...,ours_async` at tiny settings reports its figures (no timing is
+    asserted); `ours_graphs` without a CUDA device is refused in one line."""
+    import json
+
+    from cli_helpers import cli, one_line
+
+    pytest.importorskip("envpool")
+    code, out, err = cli(["bench", "a2c-throughput", "--variants", "ours,ours_async", "--num-envs", "4",
+                          "--steps", "40", "--rounds", "1", "--threads", "1", "--env-threads", "1"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["async_batch"] == 2 and result["ours_async_sps"] > 0 and "ratio_async" in result
+    code, _, err = cli(["bench", "a2c-throughput", "--variants", "ours_graphs", "--device", "cpu"], capsys)
+    assert code == 2 and "need a CUDA --device" in one_line(err)
