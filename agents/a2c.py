@@ -20,7 +20,9 @@ The convolutional trunk runs once per frame: the acting passes keep its graph, a
 runs only the rest (linear layer and heads) over the whole rollout (:func:`split`, ``reuse_forward``).
 
 Compute and stepping can overlap when the envs come in groups (``envs.atari.make_atari_groups``): the
-network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``).
+network picks group 1's actions while EnvPool's threads step group 0 (``A2CConfig.groups``); or with EnvPool's
+asynchronous mode, where each receive returns the first envs to finish (``A2CConfig.async_batch``,
+agents/async_a2c.py: rollouts indexed by env id).
 
 Devices: the network, the rollout buffers, returns, loss and optimiser state live on the model's device;
 EnvPool steps on CPU threads. On a GPU, what the envs return is written into pinned host buffers and goes
@@ -70,6 +72,14 @@ class A2CConfig:
     # as one stacked model, one forward and backward per step for all (agents/batched_a2c.py); false, one by
     # one. The same results up to float summation order (equal in distribution).
     batched: bool = False
+    # EnvPool's async mode (agents/async_a2c.py): each receive returns the first ``async_batch`` envs to finish
+    # their step, which act again at once, so emulation overlaps the network's work. 0: every env steps in
+    # lockstep (the default). Must divide num_envs; num_envs itself gives the lockstep rollouts through the
+    # async code path. Runs are no longer reproducible bit for bit: which envs finish first is up to the threads.
+    async_batch: int = 0
+    # CUDA graphs for the acting forward pass and the update (agents/cuda_graphs.py): one replay instead of tens
+    # of kernel launches each. CUDA only; float32 only.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -82,6 +92,16 @@ class A2CConfig:
             raise ValueError(f"a2c.num_envs ({self.num_envs}) must be a multiple of a2c.groups ({self.groups})")
         if self.batched and self.groups != 1:
             raise ValueError(f"a2c.batched steps one env group per agent: set a2c.groups: 1 (got {self.groups})")
+        if self.async_batch < 0 or (self.async_batch and self.num_envs % self.async_batch):
+            raise ValueError(f"a2c.async_batch ({self.async_batch}) must be 0 (off) or divide a2c.num_envs "
+                             f"({self.num_envs})")
+        if self.async_batch and (self.groups != 1 or self.batched):
+            raise ValueError("a2c.async_batch steps one asynchronous env pool per agent: set a2c.groups: 1 and "
+                             "a2c.batched: false")
+        if self.cuda_graphs and self.precision != "fp32":
+            raise ValueError("a2c.cuda_graphs captures the float32 network: set a2c.precision: fp32")
+        if self.cuda_graphs and self.async_batch:
+            raise ValueError("a2c.cuda_graphs and a2c.async_batch do not combine yet: set one of them")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"a2c.gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -180,6 +200,10 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: A2CConfig) -> torch.opti
     meta-learner lets the task step)."""
     if cfg.optimizer == "rmsprop_tf":
         return RMSpropTF(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+    if cfg.cuda_graphs:                     # its step inside a CUDA graph (agents/cuda_graphs.py)
+        params = list(params)
+        on_cuda = bool(params) and isinstance(params[0], Tensor) and params[0].device.type == "cuda"
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps, capturable=on_cuda)
     return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
 
 
@@ -201,16 +225,18 @@ class EpisodeStats:
         self.returns = np.zeros(num_envs, dtype=np.float64)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
 
-    def update(self, info: dict[str, np.ndarray], global_step: int, start: int = 0) -> list[Episode]:
-        """Add one step of envs ``start … start+len−1``; return the games that ended on it."""
+    def update(self, info: dict[str, np.ndarray], global_step: int, start: int = 0,
+               ids: np.ndarray | None = None) -> list[Episode]:
+        """Add one step of envs ``start … start+len−1`` (or of the envs ``ids``, an async batch); return the
+        games that ended on it."""
         real = ~info["autoreset"]                 # reset steps: reward 0, and not part of any game
-        sl = slice(start, start + len(real))
+        sl = slice(start, start + len(real)) if ids is None else ids
         self.returns[sl] += info["raw_reward"] * real
         self.lengths[sl] += real
         ended = np.flatnonzero(info["terminated"] | info["truncated"])
         out = []
         for i in ended:
-            j = start + int(i)
+            j = start + int(i) if ids is None else int(ids[i])
             out.append(Episode(global_step, float(self.returns[j]), int(self.lengths[j]), j))
             self.returns[j] = 0.0
             self.lengths[j] = 0
@@ -273,6 +299,10 @@ class Rollout:
         flags["truncated"][t, sl] = torch.from_numpy(info["truncated"])
         flags["valid"][t, sl] = torch.from_numpy(~info["autoreset"])
 
+    def returns(self, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+        """Returns and advantages of the rollout, (n, N) each (:func:`compute_returns`)."""
+        return compute_returns(self.rewards, self.values, self.dones, self.truncated, gamma, gae_lambda)
+
     def kept_features(self) -> Tensor:
         """The acting passes' trunk outputs, (n·N, ...) row-major like ``obs``."""
         return torch.cat([torch.cat(row) for row in self.features])
@@ -330,15 +360,17 @@ class RolloutCollector:
 
     ``keep_graph=True`` runs the trunk of the acting forward passes (see :func:`split`) with autograd on and
     keeps its outputs in the rollout: θ does not change during a rollout, so they are exactly the trunk
-    outputs the A2C loss needs, and the update skips a second pass over all n·N frames.
+    outputs the A2C loss needs, and the update skips a second pass over all n·N frames. ``graphs`` (a
+    ``agents.cuda_graphs.Graphs``): the forward passes replay CUDA graphs instead (nothing kept).
     """
 
     def __init__(self, envs: Sequence, model: nn.Module, n_steps: int,
                  generator: torch.Generator | None = None,
                  on_episode: Callable[[Episode], None] | None = None, precision: str = "fp32",
-                 keep_graph: bool = False) -> None:
+                 keep_graph: bool = False, graphs=None) -> None:
         self.envs = list(envs)
         self.model = model
+        self.graphs = graphs
         self.precision = precision
         self.keep_graph = keep_graph
         self.n_steps = n_steps
@@ -359,14 +391,18 @@ class RolloutCollector:
 
     def _act(self, t: int, sl: slice) -> np.ndarray:
         ro = self.rollout
-        trunk, head = split(self.model)
-        with autocast(self.model, self.precision):
-            with torch.set_grad_enabled(self.keep_graph):
-                features = trunk(ro.obs[t, sl])
+        if self.graphs is not None:             # one replay (agents/cuda_graphs.py)
             with torch.no_grad():
-                logits, value = head(features)
-        if self.keep_graph:
-            ro.features[t].append(features)
+                logits, value = self.graphs.run(("act", t, sl.start), lambda: self.model(ro.obs[t, sl]))
+        else:
+            trunk, head = split(self.model)
+            with autocast(self.model, self.precision):
+                with torch.set_grad_enabled(self.keep_graph):
+                    features = trunk(ro.obs[t, sl])
+                with torch.no_grad():
+                    logits, value = head(features)
+            if self.keep_graph:
+                ro.features[t].append(features)
         actions = sample_actions(logits[:, : self.num_actions], self.generator)
         ro.values[t, sl] = value
         ro.actions[t, sl] = actions
@@ -396,7 +432,10 @@ class RolloutCollector:
         with torch.no_grad(), autocast(self.model, self.precision):
             for g, sl in enumerate(self.slices):
                 self._receive(n - 1, g)
-                ro.values[n, sl] = self.model(ro.last_obs[sl])[1]
+                if self.graphs is not None:
+                    ro.values[n, sl] = self.graphs.run(("last", sl.start), lambda: self.model(ro.last_obs[sl])[1])
+                else:
+                    ro.values[n, sl] = self.model(ro.last_obs[sl])[1]
         ro.upload()
         return ro
 
@@ -407,8 +446,7 @@ def a2c_loss(model: nn.Module, ro: Rollout, cfg: A2CConfig, num_actions: int) ->
     """The A2C loss of a rollout; means run over valid (non-reset) transitions only. The trunk's outputs
     come from the acting passes when the collector kept them, else from one pass over the rollout."""
     n, N = ro.actions.shape
-    returns, advantages = compute_returns(ro.rewards, ro.values, ro.dones, ro.truncated, cfg.gamma,
-                                          cfg.gae_lambda)
+    returns, advantages = ro.returns(cfg.gamma, cfg.gae_lambda)
     trunk, head = split(model)
     with autocast(model, cfg.precision):
         features = ro.kept_features() if ro.features is not None else trunk(ro.obs.view(n * N, *ro.obs.shape[2:]))
@@ -447,6 +485,23 @@ def a2c_step(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cf
     optimizer.step()
     parts["grad_norm"] = grad_norm
     return [f"losses/{k}" for k in parts], torch.stack([v.float() for v in parts.values()])
+
+
+def graphed_a2c_step(graphs, model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
+                     num_actions: int, watch=NULL_WATCH) -> tuple[list[str], Tensor]:
+    """:func:`a2c_step` replayed from a CUDA graph (agents/cuda_graphs.py); ``ro`` is always the same rollout."""
+    from agents.cuda_graphs import graphed_step
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    return graphed_step(graphs, optimizer, lambda: a2c_loss(model, ro, cfg, num_actions),
+                        lambda: nn.utils.clip_grad_norm_(model.parameters(), max_norm), watch)
+
+
+def graphs_for(cfg: A2CConfig, model: nn.Module):
+    """A fresh ``agents.cuda_graphs.Graphs`` for ``model`` with ``cfg.cuda_graphs``, else None."""
+    if not cfg.cuda_graphs:
+        return None
+    from agents import cuda_graphs
+    return cuda_graphs.Graphs(next(model.parameters()).device)
 
 
 def a2c_update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: A2CConfig,
@@ -491,8 +546,15 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     """
     envs = list(envs) if isinstance(envs, (list, tuple)) else [envs]
     cfg = cfg or A2CConfig(num_envs=sum(e.num_envs for e in envs))
-    collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
-                                 keep_graph=cfg.reuse_forward)
+    if cfg.async_batch:                     # EnvPool's async mode: agents/async_a2c.py
+        from agents.async_a2c import AsyncRolloutCollector
+        if len(envs) != 1:
+            raise ValueError("a2c.async_batch steps one asynchronous env pool (a2c.groups: 1)")
+        collector = AsyncRolloutCollector(envs[0], model, cfg.n_steps, generator, on_episode, cfg.precision)
+    else:
+        collector = RolloutCollector(envs, model, cfg.n_steps, generator, on_episode, cfg.precision,
+                                     keep_graph=cfg.reuse_forward and not cfg.cuda_graphs,
+                                     graphs=graphs_for(cfg, model))
     steps_per_update = collector.num_envs * cfg.n_steps
     updates = max(1, total_steps // steps_per_update)
     names: list[str] = []
@@ -502,7 +564,10 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     start = time.perf_counter()
     for i in range(updates):
         ro = collector.collect()
-        names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
+        if collector.graphs is not None and i > 0:        # agents/cuda_graphs.py: the first update is eager
+            names, values = graphed_a2c_step(collector.graphs, model, optimizer, ro, cfg, collector.num_actions, watch)
+        else:
+            names, values = a2c_step(model, optimizer, ro, cfg, collector.num_actions, watch)
         if i in stats_at and (stats := rmsprop_stats(optimizer)):
             optimizer_stats.append((collector.global_step, stats))
         if table is None:

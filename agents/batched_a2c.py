@@ -52,6 +52,7 @@ from agents.a2c import (
     Rollout,
     autocast,
     compute_returns,
+    graphs_for,
     rmsprop_quantiles,
     sample_actions,
 )
@@ -224,8 +225,9 @@ class BatchedRolloutCollector:
     def __init__(self, envs: Sequence, model: BatchedActorCritic, n_steps: int,
                  generators: Sequence[torch.Generator | None],
                  on_episode: Callable[[int, Episode], None] | None = None, precision: str = "fp32",
-                 keep_graph: bool = False) -> None:
+                 keep_graph: bool = False, graphs=None) -> None:
         self.envs = list(envs)
+        self.graphs = graphs                    # agents/cuda_graphs.py: forward passes replayed (nothing kept)
         K = model.agents
         if len(self.envs) != K or len(generators) != K:
             raise ValueError(f"{K} agents need {K} envs and {K} generators, got {len(self.envs)} and {len(generators)}")
@@ -256,13 +258,17 @@ class BatchedRolloutCollector:
 
     def _act(self, t: int) -> None:
         ro, model = self.rollout, self.model
-        with autocast(model, self.precision):
-            with torch.set_grad_enabled(self.keep_graph):
-                features = model.trunk(self._view(ro.obs[t]))
+        if self.graphs is not None:
             with torch.no_grad():
-                logits, value = model.head(features)
-        if self.keep_graph:
-            ro.features[t] = features
+                logits, value = self.graphs.run(("act", t), lambda: model(self._view(ro.obs[t])))
+        else:
+            with autocast(model, self.precision):
+                with torch.set_grad_enabled(self.keep_graph):
+                    features = model.trunk(self._view(ro.obs[t]))
+                with torch.no_grad():
+                    logits, value = model.head(features)
+            if self.keep_graph:
+                ro.features[t] = features
         ro.values[t] = value.reshape(-1)
         actions = torch.cat([sample_actions(logits[k, :, : model.num_actions[k]], g)
                              for k, g in enumerate(self.generators)])
@@ -291,7 +297,10 @@ class BatchedRolloutCollector:
             for k in range(self.agents):
                 self._receive(t, k)
         with torch.no_grad(), autocast(self.model, self.precision):
-            ro.values[n] = self.model(self._view(ro.last_obs))[1].reshape(-1)
+            if self.graphs is not None:
+                ro.values[n] = self.graphs.run("last", lambda: self.model(self._view(ro.last_obs))[1]).reshape(-1)
+            else:
+                ro.values[n] = self.model(self._view(ro.last_obs))[1].reshape(-1)
         ro.upload()
         return ro
 
@@ -350,6 +359,15 @@ def batched_a2c_step(model: BatchedActorCritic, optimizer: torch.optim.Optimizer
     return [f"losses/{k}" for k in parts], torch.stack([v.float() for v in parts.values()], 1)
 
 
+def graphed_batched_a2c_step(graphs, model: BatchedActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
+                             cfg: A2CConfig, watch=NULL_WATCH) -> tuple[list[str], Tensor]:
+    """:func:`batched_a2c_step` replayed from a CUDA graph (agents/cuda_graphs.py); ``ro`` is always the same."""
+    from agents.cuda_graphs import graphed_step
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    return graphed_step(graphs, optimizer, lambda: batched_a2c_loss(model, ro, cfg),
+                        lambda: clip_grad_norm_agents(list(model.parameters()), max_norm, model.agents), watch)
+
+
 # -- the loop ----------------------------------------------------------------------------------------------------
 
 def train_agents(envs: Sequence, model: BatchedActorCritic, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -368,7 +386,8 @@ def train_agents(envs: Sequence, model: BatchedActorCritic, optimizer: torch.opt
     if cfg.groups != 1:
         raise ValueError("batched A2C steps one env group per agent (a2c.groups: 1)")
     collector = BatchedRolloutCollector(envs, model, cfg.n_steps, generators, on_episode, cfg.precision,
-                                        keep_graph=cfg.reuse_forward)
+                                        keep_graph=cfg.reuse_forward and not cfg.cuda_graphs,
+                                        graphs=graphs_for(cfg, model))
     K = model.agents
     updates = max(1, total_steps // (collector.num_envs * cfg.n_steps))
     names: list[str] = []
@@ -378,7 +397,10 @@ def train_agents(envs: Sequence, model: BatchedActorCritic, optimizer: torch.opt
     start = time.perf_counter()
     for i in range(updates):
         ro = collector.collect()
-        names, values = batched_a2c_step(model, optimizer, ro, cfg, watch)
+        if collector.graphs is not None and i > 0:        # agents/cuda_graphs.py: the first update is eager
+            names, values = graphed_batched_a2c_step(collector.graphs, model, optimizer, ro, cfg, watch)
+        else:
+            names, values = batched_a2c_step(model, optimizer, ro, cfg, watch)
         if i in stats_at:
             for k in range(K):
                 if stats := agent_rmsprop_stats(optimizer, model, k):

@@ -41,6 +41,12 @@ same convention for real episode ends) but reports a life loss by watching ``liv
 anything, so there a life-loss ``done`` is followed by an ordinary step. ``info["autoreset"]`` makes the
 difference explicit, so learners never have to guess.
 
+Asynchronous EnvPool (``batch_size`` < ``num_envs``, EnvPool's async mode): ``recv`` returns the first
+``batch_size`` envs to finish their step, in any order; ``info["env_id"]`` says which (this wrapper sorts each
+batch by env id), and ``send(actions, env_ids)`` steps those envs. ``reset`` waits for every env's first
+observation and returns all ``num_envs`` of them in env order. The auto-reset flags above are kept per env id.
+Only EnvPool has this mode; ``num_envs`` must be a multiple of ``batch_size`` (agents/async_a2c.py says why).
+
 Differences of the gymnasium fallback from EnvPool: no FIRE press at reset or after a lost life, and no
 no-ops after a lost life (EnvPool's soft reset runs them). Observation shape, dtype, the stack padded with
 the first frame (the reset observations of both backends are identical for Pong) and the signals above
@@ -164,6 +170,7 @@ class AtariVecEnv:
     num_actions: int
     train: bool
     observation_shape = OBS_SHAPE
+    batch_size: int | None = None       # async EnvPool: envs per recv (< num_envs); None: every env, in order
 
     def reset(self) -> np.ndarray:
         raise NotImplementedError
@@ -200,10 +207,14 @@ class EnvPoolAtari(AtariVecEnv):
     def __init__(self, game: str, num_envs: int, seed: int, train: bool, max_episode_steps: int = 27000,
                  noop_max: int = 30, frame_skip: int = 4, num_threads: int | None = None,
                  episodic_life: bool | None = None, reward_clip: bool | None = None,
-                 observation: str = "gray4", reward_bound: float | None = None, render: bool = False) -> None:
+                 observation: str = "gray4", reward_bound: float | None = None, render: bool = False,
+                 batch_size: int | None = None) -> None:
         import envpool
 
         self.game, self.backend, self.num_envs, self.train = game, "envpool", num_envs, train
+        if batch_size is not None and (batch_size < 1 or num_envs % batch_size):
+            raise ValueError(f"EnvPool's batch_size ({batch_size}) must divide num_envs ({num_envs})")
+        self.batch_size = batch_size if batch_size is not None and batch_size < num_envs else None
         self._render = render
         self.observation_shape = observation_shape(observation)
         clip = train if reward_clip is None else reward_clip
@@ -213,7 +224,8 @@ class EnvPoolAtari(AtariVecEnv):
         # More threads than cores only adds contention with torch on a small machine.
         threads = num_threads or min(num_envs, _cpu_count())
         self._env = envpool.make(
-            f"{game}-v5", env_type="gymnasium", num_envs=num_envs, batch_size=num_envs, num_threads=threads,
+            f"{game}-v5", env_type="gymnasium", num_envs=num_envs, batch_size=self.batch_size or num_envs,
+            num_threads=threads,
             seed=seed, max_episode_steps=max_episode_steps, noop_max=noop_max, frame_skip=frame_skip,
             stack_num=1 if rgb else OBS_SHAPE[0], img_height=OBS_SHAPE[1], img_width=OBS_SHAPE[2],
             gray_scale=not rgb,
@@ -226,30 +238,52 @@ class EnvPoolAtari(AtariVecEnv):
         self._prev_done = np.zeros(num_envs, dtype=bool)
 
     def reset(self) -> np.ndarray:
+        if self.batch_size is not None:
+            return self._reset_async()
         obs, info = self._env.reset()
         self._prev_done = np.zeros(self.num_envs, dtype=bool)   # a new array: callers may hold the old one
         return self._ordered(obs, info)[0]
 
-    def send(self, actions: np.ndarray) -> None:
-        self._env.send(np.asarray(actions, dtype=np.int32), self._env_id)
+    def _reset_async(self) -> np.ndarray:
+        """Every env's first observation, in env order (``num_envs / batch_size`` receives)."""
+        self._env.async_reset()
+        out = np.empty((self.num_envs, *self.observation_shape), dtype=np.uint8)
+        for _ in range(self.num_envs // self.batch_size):
+            obs, *_, info = self._env.recv()
+            out[info["env_id"]] = obs
+        self._prev_done = np.zeros(self.num_envs, dtype=bool)
+        return out
+
+    def send(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> None:
+        """``env_ids`` (async mode): the envs the actions are for; default every env, in order."""
+        self._env.send(np.asarray(actions, dtype=np.int32),
+                       self._env_id if env_ids is None else np.asarray(env_ids, dtype=np.int32))
 
     def recv(self) -> StepResult:
         obs, reward, term, trunc, info = self._env.recv()
         obs, reward, term, trunc, info = self._ordered(obs, info, reward, term, trunc)
         done = term | trunc
-        autoreset = self._prev_done
-        self._prev_done = done
+        if self.batch_size is None:
+            autoreset = self._prev_done
+            self._prev_done = done
+        else:                                   # async: the envs of this batch only, by id
+            ids = info["env_id"]
+            autoreset = self._prev_done[ids]
+            self._prev_done[ids] = done
         out = {"raw_reward": info["reward"], "terminated": info["terminated"].astype(bool),
                "truncated": trunc, "lives": info["lives"], "autoreset": autoreset,
                "elapsed_step": info["elapsed_step"]}
+        if self.batch_size is not None:
+            out["env_id"] = info["env_id"].astype(np.int64)
         if self._bound is not None:
             reward = clip_rewards(info["reward"], self._bound)
         return obs, reward.astype(np.float32, copy=False), done, out
 
     def _ordered(self, obs, info, *arrays):
         # With batch_size == num_envs EnvPool has always returned env order here; re-sort only if it does not.
+        # Async batches come in completion order: sorted by env id here.
         ids = info["env_id"]
-        if np.array_equal(ids, self._env_id):
+        if np.array_equal(ids, self._env_id) or (self.batch_size is not None and np.all(ids[1:] > ids[:-1])):
             return (obs, *arrays, info)
         order = np.argsort(ids)
         info = {k: v[order] for k, v in info.items() if isinstance(v, np.ndarray) and len(v) == len(ids)}
@@ -376,14 +410,15 @@ def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train
                max_episode_steps: int = 27000, noop_max: int = 30, frame_skip: int = 4,
                num_threads: int | None = None, episodic_life: bool | None = None,
                reward_clip: bool | None = None, vectorization: str = "sync", observation: str = "gray4",
-               reward_bound: float | None = None, render: bool = False) -> AtariVecEnv:
+               reward_bound: float | None = None, render: bool = False, batch_size: int | None = None) -> AtariVecEnv:
     """One Atari vector env; env i is seeded with ``seed + i``.
 
     ``backend="auto"`` uses EnvPool when it imports, else gymnasium + ale-py. ``episodic_life`` and
     ``reward_clip`` default to ``train``. ``num_threads`` (EnvPool) defaults to min(num_envs, cores);
     ``vectorization`` (gymnasium) is ``sync`` or ``async`` (one subprocess per env). ``observation``:
     ``gray4`` (default) or ``rgb``; ``reward_bound``: clip to [−b, b] instead of the sign; ``render``: add
-    ``render()``, the full-size RGB screens (module docstring).
+    ``render()``, the full-size RGB screens (module docstring); ``batch_size`` < ``num_envs``: EnvPool's async
+    mode (module docstring; EnvPool only).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -392,7 +427,9 @@ def make_atari(game: str, num_envs: int, seed: int, backend: str = "auto", train
     name = canonical_game(game, backend)
     if backend == "envpool":
         return EnvPoolAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
-                            num_threads, episodic_life, reward_clip, observation, reward_bound, render)
+                            num_threads, episodic_life, reward_clip, observation, reward_bound, render, batch_size)
+    if batch_size is not None and batch_size < num_envs:
+        raise ValueError("asynchronous envs (batch_size < num_envs) need the EnvPool backend")
     return GymnasiumAtari(name, num_envs, seed, train, max_episode_steps, noop_max, frame_skip,
                           episodic_life, reward_clip, vectorization, observation, reward_bound, render)
 

@@ -244,10 +244,17 @@ def print_summary(cfg, result: dict, run_dir: Path | None = None) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import dumps_json
     from .config import load_config
+    from .distributed import World, init_world, shutdown
     from .evaluate import evaluate_run
-    result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds)
-    print(dumps_json(result))
-    print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
+    world = World()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:      # under torchrun: the ranks share the held-out runs (Atari)
+        saved = Path(args.run_dir) / "config.yaml"
+        world = init_world(load_config(saved).run.device if saved.is_file() else "auto")
+    result = evaluate_run(Path(args.run_dir), args.split, video=args.video, tasks=args.seeds, world=world)
+    shutdown(world)         # not after an error: a rank that stops waits for no peer (torchrun ends them all)
+    if world.is_main:
+        print(dumps_json(result))
+        print_summary(load_config(Path(args.run_dir) / "config.yaml"), result, Path(args.run_dir))
     return 0
 
 

@@ -127,15 +127,19 @@ def eval_prefix(split: str, own_split: str) -> str:
 
 
 def final_evaluation(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, run_dir: Path, logger: Any,
-                     checkpoint: Path | None, own_split: str | None = None) -> dict[str, Any]:
+                     checkpoint: Path | None, own_split: str | None = None, world: Any = None) -> dict[str, Any]:
     """The evaluation of a run's initialisation, one for `metarl train` (at its end) and `metarl eval`: the task
     family's own protocol where it has one (``adapter.evaluate_run``: Atari's games × seeds, the maze's
     training result, continual sine's forgetting matrix), else :func:`evaluate` on ``eval.split``'s held-out
     tasks, logged at the meta-step as ``eval/<metric>`` and per inner step as ``eval/loss_curve``. The result,
     with the ``checkpoint`` evaluated, goes to ``eval.json``; on a split other than the run's own
-    (``own_split``, default ``eval.split``), to ``eval_<split>.json`` and ``eval_<split>/*``. Returns it."""
+    (``own_split``, default ``eval.split``), to ``eval_<split>.json`` and ``eval_<split>/*``. Returns it.
+    Under torchrun (``world``), a family that spreads its protocol (``adapter.spreads_evaluation``) runs it on every
+    rank; the ranks other than 0 return {} and write nothing."""
     split, step = cfg.eval.split, meta.meta_steps
-    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger)
+    out = adapter.evaluate_run(cfg, meta, run_dir, step, logger, world=world)
+    if world is not None and not world.is_main:
+        return {}
     if out is None:
         result, curve = evaluate(cfg, adapter, meta)
         prefix = eval_prefix(split, own_split or split)
@@ -271,7 +275,7 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     """One meta-batch (Algorithm 1): this rank's share of the tasks, all-reduce, one meta-step; returns its logs."""
     rng, _ = step_generators(cfg.seed, unit)
     tasks = list(enumerate(adapter.sample_tasks("train", cfg.meta.meta_batch, rng)))
-    mine = world.mine(tasks)
+    mine = world.mine(tasks, adapter.task_costs([task for _, task in tasks]))     # by measured speed, if any
     if getattr(adapter, "batched", False) and mine:      # e.g. atari.a2c.batched: this rank's tasks at once
         curves = run_tasks_batched(cfg, adapter, meta, [task for _, task in mine],
                                    [step_generators(cfg.seed, unit, 1 + k)[1] for k, _ in mine], cfg.inner.steps)
@@ -284,6 +288,7 @@ def episodic_unit(cfg: Config, adapter: TaskAdapter, meta: MetaLearner, world: W
     sums = dict(zip(sums, stats.tolist()))
     meta.all_reduce(world.all_reduce)
     n = sums["tasks"]
+    adapter.share_costs(world.all_reduce)
     return {**meta.meta_step(), "losses/train_auc": sums["auc"] / n, "losses/train_final": sums["final"] / n}
 
 
@@ -441,10 +446,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, stop_after: int | No
                 log_games(adapter, run.logger)
                 run.logger.scalars(logs, meta.meta_steps)       # task-level logs land on the new meta-step
                 hooks.on_meta_step(run, logs)
-        if not world.is_main or meta.meta_steps < cfg.meta.steps:
+        if meta.meta_steps < cfg.meta.steps:
             return {}
-        previous = read_json(run_dir / "eval.json") if done == 0 else None
+        previous = read_json(run_dir / "eval.json") if world.is_main and done == 0 else None
+        # every rank takes a share of the held-out runs where the family spreads them (rank 0 decides whether to run)
+        spread = world.size > 1 and adapter.spreads_evaluation and world.broadcast(previous is None)
+        if not (world.is_main or spread):
+            return {}
         if previous is not None:            # resumed a finished run (an unreadable result is evaluated again)
             return {k: v for k, v in previous.items() if k != "curve"}
-        out = final_evaluation(cfg, adapter, meta, run_dir, run.logger, run.checkpoint)
+        out = final_evaluation(cfg, adapter, meta, run_dir, run.logger, run.checkpoint, world=world)
         return {k: v for k, v in out.items() if k != "curve"}

@@ -7,6 +7,9 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 - ``ours_no_reuse``   ``ours`` with ``reuse_forward=False``: a second forward pass over the rollout, as SB3 does;
 - ``ours_overlap``    the same with ``--groups`` env groups: EnvPool steps one while the network computes;
 - ``ours_bf16``       ``ours`` with the encoder autocast to bfloat16 (``A2CConfig.precision="bf16"``);
+- ``ours_async``      ``ours`` on EnvPool's async mode, ``--async-batch`` envs per receive (default half of
+                      ``--num-envs``; agents/async_a2c.py), against the same pool's bound in lockstep;
+- ``ours_graphs``     ``ours`` with CUDA graphs (``A2CConfig.cuda_graphs``; a CUDA ``--device`` only);
 - ``sb3_envpool``     SB3 A2C on the same EnvPool envs (``SB3AtariVecEnv``, envs/atari_sb3.py): isolates the
                       learner's cost;
 - ``sb3_gym``         SB3 A2C as usually run: ``make_atari_env`` + ``VecFrameStack(4)`` (DummyVecEnv, ale-py);
@@ -38,6 +41,9 @@ frames (configs/atari_leap_paper.yaml); the SB3 variants keep their Nature CNN o
 Its last JSON line has ``agents``, ``per_agent_sps_single``, ``per_agent_sps_batched``, ``batched_cost_ratio``
 (= per_agent_sps_single / per_agent_sps_batched: the per-agent cost batched over one agent's alone; below 1
 batching pays), ``envpool_random_sps_agents`` and ``batched_of_bound`` (K · per-agent batched ÷ that bound).
+With ``--cuda-graphs`` (CUDA only) the same run also measures ``agents_single_graphs`` and
+``agents_batched_graphs`` (``A2CConfig.cuda_graphs``), adding ``per_agent_sps_single_graphs``,
+``per_agent_sps_batched_graphs`` and ``batched_graphs_of_bound``.
 
     metarl bench a2c-throughput --agents 8 [--games Pong,Breakout,Qbert] [--steps 2000] [--device cuda]
 """
@@ -60,9 +66,11 @@ import torch
 from ..runtime import keep_freed_memory
 from ._common import atari_game, machine, parser, torch_threads
 
-VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym",
-            "sb3_gym_tuned")
+DEFAULT_VARIANTS = ("envpool_random", "ours", "ours_no_reuse", "ours_overlap", "ours_bf16", "sb3_envpool", "sb3_gym",
+                    "sb3_gym_tuned")
+VARIANTS = DEFAULT_VARIANTS + ("ours_async", "ours_graphs")
 AGENT_VARIANTS = ("agents_random", "agents_single", "agents_batched")     # --agents K
+GRAPH_AGENT_VARIANTS = ("agents_single_graphs", "agents_batched_graphs")  # --agents K --cuda-graphs
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -73,7 +81,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4000, help="env steps per variant per round")
     p.add_argument("--env-threads", type=int, default=None, help="EnvPool threads (default: min(envs, cores))")
     p.add_argument("--groups", type=int, default=2, help="env groups for `ours_overlap`")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--async-batch", type=int, default=0,
+                   help="`ours_async`: envs per receive (default --num-envs / 2)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--agents: also the single and batched agents with CUDA graphs (a CUDA --device only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda, cuda:N or auto: where our loop and SB3 compute")
@@ -97,6 +109,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.agent_games = [atari_game(names[k % len(names)]) for k in range(max(args.agents, 1))]
     from ..device import resolve_device
     args.device = str(resolve_device(args.device, option="--device"))   # CUDA absent: one line, exit 2
+    if ("ours_graphs" in args.variants.split(",") or args.cuda_graphs) and not args.device.startswith("cuda"):
+        p.error("ours_graphs and --cuda-graphs need a CUDA --device")
+    args.async_batch = args.async_batch or max(1, args.num_envs // 2)
+    if args.num_envs % args.async_batch:
+        p.error(f"--async-batch ({args.async_batch}) must divide --num-envs ({args.num_envs})")
     return args
 
 
@@ -118,15 +135,17 @@ def _envpool_random(args) -> Callable[[], float]:
     return measure
 
 
-def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True) -> Callable[[], float]:
+def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True, async_batch: int = 0,
+          graphs: bool = False) -> Callable[[], float]:
     from agents.a2c import A2CConfig, make_optimizer, train_agent
     from agents.nets import ActorCritic
     from envs.atari import make_atari_groups
 
     cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, groups=groups, precision=precision,
-                    reuse_forward=reuse_forward)
+                    reuse_forward=reuse_forward, async_batch=async_batch, cuda_graphs=graphs)
     envs = make_atari_groups(args.game, args.num_envs, args.seed, groups=groups, backend="envpool",
-                             num_threads=args.env_threads, observation=args.observation)
+                             num_threads=args.env_threads, observation=args.observation,
+                             **({"batch_size": async_batch} if async_batch else {}))
     model = ActorCritic(envs[0].num_actions, in_channels=envs[0].observation_shape[0], network=args.network,
                         generator=torch.Generator().manual_seed(args.seed)).to(args.device)
     optimizer = make_optimizer(model.parameters(), cfg)
@@ -161,14 +180,14 @@ def _agents_random(args) -> Callable[[], float]:
     return measure
 
 
-def _agents(args, batched: bool) -> Callable[[], float]:
+def _agents(args, batched: bool, graphs: bool = False) -> Callable[[], float]:
     """One agent (the first game) alone, or the K agents as one stacked model: env steps/s of each agent."""
     from agents.a2c import A2CConfig, make_optimizer, train_agent
     from agents.batched_a2c import BatchedActorCritic, train_agents
     from agents.nets import ActorCritic
     from envs.atari import make_atari
 
-    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps)
+    cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, cuda_graphs=graphs)
     games = args.agent_games if batched else args.agent_games[:1]
     envs = [make_atari(game, args.num_envs, args.seed + 1000 * k, backend="envpool", num_threads=args.env_threads,
                        observation=args.observation) for k, game in enumerate(games)]
@@ -228,6 +247,10 @@ def _maker(args, variant: str) -> Callable[[], float]:
     return {"envpool_random": lambda: _envpool_random(args), "ours": lambda: _ours(args, 1),
             "ours_no_reuse": lambda: _ours(args, 1, reuse_forward=False),
             "ours_overlap": lambda: _ours(args, args.groups), "ours_bf16": lambda: _ours(args, 1, "bf16"),
+            "ours_async": lambda: _ours(args, 1, async_batch=args.async_batch),
+            "ours_graphs": lambda: _ours(args, 1, graphs=True),
+            "agents_single_graphs": lambda: _agents(args, False, graphs=True),
+            "agents_batched_graphs": lambda: _agents(args, True, graphs=True),
             "sb3_envpool": lambda: _sb3(args, "envpool"), "sb3_gym": lambda: _sb3(args, "gymnasium"),
             "sb3_gym_tuned": lambda: _sb3(args, "gymnasium"), "agents_random": lambda: _agents_random(args),
             "agents_single": lambda: _agents(args, False), "agents_batched": lambda: _agents(args, True)}[variant]()
@@ -272,7 +295,8 @@ def _serve(args) -> None:
 
 def run(argv: list[str]) -> dict:
     args = _parse(argv)
-    variants = list(AGENT_VARIANTS) if args.agents else [v for v in VARIANTS if v in args.variants.split(",")]
+    agent_variants = list(AGENT_VARIANTS) + (list(GRAPH_AGENT_VARIANTS) if args.cuda_graphs else [])
+    variants = agent_variants if args.agents else [v for v in VARIANTS if v in args.variants.split(",")]
     with torch_threads(args.threads) as threads:
         if args.serve:
             _serve(args)
@@ -301,7 +325,7 @@ def run(argv: list[str]) -> dict:
                 key = f"ratio_{ours}_{ref}"
                 result[key] = round(result[f"{ours}_sps"] / result[f"{ref}_sps"], 3)
                 print(f"{ours + ' / ' + ref:>22}: {result[key]:.2f}x")
-    for ours in ("ours", "ours_bf16"):
+    for ours in ("ours", "ours_bf16", "ours_async", "ours_graphs"):
         if ours in variants and "envpool_random" in variants:
             key = f"ratio_{ours}_envpool_random"
             result[key] = round(result[f"{ours}_sps"] / result["envpool_random_sps"], 3)
@@ -309,16 +333,19 @@ def run(argv: list[str]) -> dict:
     if "ours" in variants and "ours_no_reuse" in variants:
         result["ratio_reuse"] = round(result["ours_sps"] / result["ours_no_reuse_sps"], 3)
         print(f"{'forward reuse gain':>22}: {result['ratio_reuse']:.2f}x (ours / ours_no_reuse)")
-    if "ours" in variants and "ours_overlap" in variants:
-        result["ratio_overlap"] = round(result["ours_overlap_sps"] / result["ours_sps"], 3)
-        print(f"{'overlap gain':>22}: {result['ratio_overlap']:.2f}x (ours_overlap / ours)")
+    for other, what in (("ours_overlap", "overlap"), ("ours_async", "async"), ("ours_graphs", "graphs")):
+        if "ours" in variants and other in variants:
+            result[f"ratio_{what}"] = round(result[f"{other}_sps"] / result["ours_sps"], 3)
+            print(f"{what + ' gain':>22}: {result[f'ratio_{what}']:.2f}x ({other} / ours)")
+    if "ours_async" in variants:
+        result["async_batch"] = args.async_batch
     return result
 
 
 def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]]) -> dict:
     """The ``--agents K`` figures (module docstring), medians over the rounds."""
-    med = {v: statistics.median(samples[v]) for v in AGENT_VARIANTS}
-    for v in AGENT_VARIANTS:
+    med = {v: statistics.median(samples[v]) for v in samples}
+    for v in samples:
         unit = "combined env steps/s" if v == "agents_random" else "env steps/s per agent"
         print(f"{v:>15}: {med[v]:7.0f} {unit}  (rounds: {', '.join(f'{s:.0f}' for s in samples[v])})")
     K = args.agents
@@ -326,13 +353,20 @@ def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]
     bound = K * med["agents_batched"] / med["agents_random"]
     print(f"{'batched cost':>15}: {ratio:.2f} of one agent's per-agent cost ({K} agents); "
           f"{bound:.2f} of the {K} pools' random-action bound")
-    return {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
-            "games": args.agent_games, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": threads,
-            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "env_threads": args.env_threads,
-            "rounds": args.rounds, "steps_per_round": args.steps,
-            "agents": K, "per_agent_sps_single": round(med["agents_single"], 1),
-            "per_agent_sps_batched": round(med["agents_batched"], 1), "batched_cost_ratio": round(ratio, 3),
-            "envpool_random_sps_agents": round(med["agents_random"], 1), "batched_of_bound": round(bound, 3)}
+    out = {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
+           "games": args.agent_games, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": threads,
+           "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "env_threads": args.env_threads,
+           "rounds": args.rounds, "steps_per_round": args.steps,
+           "agents": K, "per_agent_sps_single": round(med["agents_single"], 1),
+           "per_agent_sps_batched": round(med["agents_batched"], 1), "batched_cost_ratio": round(ratio, 3),
+           "envpool_random_sps_agents": round(med["agents_random"], 1), "batched_of_bound": round(bound, 3)}
+    if "agents_batched_graphs" in med:
+        graphs_bound = K * med["agents_batched_graphs"] / med["agents_random"]
+        print(f"{'with graphs':>15}: {graphs_bound:.2f} of the {K} pools' random-action bound")
+        out.update({"per_agent_sps_single_graphs": round(med["agents_single_graphs"], 1),
+                    "per_agent_sps_batched_graphs": round(med["agents_batched_graphs"], 1),
+                    "batched_graphs_of_bound": round(graphs_bound, 3)})
+    return out
 
 
 if __name__ == "__main__":

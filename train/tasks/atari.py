@@ -52,7 +52,8 @@ from torch import nn
 from agents.a2c import (A2CConfig, A2CResult, Episode, RolloutCollector, autocast, make_optimizer,
                         sample_actions, train_agent)
 from agents.nets import ENCODERS, ActorCritic
-from envs.atari import OBSERVATIONS, canonical_game, close_all, make_atari, make_atari_groups, num_actions
+from envs.atari import (OBSERVATIONS, resolve_backend, canonical_game, close_all, make_atari, make_atari_groups,
+                        num_actions)
 from metarl.seam import NULL_WATCH
 
 from ..errors import ConfigError
@@ -110,6 +111,8 @@ class AtariTaskConfig:
             raise ValueError("atari: no games configured (train_games, val_games and test_games are all empty)")
         if self.env_threads is not None and self.env_threads < 1:
             raise ValueError(f"atari.env_threads must be >= 1 (or null: EnvPool's default), got {self.env_threads}")
+        if self.a2c.async_batch and resolve_backend(self.backend) != "envpool":
+            raise ValueError("atari.a2c.async_batch is EnvPool's async mode: set atari.backend: envpool")
         shared = sorted(set(self.train_games) & set(self.test_games) | set(self.val_games) & set(self.test_games))
         if shared and not self.test_on_train_games:
             raise ValueError(f"atari: {', '.join(shared)} both trained on and held out; set "
@@ -150,6 +153,7 @@ class AtariAdapter(TaskAdapter):
     config: AtariTaskConfig
     head = ("policy.", "value.")
     periodic_evaluation = False           # the held-out protocol (evaluate_run) runs once, at the end
+    spreads_evaluation = True             # under torchrun every rank takes a share of the held-out runs
     clip_key = "atari.a2c.max_grad_norm"  # the one clip key (TaskAdapter.clip_key)
 
     @classmethod
@@ -170,6 +174,11 @@ class AtariAdapter(TaskAdapter):
         if not getattr(c, f"{cfg.eval.split}_games"):
             raise ValueError(f"config key 'atari.{cfg.eval.split}_games' is empty: the {cfg.eval.split} evaluation "
                              f"(eval.split: {cfg.eval.split}) has no games")
+        device = cfg.run.device
+        if c.a2c.cuda_graphs and device != "cuda" and not device.startswith("cuda:") and \
+                (device == "cpu" or not torch.cuda.is_available()):
+            raise ValueError(f"config key 'atari.a2c.cuda_graphs' needs a CUDA device (run.device: {device} runs "
+                             f"on the CPU): set it false, or run.device: cuda")
 
     @classmethod
     def head_shape_varies(cls, task_config: Any) -> str:
@@ -191,6 +200,10 @@ class AtariAdapter(TaskAdapter):
         self.on_update: Callable[[str, int, dict[str, float]], None] | None = None
         self.on_progress: Callable[[str, int], None] | None = None       # (game, env steps so far)
         self._task_logs: list[tuple[int, dict[str, float]]] = []         # per-game SPS and losses of adapt()
+        # Seconds per env step of each training game, pooled over ranks (share_costs): the meta-batch's
+        # assignment to ranks (task_costs); and what this rank measured since the last pooling.
+        self.costs: dict[str, float] = {}
+        self._measured: dict[str, list[float]] = {}
 
     # -- protocol ----------------------------------------------------------------------------------------
     def make_model(self, generator: torch.Generator, task: Game | None = None) -> nn.Module:
@@ -230,7 +243,7 @@ class AtariAdapter(TaskAdapter):
         if clip_grad_norm:
             raise ValueError("Atari clips at atari.a2c.max_grad_norm only; inner.clip_grad_norm is refused")
         a2c = cfg.a2c
-        envs = self._envs(task, train=True)
+        envs = self._envs(task, train=True, batch_size=a2c.async_batch or None)
         offset = self.global_step
         recent: list[Episode] = []
 
@@ -259,6 +272,7 @@ class AtariAdapter(TaskAdapter):
         finally:
             close_all(envs)
         self._task_logs += _task_logs(task.key, offset, result)
+        self._measure(task.key, result)
         self.global_step += result.env_steps
         self.recent[task.key] = recent
         self.last_result = result
@@ -319,6 +333,7 @@ class AtariAdapter(TaskAdapter):
             record.visit = int(starts[record.visit])                            # agent k → its visit's start
         for task, result, start in zip(tasks, results, starts):
             self._task_logs += _task_logs(task.key, int(start), result)
+            self._measure(task.key, result)
             self.recent[task.key] = result.episodes
         self.global_step += sum(r.env_steps for r in results)
         self.last_result = results[-1]
@@ -365,9 +380,38 @@ class AtariAdapter(TaskAdapter):
             env.close()
         return np.stack(frames), score, over
 
-    def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None) -> dict:
-        """The held-out protocol: each held-out game from the meta-learned and from a random init."""
-        return evaluate_atari(cfg, self, meta, run_dir, step, logger)
+    def evaluate_run(self, cfg, meta, run_dir, step: int, logger=None, world=None) -> dict:
+        """The held-out protocol: each held-out game from the meta-learned and from a random init (its runs
+        spread over ``world``'s ranks)."""
+        return evaluate_atari(cfg, self, meta, run_dir, step, logger, world=world)
+
+    def task_costs(self, tasks: list[Game]) -> list[float] | None:
+        """Each task's measured seconds per env step (games not measured yet: the mean of those that were);
+        None before any was. The same on every rank: only pooled measurements enter (:meth:`share_costs`)."""
+        if not self.costs:
+            return None
+        mean = float(np.mean(list(self.costs.values())))
+        return [self.costs.get(task.key, mean) for task in tasks]
+
+    def share_costs(self, all_reduce: Callable[[list[torch.Tensor]], None]) -> None:
+        """Pool the training games' speeds measured on every rank since the last call: each game measured on
+        some rank gets the mean of those measurements as its cost. In batched mode (``a2c.batched``) an agent's
+        speed is its batch's, so a slow game weighs on every game batched with it."""
+        games = self.games["train"]
+        sums = torch.zeros(len(games), dtype=torch.float64)
+        counts = torch.zeros(len(games), dtype=torch.float64)
+        for i, game in enumerate(games):
+            measured = self._measured.get(game, [])
+            sums[i], counts[i] = sum(measured), len(measured)
+        all_reduce([sums, counts])
+        for game, total, n in zip(games, sums.tolist(), counts.tolist()):
+            if n > 0:
+                self.costs[game] = total / n
+        self._measured = {}
+
+    def _measure(self, game: str, result: A2CResult) -> None:
+        if result.env_steps:
+            self._measured.setdefault(game, []).append(result.seconds / result.env_steps)
 
     def state_dict(self) -> dict:
         return {"global_step": torch.tensor(self.global_step)}
@@ -405,12 +449,14 @@ class AtariAdapter(TaskAdapter):
             version = None
         return {"atari_backend": backend, "atari_backend_version": version}
 
-    def _envs(self, task: Game, train: bool) -> list:
+    def _envs(self, task: Game, train: bool, batch_size: int | None = None) -> list:
+        """The task's env groups; ``batch_size``: one asynchronous pool (``a2c.async_batch``, training only)."""
         cfg = self.config
         a2c = cfg.a2c
+        extra = {"batch_size": batch_size} if batch_size else {}
         return make_atari_groups(task.key, a2c.num_envs, task.seed, groups=a2c.groups, backend=cfg.backend,
                                  train=train, num_threads=cfg.env_threads, max_episode_steps=cfg.max_episode_steps,
-                                 observation=cfg.observation, reward_bound=cfg.reward_clip or None)
+                                 observation=cfg.observation, reward_bound=cfg.reward_clip or None, **extra)
 
     def _evaluation_run(self, task: Game, model: nn.Module) -> list[Episode]:
         """Stochastic policy, whole games, raw rewards (train=False envs), no learning."""

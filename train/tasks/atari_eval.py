@@ -110,11 +110,20 @@ def normalise_curve(game: str, mean: np.ndarray, std: np.ndarray) -> tuple[np.nd
 
 
 def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
-                   points: int = 50, window: int | None = None) -> dict[str, Any]:
+                   points: int = 50, window: int | None = None, world: Any = None) -> dict[str, Any]:
     """Run the protocol with ``adapter`` (an :class:`~train.tasks.atari.AtariAdapter`: ``games``, ``game``,
     ``build_model``, ``make_optimizer``, ``adapt``, ``drain_games``, ``evaluate``) and write the outputs.
     ``window``: games in each moving average (default ``atari.eval_window``). Held-out runs finished by an
-    earlier evaluation of ``run_dir`` under the same settings are read back (train/tasks/atari_eval_parts.py)."""
+    earlier evaluation of ``run_dir`` under the same settings are read back (train/tasks/atari_eval_parts.py).
+
+    ``world`` (train/distributed.py; torchrun ranks): rank 0 reads back the finished parts; the runs left are
+    split into contiguous blocks in the protocol's order (``World.block``: a game's runs stay together, so a
+    rank batches them under ``a2c.batched``), each rank runs its block, and rank 0 saves every part — the
+    others send theirs (with their videos) — and writes the outputs; the other ranks return {}. Each run is
+    seeded on its own (:func:`_agent`), so one by one the parts are those one process makes, bit for bit;
+    batched, each part is equal up to float summation order (its batch holds the runs of its rank's block)."""
+    from ..distributed import World
+    world = world or World()
     window = window or getattr(adapter.config, "eval_window", 10)
     band = getattr(adapter.config, "eval_band", 1.0)
     split = cfg.eval.split
@@ -128,34 +137,44 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     start = min(int(np.searchsorted(grid, getattr(adapter.config, "auc_start", 0))), points - 1)
     inits = INITS if cfg.eval.random_init else ("meta_init",)
     video = cfg.eval.video
-    show = cfg.run.progress
+    show = cfg.run.progress and world.is_main
     parts = Parts(run_dir, split)
     settings = {init: part_settings(cfg, adapter, meta, init, horizon, points, window) for init in inits}
     runs = [(game, init, seed) for game in games for init in inits for seed in range(seeds)]
-    done = {}                   # finished by an earlier evaluation: read back, not run again
-    for game, init, seed in runs:
+    done = {}                   # finished by an earlier evaluation: read back, not run again (rank 0 reads them)
+    for game, init, seed in runs if world.is_main else []:
         part = parts.load(game, init, seed, settings[init], cfg.eval.video_frames if video and seed == 0 else None)
         if part is not None:
             done[(game, init, seed)] = part
     if parts.note():
         print(parts.note(), file=sys.stderr)
-    todo = len(runs) - len(done)
-    bar, progress = _bar(adapter, todo * horizon) if show and todo else (None, None)
+    mine = world.block(world.broadcast([run for run in runs if run not in done]))      # this rank's share
+    bar, progress = _bar(adapter, len(mine) * horizon) if show and mine else (None, None)
     if show and done:
         _say(bar, f"held-out: {len(done)} of {len(runs)} runs read from {parts.folder} (finished earlier)")
+    if show and world.size > 1:
+        _say(bar, f"held-out: {len(runs) - len(done)} runs spread over {world.size} ranks ({len(mine)} on rank 0)")
+    outbox = Outbox(run_dir, parts, world.is_main)
     finished: dict[tuple[str, str, int], dict[str, Any]] = {}
     if adapter.config.a2c.batched:
-        # a2c.batched: a game's unfinished (init, seed) runs train at once, as one stacked model
+        # a2c.batched: a game's unfinished (init, seed) runs of this rank train at once, as one stacked model
         for game in games:
-            todo_game = [(init, seed) for g, init, seed in runs if g == game and (g, init, seed) not in done]
+            todo_game = [(init, seed) for g, init, seed in mine if g == game]
             if todo_game:
-                finished.update(run_parts_batched(cfg, adapter, meta, run_dir, parts, game, todo_game, settings,
-                                                  horizon, grid, window, video, bar, progress, show))
-    for game, init, seed in runs:
-        finished[(game, init, seed)] = done.get((game, init, seed)) or finished.get((game, init, seed)) or run_part(
-            cfg, adapter, meta, run_dir, parts, game, init, seed, settings[init], horizon, grid, window,
-            video and seed == 0, bar, progress, show)
-    finished = {run: finished[run] for run in runs}         # the protocol's order, however they ran
+                finished.update(run_parts_batched(cfg, adapter, meta, run_dir, outbox.save, game, todo_game,
+                                                  settings, horizon, grid, window, video, bar, progress, show))
+    for game, init, seed in mine:
+        if (game, init, seed) not in finished:
+            finished[(game, init, seed)] = run_part(cfg, adapter, meta, run_dir, outbox.save, game, init, seed,
+                                                    settings[init], horizon, grid, window, video and seed == 0, bar,
+                                                    progress, show)
+    if world.size > 1:
+        for sent in world.gather(outbox.sent) or []:        # rank 0: every rank's parts (its own list is empty)
+            finished.update(outbox.receive(sent))
+    if not world.is_main:
+        return {}
+    finished = {run: done.get(run) or finished[run] for run in runs}         # the protocol's order, however they ran
+    curves: dict[tuple[str, str], np.ndarray] = {}
     seed_curves: dict[tuple[str, str], np.ndarray] = {}       # (seeds, points) raw running means
     finals: dict[tuple[str, str], list[float]] = {}
     videos: dict[str, dict[str, dict[str, Any]]] = {}
@@ -201,11 +220,38 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
     return out
 
 
-def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, game: str, init: str, seed: int,
+class Outbox:
+    """Where a rank's finished parts go: saved at once on rank 0 (``Parts.save``); on another rank kept, with
+    their GIF and MP4 bytes, in ``sent`` for rank 0, which saves them (:meth:`receive`) — the ranks need not share
+    a file system."""
+
+    def __init__(self, run_dir: Path, parts: Parts, main: bool) -> None:
+        self.run_dir, self.parts, self.main = Path(run_dir), parts, main
+        self.sent: list[tuple[dict[str, Any], bytes | None, bytes | None]] = []
+
+    def save(self, part: dict[str, Any], gif: bytes | None = None) -> dict[str, Any]:
+        """``Parts.save``'s contract: the part as a later evaluation reads it back."""
+        if self.main:
+            return self.parts.save(part, gif)
+        mp4 = (self.run_dir / part["video"]["entry"]["file"]).read_bytes() if gif is not None else None
+        self.sent.append((part, gif, mp4))
+        return part
+
+    def receive(self, sent: list) -> dict[tuple[str, str, int], dict[str, Any]]:
+        """Rank 0: save another rank's parts (MP4 first, then the part: its JSON marks it finished)."""
+        out = {}
+        for part, gif, mp4 in sent:
+            if mp4 is not None:
+                write_bytes_atomic(self.run_dir / part["video"]["entry"]["file"], mp4)
+            out[(part["game"], part["init"], part["seed"])] = self.parts.save(part, gif)
+        return out
+
+
+def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, save: Any, game: str, init: str, seed: int,
              settings: dict[str, Any], horizon: int, grid: np.ndarray, window: int, video: bool, bar: Any,
              progress: Any, show: bool) -> dict[str, Any]:
-    """One held-out run — ``game`` from ``init`` with seed index ``seed`` — saved as a part and returned as read
-    back. ``video``: also record one game of the final agent."""
+    """One held-out run — ``game`` from ``init`` with seed index ``seed`` — saved as a part (``save``:
+    ``Outbox.save``) and returned as read back. ``video``: also record one game of the final agent."""
     t0 = time.perf_counter()
     if progress is not None:
         progress.new_task()
@@ -236,7 +282,7 @@ def run_part(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, gam
         if show:
             _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
                       f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
-    return parts.save(part, gif)
+    return save(part, gif)
 
 
 def _agent(cfg: Any, adapter: Any, meta: Any, game: str, init: str, seed: int) -> tuple[Any, Any, Any]:
@@ -250,7 +296,7 @@ def _agent(cfg: Any, adapter: Any, meta: Any, game: str, init: str, seed: int) -
     return task, model, meta.task_parameters(model)
 
 
-def run_parts_batched(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: Parts, game: str,
+def run_parts_batched(cfg: Any, adapter: Any, meta: Any, run_dir: Path, save: Any, game: str,
                       todo: list[tuple[str, int]], settings: dict[str, dict[str, Any]], horizon: int,
                       grid: np.ndarray, window: int, video: bool, bar: Any, progress: Any,
                       show: bool) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -291,7 +337,7 @@ def run_parts_batched(cfg: Any, adapter: Any, meta: Any, run_dir: Path, parts: P
             if show:
                 _say(bar, f"video: {run_dir / entry['file']} ({entry['frames']} frames, score "
                           f"{entry['score']:.0f}{'' if entry['game_over'] else ', cut before game over'})")
-        out[(game, init, seed)] = parts.save(part, gif)
+        out[(game, init, seed)] = save(part, gif)
     return out
 
 

@@ -75,10 +75,12 @@ def part_settings(cfg: Any, adapter: Any, meta: Any, init: str, env_steps: int, 
 
     atari = {k: v for k, v in dataclasses.asdict(adapter.config).items() if k not in NOT_IN_SETTINGS}
     atari["backend"] = resolve_backend(atari["backend"])       # auto: EnvPool or gymnasium, as this machine has
-    # Batched agents give the same runs up to float summation order, not bit for bit: their parts carry the
-    # switch; one-by-one parts keep the settings (and fingerprints) they had before the switch existed.
-    if not atari["a2c"].get("batched"):
-        atari["a2c"].pop("batched", None)
+    # Batched agents give the same runs up to float summation order, not bit for bit, and so do CUDA graphs;
+    # async envs give other samples: parts carry these switches when on, and parts without them keep the
+    # settings (and fingerprints) they had before the switches existed.
+    for switch in ("batched", "async_batch", "cuda_graphs"):
+        if not atari["a2c"].get(switch):
+            atari["a2c"].pop(switch, None)
     if atari.get("heads") == "max":
         atari["max_actions"] = adapter.max_actions
     out = {"seed": cfg.seed, "method": cfg.method, "env_steps": env_steps, "points": points, "window": window,

@@ -71,6 +71,9 @@ class TaskAdapter:
         """Why the output head's shape differs from task to task under ``task_config`` ("" when it has one
         shape): a head learned into θ⁰ (meta.head: learned) then has no one shape."""
         return ""
+    # True: under torchrun every rank takes a share of ``evaluate_run``'s held-out runs (Atari); False: rank 0
+    # evaluates alone.
+    spreads_evaluation = False
 
     @classmethod
     def unused_keys(cls, cfg: Any) -> dict[str, str]:
@@ -122,10 +125,21 @@ class TaskAdapter:
         """The inner loop; reports every step through ``watch``; returns the loss curve (K+1 points)."""
         return supervised_adapt(task, model, optimizer, steps, watch, clip_grad_norm)
 
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict | None:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
+                     world: Any = None) -> dict | None:
         """A whole-run evaluation protocol of the family's own (Atari: games × seeds × inits), or None: the
-        trainer's per-task held-out evaluation applies."""
+        trainer's per-task held-out evaluation applies. ``world`` (train/distributed.py): the ranks that share
+        the runs where :attr:`spreads_evaluation`; otherwise only rank 0 calls this."""
         return None
+
+    def task_costs(self, tasks: Sequence[Task]) -> list[float] | None:
+        """Each task's expected cost from measured speeds, the same on every rank, for the meta-batch's
+        assignment to ranks (``World.mine``); None: unmeasured, round robin."""
+        return None
+
+    def share_costs(self, all_reduce: Callable[[list[Tensor]], None]) -> None:
+        """Pool the speeds this rank measured since the last call with the other ranks' (``all_reduce`` sums
+        tensors over ranks), after every meta-batch."""
 
     def drain_games(self) -> list[Any]:
         """RL families: records (``global_step``, ``episodic_return``, ``length``) of the games finished

@@ -379,7 +379,8 @@ class ContinualSineAdapter(TaskAdapter):
         return out
 
     # -- the full protocol: `metarl eval RUN_DIR` ---------------------------------------------------------
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict[str, Any]:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
+                     world: Any = None) -> dict[str, Any]:
         """Warp vs SGD from the same θ⁰, training order and the random order, on ``cfg.eval.tasks`` held-out
         sequences of ``cfg.eval.split``. Writes ``forgetting.json`` (with the mean and std matrices), logs the
         mean matrices to ``logger`` (tag ``eval/continual_sine/<method>/<order>/pos<r>``, x-axis: the

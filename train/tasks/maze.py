@@ -371,7 +371,8 @@ class MazeAdapter(TaskAdapter):
     def evaluate(self, task: Any, model: nn.Module) -> dict[str, float]:
         return self.result()
 
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
+                     world: Any = None) -> dict:
         return self.result()
 
     def result(self) -> dict[str, float]:
@@ -492,7 +493,8 @@ class SeedBatchedMazeAdapter(MazeAdapter):
             window.reset()
         self._logs.append((self.global_step, seed_mean(per_seed)))         # the batch's own games/ run
 
-    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None) -> dict:
+    def evaluate_run(self, cfg: Any, meta: Any, run_dir: Path, step: int, logger: Any = None,
+                     world: Any = None) -> dict:
         """Write every seed's run folder (eval.json, config.yaml, final single-seed checkpoint; maze_seeds) and
         return the batch's result."""
         result = self.result()
