@@ -135,7 +135,9 @@ def consistency(matrices: dict[str, np.ndarray], baseline: str, lower: bool = Fa
     for m, x in matrices.items():
         x = sign * x
         worst = int(np.ceil(x.shape[0] / 4))
-        out[m] = {"std_ratio": float(np.sqrt(np.mean(x.var(axis=0, ddof=1))) / base_spread),
+        spread = float(np.sqrt(np.mean(x.var(axis=0, ddof=1))))
+        # no ratio to a baseline that does not vary (strict JSON: null)
+        out[m] = {"std_ratio": spread / base_spread if base_spread > 0 else None,
                   "cvar25": float(sign * np.mean(np.sort(x, axis=0)[:worst].mean(axis=0))),
                   "p_failed": float(np.mean(x < cut))}
     return out
@@ -277,8 +279,8 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                       f"seeds as a ratio of {baseline}'s (pooled over tasks), CVaR₂₅ (mean of the worst quarter of "
                       f"seeds, averaged over tasks) and P(failed seed) (runs below {baseline}'s 25th percentile on "
                       f"their task).", "", "| method | std ratio | CVaR₂₅ | P(failed seed) |", "|---|---|---|---|"]
-            lines += [f"| {m} | {c['std_ratio']:.2f} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |"
-                      for m, c in cons.items()]
+            ratio = {m: "—" if c["std_ratio"] is None else f"{c['std_ratio']:.2f}" for m, c in cons.items()}
+            lines += [f"| {m} | {ratio[m]} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |" for m, c in cons.items()]
         if baseline is None:
             hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
                     if suite == "atari" and RANDOM_INIT in baselines else "")
