@@ -492,7 +492,7 @@ def test_dumps_json_writes_null_for_non_finite_numbers_and_counts_them():
 def test_printed_results_are_strict_json(run_copy, capsys, monkeypatch):
     import train.evaluate
     monkeypatch.setattr(train.evaluate, "evaluate_run",
-                        lambda run_dir, split=None, video=False, tasks=None: {"accuracy": math.nan})
+                        lambda run_dir, split=None, video=False, **kw: {"accuracy": math.nan})
     code, out, err = cli(["eval", run_copy], capsys)
     assert code == 0 and strict_loads(out.strip().splitlines()[-1]) == {"accuracy": None, "non_finite": 1}
 
