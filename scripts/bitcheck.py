@@ -52,20 +52,10 @@ def _maze_single(model: str, method: str) -> dict:
 
 
 def _maze_seeds(model: str, seeds: list[int]) -> dict:
-    """test_maze_seed_batch's tiny seed-batched run (clipping, burn-in)."""
-    warp, plastic = model.startswith("warp"), model.startswith("plastic")
-    data = {"name": "maze_seeds", "seed": seeds[0] if seeds else 0, "task": "maze",
-            "method": "warpgrad_continual" if warp else "no_pretraining",
-            "maze": {"model": model, "seeds": seeds, "hidden_size": 8, "warp_hidden_size": 6, "batch": 4,
-                     "episode_length": 12, "log_every": 2, "burn_in": 1, "clip_grad_norm": 0.5,
-                     "value_baseline": "element0" if plastic else "per_element",
-                     "adam_eps": 1e-4 if plastic else 1e-8, "init": "backpropamine" if plastic else "default"},
-            "meta": {"every": 3, "steps": 3, "head": "learned"},
-            "run": {"checkpoint_every": 2, "progress": False, "threads": 1}}
-    if warp:
-        data["warpgrad_continual"] = {"objective": "meta_batch"}
-        data["meta"].update({"include": ["warp."], "optimizer": {"name": "adam", "lr": 1e-3}})
-    return data
+    """test_maze_seed_batch's tiny seed-batched run (clipping, burn-in): tests/maze_fixture.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from maze_fixture import tiny_maze_data
+    return tiny_maze_data(model, seeds[0] if seeds else 0, seeds)
 
 
 # name -> (config file or config dict, overrides)

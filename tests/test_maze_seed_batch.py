@@ -15,6 +15,7 @@ from agents.recurrent import MODELS, RecurrentConfig, build_model
 from agents.seed_batched import build_seed_batched
 from metarl.seed_batch import SeedAdam, clip_grad_norm_seeds
 from train.checkpoint import load_latest
+from maze_fixture import tiny_maze_data
 from train.config import build_config, load_config
 from train.maze_report import results_table
 from train.tasks.maze import MazeAdapter, MazeTaskConfig
@@ -93,20 +94,7 @@ def test_stacked_models_are_the_seeds_models(name):
 
 
 def tiny_cfg(model: str, seed: int, seeds: list[int], *overrides: str):
-    warp, plastic = model.startswith("warp"), model.startswith("plastic")
-    data = {"name": "maze_seeds", "seed": seed, "task": "maze",
-            "method": "warpgrad_continual" if warp else "no_pretraining",
-            "maze": {"model": model, "seeds": seeds, "hidden_size": 8, "warp_hidden_size": 6, "batch": 4,
-                     "episode_length": 12, "log_every": 2, "burn_in": 1, "clip_grad_norm": 0.5,
-                     # the plastic baselines with the rest of Backpropamine's switches
-                     "value_baseline": "element0" if plastic else "per_element",
-                     "adam_eps": 1e-4 if plastic else 1e-8, "init": "backpropamine" if plastic else "default"},
-            "meta": {"every": 3, "steps": 3, "head": "learned"},
-            "run": {"checkpoint_every": 2, "progress": False, "threads": 1}}
-    if warp:
-        data["warpgrad_continual"] = {"objective": "meta_batch"}
-        data["meta"].update({"include": ["warp."], "optimizer": {"name": "adam", "lr": 1e-3}})
-    return build_config(data, list(overrides))
+    return build_config(tiny_maze_data(model, seed, seeds), list(overrides))
 
 
 def assert_seed_matches_alone(batched: dict, k: int, alone: dict) -> None:
