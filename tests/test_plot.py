@@ -127,3 +127,24 @@ def test_a_resumed_runs_events_read_without_purge_warnings(tmp_path, caplog):
         steps, values = tag_points(load_events(tmp_path), "x")
     assert list(steps) == list(range(1, 12)) and list(values) == [1.0] * 5 + [2.0] * 6
     assert not [r for r in caplog.records if r.name.startswith("tensorboard")]
+
+
+def test_csv_holds_the_raw_points_of_every_run(tmp_path):
+    import csv
+
+    from train.plot import write_csv
+    dirs = [atari_run(tmp_path, "atari_leap__0"), atari_run(tmp_path, "atari_leap__1", evaluated=False)]
+    rows = list(csv.DictReader(open(write_csv(dirs, "charts/episodic_return", tmp_path / "points.csv"))))
+    # the training games' points, unsmoothed: two visits' steps per game per run, values as logged
+    got = sorted((r["run"], r["panel"], int(r["step"]), float(r["value"])) for r in rows)
+    want = sorted((run, game, step, scale + step / 100) for run in ("atari_leap__0", "atari_leap__1")
+                  for game, scale in zip(GAMES, (-20.0, 5.0)) for step in (200, 400))
+    assert got == want
+
+
+def test_csv_is_refused_over_a_runs_own_file(tmp_path):
+    from train.errors import UserError
+    from train.plot import write_csv
+    d = atari_run(tmp_path, "atari_leap__0")
+    with pytest.raises(UserError, match="run's own config.yaml"):
+        write_csv([d], None, d / "config.yaml")

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+")
     pl.add_argument("--tag", default=None, help="scalar tag to plot (default depends on the runs)")
     pl.add_argument("--out", default=None, help="output PNG path")
+    pl.add_argument("--csv", default=None, metavar="PATH", help="also write the plotted points (raw) as CSV")
     r = sub.add_parser("report", help="tables, aggregate statistics (rliable) and figures of finished runs")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs (or folders holding them)")
     r.add_argument("--out", default="report", metavar="DIR", help="output folder (default: ./report)")
@@ -285,8 +286,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs
-    out = plot_runs([Path(d) for d in args.run_dirs], tag=args.tag, out=args.out)
+    from .plot import plot_runs, write_csv
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.csv:
+        print(f"wrote {write_csv(run_dirs, args.tag, args.csv)}")
+    out = plot_runs(run_dirs, tag=args.tag, out=args.out)
     print(f"wrote {out}")
     return 0
 

@@ -12,13 +12,14 @@ Defaults per task, from the tags a run has (``select_series``):
   visits had runs: ``games/``, "training");
 - otherwise the first of ``DEFAULT_TAGS`` the run has (the maze's return, supervised ``eval/auc`` …).
 
-``--tag`` names a tag; a tag without a game in it (``charts/episodic_return``, ``eval/episodic_return``) is
-expanded to its per-game tags, one panel each. Games are never mixed in one line. Runs of one experiment
-with different seeds are grouped, a line being their mean ± sample std (band; train/stats.py), over the runs
-that have a point there (no run is extended past its ends); a run folder's group is its name without
-the seed: ``<group>__<seed>`` (the README's convention), or ``<group>_s<seed>`` / ``<group>_seed<seed>``.
-The legend gives each line's number of runs (or seeds), n. Lines of few points carry markers, so a single point
-shows. A seed-batched maze run's curve is its seeds' (``seed_<k>/games``), n of them.
+``--csv PATH`` also writes the plotted points as CSV (``write_csv``). ``--tag`` names a tag; a tag without a game
+in it (``charts/episodic_return``, ``eval/episodic_return``) is expanded to its per-game tags, one panel each.
+Games are never mixed in one line. Runs of one experiment with different seeds are grouped, a line being their
+mean ± sample std (band; train/stats.py), over the runs that have a point there (no run is extended past its
+ends); a run folder's group is its name without the seed: ``<group>__<seed>`` (the README's convention), or
+``<group>_s<seed>`` / ``<group>_seed<seed>``. The legend gives each line's number of runs (or seeds), n. Lines of
+few points carry markers, so a single point shows. A seed-batched maze run's curve is its seeds'
+(``seed_<k>/games``), n of them.
 """
 
 from __future__ import annotations
@@ -244,6 +245,23 @@ def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = No
     finally:
         plt.close(fig)
     return path
+
+
+def write_csv(run_dirs: list[Path], tag: str | None, path: str | Path) -> Path:
+    """The raw points behind a plot, one row each (``run,panel,line,step,value``; unsmoothed, unaveraged) — the
+    compact evidence a results page keeps beside its figure. Written atomically (``check_out`` rules)."""
+    import csv
+    import io
+
+    from .checkpoint import write_text_atomic
+    check_out(Path(path), "--csv")
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["run", "panel", "line", "step", "value"])
+    for d in run_dirs:
+        for s in select_series(Path(d), tag)[1]:
+            rows.writerows([Path(d).name, s.panel, s.label, int(x), repr(float(y))] for x, y in zip(s.steps, s.values))
+    return write_text_atomic(path, text.getvalue())
 
 
 def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0):
