@@ -42,6 +42,19 @@ def _mean_spread(values: np.ndarray) -> str:
     return f"{values.mean():.1f} ± {spread}"
 
 
+def _seed_results(d: Path) -> tuple[dict, dict[int, float | None]] | None:
+    """A maze run's eval.json and {seed: its last-window mean return} (a seed-batched run: each of its seeds);
+    None without an eval.json, one line (UserError) when the file is not a maze result."""
+    if not (d / "eval.json").is_file():
+        return None
+    data = read_object(d / "eval.json")
+    if "per_seed" in data:
+        return data, {int(k): r["return_last_mean"] for k, r in data["per_seed"].items()}
+    if "return_last_mean" not in data:
+        raise UserError(f"{d} is not a maze run (its eval.json has no return_last_mean): list maze runs only")
+    return data, {int(data["seed"] if "seed" in data else run_config(d)["seed"]): data["return_last_mean"]}
+
+
 def results_table(run_dirs: list[Path]) -> str:
     """Markdown table over finished runs (``eval.json``), grouped by the ``name`` in their config.yaml
     (``run_config``; so seeds split over several seed-batched runs, e.g. seeds 0–4 and 5–9, are one group; a
@@ -50,31 +63,23 @@ def results_table(run_dirs: list[Path]) -> str:
     (minutes, summed over resumes; a seed-batched run's time, shared by its seeds, is given once as
     "T for S batched"). A seed-batched run contributes one value per seed; its seed folders, if also
     listed, are not counted twice."""
-    dirs = _folders(run_dirs)
-    groups: dict[str, list[tuple[int | None, float]]] = {}
+    groups: dict[str, list[float | None]] = {}
     walls: dict[str, list[str]] = {}
-    for d in dirs:
-        path = d / "eval.json"
-        if not path.is_file():
+    for d in _folders(run_dirs):
+        if (found := _seed_results(d)) is None:
             continue
-        data = read_object(path)
-        if "per_seed" not in data and "return_last_mean" not in data:
-            raise UserError(f"{d} is not a maze run (its eval.json has no return_last_mean): list maze runs only")
+        data, seeds = found
         name = data.get("name") if d.name.startswith("seed_") and "name" in data else run_config(d)["name"]
-        if "per_seed" in data:
-            rows = [(int(k), r["return_last_mean"]) for k, r in data["per_seed"].items()]
-            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f} for {len(rows)} batched")
-        else:
-            rows = [(data.get("seed"), data["return_last_mean"])]
-            walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}")
-        groups.setdefault(name, []).extend(rows)
+        batched = f" for {len(seeds)} batched" if "per_seed" in data else ""
+        walls.setdefault(name, []).append(f"{data['wall_time_s'] / 60:.1f}{batched}")
+        groups.setdefault(name, []).extend(seeds.values())
     if not groups:
         raise UserError(f"no finished maze runs (eval.json) in: {', '.join(map(str, run_dirs))}")
     lines = ["| run | seeds | return, last episodes: mean ± sample std over seeds | per seed "
              "| wall time per run (min) |",
              "|---|---|---|---|---|"]
     for name, rows in sorted(groups.items()):
-        means = np.array([float("nan") if m is None else m for _, m in rows])
+        means = np.array([float("nan") if m is None else m for m in rows])
         per_seed = ", ".join(f"{m:.1f}" for m in means)
         lines.append(f"| {name} | {len(rows)} | {_mean_spread(means)} | {per_seed} | "
                      f"{', '.join(walls[name])} |")
@@ -103,11 +108,9 @@ def seed_finals(run_dirs: list[Path]) -> dict[int, float]:
     seeds, or single-seed runs (the same seed twice is refused: the comparison needs independent seeds)."""
     out: dict[int, float] = {}
     for d in _folders(run_dirs):
-        data = read_object(d / "eval.json") if (d / "eval.json").is_file() else None
-        if data is None or ("per_seed" not in data and "return_last_mean" not in data):
-            raise UserError(f"{d} is not a finished maze run (no eval.json with return_last_mean)")
-        rows = ({int(k): r["return_last_mean"] for k, r in data["per_seed"].items()} if "per_seed" in data
-                else {int(data["seed"] if "seed" in data else run_config(d)["seed"]): data["return_last_mean"]})
+        if (found := _seed_results(d)) is None:
+            raise UserError(f"{d} is not a finished maze run (no eval.json)")
+        rows = found[1]
         if twice := sorted(set(rows) & set(out)):
             raise UserError(f"seed {twice[0]} is listed twice in one group ({d})")
         out.update(rows)
