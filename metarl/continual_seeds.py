@@ -94,10 +94,10 @@ class SeedBatchedContinualWarpGrad(ContinualWarpGrad):
 
 def continual_update_seeds(loss: Tensor, optimizer: SeedAdam, watch: Any, params: Sequence[nn.Parameter],
                            seeds: int, burning_in: bool = False, clip_grad_norm: float | None = None) -> list[str]:
-    """:func:`~metarl.continual.continual_update` for S stacked seeds: ``loss`` holds one value per seed (S,); returns one
-    outcome per seed. One backward of the losses' sum gives each seed its own gradient; a seed whose loss or
-    task gradient is non-finite is masked out (its gradients zeroed, ``optimizer.active`` False: no step,
-    no warp contribution) while the others step. Clipping is per seed. The watch is told the sum of the
+    """:func:`~metarl.continual.continual_update` for S stacked seeds: ``loss`` holds one value per seed (S,);
+    returns one outcome per seed. One backward of the losses' sum gives each seed its own gradient; a seed whose
+    loss or task gradient is non-finite is masked out (its gradients zeroed, ``optimizer.active`` False: no
+    step, no warp contribution) while the others step. Clipping is per seed. The watch is told the sum of the
     stepping seeds' losses."""
     for p in params:
         p.grad = None
