@@ -10,10 +10,11 @@ baseline is per element by default; ``value_baseline="element0"`` reproduces bot
 take V_t from batch element 0 and broadcast it, so only element 0's value prediction is trained.
 
 Seeds as a batch dimension: with a seed-batched model (agents.seed_batched, S seeds) and a
-``SeedMazeBatch`` (S × B mazes), ``rollout`` runs all seeds in one loop — every tensor gains a seed axis after
-time, (T, S, B, ·), each seed's actions are sampled from its own generator — and the loss is one value per
-seed (S,), each the formula above over that seed's own B episodes: the gradient of their sum is each seed's
-own gradient.
+``SeedMazeBatch`` (S × B mazes), ``rollout_seeds`` runs all seeds in one loop — every tensor gains a seed axis
+after time, (T, S, B, ·), each seed's actions are sampled from its own generator — and the loss is one value
+per seed (S,), each the formula above over that seed's own B episodes: the gradient of their sum is each seed's
+own gradient. ``rollout`` and ``rollout_seeds`` are two thin entry points to one loop written over the leading
+shape of a step's tensors, (B,) or (S, B); the rollout's type carries the loss's reduction.
 
 Devices: the model, the rollout's observation / action / reward buffers, logits, values, returns and the
 loss live on the model's device; the mazes (NumPy) step on the CPU. On a GPU the env writes each observation
@@ -31,7 +32,7 @@ RNNs: agents.plastic_rnn_fused) are float32-CPU only; on a GPU the rollout takes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.recurrent import RecurrentActorCritic
+from agents.seed_batched import SeedBatchedModel
 from envs.maze_vector import MazeBatch, SeedMazeBatch
 
 ValueBaseline = Literal["per_element", "element0"]
@@ -66,15 +68,30 @@ class MazeRollout:
     logits: Tensor  # (T, B, n_actions)
     values: Tensor  # (T, B)
     episode_returns: np.ndarray  # (B,) total reward of each maze's episode
-    seeds: int = 0  # S > 0: S stacked seeds, every (T, B, ·) above is (T, S, B, ·) and returns (S, B)
+
+    # The loss's mean over (T, B): one value for the batch.
+    mean = staticmethod(torch.mean)
 
     @property
     def mean_return(self) -> float:
         return float(self.episode_returns.mean())
 
+
+def per_seed_mean(x: Tensor) -> Tensor:
+    """The mean over (T, B) of a (T, S, B) tensor, one value per seed: (S,)."""
+    return x.mean((0, 2))
+
+
+@dataclass
+class SeedMazeRollout(MazeRollout):
+    """:class:`MazeRollout` of S stacked seeds (:func:`rollout_seeds`): every (T, B, ·) is (T, S, B, ·), the
+    returns (S, B), and the loss's means are per seed."""
+
+    mean = staticmethod(per_seed_mean)
+
     @property
     def seed_mean_returns(self) -> np.ndarray:
-        """(S,) each seed's mean episode return (seed-batched rollouts)."""
+        """(S,) each seed's mean episode return."""
         return self.episode_returns.mean(-1)
 
 
@@ -109,30 +126,69 @@ def rollout(
     (actions are drawn from an identical head computation made without a graph), which keeps per-step work
     to the cell. With ``fused`` (default) a model that offers ``fused_unroll`` (Warp-RNN and the plastic
     RNNs, float32 on the CPU) runs its graph-free forward with one hand-written BPTT node instead; off the
-    CPU the cell path runs.
-
-    Seed-batched: ``model`` of S stacked seeds, ``maze_batch`` a ``SeedMazeBatch`` of S × B mazes and
-    ``generator`` a list of S generators; seed s's Gumbel noise is drawn from its generator exactly as a
-    rollout of that seed alone draws it.
+    CPU the cell path runs. Stacked seeds go through :func:`rollout_seeds`.
     """
+    if isinstance(maze_batch, SeedMazeBatch):
+        raise ValueError("a SeedMazeBatch is rolled out by rollout_seeds, with a seed-batched model")
+    T = _episode_length(maze_batch, T)
+    _check_cpu([generator])
+    B = maze_batch.num_mazes
+    gumbel = _gumbel(T, B, model.config.n_actions, generator)
+    head = model.policy_head
+    return MazeRollout(*_run(model, maze_batch, T, (B,), gumbel, torch.addmm, head.bias.detach(),
+                             head.weight.detach().t(), fused))
+
+
+def rollout_seeds(
+    model: SeedBatchedModel,
+    maze_batch: SeedMazeBatch,
+    T: int | None = None,
+    generators: Sequence[torch.Generator | None] = (),
+    fused: bool = True,
+) -> SeedMazeRollout:
+    """:func:`rollout` for a model of S stacked seeds (agents.seed_batched) on a ``SeedMazeBatch`` of S × B
+    mazes, with one CPU generator per seed: seed s's Gumbel noise is drawn from ``generators[s]`` exactly as a
+    rollout of that seed alone draws it, and its actions come from its own slice of the batched policy head."""
+    seeds = model.seeds
+    if not isinstance(maze_batch, SeedMazeBatch) or maze_batch.seeds != seeds:
+        raise ValueError(f"a model of {seeds} stacked seeds needs a SeedMazeBatch of {seeds} seeds")
+    if not isinstance(generators, (list, tuple)) or len(generators) != seeds:
+        raise ValueError(f"a model of {seeds} stacked seeds needs a list of {seeds} generators")
+    T = _episode_length(maze_batch, T)
+    _check_cpu(generators)
+    B, A = maze_batch.mazes_per_seed, model.config.n_actions
+    gumbel = torch.stack([_gumbel(T, B, A, g) for g in generators], 1)
+    head = model.policy_head
+    return SeedMazeRollout(*_run(model, maze_batch, T, (seeds, B), gumbel, torch.baddbmm,
+                                 head.bias.detach().unsqueeze(1), head.weight.detach().mT, fused))
+
+
+def _episode_length(maze_batch: MazeBatch, T: int | None) -> int:
     T = maze_batch.episode_length if T is None else T
     if T != maze_batch.episode_length:
         raise ValueError(f"rollout length {T} != maze episode length {maze_batch.episode_length}")
-    seeds = getattr(model, "seeds", 0)
-    if seeds:
-        if not isinstance(maze_batch, SeedMazeBatch) or maze_batch.seeds != seeds:
-            raise ValueError(f"a model of {seeds} stacked seeds needs a SeedMazeBatch of {seeds} seeds")
-        if not isinstance(generator, (list, tuple)) or len(generator) != seeds:
-            raise ValueError(f"a model of {seeds} stacked seeds needs a list of {seeds} generators")
-        B = maze_batch.mazes_per_seed
-        lead: tuple[int, ...] = (seeds, B)
-    else:
-        B = maze_batch.num_mazes
-        lead = (B,)
+    return T
+
+
+def _check_cpu(generators: Sequence[torch.Generator | None]) -> None:
+    if any(g.device.type != "cpu" for g in generators if g is not None):
+        raise ValueError("the maze's action sampler draws its noise on the CPU: pass CPU generators")
+
+
+def _gumbel(T: int, B: int, A: int, generator: torch.Generator | None) -> Tensor:
+    """(T, B, A) Gumbel noise g = −log(Exp(1)) from ``generator``, on the CPU (module docstring, "Devices"):
+    argmax(logits + g) draws a ~ softmax(logits) exactly (Gumbel-max)."""
+    return torch.empty(T, B, A).exponential_(generator=generator).log_().neg_()
+
+
+def _run(model: RecurrentActorCritic | SeedBatchedModel, maze_batch: MazeBatch, T: int, lead: tuple[int, ...],
+         gumbel: Tensor, addmm: Callable[..., Tensor], b_pi: Tensor, w_pi: Tensor, fused: bool) -> tuple:
+    """The rollout, written once over the leading shape ``lead`` of every per-step tensor ((B,), or (S, B) for
+    stacked seeds); actions a_t = argmax(``addmm``(b_pi, h_t, w_pi) + gumbel[t]). Returns the fields of a
+    :class:`MazeRollout`, in order."""
+    B = lead[-1]
     device = model.policy_head.weight.device
     staged = device.type != "cpu"
-    if any(g.device.type != "cpu" for g in (generator if seeds else [generator]) if g is not None):
-        raise ValueError("the maze's action sampler draws its noise on the CPU: pass CPU generators")
 
     # Host buffers shared with NumPy: the env writes observation t+1 straight into host_obs[t + 1] and
     # reads a_t from host_actions[t], so each step moves no data between NumPy and torch. On the CPU they are
@@ -151,17 +207,6 @@ def rollout(
         actions = torch.empty(T, *lead, dtype=torch.int64, device=device)
     else:
         actions = host_actions
-    # Gumbel-max sampling: argmax(logits + g), g = −log(Exp(1)), draws a ~ softmax(logits) exactly. The
-    # noise is drawn on the CPU from the CPU generator on every device (module docstring) and moved once.
-    A = model.config.n_actions
-    if seeds:
-        gumbel = torch.stack([torch.empty(T, B, A).exponential_(generator=g).log_().neg_() for g in generator], 1)
-        w_pi = model.policy_head.weight.detach().mT
-        b_pi = model.policy_head.bias.detach().unsqueeze(1)
-    else:
-        gumbel = torch.empty(T, B, A).exponential_(generator=generator).log_().neg_()
-        w_pi = model.policy_head.weight.detach().t()
-        b_pi = model.policy_head.bias.detach()
     if staged:
         gumbel = gumbel.to(device, non_blocking=True)      # (the driver stages pageable memory: no stream sync)
 
@@ -182,10 +227,7 @@ def rollout(
             h, state = model.cell(obs[t], state)
             hidden.append(h)
         with torch.no_grad():
-            if seeds:
-                torch.argmax(torch.baddbmm(b_pi, h, w_pi).add_(gumbel[t]), -1, out=actions[t])
-            else:
-                torch.argmax(torch.addmm(b_pi, h, w_pi).add_(gumbel[t]), 1, out=actions[t])
+            torch.argmax(addmm(b_pi, h, w_pi).add_(gumbel[t]), -1, out=actions[t])
         if staged:
             host_actions[t].copy_(actions[t])       # the step's one device → host copy (a sync)
         _, r, _, _, info = maze_batch.step(actions_np[t], out=obs_np[t + 1])
@@ -196,15 +238,8 @@ def rollout(
     rewards = host_rewards.view(T, *lead)
     if staged:
         rewards = rewards.to(device, non_blocking=True)     # once per rollout
-    return MazeRollout(
-        observations=torch.stack(obs) if staged else obs[:T],
-        actions=actions,
-        rewards=rewards,
-        logits=logits,
-        values=values,
-        episode_returns=info["episode_return"].reshape(lead),
-        seeds=seeds,
-    )
+    observations = torch.stack(obs) if staged else obs[:T]
+    return observations, actions, rewards, logits, values, info["episode_return"].reshape(lead)
 
 
 def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
@@ -238,10 +273,11 @@ def maze_a2c_loss(
     actions: Tensor,
     rewards: Tensor,
     config: MazeA2CConfig | None = None,
-    seed_axis: bool = False,
+    mean: Callable[[Tensor], Tensor] = torch.mean,
 ) -> MazeA2CLoss:
     """The Backpropamine A2C loss on (T, B, A) logits, (T, B) values, actions and rewards (module docstring).
-    ``seed_axis``: the inputs are (T, S, B, ·) and every term is one value per seed, (S,)."""
+    ``mean`` reduces each term over (T, B): to one value, or (:func:`per_seed_mean`, inputs (T, S, B, ·)) to one
+    value per seed, (S,)."""
     config = config or MazeA2CConfig()
     returns = discounted_returns(rewards, config.gamma).to(values.device)
     if config.value_baseline == "element0":
@@ -252,9 +288,6 @@ def maze_a2c_loss(
     log_probs = F.log_softmax(logits, dim=-1)
     log_pi_a = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     # Means over (T, B) equal (1/T) Σ_t (1/B) Σ_b; per seed over its own (T, B).
-    def mean(x: Tensor) -> Tensor:
-        return x.mean((0, 2)) if seed_axis else x.mean()
-
     policy = -mean(log_pi_a * advantage.detach())
     value = mean(advantage.pow(2))
     prob_sq = mean(log_probs.exp().pow(2).sum(-1))
@@ -264,4 +297,4 @@ def maze_a2c_loss(
 
 def rollout_loss(rollout_result: MazeRollout, config: MazeA2CConfig | None = None) -> MazeA2CLoss:
     r = rollout_result
-    return maze_a2c_loss(r.logits, r.values, r.actions, r.rewards, config, seed_axis=bool(r.seeds))
+    return maze_a2c_loss(r.logits, r.values, r.actions, r.rewards, config, mean=r.mean)

@@ -54,14 +54,12 @@ offers ``burning_in`` for such iterations with correct zeroing: no backward, no 
 Checkpoints: ``state_dict()`` holds φ (as the initialisation), the warp optimiser's state, the accumulator
 and the counters — tensors and plain containers only.
 
-Seeds as a batch dimension (metarl.seed_batch): when the learner is S independent seeds stacked along a
-leading dimension of every parameter (``model.seeds`` = S), φ, the accumulator and the warp optimiser's state
-are stacked too, and everything that is not elementwise is per seed: each seed's contribution is kept or
-dropped on its own finiteness (and only for seeds whose task step was taken — the task optimiser's
-``active`` mask), each seed's meta-gradient is the mean over its own finite contributions, and a seed with
-none takes no φ step (:class:`~metarl.seed_batch.SeedAdam`, per-seed step counts). The task loop is
-:func:`continual_update_seeds`: one backward of the sum of the S seeds' losses gives each seed its own
-gradient; non-finite seeds are masked out of the step, clipping is per seed.
+Seeds as a batch dimension: a model of S independent seeds stacked along a leading dimension of every
+parameter (``model.seeds`` = S, agents.seed_batched) gets the subclass in metarl/continual_seeds.py
+(:meth:`ContinualWarpGrad.build` picks it), which overrides the hooks below (:meth:`~ContinualWarpGrad.contribute`,
+:meth:`~ContinualWarpGrad.query_objective`, :meth:`~ContinualWarpGrad.updates`) with their per-seed forms; its
+task loop is ``continual_update_seeds``. This module is the single learner's path: past ``build`` nothing
+here asks whether the model is stacked.
 """
 
 from __future__ import annotations
@@ -72,10 +70,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import MetaLearner, Update, all_finite
+from .base import MetaLearner, all_finite
 from .seam import Observer, OptimizerWatch
-from .seed_batch import SeedAdam, clip_grad_norm_seeds, seed_finite, seed_grad_norms
-from .state import Counters, Stacked
+from .state import Counters
 
 WARP_OBJECTIVES = ("same_loss", "meta_batch")
 
@@ -97,22 +94,17 @@ class ContinualWarpGrad(MetaLearner):
 
     @classmethod
     def build(cls, model: nn.Module, cfg: Any, head=(), **common: Any) -> "ContinualWarpGrad":
+        """The learner for ``model``: a model of stacked seeds (``model.seeds``) gets the seed-batched subclass,
+        whose every per-seed rule is an override of this class's hooks (module docstring)."""
+        if getattr(model, "seeds", 0):
+            from .continual_seeds import SeedBatchedContinualWarpGrad
+            return SeedBatchedContinualWarpGrad(model, cfg.method_config, **common)
         return cls(model, cfg.method_config, **common)
 
     def __init__(self, model: nn.Module, config: ContinualWarpConfig | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.config = config or ContinualWarpConfig()
         self.warp_steps = 0                     # φ steps taken
-        self.seeds = int(getattr(model, "seeds", 0) or 0)     # S > 0: S stacked seeds (module docstring)
-        if self.seeds:
-            mc = self.meta_optimizer_config
-            if mc.name != "adam":
-                raise ValueError(f"seed-batched warp meta-training supports the adam meta-optimiser, got {mc.name!r}")
-            self.meta_optimizer = SeedAdam(self.params, self.seeds, lr=mc.lr, betas=tuple(mc.betas),
-                                           weight_decay=mc.weight_decay)
-            self.seed_tasks = torch.zeros(self.seeds, dtype=torch.int64)       # finite contributions, per seed
-            self.seed_skipped = torch.zeros(self.seeds, dtype=torch.int64)     # dropped contributions
-            self.seed_warp_steps = torch.zeros(self.seeds, dtype=torch.int64)  # φ steps taken, per seed
 
     def task_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         phi = set(self.names)
@@ -132,61 +124,27 @@ class ContinualWarpGrad(MetaLearner):
         return OptimizerWatch(optimizer, self.task_parameters(model),
                               [_WarpContribution(self, model, phi, task, optimizer)])
 
-    def contribute(self, grads: Sequence[Tensor], active: Tensor | None = None) -> bool | Tensor:
+    def contribute(self, grads: Sequence[Tensor], optimizer: torch.optim.Optimizer | None = None) -> bool:
         """One task step's g_φ into the window's sum; False (and counted) if it has a non-finite entry.
-        Seed-batched: seed s's slice is added if finite and ``active[s]`` (its task step was taken; None: all),
-        and counted as skipped if non-finite; returns the (S,) mask of added seeds."""
-        if not self.seeds:
-            torch._foreach_copy_(self._task_acc, list(grads))
-            tasks = self.tasks
-            self._merge_task()
-            return self.tasks > tasks
-        S = self.seeds
-        active = torch.ones(S, dtype=torch.bool) if active is None else active.to("cpu", torch.bool)
-        finite = seed_finite(grads, S)
-        added = finite & active
-        for acc, g in zip(self._acc, grads):
-            mask = added.to(g.device).view(-1, *([1] * (g.dim() - 1)))
-            acc.add_(torch.where(mask, g, torch.zeros((), dtype=g.dtype, device=g.device)))
-        self.seed_tasks += added
-        self.seed_skipped += active & ~finite
-        return added
+        ``optimizer``: the task optimiser whose step the contribution belongs to (not read here; the
+        seed-batched learner keeps only the seeds it steps)."""
+        torch._foreach_copy_(self._task_acc, list(grads))
+        tasks = self.tasks
+        self._merge_task()
+        return self.tasks > tasks
+
+    def query_objective(self, loss: Tensor) -> Tensor:
+        """The scalar whose φ-gradient is a ``meta_batch`` contribution: the query batch's loss."""
+        return loss
 
     def updates(self, logs: dict[str, float]):
-        """φ ← φ − meta-optimiser(mean of the window's finite contributions); no contribution, no step.
-        Seed-batched: per seed (module docstring); the logs sum the counts and average the rest over seeds."""
-        if self.seeds:
-            yield from self._seed_updates(logs)
-            return
+        """φ ← φ − meta-optimiser(mean of the window's finite contributions); no contribution, no step."""
         update = self.init_update(logs)
         if update is not None:
             self.warp_steps += bool((yield update))
         logs["meta/warp_steps"] = float(self.warp_steps)
 
-    def _seed_updates(self, logs: dict[str, float]):
-        S, n = self.seeds, self.seed_tasks
-        stepping = n > 0
-        logs.update({"meta/tasks": float(n.sum()), "meta/skipped_tasks": float(self.seed_skipped.sum())})
-        if bool(stepping.any()):
-            grads = [a / n.clamp(min=1).to(a.device, a.dtype).view(-1, *([1] * (a.dim() - 1))) for a in self._acc]
-            logs["meta/grad_norm"] = float(seed_grad_norms(grads, S)[stepping].mean())
-            self.meta_optimizer.active = stepping
-            # per-seed clipping; no undo: restoring every seed for one seed's overflow would couple the seeds
-            yield Update(self.meta_optimizer, self.params, grads, self.meta_optimizer_config.clip_grad_norm,
-                         clip=lambda params, max_norm: clip_grad_norm_seeds(params, max_norm, S), undo=False)
-            self.meta_optimizer.active = None
-        self.seed_warp_steps += stepping
-        self.warp_steps = int(self.seed_warp_steps.max())
-        logs["meta/warp_steps"] = float(self.seed_warp_steps.double().mean())
-
-    def reset_meta_batch(self) -> None:
-        super().reset_meta_batch()
-        if self.seeds:
-            self.seed_tasks.zero_()
-            self.seed_skipped.zero_()
-
-    saved = (Counters("warp_steps", attrs=("warp_steps",), scalar=True),
-             Stacked("seed_counters", attrs=("seed_tasks", "seed_skipped", "seed_warp_steps"), when="seeds"))
+    saved = (Counters("warp_steps", attrs=("warp_steps",), scalar=True),)
 
 
 class _WarpContribution(Observer):
@@ -196,27 +154,20 @@ class _WarpContribution(Observer):
                  optimizer: torch.optim.Optimizer | None = None) -> None:
         self.meta, self.model, self.phi, self.task, self.optimizer = meta, model, phi, task, optimizer
 
-    def _contribute(self, grads: list[Tensor]) -> None:
-        if self.meta.seeds:                     # only seeds whose task step is being taken
-            self.meta.contribute(grads, getattr(self.optimizer, "active", None))
-        else:
-            self.meta.contribute(grads)
-
     def before_step(self, params: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor | None) -> None:
         warp_grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.phi]
         for p in self.phi:                      # cleared in both modes: never left for the next backward
             p.grad = None
         if self.meta.config.objective == "same_loss":
-            self._contribute(warp_grads)
+            self.meta.contribute(warp_grads, self.optimizer)
 
     def after_step(self, params: Sequence[Tensor]) -> None:
         if self.meta.config.objective == "meta_batch":
             with torch.enable_grad():
-                loss = self.task.loss(self.model, self.task.batch("query"))
-                if self.meta.seeds:             # one loss per seed: the sum's gradient is each seed's own
-                    loss = loss.sum()
+                loss = self.meta.query_objective(self.task.loss(self.model, self.task.batch("query")))
                 grads = torch.autograd.grad(loss, self.phi, allow_unused=True)
-            self._contribute([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.phi)])
+            self.meta.contribute([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.phi)],
+                                 self.optimizer)
 
 
 def continual_update(loss: Tensor, optimizer: torch.optim.Optimizer, watch: Any,
@@ -246,39 +197,3 @@ def continual_update(loss: Tensor, optimizer: torch.optim.Optimizer, watch: Any,
     watch.report(loss)
     optimizer.step()
     return "step"
-
-
-def continual_update_seeds(loss: Tensor, optimizer: SeedAdam, watch: Any, params: Sequence[nn.Parameter],
-                           seeds: int, burning_in: bool = False, clip_grad_norm: float | None = None) -> list[str]:
-    """:func:`continual_update` for S stacked seeds: ``loss`` holds one value per seed (S,); returns one
-    outcome per seed. One backward of the losses' sum gives each seed its own gradient; a seed whose loss or
-    task gradient is non-finite is masked out (its gradients zeroed, ``optimizer.active`` False: no step,
-    no warp contribution) while the others step. Clipping is per seed. The watch is told the sum of the
-    stepping seeds' losses."""
-    for p in params:
-        p.grad = None
-    if burning_in:
-        return ["burn_in"] * seeds
-    finite = torch.isfinite(loss.detach()).cpu()
-    if not bool(finite.any()):
-        return ["non_finite"] * seeds
-    loss.sum().backward()
-    task = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    active = finite & seed_finite([p.grad for p in task], seeds)
-    if not bool(active.any()):
-        for p in params:
-            p.grad = None
-        return ["non_finite"] * seeds
-    if not bool(active.all()):
-        for p in params:
-            if p.grad is not None:
-                p.grad.masked_fill_(~active.to(p.device).view(-1, *([1] * (p.dim() - 1))), 0.0)
-    if clip_grad_norm:
-        clip_grad_norm_seeds(task, clip_grad_norm, seeds)
-    watch.report(torch.where(active.to(loss.device), loss.detach(), 0.0).sum())
-    optimizer.active = active
-    try:
-        optimizer.step()
-    finally:
-        optimizer.active = None
-    return ["step" if a else "non_finite" for a in active.tolist()]

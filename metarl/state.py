@@ -20,11 +20,9 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Entry:
-    """``key`` in the checkpoint, attribute ``attr`` of the learner; present only where the learner's attribute
-    ``when`` is truthy (e.g. seed-batched learners' per-seed counters)."""
+    """``key`` in the checkpoint, attribute ``attr`` of the learner."""
     key: str
     attr: str = ""
-    when: str = ""
 
     @property
     def name(self) -> str:
@@ -160,11 +158,9 @@ class Bank(Entry):
 
 
 def entries(learner: Any) -> Iterator[Entry]:
-    """The entries of ``learner``'s class hierarchy that apply to it, base class first, each in its order."""
+    """The entries of ``learner``'s class hierarchy, base class first, each in its order."""
     for cls in reversed(type(learner).__mro__):
-        for entry in vars(cls).get("saved", ()):
-            if not entry.when or getattr(learner, entry.when):
-                yield entry
+        yield from vars(cls).get("saved", ())
 
 
 def state_dict(learner: Any) -> dict[str, Any]:

@@ -38,24 +38,28 @@ OMNIGLOT = ["meta.steps=2", "meta.meta_batch=2", "inner.steps=3", "eval.steps=3"
             "run.checkpoint_every=1"]
 
 
-def _maze_single(model: str, method: str) -> dict:
-    """test_maze_training's tiny continual maze run."""
+def _maze_single(model: str, method: str, objective: str = "meta_batch") -> dict:
+    """test_maze_training's tiny continual maze run (``objective``: the continual warp objective)."""
     data = {"name": f"maze_{model}", "seed": 5, "task": "maze", "method": method,
             "maze": {"model": model, "hidden_size": 8, "warp_hidden_size": 6, "batch": 4, "episode_length": 12,
                      "log_every": 2, "burn_in": 1},
             "meta": {"every": 3, "steps": 4, "head": "learned"},
             "run": {"checkpoint_every": 2, "progress": False, "threads": 1}}
     if method == "warpgrad_continual":
-        data["warpgrad_continual"] = {"objective": "meta_batch"}
+        data["warpgrad_continual"] = {"objective": objective}
         data["meta"].update({"include": ["warp."], "optimizer": {"name": "adam", "lr": 1e-3}})
     return data
 
 
-def _maze_seeds(model: str, seeds: list[int]) -> dict:
-    """test_maze_seed_batch's tiny seed-batched run (clipping, burn-in): tests/maze_fixture.py."""
+def _maze_seeds(model: str, seeds: list[int], objective: str = "") -> dict:
+    """test_maze_seed_batch's tiny seed-batched run (clipping, burn-in): tests/maze_fixture.py; ``objective``
+    replaces the continual warp objective."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from maze_fixture import tiny_maze_data
-    return tiny_maze_data(model, seeds[0] if seeds else 0, seeds)
+    data = tiny_maze_data(model, seeds[0] if seeds else 0, seeds)
+    if objective:
+        data["warpgrad_continual"] = {"objective": objective}
+    return data
 
 
 # name -> (config file or config dict, overrides)
@@ -79,8 +83,10 @@ RUNS: dict[str, tuple[str | dict, list[str]]] = {
                        "atari.test_on_train_games=true", "atari.a2c.num_envs=4", "atari.a2c.batched=true",
                        "inner.steps=600", "meta.steps=1", "meta.meta_batch=2", "eval.tasks=2", "eval.steps=600"]),
     "maze_warp_rnn": (_maze_single("warp-rnn", "warpgrad_continual"), []),
+    "maze_warp_rnn_same_loss": (_maze_single("warp-rnn", "warpgrad_continual", "same_loss"), []),
     "maze_rnn": (_maze_single("rnn", "no_pretraining"), []),
     "maze_seeds_warp_rnn": (_maze_seeds("warp-rnn", [0, 1]), []),
+    "maze_seeds_warp_rnn_same_loss": (_maze_seeds("warp-rnn", [0, 1], "same_loss"), []),
     "maze_seeds_plastic": (_maze_seeds("plastic-rnn", [0, 1]), []),
     "maze_seeds_rnn_single": (_maze_seeds("rnn", []), []),
 }

@@ -466,14 +466,14 @@ def _maze_iteration(model, mazes, generators, device: str) -> dict:
     """One maze iteration on ``device``: rollout, A2C loss, backward, one Adam step (agents.maze_a2c). Adam with
     Backpropamine's ε = 1e-4 (a first Adam step is ≈ lr · sign(g) where |g| ≪ ε is not: tiny gradients' rounding
     differences would otherwise decide whole steps)."""
-    from agents.maze_a2c import rollout, rollout_loss
+    from agents.maze_a2c import rollout, rollout_loss, rollout_seeds
     from metarl.seed_batch import SeedAdam
 
     model = model.to(device)
     seeds = getattr(model, "seeds", 0)
     opt = (SeedAdam(model.parameters(), seeds, lr=1e-3, eps=1e-4) if seeds
            else torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4))
-    ro = rollout(model, mazes, generator=generators)
+    ro = rollout_seeds(model, mazes, generators=generators) if seeds else rollout(model, mazes, generator=generators)
     assert all(t.device.type == device for t in (ro.observations, ro.actions, ro.rewards, ro.logits, ro.values))
     loss = rollout_loss(ro)
     opt.zero_grad()

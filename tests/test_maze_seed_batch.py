@@ -420,3 +420,28 @@ def test_one_seed_and_a_batch_of_seeds_are_two_adapters_not_branches():
     batch = build_adapter("maze", MazeTaskConfig(batch=2, episode_length=4, seeds=[0, 1]), 0)
     assert type(single) is MazeAdapter and type(batch) is maze.SeedBatchedMazeAdapter
     assert not re.search(r"if (not )?(self|a)\.seeds", Path(maze.__file__).read_text())
+
+
+def test_the_rollout_and_the_continual_learner_take_seeds_by_entry_point_not_by_branch():
+    """One seed and a batch of seeds are two entry points of one rollout loop (rollout / rollout_seeds) and two
+    classes of the continual learner (the batch's picked once, in ``build``), so no condition in the maze's
+    rollout and loss, or in the single learner past ``build``, asks whether a model stacks seeds."""
+    import ast
+
+    import agents.maze_a2c as maze_a2c
+    import metarl.continual as continual
+    from metarl.continual_seeds import SeedBatchedContinualWarpGrad
+    from train.trainer import setup
+
+    def conditions_on_seeds(module) -> list[str]:
+        """The conditions naming seeds that choose a path (not those that refuse bad input)."""
+        source = Path(module.__file__).read_text()
+        return [ast.get_source_segment(source, node.test) for node in ast.walk(ast.parse(source))
+                if isinstance(node, (ast.If, ast.IfExp)) and "seeds" in ast.get_source_segment(source, node.test)
+                and not (isinstance(node, ast.If) and [type(n) for n in node.body] == [ast.Raise])]
+
+    assert conditions_on_seeds(maze_a2c) == []
+    assert conditions_on_seeds(continual) == ['getattr(model, "seeds", 0)']      # ContinualWarpGrad.build
+    for seeds, kind in (([], continual.ContinualWarpGrad), ([0, 1], SeedBatchedContinualWarpGrad)):
+        _, meta = setup(build_config(tiny_maze_data("warp-rnn", 0, seeds), []))
+        assert type(meta) is kind

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from agents.maze_a2c import rollout, rollout_loss
+from agents.maze_a2c import rollout, rollout_loss, rollout_seeds
 from agents.plastic_rnn_fused import PlasticRNNUnroll
 from agents.recurrent import RecurrentConfig, build_model
 from agents.seed_batched import build_seed_batched
@@ -129,9 +129,9 @@ def test_fused_plastic_unroll_float32_is_the_models_hook(name, seeded):
     assert m.to(torch.float64).fused_unroll(B, T) is None
 
 
-def _rollout_grads(m, make_batch, generator, fused):
+def _rollout_grads(m, episodes, fused):
     m.zero_grad()
-    r = rollout(m, make_batch(), generator=generator(), fused=fused)
+    r = episodes(fused)
     rollout_loss(r).total.sum().backward()
     return r, _grads(m)
 
@@ -144,25 +144,22 @@ def test_fused_and_unfused_rollouts_agree_for_plastic_rnns(name, seeded):
     if seeded:
         ids = SEEDS[:2]
         m = build_seed_batched(name, config, ids)
-        def make_batch():
-            return SeedMazeBatch(ids, B, maze)
-        def generator():
-            return [torch.Generator().manual_seed(9 + s) for s in ids]
+        def episodes(fused):
+            return rollout_seeds(m, SeedMazeBatch(ids, B, maze), generators=[torch.Generator().manual_seed(9 + s)
+                                                                             for s in ids], fused=fused)
     else:
         torch.manual_seed(0)
         m = build_model(name, config)
-        def make_batch():
-            return MazeBatch(B, maze, seed=4)
-        def generator():
-            return torch.Generator().manual_seed(9)
+        def episodes(fused):
+            return rollout(m, MazeBatch(B, maze, seed=4), generator=torch.Generator().manual_seed(9), fused=fused)
     with torch.no_grad():  # plasticity strong enough that the traces matter (and saturate) within 30 steps
         m.alpha.mul_(20.0)
         m.modulation.mul_(10.0)
     assert m.fused_unroll(B, T) is not None
-    r1, g1 = _rollout_grads(m, make_batch, generator, fused=True)
+    r1, g1 = _rollout_grads(m, episodes, fused=True)
     clipped = float((m.fused_slot.workspace.Q[: T - 1].abs() > 1).double().mean())  # the pre-clip traces
     assert clipped > 0.01, clipped
-    r2, g2 = _rollout_grads(m, make_batch, generator, fused=False)
+    r2, g2 = _rollout_grads(m, episodes, fused=False)
     torch.testing.assert_close(r1.actions, r2.actions)
     torch.testing.assert_close(r1.logits, r2.logits, atol=1e-5, rtol=1e-5)
     for n in g1:

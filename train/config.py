@@ -166,8 +166,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 # ------------------------------------------------------------------------------------------------
 # data paths
 
-# Task config keys that name a data folder.
-DATA_KEYS = {"omniglot": ("root",), "tiered": ("root",)}
 DATA_ENV = "METARL_DATA"
 REPOSITORY = Path(__file__).resolve().parent.parent    # the checkout holding configs/ (editable install)
 
@@ -197,8 +195,10 @@ def resolve_data_paths(cfg: Config, data: dict[str, Any], overrides: list[str] |
     saved ``config.yaml`` names the folder it used. A path given on the command line
     (``omniglot.root=DIR``) is relative to the current folder, as any path there; one from the config file
     (or the task's default) is resolved by :func:`resolve_data_path` against the folder above the config
-    file's folder (the repository for ``configs/*.yaml``; the repository for a default)."""
-    keys = DATA_KEYS.get(cfg.task, ())
+    file's folder (the repository for ``configs/*.yaml``; the repository for a default). The keys are the
+    task family's own (``TaskAdapter.data_keys``)."""
+    from .tasks import adapter_class
+    keys = adapter_class(cfg.task).data_keys
     given = {tuple(parse_override(text)[0]) for text in overrides}
     section = data.get(cfg.task) if isinstance(data.get(cfg.task), dict) else {}
     try:
@@ -237,14 +237,22 @@ def config_to_yaml(cfg: Config) -> str:
 # its state goes on may change; everything else (the model, the task, the method, learning rates and
 # optimisers — restored from the checkpoint —, seeds, batch sizes) is refused before anything is written.
 # Checkpoints are device-independent, and where a machine keeps the data is the machine's business: a run moved
-# to another machine (a GPU's, then back to a CPU) resumes with its device and data folders overridden.
+# to another machine (a GPU's, then back to a CPU) resumes with its device and data folders overridden (the task
+# family's own such keys: ``TaskAdapter.data_keys`` and ``resume_mutable``).
 RESUME_MUTABLE = ("meta.steps", "eval", "run.progress", "run.checkpoint_every", "run.keep", "run.threads",
-                  "run.dir", "run.device", "run.tf32", "run.max_memory", "omniglot.root", "omniglot.cache_dir",
-                  "tiered.root")
+                  "run.dir", "run.device", "run.tf32", "run.max_memory")
 
 
-def resume_mutable(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in RESUME_MUTABLE)
+def resume_mutable_keys(task: str) -> tuple[str, ...]:
+    """The keys (or sections) a resumed run of task family ``task`` may change: :data:`RESUME_MUTABLE` and the
+    family's data folders and machine-local keys."""
+    from .tasks import adapter_class
+    family = adapter_class(task)
+    return (*RESUME_MUTABLE, *(f"{task}.{k}" for k in (*family.data_keys, *family.resume_mutable)))
+
+
+def resume_mutable(key: str, mutable: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in mutable)
 
 
 def resume_changes(saved: Config, new: Config) -> list[str]:
@@ -258,15 +266,16 @@ _MISSING = object()
 
 def check_resume_overrides(saved: Config, new: Config) -> list[str]:
     """Refuse (:class:`ConfigError`, one line) a resume whose overrides change a key outside
-    :data:`RESUME_MUTABLE`; returns the keys that do change (all allowed)."""
+    :func:`resume_mutable_keys`; returns the keys that do change (all allowed)."""
     changed = resume_changes(saved, new)
-    refused = [k for k in changed if not resume_mutable(k)]
+    mutable = resume_mutable_keys(saved.task)
+    refused = [k for k in changed if not resume_mutable(k, mutable)]
     if refused:
         a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(new))
         k = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ConfigError(clip(
             f"cannot change {k!r} on resume ({show_value(a.get(k))} -> {show_value(b.get(k))}){more}: a resumed run "
-            f"may only change {', '.join(p if '.' in p else p + '.*' for p in RESUME_MUTABLE)}; "
+            f"may only change {', '.join(p if '.' in p else p + '.*' for p in mutable)}; "
             f"start a new run for anything else", 600))
     return changed

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
+from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss, rollout_seeds
 from agents.recurrent import MODELS, RecurrentConfig, build_model
 from agents.seed_batched import build_seed_batched
 from envs.maze import MazeConfig
@@ -50,7 +50,10 @@ def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused
         model = build_seed_batched(model_name, RecurrentConfig(), ids).to(device)
         optimiser = SeedAdam(model.task_parameters(), seeds, lr=1e-3)
         maze_batch = SeedMazeBatch(ids, mazes, config)
-        generator = [torch.Generator().manual_seed(s) for s in ids]
+        generators = [torch.Generator().manual_seed(s) for s in ids]
+
+        def episodes():
+            return rollout_seeds(model, maze_batch, generators=generators, fused=fused)
     else:
         torch.manual_seed(seed)
         model = build_model(model_name).to(device)
@@ -58,9 +61,12 @@ def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused
         maze_batch = MazeBatch(mazes, config, seed=seed)
         generator = torch.Generator().manual_seed(seed)
 
+        def episodes():
+            return rollout(model, maze_batch, generator=generator, fused=fused)
+
     def iteration() -> None:
         model.zero_grad(set_to_none=True)
-        batch = rollout(model, maze_batch, generator=generator, fused=fused)
+        batch = episodes()
         rollout_loss(batch, loss_config).total.sum().backward()
         optimiser.step()
         if device.type == "cuda":

@@ -60,6 +60,11 @@ class TaskAdapter:
     # reads inner.clip_grad_norm. So no precedence between two keys exists to differ from task to task.
     clip_key = "inner.clip_grad_norm"
     held_out_batches = False                   # its tasks have held_out_batches(): all held-out data in batches
+    # Keys of the family's own section that name a data folder: made absolute when a config is read
+    # (train/config.py), and free to change on resume, as are ``resume_mutable``'s (where a machine keeps a
+    # cache): neither changes what a checkpoint holds or how the run goes on.
+    data_keys: Sequence[str] = ()
+    resume_mutable: Sequence[str] = ()
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

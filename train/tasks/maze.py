@@ -67,12 +67,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss
+from agents.maze_a2c import MazeA2CConfig, rollout, rollout_loss, rollout_seeds
 from agents.recurrent import INITS, MODELS, RecurrentConfig, build_model
 from agents.seed_batched import build_seed_batched
 from envs.maze import MazeConfig
 from envs.maze_vector import MazeBatch, SeedMazeBatch
-from metarl.continual import continual_update, continual_update_seeds
+from metarl.continual import continual_update
+from metarl.continual_seeds import continual_update_seeds
 from metarl.seam import NULL_WATCH
 from metarl.seed_batch import SeedAdam
 
@@ -200,7 +201,7 @@ class MazeStream:
         if batch == "query":
             episodes = a.query_rollout(model)
         else:
-            episodes = rollout(model, a.mazes, generator=a.sampler, fused=a.config.fused)
+            episodes = a.episodes(model, a.mazes, a.sampler)
         return rollout_loss(episodes, a.loss_config).total
 
 
@@ -306,7 +307,7 @@ class MazeAdapter(TaskAdapter):
             t0 = time.perf_counter()
             burning_in = len(self.returns) < mc.burn_in
             with torch.set_grad_enabled(not burning_in):        # no autograd while burning in
-                episodes = rollout(model, self.mazes, generator=self.sampler, fused=mc.fused)
+                episodes = self.episodes(model, self.mazes, self.sampler)
                 loss = rollout_loss(episodes, self.loss_config)
             skipped = self.task_step(loss.total, optimizer, watch, all_params, burning_in, clip)
             self.returns.append(torch.from_numpy(episodes.episode_returns.astype(np.float32)))
@@ -315,6 +316,10 @@ class MazeAdapter(TaskAdapter):
             curve.append(self.curve_point(loss.total.detach()))
             self.record(episodes, loss, skipped, seconds)
         return curve
+
+    def episodes(self, model: nn.Module, mazes: MazeBatch, sampler: Any) -> Any:
+        """One episode in each of ``mazes``, actions drawn from ``sampler`` (agents.maze_a2c.rollout)."""
+        return rollout(model, mazes, generator=sampler, fused=self.config.fused)
 
     def task_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, watch: Any, params: list,
                   burning_in: bool, clip: float | None) -> Any:
@@ -328,7 +333,7 @@ class MazeAdapter(TaskAdapter):
 
     def query_rollout(self, model: nn.Module) -> Any:
         """The meta-batch objective's rollout on the query mazes, its return counted in the log window."""
-        episodes = rollout(model, self.meta_mazes, generator=self.meta_sampler, fused=self.config.fused)
+        episodes = self.episodes(model, self.meta_mazes, self.meta_sampler)
         self.window.v["meta_return"] += episodes.mean_return
         self.window.v["meta_rollouts"] += 1
         return episodes
@@ -443,6 +448,10 @@ class SeedBatchedMazeAdapter(MazeAdapter):
         mc = self.config
         return SeedAdam(params, len(self.seeds), lr=mc.task_lr, eps=mc.adam_eps)
 
+    def episodes(self, model: nn.Module, mazes: MazeBatch, sampler: Any) -> Any:
+        """One episode in each of the S × B ``mazes``, seed k's actions drawn from ``sampler[k]``."""
+        return rollout_seeds(model, mazes, generators=sampler, fused=self.config.fused)
+
     def task_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, watch: Any, params: list,
                   burning_in: bool, clip: float | None) -> Any:
         """Per seed; returns the (S,) mask of skipped seeds. A seed whose task step is skipped takes no query
@@ -462,7 +471,7 @@ class SeedBatchedMazeAdapter(MazeAdapter):
         if self._query_state is None:
             self._query_state = ([numpy_rng_state(r) for r in self.meta_mazes.rngs],
                                  [g.get_state() for g in self.meta_sampler])
-        episodes = rollout(model, self.meta_mazes, generator=self.meta_sampler, fused=self.config.fused)
+        episodes = self.episodes(model, self.meta_mazes, self.meta_sampler)
         self._query_returns = episodes.seed_mean_returns    # committed per seed once the step's outcome is known
         return episodes
 

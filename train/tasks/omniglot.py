@@ -307,6 +307,7 @@ def batch_statistics(model: nn.Module) -> nn.Module:
 class OmniglotAdapter(ImageClassificationAdapter):
     config: OmniglotConfig
     held_out_batches = True             # OmniglotTask.held_out_batches (MAML's outer_loss: held_out)
+    data_keys, resume_mutable = ("root",), ("cache_dir",)      # TaskAdapter.data_keys
 
     def __init__(self, config: OmniglotConfig | None = None, seed: int | None = None,
                  data: OmniglotData | None = None, warp: WarpFactory | None = None) -> None:

@@ -251,6 +251,7 @@ class TieredAdapter(ImageClassificationAdapter):
 
     config: TieredConfig
     splits = SPLITS
+    data_keys = ("root",)               # TaskAdapter.data_keys
 
     def __init__(self, config: TieredConfig | None = None, seed: int | None = None,
                  data: dict[str, TieredSplit] | None = None, warp: WarpFactory | None = None) -> None:
