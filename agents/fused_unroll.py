@@ -3,6 +3,13 @@ model keeps for them, the step bookkeeping and the one autograd node whose backw
 
 A subclass records a whole episode batch without autograd (``step``, writing into its workspace), says where
 the recorded hidden states are (``hidden``) and back-propagates through time by hand (``backward``).
+
+Layouts (docs/architecture.md, "Stacked agents"): an unroll runs either one model, whose step tensors lead with
+(B,) — B sequences — or S seed-stacked models (agents.seed_batched: every parameter [S, ...]), lead (S, B).
+One seed is not the S = 1 stack (a stack of one sums in another order, and single-seed runs are reference
+results kept bit for bit), so each case keeps its own kernels: :class:`OneModel` and :class:`StackedSeeds` say
+how, and :func:`layout_of` picks one in the unroll's constructor from the parameters' rank. The unrolls' maths
+is then written once, over ``layout.lead``, with no seed-count condition.
 """
 
 from __future__ import annotations
@@ -13,14 +20,130 @@ import torch
 from torch import Tensor
 
 
-def stacked_mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """a @ b for matrices (mm) or seed-stacked matrices (bmm)."""
-    return torch.mm(a, b, out=out) if a.dim() == 2 else torch.bmm(a, b, out=out)
+class WholeModel:
+    """The one part of a single model's tensors: all of them."""
+
+    @staticmethod
+    def own(x: Tensor) -> Tensor:
+        """This part of a per-model tensor (a parameter, a scratch buffer): all of it."""
+        return x
+
+    @staticmethod
+    def steps(x: Tensor) -> Tensor:
+        """This part of a (T, ·) buffer: all of it."""
+        return x
 
 
-def stacked_addmm(c: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """c + a @ b for matrices (addmm) or seed-stacked matrices (baddbmm)."""
-    return torch.addmm(c, a, b, out=out) if a.dim() == 2 else torch.baddbmm(c, a, b, out=out)
+class OneSeed:
+    """Seed k's part of a seed-stacked unroll's tensors."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def own(self, x: Tensor) -> Tensor:
+        """Seed k's part of a per-seed tensor [S, ...]."""
+        return x[self.k]
+
+    def steps(self, x: Tensor) -> Tensor:
+        """Seed k's part of a (T, S, ·) buffer."""
+        return x[:, self.k]
+
+
+class OneModel:
+    """One model: step tensors (B, ·), products mm / addmm, buffers (n, B, ·)."""
+
+    mm = staticmethod(torch.mm)        # a @ b over the lead
+    addmm = staticmethod(torch.addmm)  # c + a @ b over the lead
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.lead: tuple[int, ...] = (batch,)
+        self.parts: tuple[WholeModel | OneSeed, ...] = (WholeModel(),)  # what a per-model loop runs over
+
+    def buffer(self, n: int, *shape: int, dtype: torch.dtype | None = None, seed_major: bool = True) -> Tensor:
+        """An (n, *lead, *shape) buffer."""
+        return torch.empty(n, self.batch, *shape, dtype=dtype)
+
+    def over_batch(self, x: Tensor) -> Tensor:
+        """A per-model tensor (a bias, α, η) made to broadcast over the lead's B sequences: as it is."""
+        return x
+
+    def prepare(self, m: Tensor) -> Tensor:
+        """A matrix operand of the per-step products, as it is."""
+        return m
+
+    def rows(self, x: Tensor) -> Tensor:
+        """(T, B, F) → the model's T·B rows (T·B, F)."""
+        return x.reshape(-1, x.shape[-1])
+
+    def row_sum(self, x: Tensor) -> Tensor:
+        """Σ over the steps and sequences of a (T, B, F) buffer: (F,)."""
+        return x.sum((0, 1))
+
+    def total(self, x: Tensor) -> Tensor:
+        """Σ over the steps and sequences of a (T, B) buffer: (1,)."""
+        return x.sum().view(1)
+
+    def weight_grad(self, a: Tensor, b: Tensor) -> Tensor:
+        """Σ_rows aᵀ b over all T·B rows: one product."""
+        return self.rows(a).t() @ self.rows(b)
+
+    seed_weight_grads = weight_grad  # one model: the same product
+
+
+class StackedSeeds(OneModel):
+    """S seed-stacked models: step tensors (S, B, ·), products bmm / baddbmm, buffers (n, S, B, ·)."""
+
+    mm = staticmethod(torch.bmm)
+    addmm = staticmethod(torch.baddbmm)
+
+    def __init__(self, seeds: int, batch: int) -> None:
+        self.seeds, self.batch = seeds, batch
+        self.lead = (seeds, batch)
+        self.parts = tuple(OneSeed(k) for k in range(seeds))  # seed by seed
+
+    def buffer(self, n: int, *shape: int, dtype: torch.dtype | None = None, seed_major: bool = True) -> Tensor:
+        """An (n, S, B, *shape) buffer. ``seed_major`` (for rows that enter a weight product): stored (S, n, B, ·),
+        so a seed's rows over all n steps are one contiguous block that the weight products take without
+        copying; else one block per step (what a batched product writes at each step)."""
+        if seed_major:
+            return torch.empty(self.seeds, n, self.batch, *shape, dtype=dtype).transpose(0, 1)
+        return torch.empty(n, self.seeds, self.batch, *shape, dtype=dtype)
+
+    def over_batch(self, x: Tensor) -> Tensor:
+        """A per-seed tensor [S, ...] as [S, 1, ...]: it broadcasts over the B sequences of its seed."""
+        return x.unsqueeze(1)
+
+    def prepare(self, m: Tensor) -> Tensor:
+        """A matrix operand of the per-step products, contiguous: bmm copies a strided one at every call."""
+        return m.contiguous()
+
+    def rows(self, x: Tensor) -> Tensor:
+        """(T, S, B, F) → each seed's T·B rows (S, T·B, F) (a view of seed-major storage)."""
+        return x.transpose(0, 1).reshape(self.seeds, -1, x.shape[-1])
+
+    def row_sum(self, x: Tensor) -> Tensor:
+        """Σ over the steps and sequences of a (T, S, B, F) buffer, per seed: (S, F)."""
+        return self.rows(x).sum(1)
+
+    def total(self, x: Tensor) -> Tensor:
+        """Σ over the steps and sequences of a (T, S, B) buffer, per seed: (S,)."""
+        return x.sum((0, 2))
+
+    def weight_grad(self, a: Tensor, b: Tensor) -> Tensor:
+        """Σ_rows aᵀ b over each seed's T·B rows: one batched product (S, ·, ·)."""
+        return torch.bmm(self.rows(a).mT, self.rows(b))
+
+    def seed_weight_grads(self, a: Tensor, b: Tensor) -> Tensor:
+        """Σ_rows aᵀ b over each seed's T·B rows: S products, one per seed, stacked (S, ·, ·)."""
+        ra, rb = self.rows(a), self.rows(b)
+        return torch.stack([ra[k].t() @ rb[k] for k in range(self.seeds)])
+
+
+def layout_of(weight: Tensor, batch: int) -> OneModel:
+    """The layout of an unroll over ``batch`` sequences of the model owning ``weight``, a matrix parameter:
+    (·, ·) one model, (S, ·, ·) S stacked seeds. The one place where an unroll asks for the seed count."""
+    return StackedSeeds(weight.shape[0], batch) if weight.dim() == 3 else OneModel(batch)
 
 
 class WorkspaceSlot:

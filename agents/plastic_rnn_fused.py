@@ -46,7 +46,8 @@ batch of (H × H)·(H × 1) products several times slower than the same products
 Seeds as a batch dimension: as for Warp-RNN, a seed-batched model (agents.seed_batched) keeps its parameters
 stacked along a leading seed dimension [S, ...], the lead (B,) becomes (S, B) and the buffers (T, S, B, ·).
 The vector work of a step stays batched over seeds; the trace work (forward updates, the backward loop)
-runs seed by seed, so that one seed's B × H × H traces stay in cache — all S seeds' would not.
+runs seed by seed (``layout.parts``: the whole model once, or each seed), so that one seed's B × H × H traces
+stay in cache — all S seeds' would not.
 The code is dtype-generic (the tests run it in float64); the models offer it for float32 on the CPU only.
 """
 
@@ -57,7 +58,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from agents.fused_unroll import FusedUnroll, stacked_addmm, stacked_mm
+from agents.fused_unroll import FusedUnroll, OneModel, OneSeed, WholeModel, layout_of
 
 if TYPE_CHECKING:
     from agents.recurrent import ModulatedPlasticRNN
@@ -70,11 +71,6 @@ def _vec_mat(v: Tensor, m: Tensor, out: Tensor | None = None) -> Tensor:
     ``out`` a contiguous (..., H)."""
     H = m.shape[-1]
     return torch.bmm(v.reshape(-1, 1, H), m.view(-1, H, H), out=None if out is None else out.view(-1, 1, H))
-
-
-def _own(x: Tensor, k: int | None) -> Tensor:
-    """Seed k's part of a per-seed tensor (a stacked parameter, a scratch buffer); all of it for one model."""
-    return x if k is None else x[k]
 
 
 def _outer(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
@@ -91,17 +87,15 @@ def _dot(a: Tensor, b: Tensor, scratch: Tensor) -> Tensor:
 class _Workspace:
     """Every buffer of one plastic unroll and its backward pass: (T, B, ·), or (T, S, B, ·) for S seeds."""
 
-    def __init__(self, T: int, B: int, nx: int, H: int, seeds: int, retroactive: bool, dtype: torch.dtype) -> None:
-        self.key = (T, B, nx, H, seeds, retroactive, dtype)
+    def __init__(self, T: int, nx: int, H: int, layout: OneModel, retroactive: bool, dtype: torch.dtype) -> None:
+        self.key = (T, nx, H, layout.lead, retroactive, dtype)
         self.in_use = False
-        lead = (seeds, B) if seeds else (B,)
+        lead = layout.lead
 
         def rows(n: int, width: int) -> Tensor:
-            """Vectors that enter a weight product: seed-major storage seen as (n, S, B, width), so a seed's rows
-            over all steps are one block (as in agents.warp_rnn_fused)."""
-            if not seeds:
-                return torch.empty(n, B, width, dtype=dtype)
-            return torch.empty(seeds, n, B, width, dtype=dtype).transpose(0, 1)
+            """Vectors that enter a weight product: seed-major when stacked, so a seed's rows over all steps are
+            one block."""
+            return layout.buffer(n, width, dtype=dtype)
 
         def traces(*n: int) -> Tensor:
             return torch.empty(*n, *lead, H, H, dtype=dtype)
@@ -136,8 +130,8 @@ class PlasticRNNUnroll(FusedUnroll):
         c = model.config
         nx, H = c.obs_dim, c.hidden_size
         self.nx, self.H, self.B, self.T = nx, H, batch, steps
-        self.seeds = seeds = model.weight.shape[0] if model.weight.dim() == 3 else 0
-        self.lead = (seeds, batch) if seeds else (batch,)
+        self.layout = layout = layout_of(model.weight, batch)
+        self.lead = layout.lead
         eta = getattr(model, "eta", None)
         self.retroactive = eta is not None
         self.params = (model.weight_in, model.weight, model.alpha, model.modulation)
@@ -145,22 +139,19 @@ class PlasticRNNUnroll(FusedUnroll):
             self.params += (eta,)
         dtype = model.weight.dtype
         with torch.no_grad():
-            self.w_cat_t = torch.cat((model.weight_in, model.weight), -1).detach().mT  # [W_in, W]ᵀ
+            self.w_cat_t = layout.prepare(torch.cat((model.weight_in, model.weight), -1).detach().mT)  # [W_in, W]ᵀ
             self.w = model.weight.detach()
-            if seeds:  # bmm copies a strided operand at every call: once here instead
-                self.w_cat_t = self.w_cat_t.contiguous()
-            # α and the η-views broadcast against (…, B, H, H) traces; w as a column for the products.
-            self.alpha = model.alpha.detach().unsqueeze(1) if seeds else model.alpha.detach()
+            # α and η broadcast against (…, B, H, H) traces (η also (…, B, H)); w as a column for the products.
+            self.alpha = layout.over_batch(model.alpha.detach())
             self.w_mod = model.modulation.detach().unsqueeze(-1)  # (H, 1) or (S, H, 1)
             self.w_mod_row = model.modulation.detach().unsqueeze(-2)  # (1, H) or (S, 1, H)
             if eta is not None:
-                self.eta = eta.detach().view(seeds, 1, 1, 1) if seeds else eta.detach()
-                self.eta_v = self.eta.view(seeds, 1, 1) if seeds else self.eta  # against (…, B, H)
+                self.eta = layout.over_batch(eta.detach())  # (1,) or (S, 1, 1)
         one = torch.tensor(1.0, dtype=dtype)
         self.bound = float(torch.nextafter(one, 2 * one))  # just above 1: hardtanh's open bound = clamp's closed one
         # Reuse the model's workspace unless another unroll still holds it.
-        key = (steps, batch, nx, H, seeds, self.retroactive, dtype)
-        ws = self._take_workspace(model.fused_slot, key, lambda: _Workspace(*key))
+        ws = self._take_workspace(model.fused_slot, (steps, nx, H, layout.lead, self.retroactive, dtype),
+                                  lambda: _Workspace(steps, nx, H, layout, self.retroactive, dtype))
         ws.U[0, ..., nx:] = 0.0  # h_0 = 0
         ws.hebb.zero_()  # Hebb_0 = 0
         ws.plastic.zero_()  # P_1 h_0 = 0
@@ -173,30 +164,30 @@ class PlasticRNNUnroll(FusedUnroll):
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
         # h_t = tanh(P_t h_{t−1} + [W_in, W] [x_t, h_{t−1}]), P_t h_{t−1} prepared by the previous step
-        h = stacked_addmm(ws.plastic, u, self.w_cat_t, out=nxt[..., nx:]).tanh_()
-        m = stacked_mm(h, self.w_mod, out=ws.M[t]).tanh_()
+        h = self.layout.addmm(ws.plastic, u, self.w_cat_t, out=nxt[..., nx:]).tanh_()
+        m = self.layout.mm(h, self.w_mod, out=ws.M[t]).tanh_()
         if t + 1 < self.T:  # the last step's traces reach no output
             # Seed by seed: one seed's traces stay in cache through all of their updates.
-            for k in range(self.seeds) if self.seeds else [None]:
-                self._update_traces(t, k, _own(h, k), _own(u[..., nx:], k), _own(m, k))
+            for part in self.layout.parts:
+                self._update_traces(t, part, part.own(h), part.own(u[..., nx:]), part.own(m))
         self.t = t + 1
         return h
 
-    def _update_traces(self, t: int, k: int | None, h: Tensor, h_prev: Tensor, m: Tensor) -> None:
-        """Hebb_t (and E_t) of one model, or of seed k of a stack, then P_{t+1} h_t for the next step (the
+    def _update_traces(self, t: int, part: WholeModel | OneSeed, h: Tensor, h_prev: Tensor, m: Tensor) -> None:
+        """Hebb_t (and E_t) of one model, or of one seed of a stack, then P_{t+1} h_t for the next step (the
         ``t`` here is the 0-based step index)."""
-        ws = self.ws
-        hebb, q = _own(ws.hebb, k), _own(ws.Q[t], k)
+        ws, own = self.ws, part.own
+        hebb, q = own(ws.hebb), own(ws.Q[t])
         if self.retroactive:
-            E, E_next = _own(ws.E[t], k), _own(ws.E[t + 1], k)
+            E, E_next = own(ws.E[t]), own(ws.E[t + 1])
             torch.addcmul(hebb, m.unsqueeze(-1), E, out=q)  # Q_t = Hebb_{t−1} + M_t E_{t−1}
-            torch.lerp(E, _outer(h, h_prev, _own(ws.b, k)), _own(self.eta, k), out=E_next)
+            torch.lerp(E, _outer(h, h_prev, own(ws.b)), own(self.eta), out=E_next)
         else:
             # Q_t = Hebb_{t−1} + M_t h_t h_{t−1}ᵀ
             torch.addcmul(hebb, (h * m).unsqueeze(-1), h_prev.unsqueeze(-2), out=q)
         torch.clamp(q, -1.0, 1.0, out=hebb)
-        P = torch.mul(_own(self.alpha, k), hebb, out=_own(ws.a, k))
-        _vec_mat(h, P.mT, out=_own(ws.plastic, k))
+        P = torch.mul(own(self.alpha), hebb, out=own(ws.a))
+        _vec_mat(h, P.mT, out=own(ws.plastic))
 
     def hidden(self) -> Tensor:
         return self.ws.U[1:, ..., self.nx :]
@@ -207,40 +198,34 @@ class PlasticRNNUnroll(FusedUnroll):
         nx = self.nx
         ws.d.zero_()  # Σ_t Hebb_{t−1} ⊙ δ_t h_{t−1}ᵀ per sequence, summed into ∂α at the end
         # Seed by seed: one seed's traces (B × H × H) stay in cache through a step; all S seeds' would not.
-        for k in range(self.seeds) if self.seeds else [None]:
-            self._bptt(dH, k, needs[2])
+        for part in self.layout.parts:
+            self._bptt(dH, part, needs[2])
 
         grads: list[Tensor | None] = [None] * len(self.params)
         U = ws.U
         if needs[0] or needs[1]:
-            d_cat = self._weight_grad(ws.DPRE, U[:-1])
+            d_cat = self.layout.weight_grad(ws.DPRE, U[:-1])
             grads[0], grads[1] = d_cat[..., :nx].contiguous(), d_cat[..., nx:].contiguous()
         if needs[2]:
             grads[2] = ws.d.sum(-3)
         if needs[3]:
-            grads[3] = self._weight_grad(ws.DS, U[1:, ..., nx:]).squeeze(-2)
+            grads[3] = self.layout.weight_grad(ws.DS, U[1:, ..., nx:]).squeeze(-2)
         if self.retroactive and needs[4]:
-            d_eta = ws.DETA.sum((0, 2)) if self.seeds else ws.DETA.sum().view(1)
-            grads[4] = d_eta.view_as(self.params[4])
+            grads[4] = self.layout.total(ws.DETA).view_as(self.params[4])
         self.release()
         return tuple(grads)
 
-    def _bptt(self, dH: Tensor, k: int | None, need_alpha: bool) -> None:
-        """The backward loop for one model, or seed k of a stack: fills DPRE, DS (DETA) and ∂α's accumulator."""
+    def _bptt(self, dH: Tensor, part: WholeModel | OneSeed, need_alpha: bool) -> None:
+        """The backward loop for one model, or one seed of a stack: fills DPRE, DS (DETA) and ∂α's accumulator."""
         ws, T, nx, retro = self.ws, self.T, self.nx, self.retroactive
-
-        def steps(x: Tensor) -> Tensor:  # a (T, ·) buffer, seed k's part
-            return x if k is None else x[:, k]
-
-        def own(x: Tensor) -> Tensor:
-            return _own(x, k)
-
+        steps, own = part.steps, part.own  # this part of a (T, ·) buffer, of a per-model tensor
         U, M, Q, DPRE, DS, dH = steps(ws.U), steps(ws.M), steps(ws.Q), steps(ws.DPRE), steps(ws.DS), steps(dH)
         alpha, w, w_mod_row = own(self.alpha), own(self.w), own(self.w_mod_row)
         dQ, R, Hc, acc = own(ws.a), own(ws.b), own(ws.c), own(ws.d)  # forward scratch, reused
         if retro:
             E, DETA, D = steps(ws.E), steps(ws.DETA), own(ws.D).zero_()
-            decay, eta_v = 1 - own(self.eta), own(self.eta_v)
+            eta = own(self.eta)
+            decay = 1 - eta
             DETA[T - 1] = 0.0
         DS[T - 1] = 0.0
         # Local derivatives for all steps at once: tanh' of h_t and of M_t.
@@ -257,8 +242,8 @@ class PlasticRNNUnroll(FusedUnroll):
                 if retro:
                     dm = _dot(dQ, E[t], R).unsqueeze(-1)
                     D_h = _vec_mat(h_prev, D.mT).view_as(dh)  # D_t h_{t−1}
-                    dh.addcmul_(D_h, eta_v)
-                    to_prev = _vec_mat(h, D).view_as(dh).mul_(eta_v)  # η D_tᵀ h_t
+                    dh.addcmul_(D_h, eta)
+                    to_prev = _vec_mat(h, D).view_as(dh).mul_(eta)  # η D_tᵀ h_t
                     # ∂η: ⟨D_t, h_t h_{t−1}ᵀ − E_{t−1}⟩ = h_tᵀ D_t h_{t−1} − ⟨D_t, E_{t−1}⟩
                     torch.sub((D_h * h).sum(-1), _dot(D, E[t], R), out=DETA[t])
                     D.mul_(decay).addcmul_(m.unsqueeze(-1), dQ)  # D_{t−1}
@@ -272,7 +257,7 @@ class PlasticRNNUnroll(FusedUnroll):
             dpre = torch.mul(dh, dtanh_h[t], out=DPRE[t])
             if t == 0:  # Hebb_0 = 0, and h_0 needs no gradient
                 break
-            carry = stacked_mm(dpre, w) if to_prev is None else stacked_addmm(to_prev, dpre, w)
+            carry = torch.mm(dpre, w) if to_prev is None else torch.addmm(to_prev, dpre, w)  # one part: matrices
             torch.clamp(Q[t - 1], -1.0, 1.0, out=Hc)  # Hebb_{t−1}
             _outer(dpre, h_prev, R)  # ∂L/∂P_t
             if need_alpha:
@@ -284,14 +269,3 @@ class PlasticRNNUnroll(FusedUnroll):
                 torch.mul(alpha, R, out=dQ)
             _clip_backward(dQ, Q[t - 1], -self.bound, self.bound, grad_input=dQ)
             carry.add_(_vec_mat(dpre, torch.mul(alpha, Hc, out=R)).view_as(dh))  # P_tᵀ δ_t
-
-    def _rows(self, x: Tensor) -> Tensor:
-        """(T, B, F) → (T·B, F); seed-stacked (T, S, B, F) → (S, T·B, F) (a view of the seed-major storage)."""
-        if self.seeds:
-            return x.transpose(0, 1).reshape(self.seeds, -1, x.shape[-1])
-        return x.reshape(-1, x.shape[-1])
-
-    def _weight_grad(self, a: Tensor, b: Tensor) -> Tensor:
-        """Σ_rows aᵀ b over all T·B rows, per seed when stacked."""
-        ra, rb = self._rows(a), self._rows(b)
-        return torch.bmm(ra.mT, rb) if self.seeds else ra.t() @ rb

@@ -15,7 +15,8 @@ because this torch build's CPU tanh kernel is several times slower than its sigm
 Seeds as a batch dimension: a seed-batched Warp-RNN (agents.seed_batched) keeps every parameter stacked
 along a leading seed dimension, [S, ...]; the same code then runs with a (S, B) lead instead of (B,) — every
 matrix product becomes its batched form (bmm / baddbmm) and the buffers gain a seed axis after time,
-(T, S, B, ·). A single model takes exactly the calls it took before seeds were added.
+(T, S, B, ·). The layout (agents.fused_unroll: ``OneModel`` or ``StackedSeeds``) holds these choices; a single
+model takes exactly the calls it took before seeds were added.
 
 Notation (per step t; nx = obs size, H = hidden, K = warp hidden, G = nx + 4H gates):
     u_t = [x_t, h_{t−1}, z_{t−1}]                        warp-LSTM input and recurrent state, one row
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from agents.fused_unroll import FusedUnroll, stacked_addmm, stacked_mm
+from agents.fused_unroll import FusedUnroll, OneModel, layout_of
 
 if TYPE_CHECKING:
     from agents.recurrent import WarpRNN
@@ -40,28 +41,21 @@ if TYPE_CHECKING:
 class _Workspace:
     """Every (T, B, ·) buffer — (T, S, B, ·) for S stacked seeds — of one unroll and its backward pass."""
 
-    def __init__(self, T: int, B: int, nx: int, H: int, K: int, seeds: int = 0) -> None:
+    def __init__(self, T: int, nx: int, H: int, K: int, layout: OneModel) -> None:
         G = nx + 4 * H
-        self.key = (T, B, nx, H, K, seeds)
+        self.key = (T, nx, H, K, layout.lead)
         self.in_use = False
 
-        def e(n: int, *shape: int, by_seed: bool = True) -> Tensor:
-            if not seeds:
-                return torch.empty(n, B, *shape)
-            if not by_seed:  # written by a batched product at each step: one contiguous block per step
-                return torch.empty(n, seeds, B, *shape)
-            # Seed-major storage seen as (n, S, B, ·): a seed's rows over all steps are one contiguous
-            # block, so the weight products of the backward pass take them without copying.
-            return torch.empty(seeds, n, B, *shape).transpose(0, 1)
+        e = layout.buffer  # seed_major=False: written by a batched product at each step, one block per step
         # Forward. Row t of U is [x_t, h_{t−1}, z_{t−1}]; h_t and z_t are written into row t + 1.
         self.U = e(T + 1, nx + H + K)
-        self.S = e(T, 4 * K, by_seed=False)  # LSTM gates (i, f, g, o), activated
+        self.S = e(T, 4 * K, seed_major=False)  # LSTM gates (i, f, g, o), activated
         self.C = e(T + 1, K)  # C[t + 1] = c_t
         self.TC = e(T, K)  # tanh(c_t)
-        self.PG = e(T, G, by_seed=False)  # warp gates p_t
+        self.PG = e(T, G, seed_major=False)  # warp gates p_t
         self.XS = e(T, nx)  # x ⊙ p_x
         self.HS = e(T, H)  # h_{t−1} ⊙ p_h
-        self.MMB = e(T, 3, H, by_seed=False)  # (m1, m2, b): what p_i, p_hh, p_b multiply
+        self.MMB = e(T, 3, H, seed_major=False)  # (m1, m2, b): what p_i, p_hh, p_b multiply
         # Backward: local derivatives, then per-step gradients kept for the weight products.
         self.Dh = e(T, H)
         self.Dp = e(T, G)
@@ -93,8 +87,9 @@ class WarpRNNUnroll(FusedUnroll):
         c = model.config
         nx, H, K = c.obs_dim, c.hidden_size, c.warp_hidden_size
         self.nx, self.H, self.K, self.B, self.T, self.G = nx, H, K, batch, steps, nx + 4 * H
-        self.seeds = seeds = model.weight_hh.shape[0] if model.weight_hh.dim() == 3 else 0
-        self.lead = (seeds, batch) if seeds else (batch,)
+        self.layout = layout = layout_of(model.weight_hh, batch)
+        self.lead = layout.lead
+        self.mm, self.addmm = layout.mm, layout.addmm
         lstm, proj = model.warp.lstm, model.warp.projection
         self.params = (
             model.weight_ih, model.weight_hh, model.bias,
@@ -103,27 +98,22 @@ class WarpRNNUnroll(FusedUnroll):
         with torch.no_grad():
             self.w_ih = model.weight_ih.detach()
             self.w_hh = model.weight_hh.detach()
-            self.b = model.bias.detach()
+            self.b = layout.over_batch(model.bias.detach())  # per seed: broadcast over its B sequences
             self.A = torch.cat((lstm.weight_ih, lstm.weight_hh), -1)  # (4K, nx + H + K)
-            self.A_rec = self.A[..., nx:]  # the columns acting on [h_{t−1}, z_{t−1}]
-            if seeds:  # bmm copies a strided operand at every call: once here instead
-                self.A_rec = self.A_rec.contiguous()
+            self.A_rec = layout.prepare(self.A[..., nx:])  # the columns acting on [h_{t−1}, z_{t−1}]
             self.P = proj.weight.detach()  # (G, K)
             # σ-form: one sigmoid over all four LSTM gates, the g rows scaled by 2 (tanh a = 2σ(2a) − 1);
             # the projection likewise.
             scale = torch.ones(4 * K, 1)
             scale[2 * K : 3 * K] = 2.0
             self.A_fwd_t = (self.A * scale).mT
-            self.a_bias_fwd = (lstm.bias_ih + lstm.bias_hh) * scale.squeeze(1)
+            self.a_bias_fwd = layout.over_batch((lstm.bias_ih + lstm.bias_hh) * scale.squeeze(1))
             self.P2_t = (2.0 * self.P).mT
             self.w_ih_t = self.w_ih.mT
             self.w_hh_t = self.w_hh.mT
-            if seeds:  # per-seed row vectors broadcast over the B sequences of their seed
-                self.a_bias_fwd = self.a_bias_fwd.unsqueeze(1)
-                self.b = self.b.unsqueeze(1)
         # Reuse the model's workspace unless another unroll still holds it.
-        key = (steps, batch, nx, H, K, seeds)
-        ws = self._take_workspace(model.fused_slot, key, lambda: _Workspace(*key))
+        ws = self._take_workspace(model.fused_slot, (steps, nx, H, K, layout.lead),
+                                  lambda: _Workspace(steps, nx, H, K, layout))
         ws.U[0, ..., nx:] = 0.0  # h_0 = z_0 = 0
         ws.C[0] = 0.0
         ws.MMB[..., 2, :] = self.b
@@ -133,16 +123,16 @@ class WarpRNNUnroll(FusedUnroll):
         ws = self._next_step()
         u, nxt = ws.U[t], ws.U[t + 1]
         u[..., :nx].copy_(x)
-        s = stacked_addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
+        s = self.addmm(self.a_bias_fwd, u, self.A_fwd_t, out=ws.S[t]).sigmoid_()
         i, f, g, o = s.split(K, -1)
         g.mul_(2).sub_(1)
         c = torch.mul(f, ws.C[t], out=ws.C[t + 1]).addcmul_(i, g)
         z = torch.mul(o, torch.tanh(c, out=ws.TC[t]), out=nxt[..., nx + H :])
-        p = stacked_mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
+        p = self.mm(z, self.P2_t, out=ws.PG[t]).sigmoid_().mul_(2).sub_(1)
         p_x, p_h, p_i, p_hh, p_b = p.split((nx, H, H, H, H), -1)
         mmb = ws.MMB[t]
-        m1 = stacked_mm(torch.mul(u[..., :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[..., 0, :])
-        m2 = stacked_mm(torch.mul(u[..., nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[..., 1, :])
+        m1 = self.mm(torch.mul(u[..., :nx], p_x, out=ws.XS[t]), self.w_ih_t, out=mmb[..., 0, :])
+        m2 = self.mm(torch.mul(u[..., nx : nx + H], p_h, out=ws.HS[t]), self.w_hh_t, out=mmb[..., 1, :])
         h = torch.mul(self.b, p_b, out=nxt[..., nx : nx + H]).addcmul_(m1, p_i).addcmul_(m2, p_hh).tanh_()
         self.t = t + 1
         return h
@@ -153,8 +143,8 @@ class WarpRNNUnroll(FusedUnroll):
     # ------------------------------------------------------------------------------------------------
     def backward(self, dH: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
         ws = self._backward_workspace()
-        T, B, nx, H, K = self.T, self.B, self.nx, self.H, self.K
-        lead, seeds = self.lead, self.seeds
+        T, nx, H, K = self.T, self.nx, self.H, self.K
+        lead, layout, mm = self.lead, self.layout, self.mm
         U, S, PG = ws.U, ws.S, ws.PG
         Ig, Fg, Gc, Og = S.split(K, -1)       # the LSTM gates i, f, g, o
         # Local derivatives for all steps at once, in place in the workspace.
@@ -179,45 +169,29 @@ class WarpRNNUnroll(FusedUnroll):
             dm2 = torch.mul(dpre, P_hh[t], out=ws.DM2[t])
             dq = DQ[t]
             xhd = ws.XHD[t]
-            torch.mul(stacked_mm(dm1, self.w_ih), xhd[..., :nx], out=dq[..., :nx])
-            dhs = stacked_mm(dm2, self.w_hh)
+            torch.mul(mm(dm1, self.w_ih), xhd[..., :nx], out=dq[..., :nx])
+            dhs = mm(dm2, self.w_hh)
             torch.mul(dhs, xhd[..., nx:], out=dq[..., nx : nx + H])
             torch.mul(ws.MMBD[t], dpre.unsqueeze(-2), out=dq[..., nx + H :].view(*lead, 3, H))
-            dz = stacked_addmm(carry_z, dq, self.P)
+            dz = self.addmm(carry_z, dq, self.P)
             dc = torch.addcmul(carry_c, dz, ws.OD[t])
             da = DA[t]
             torch.mul(ws.GCI[t], dc.unsqueeze(-2), out=da[..., : 3 * K].view(*lead, 3, K))
             torch.mul(dz, ws.OSD[t], out=da[..., 3 * K :])
             carry_c = dc * Fg[t]
-            du = stacked_mm(da, self.A_rec)
+            du = mm(da, self.A_rec)
             carry_h = torch.addcmul(du[..., :H], dhs, P_h[t])
             carry_z = du[..., H:]
 
-        def rows(x: Tensor) -> Tensor:
-            """(T, B, F) → (T·B, F); seed-stacked (T, S, B, F) → (S, T·B, F) (a view of the seed-major
-            storage)."""
-            if seeds:
-                return x.transpose(0, 1).reshape(seeds, T * B, x.shape[-1])
-            return x.reshape(T * B, x.shape[-1])
-
-        def weight_grad(a: Tensor, b: Tensor) -> Tensor:
-            """Σ_rows aᵀ b: one product over all T·B rows; per seed, each seed's own (S large products)."""
-            if seeds:
-                ra, rb = rows(a), rows(b)
-                return torch.stack([ra[k].t() @ rb[k] for k in range(seeds)])
-            return rows(a).t() @ rows(b)
-
-        def row_sum(x: Tensor) -> Tensor:
-            return rows(x).sum(1) if seeds else x.sum((0, 1))
-
+        # Σ_rows aᵀ b over all T·B rows (each seed's own when stacked, as S large products)
+        weight_grad, row_sum = layout.seed_weight_grads, layout.row_sum
         grads: list[Tensor | None] = [None] * 8
         if needs[0]:
             grads[0] = weight_grad(ws.DM1, ws.XS)
         if needs[1]:
             grads[1] = weight_grad(ws.DM2, ws.HS)
-        if needs[2]:  # seed-batched: into a spent buffer (a fresh 24 MB one page-faults on every unroll)
-            pb = PG[..., nx + 3 * H :]
-            grads[2] = row_sum(torch.mul(ws.DPRE, pb, out=ws.DM1) if seeds else ws.DPRE * pb)
+        if needs[2]:  # into a spent buffer (a fresh one, 24 MB seed-batched, page-faults on every unroll)
+            grads[2] = row_sum(torch.mul(ws.DPRE, PG[..., nx + 3 * H :], out=ws.DM1))
         if any(needs[3:7]):
             dA = weight_grad(DA, U[:-1])
             d_bias = row_sum(DA)

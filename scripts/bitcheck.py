@@ -88,6 +88,9 @@ RUNS: dict[str, tuple[str | dict, list[str]]] = {
     "maze_seeds_warp_rnn": (_maze_seeds("warp-rnn", [0, 1]), []),
     "maze_seeds_warp_rnn_same_loss": (_maze_seeds("warp-rnn", [0, 1], "same_loss"), []),
     "maze_seeds_plastic": (_maze_seeds("plastic-rnn", [0, 1]), []),
+    "maze_seeds_plastic_retro": (_maze_seeds("plastic-rnn-retroactive", [0, 1]), []),
+    "maze_plastic": (_maze_seeds("plastic-rnn", []), []),  # the single fused plastic unrolls
+    "maze_plastic_retro": (_maze_seeds("plastic-rnn-retroactive", []), []),
     "maze_seeds_rnn_single": (_maze_seeds("rnn", []), []),
 }
 
