@@ -92,7 +92,8 @@ class OneModel:
 
 
 class StackedSeeds(OneModel):
-    """S seed-stacked models: step tensors (S, B, ·), products bmm / baddbmm, buffers (n, S, B, ·)."""
+    """S seed-stacked models: step tensors (S, B, ·), products bmm / baddbmm, buffers (n, S, B, ·). It takes
+    only OneModel's interface (every method is its own)."""
 
     mm = staticmethod(torch.bmm)
     addmm = staticmethod(torch.baddbmm)
