@@ -105,3 +105,21 @@ def test_held_out_runs_spread_over_two_ranks_give_one_process_results(tmp_path):
     assert np.isfinite(table["Breakout"]["meta_init"]["final_score"])    # games finished: scores compared
     eval_json = json.loads((trained / "eval.json").read_text())
     assert eval_json["games"] == json.loads((one / "eval_atari.json").read_text())["games"]
+
+
+@pytest.mark.parametrize("one_node", [True, False])
+def test_a_ranks_finished_part_is_on_disk_before_the_ranks_gather_on_one_node(one_node, tmp_path):
+    """A run killed before its ranks gather (a session's end) keeps every part a rank of its node finished;
+    a rank on another node hands its parts to rank 0, which saves them, once."""
+    from test_reliability3 import SETTINGS, good_part
+
+    from train.tasks.atari_eval import Outbox
+    from train.tasks.atari_eval_parts import Parts
+    parts = Parts(tmp_path, "test")
+    rank1, rank0 = (Outbox(tmp_path, parts, main, local=one_node) for main in (False, True))
+    rank1.save(good_part())
+    on_disk = parts.path("Breakout", "meta_init", 0)
+    assert on_disk.is_file() == one_node
+    received = rank0.receive(rank1.sent)           # what rank 0 does with the gathered parts
+    assert on_disk.is_file()
+    assert received == {("Breakout", "meta_init", 0): parts.load("Breakout", "meta_init", 0, SETTINGS, None)}

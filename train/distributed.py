@@ -33,6 +33,11 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def one_node(self) -> bool:
+        """Every rank on one machine (torchrun's local world is the whole world): they share its disk."""
+        return self.local_size == self.size
+
     def mine(self, items: list, costs: Sequence[float] | None = None) -> list:
         """This rank's share of a meta-batch: items k with k mod size == rank, or with ``costs`` (the same on
         every rank) the items :func:`longest_first` gives this rank."""

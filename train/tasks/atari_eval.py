@@ -154,7 +154,7 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
         _say(bar, f"held-out: {len(done)} of {len(runs)} runs read from {parts.folder} (finished earlier)")
     if show and world.size > 1:
         _say(bar, f"held-out: {len(runs) - len(done)} runs spread over {world.size} ranks ({len(mine)} on rank 0)")
-    outbox = Outbox(run_dir, parts, world.is_main)
+    outbox = Outbox(run_dir, parts, world.is_main, local=world.one_node)
     finished: dict[tuple[str, str, int], dict[str, Any]] = {}
     if adapter.config.a2c.batched:
         # a2c.batched: a game's unfinished (init, seed) runs of this rank train at once, as one stacked model
@@ -221,29 +221,35 @@ def evaluate_atari(cfg: Any, adapter: Any, meta: Any, run_dir: Path, step: int, 
 
 
 class Outbox:
-    """Where a rank's finished parts go: saved at once on rank 0 (``Parts.save``); on another rank kept, with
-    their GIF and MP4 bytes, in ``sent`` for rank 0, which saves them (:meth:`receive`) — the ranks need not share
-    a file system."""
+    """Where a rank's finished parts go: saved at once by rank 0 and by every rank of a one-node run (``local``:
+    they share its disk), so a run killed before the ranks gather keeps every finished part; a rank on another
+    node keeps them, with their GIF and MP4 bytes, in ``sent`` for rank 0, which saves them (:meth:`receive`) —
+    the nodes need not share a file system. A local rank's part goes to rank 0 too (as saved, without bytes)."""
 
-    def __init__(self, run_dir: Path, parts: Parts, main: bool) -> None:
-        self.run_dir, self.parts, self.main = Path(run_dir), parts, main
+    def __init__(self, run_dir: Path, parts: Parts, main: bool, local: bool = False) -> None:
+        self.run_dir, self.parts, self.main, self.local = Path(run_dir), parts, main, local
         self.sent: list[tuple[dict[str, Any], bytes | None, bytes | None]] = []
 
     def save(self, part: dict[str, Any], gif: bytes | None = None) -> dict[str, Any]:
         """``Parts.save``'s contract: the part as a later evaluation reads it back."""
-        if self.main:
-            return self.parts.save(part, gif)
+        if self.main or self.local:
+            saved = self.parts.save(part, gif)
+            if not self.main:
+                self.sent.append((saved, None, None))
+            return saved
         mp4 = (self.run_dir / part["video"]["entry"]["file"]).read_bytes() if gif is not None else None
         self.sent.append((part, gif, mp4))
         return part
 
     def receive(self, sent: list) -> dict[tuple[str, str, int], dict[str, Any]]:
-        """Rank 0: save another rank's parts (MP4 first, then the part: its JSON marks it finished)."""
+        """Rank 0: save another node's parts (MP4 first, then the part: its JSON marks it finished); a local
+        rank's are on disk already."""
         out = {}
         for part, gif, mp4 in sent:
             if mp4 is not None:
                 write_bytes_atomic(self.run_dir / part["video"]["entry"]["file"], mp4)
-            out[(part["game"], part["init"], part["seed"])] = self.parts.save(part, gif)
+            key = (part["game"], part["init"], part["seed"])
+            out[key] = part if self.local else self.parts.save(part, gif)
         return out
 
 
