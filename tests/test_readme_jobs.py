@@ -2,8 +2,8 @@
 
 Each command is run as the README prints it, from a folder that holds the repository's `configs/` and `tests/`
 (so its relative paths mean what they mean in a clone), with the environment's executables first on PATH, as
-`. .venv/bin/activate` puts them. The one change: ``tiny`` appends dotted overrides (fewer steps, games, seeds
-and envs: config keys docs/cli.md documents) after the command's config, so that the job runs in seconds.
+`. .venv/bin/activate` puts them. The one change: ``tiny`` adds dotted overrides (fewer steps, games, seeds and
+envs: config keys docs/cli.md documents) after the command's own, so that the job runs in seconds.
 Commands that need what this machine may lack are run where they can be: the CUDA line must stop in one line
 (exit 2) without CUDA, the two-node line runs as two local nodes of one process each.
 """
@@ -34,11 +34,11 @@ OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 ATARI, MAZE, SUPERVISED, DEVICES = ("Meta-train an Atari", "Train Warp-RNN maze", "Omniglot, tieredImageNet",
                                     "Run on GPUs")
 
-ATARI_TINY = ["inner.steps=400", "meta.steps=1", "meta.meta_batch=1", "eval.tasks=1", "eval.steps=800",
+ATARI_TINY = ["inner.steps=400", "meta.steps=1", "meta.meta_batch=2", "eval.tasks=1", "eval.steps=800",
               "atari.a2c.num_envs=4", "run.threads=1"]
 TINY = {    # config → overrides that make its run tiny
     "configs/atari_leap.yaml": ATARI_TINY,
-    "configs/atari_leap_paper.yaml": [*ATARI_TINY, "meta.meta_batch=2", "atari.test_games=[Breakout]"],
+    "configs/atari_leap_paper.yaml": [*ATARI_TINY, "atari.test_games=[Breakout]"],
     "configs/maze_warp_rnn_10seeds.yaml": ["meta.steps=1", "meta.every=2", "maze.batch=4", "maze.final_window=8"],
     "configs/maze_rnn_10seeds.yaml": ["meta.steps=1", "meta.every=2", "maze.batch=4", "maze.final_window=8"],
     "configs/omniglot_quick_leap.yaml": ["meta.steps=1", "meta.meta_batch=1", "inner.steps=2", "eval.tasks=1",
@@ -56,12 +56,14 @@ def section_commands(heading: str) -> list[list[str]]:
 
 
 def tiny(cmd: list[str]) -> list[str]:
-    """``cmd`` with its config's tiny overrides after the config (and the environment's executables)."""
+    """``cmd`` with its config's tiny overrides after the command's own (before its next option, so that they win
+    and the parser takes them as overrides), and the environment's executables."""
     out = [str(BIN / cmd[0]) if (BIN / cmd[0]).is_file() else sys.executable if cmd[0] == "python" else cmd[0],
            *cmd[1:]]
     for i, word in enumerate(out):
         if word in TINY:
-            return [*out[:i + 1], *TINY[word], *out[i + 1:]]
+            j = next((j for j in range(i + 1, len(out)) if out[j].startswith("--")), len(out))
+            return [*out[:j], *TINY[word], *out[j:]]
     return out
 
 
@@ -88,8 +90,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tensorboard_lists_runs(cmd: list[str], cwd: Path, env: dict) -> list[str]:
-    """Start the README's TensorBoard command, read its list of runs over HTTP, stop it."""
+def tensorboard_lists(cmd: list[str], cwd: Path, env: dict, run: str) -> bool:
+    """Start the README's TensorBoard command, wait until its list of runs (over HTTP) has ``run``, stop it."""
     proc = subprocess.Popen(tiny(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, url = time.time() + 120, None
@@ -101,13 +103,12 @@ def tensorboard_lists_runs(cmd: list[str], cwd: Path, env: dict) -> list[str]:
         while time.time() < deadline:
             try:
                 with urllib.request.urlopen(url + "data/runs", timeout=10) as response:
-                    runs = json.loads(response.read())
-                if runs:
-                    return runs
+                    if run in json.loads(response.read()):
+                        return True
             except OSError:
                 pass
             time.sleep(1)
-        return []
+        return False
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -124,7 +125,7 @@ def test_atari_section(clone):
     run_dir = cwd / train[train.index("--run-dir") + 1]
     assert re.search(r"^Atlantis +random init", out.stderr, re.M) and re.search(r"^Atlantis +Leap init", out.stderr,
                                                                                  re.M)
-    assert any(r.startswith("eval/meta_init") for r in tensorboard_lists_runs(board, cwd, env))
+    assert tensorboard_lists(board, cwd, env, f"{run_dir.name}/eval/meta_init")
     run(evaluate, cwd, env)
     assert sorted(p.name for p in (run_dir / "videos").glob("*.mp4")) == ["Atlantis_meta_init.mp4",
                                                                           "Atlantis_random_init.mp4"]
