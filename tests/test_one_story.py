@@ -42,10 +42,10 @@ def printed_commands(text: str) -> list[list[str]]:
     return out
 
 
-def readme_commands() -> list[list[str]]:
-    """Every command line of the README's shell blocks (not its Python snippets): ``a && b`` as two, a line
-    ending in ``\\`` joined to the next, the comment after ``#`` dropped."""
-    text = (ROOT / "README.md").read_text()
+def readme_commands(text: str | None = None) -> list[list[str]]:
+    """Every command line of the README's shell blocks (or ``text``'s; not the Python snippets): ``a && b`` as two,
+    a line ending in ``\\`` joined to the next, the comment after ``#`` dropped."""
+    text = (ROOT / "README.md").read_text() if text is None else text
     commands = []
     for block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S):
         if block[0] not in ("", "sh", "bash", "console"):

@@ -23,12 +23,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 TRAIN_EPILOG = """\
-configs: configs/*.yaml in the repository, one per experiment (the README's "Configs" table says which
-  job each serves); e.g. metarl train configs/atari_leap.yaml run.threads=1
-keys: every key, its default and its meaning are in train/config.py (name, seed, task, method, run.*,
-  meta.*, inner.*, eval.*, maml.*), the task's module train/tasks/<task>.py (atari.*, maze.*, omniglot.*,
-  ...) and the method's module in metarl/ (leap.*, warpgrad.*, lazy.*); a run's saved config.yaml lists
-  every key with the value it used."""
+configs: configs/*.yaml in the repository, one per experiment; e.g. metarl train configs/atari_leap.yaml
+  run.threads=1
+keys: docs/cli.md lists every config file with the job it serves and every key with its default and its
+  meaning (the defaults live in train/config.py, train/tasks/<task>.py and the method's module in metarl/);
+  a run's saved config.yaml lists every key with the value it used."""
 
 
 def _parser() -> argparse.ArgumentParser:

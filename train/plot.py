@@ -16,7 +16,7 @@ Defaults per task, from the tags a run has (``select_series``):
 in it (``charts/episodic_return``, ``eval/episodic_return``) is expanded to its per-game tags, one panel each.
 Games are never mixed in one line. Runs of one experiment with different seeds are grouped, a line being their
 mean ± sample std (band; train/stats.py), over the runs that have a point there (no run is extended past its
-ends); a run folder's group is its name without the seed: ``<group>__<seed>`` (the README's convention), or
+ends); a run folder's group is its name without the seed: ``<group>__<seed>`` (docs/run_dir.md), or
 ``<group>_s<seed>`` / ``<group>_seed<seed>``. The legend gives each line's number of runs (or seeds), n. Lines of
 few points carry markers, so a single point shows. A seed-batched maze run's curve is its seeds'
 (``seed_<k>/games``), n of them.
