@@ -132,9 +132,10 @@ def test_a_resumed_runs_events_read_without_purge_warnings(tmp_path, caplog):
 def test_csv_holds_the_raw_points_of_every_run(tmp_path):
     import csv
 
-    from train.plot import write_csv
+    from train.plot import load_runs, write_csv
     dirs = [atari_run(tmp_path, "atari_leap__0"), atari_run(tmp_path, "atari_leap__1", evaluated=False)]
-    rows = list(csv.DictReader(open(write_csv(dirs, "charts/episodic_return", tmp_path / "points.csv"))))
+    runs = load_runs(dirs, "charts/episodic_return")
+    rows = list(csv.DictReader(open(write_csv(runs, tmp_path / "points.csv"))))
     # the training games' points, unsmoothed: two visits' steps per game per run, values as logged
     got = sorted((r["run"], r["panel"], int(r["step"]), float(r["value"])) for r in rows)
     want = sorted((run, game, step, scale + step / 100) for run in ("atari_leap__0", "atari_leap__1")
@@ -144,7 +145,8 @@ def test_csv_holds_the_raw_points_of_every_run(tmp_path):
 
 def test_csv_is_refused_over_a_runs_own_file(tmp_path):
     from train.errors import UserError
-    from train.plot import write_csv
+    from train.plot import plot_runs
     d = atari_run(tmp_path, "atari_leap__0")
     with pytest.raises(UserError, match="run's own config.yaml"):
-        write_csv([d], None, d / "config.yaml")
+        plot_runs([d], csv=str(d / "config.yaml"), out=str(tmp_path / "plot.png"))
+    assert not (tmp_path / "plot.png").exists()          # checked before anything is drawn

@@ -285,11 +285,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs, write_csv
-    run_dirs = [Path(d) for d in args.run_dirs]
+    from .plot import plot_runs
+    out = plot_runs([Path(d) for d in args.run_dirs], tag=args.tag, out=args.out, csv=args.csv)
     if args.csv:
-        print(f"wrote {write_csv(run_dirs, args.tag, args.csv)}")
-    out = plot_runs(run_dirs, tag=args.tag, out=args.out)
+        print(f"wrote {args.csv}")
     print(f"wrote {out}")
     return 0
 

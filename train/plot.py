@@ -187,21 +187,25 @@ def run_group(folder: str) -> str:
     return re.sub(r"_s(?:eed)?\d+$", "", folder.split("__")[0]) or folder
 
 
-def collect(run_dirs: list[Path], tag: str | None = None) -> tuple[str, dict[str, dict[str, list[Series]]]]:
-    """{panel: {line label: [the series of each run in the group]}} over ``run_dirs``: runs named alike
+Loaded = list[tuple[Path, str, list[Series]]]     # each run's (folder, y-axis name, series): load_runs
+
+
+def load_runs(run_dirs: list[Path], tag: str | None = None) -> Loaded:
+    """Each run's series (``select_series``), its event files read once for the figure and the CSV alike."""
+    return [(Path(d), *select_series(Path(d), tag)) for d in run_dirs]
+
+
+def collect(runs: Loaded) -> tuple[str, dict[str, dict[str, list[Series]]]]:
+    """{panel: {line label: [the series of each run in the group]}} over loaded ``runs``: runs named alike
     (``run_group``) are one group; with several groups a line is labelled ``<group> <init>``."""
-    chosen, per_run = None, []
-    for d in run_dirs:
-        name, series = select_series(Path(d), tag)
-        chosen = chosen or name
-        per_run.append((run_group(Path(d).name), series))
+    per_run = [(run_group(d.name), series) for d, _, series in runs]
     several = len({g for g, _ in per_run}) > 1
     panels: dict[str, dict[str, list[Series]]] = defaultdict(lambda: defaultdict(list))
     for group, series in per_run:
         for s in series:
             label = " ".join(p for p in (group if several or not s.label else "", s.label) if p)
             panels[s.panel][label or group].append(s)
-    return chosen, panels
+    return runs[0][1], panels
 
 
 # Files a run writes itself (train/trainer.py, train/tasks/*): a figure saved with --out never replaces one.
@@ -230,14 +234,22 @@ def save_figure(fig, path: Path, **kwargs) -> Path:
     return write_bytes_atomic(path, data.getvalue())
 
 
-def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = None, window: int = 0) -> Path:
+def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = None, window: int = 0,
+              csv: str | None = None) -> Path:
+    """`metarl plot`: the figure (at ``out``, else in the first run's folder; its path returned) and, with
+    ``csv``, its points (``write_csv``); both destinations checked before anything is read."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if out:
         check_out(Path(out))
-    fig = figure(run_dirs, tag, window)
+    if csv:
+        check_out(Path(csv), "--csv")
+    runs = load_runs(run_dirs, tag)
+    if csv:
+        write_csv(runs, csv)
+    fig = figure(run_dirs, tag, window, runs=runs)
     chosen = fig._metarl_tag
     path = Path(out) if out else Path(run_dirs[0]) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', chosen).strip('_')}.png"
     try:
@@ -247,9 +259,10 @@ def plot_runs(run_dirs: list[Path], tag: str | None = None, out: str | None = No
     return path
 
 
-def write_csv(run_dirs: list[Path], tag: str | None, path: str | Path) -> Path:
-    """The raw points behind a plot, one row each (``run,panel,line,step,value``; unsmoothed, unaveraged) — the
-    compact evidence a results page keeps beside its figure. Written atomically (``check_out`` rules)."""
+def write_csv(runs: Loaded, path: str | Path) -> Path:
+    """The raw points behind a plot of loaded ``runs``, one row each (``run,panel,line,step,value``; unsmoothed,
+    unaveraged) — the compact evidence a results page keeps beside its figure. Written atomically (``check_out``
+    rules)."""
     import csv
     import io
 
@@ -258,19 +271,20 @@ def write_csv(run_dirs: list[Path], tag: str | None, path: str | Path) -> Path:
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\n")
     rows.writerow(["run", "panel", "line", "step", "value"])
-    for d in run_dirs:
-        for s in select_series(Path(d), tag)[1]:
-            rows.writerows([Path(d).name, s.panel, s.label, int(x), repr(float(y))] for x, y in zip(s.steps, s.values))
+    for d, _, series in runs:
+        for s in series:
+            rows.writerows([d.name, s.panel, s.label, int(x), repr(float(y))] for x, y in zip(s.steps, s.values))
     return write_text_atomic(path, text.getvalue())
 
 
-def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0):
-    """The matplotlib figure `metarl plot` saves: one axes per panel (game), titled by it, one line per label."""
+def figure(run_dirs: list[Path], tag: str | None = None, window: int = 0, runs: Loaded | None = None):
+    """The matplotlib figure `metarl plot` saves: one axes per panel (game), titled by it, one line per label
+    (``runs``: the runs already loaded by ``load_runs``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen, panels = collect(run_dirs, tag)
+    chosen, panels = collect(runs if runs is not None else load_runs(run_dirs, tag))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
