@@ -34,6 +34,7 @@ import numpy as np
 from .errors import UserError
 from .names import RANDOM_INIT
 from .report_data import Curve, Runs, Score, load_runs
+from .stats import mean_std
 
 ORDER = ("human_normalised", "score", "human_normalised_auc", "score_auc", "return_last_mean",
          "test_accuracy", "test_loss", "auc", "final_loss")
@@ -230,12 +231,9 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
             group = [s for s in scores if s.task == task and s.method == method]
             cells, row = [], {"seeds": len(group)}
             for k in have:
-                v = np.array([s.values.get(k, np.nan) for s in group], dtype=np.float64)
-                ok = v[np.isfinite(v)]
-                std = float(ok.std(ddof=1)) if ok.size > 1 else None
-                row[k] = {"mean": float(ok.mean()) if ok.size else None, "std": std}
-                spread = "—" if std is None else fmt(std)
-                cells.append(f"{fmt(ok.mean())} ± {spread}" if ok.size else "—")
+                mean, std = mean_std(s.values.get(k) for s in group)
+                row[k] = {"mean": mean if np.isfinite(mean) else None, "std": std}
+                cells.append(f"{fmt(mean)} ± {'—' if std is None else fmt(std)}" if np.isfinite(mean) else "—")
             per_task.setdefault(task, {})[method] = row
             lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(cells) + " |")
     tasks, matrices, notes = score_matrices(scores, metric)
