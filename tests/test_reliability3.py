@@ -63,6 +63,37 @@ def test_report_reads_the_test_split_only(atari_run, tmp_path, capsys):
     assert code == 2 and "no finished runs" in one_line(err)
 
 
+def test_report_of_the_val_split_reads_only_val_results(atari_run, tmp_path, capsys):
+    """`metarl report --split val`: a choice made on validation games is reported from the val results (a
+    training run's eval.json when it evaluated val, else `metarl eval --split val`'s eval_atari_val.json), and
+    a run with test results only is skipped with a note — never its test games reported as validation."""
+    run, tested = tmp_path / "run", tmp_path / "tested"
+    shutil.copytree(atari_run, run)
+    shutil.copytree(atari_run, tested)
+    code, _, err = cli(["eval", run, "--split", "val"], capsys)
+    assert code == 0, err
+    val = json.loads((run / "eval_atari_val.json").read_text())
+    # mark the val scores apart from the test ones (the tiny run's val and test game are both Breakout)
+    val["games"]["Breakout"]["meta_init"]["auc_scores"] = [123.0]
+    (run / "eval_atari_val.json").write_text(json.dumps(val))
+    code, _, err = cli(["report", run, tested, "--split", "val", "--metric", "human_normalised_auc",
+                        "--out", tmp_path / "val", "--reps", "10"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "val" / "report.json").read_text())
+    assert report["split"] == "val"
+    assert any(str(tested) in n and "not the val games" in n for n in report["notes"])
+    (row,) = report["suites"]["atari"]["per_task"]["Breakout"].values()
+    assert row["score_auc"]["mean"] == 123.0
+    assert "Split: the val tasks' results" in (tmp_path / "val" / "report.md").read_text()
+    assert (tmp_path / "val" / "curves_atari.png").is_file()                  # the val evaluation's curves
+    assert "Breakout" in (tmp_path / "val" / "seed_curves.csv").read_text()   # from eval_parts/val
+    code, _, err = cli(["report", run, "--out", tmp_path / "test", "--reps", "10"], capsys)   # test: unchanged
+    report = json.loads((tmp_path / "test" / "report.json").read_text())
+    assert code == 0 and "split" not in report
+    (row,) = report["suites"]["atari"]["per_task"]["Breakout"].values()
+    assert row["score_auc"]["mean"] != 123.0
+
+
 def test_a_split_without_games_is_refused_in_one_line(atari_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(atari_run, run)

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                    "has; consistency against the first; default random_init)")
     r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    r.add_argument("--split", default="test", choices=("test", "val"),
+                   help="whose held-out results: the test tasks' (default) or the validation tasks' (a choice of "
+                   "hyper-parameters is reported on val, never on test)")
     x = sub.add_parser("export", help="write an Atari run's meta-learned encoder for our agent or stable-baselines3")
     x.add_argument("run_dir")
     x.add_argument("--out", metavar="FILE", help="encoder.* tensors in our names (ActorCritic)")
@@ -272,7 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
     out = report([Path(d) for d in args.run_dirs], Path(args.out), metric=args.metric,
-                 baselines=tuple(args.baseline or ("random_init",)), reps=args.reps)
+                 baselines=tuple(args.baseline or ("random_init",)), reps=args.reps, split=args.split)
     print(f"wrote {out}")
     return 0
 

@@ -24,3 +24,17 @@ def init_names(methods: dict[str, str]) -> dict[str, str]:
     shared = {v for v in label.values() if list(label.values()).count(v) > 1}
     out = {name: f"{v} ({name})" if v in shared else v for name, v in label.items()}
     return {**out, "random_init": RANDOM_INIT}
+
+
+# Where an Atari evaluation of a split puts its results (train/tasks/atari_eval.py) and where `metarl report` reads
+# them (train/report_data.py)
+def result_name(split: str) -> str:
+    """The result files' stem of a split: ``eval_atari`` (test: what `metarl report` reads by default) or
+    ``eval_atari_<split>``, so that evaluating another split never replaces the test results."""
+    return "eval_atari" if split == "test" else f"eval_atari_{split}"
+
+
+def tb_prefix(split: str) -> str:
+    """The TensorBoard runs of a split's evaluation: ``eval/<init>`` (test) or ``eval_<split>/<init>`` (each
+    evaluation rewrites its runs from step 0, which would hide the other split's curves)."""
+    return "eval" if split == "test" else f"eval_{split}"

@@ -306,17 +306,20 @@ def write_seed_curves(curves: list, path: Path) -> None:
 
 
 def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines: tuple[str, ...] = ("random_init",),
-           reps: int = 2000, figures: bool = True) -> Path:
-    """Write ``out``/report.md, report.json and the figures; return the Markdown's path."""
+           reps: int = 2000, figures: bool = True, split: str = "test") -> Path:
+    """Write ``out``/report.md, report.json and the figures of the runs' results on ``split``'s held-out tasks;
+    return the Markdown's path."""
     if reps < 1:
         raise UserError(f"--reps must be positive (got {reps})")
-    runs = load_runs([Path(d) for d in run_dirs])
+    runs = load_runs([Path(d) for d in run_dirs], split)
     baselines = tuple(runs.aliases.get(b, b) for b in baselines)      # a config name or random_init: its name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     lines = ["# Report", "", f"Runs: {', '.join(map(str, run_dirs))}", ""]
+    if split != "test":
+        lines[-1:] = [f"Split: the {split} tasks' results (not the test tasks').", ""]
     results = {}
     for suite in sorted({s.suite for s in runs.scores}):
         suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures)
@@ -326,5 +329,6 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
         lines += ["", "Per-seed curves (each held-out run's running score on its grid): seed_curves.csv", ""]
     lines += [f"- {n}" for n in runs.notes]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
-    (out / "report.json").write_text(json.dumps({"suites": results, "notes": runs.notes}, indent=2))
+    split_key = {} if split == "test" else {"split": split}       # a test report's JSON as before
+    (out / "report.json").write_text(json.dumps({**split_key, "suites": results, "notes": runs.notes}, indent=2))
     return out / "report.md"

@@ -32,7 +32,7 @@ import yaml
 from .atari_scores import human_normalised
 from .commands import command
 from .errors import UserError
-from .names import init_names
+from .names import init_names, result_name, tb_prefix
 
 INITS = ("meta_init", "random_init")      # the held-out protocol's initialisations (train/tasks/atari_eval.py)
 
@@ -128,43 +128,47 @@ def scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, 
     return {tag: tag_points(acc, tag) for tag in tags if tag in have}
 
 
-def _has_results(d: Path) -> bool:
-    return (d / "eval.json").is_file() or (d / "eval_atari.json").is_file()
+def _has_results(d: Path, split: str = "test") -> bool:
+    return any((d / f).is_file() for f in ("eval.json", f"eval_{split}.json", f"{result_name(split)}.json"))
 
 
-def load_runs(run_dirs: list[Path]) -> Runs:
-    """Scores and curves of every finished run in ``run_dirs`` (UserError: a missing folder, no finished run)."""
+def load_runs(run_dirs: list[Path], split: str = "test") -> Runs:
+    """Scores and curves of every finished run in ``run_dirs`` on ``split``'s held-out tasks (test; val for a
+    choice made on validation data) (UserError: a missing folder, no finished run)."""
     runs = Runs()
     dirs: list[Path] = []
     for d in map(Path, run_dirs):
         if not d.is_dir():
             raise UserError(f"not a directory: {d}")
-        dirs += [d] if _has_results(d) else sorted(c for c in d.iterdir() if c.is_dir() and _has_results(c))
+        dirs += [d] if _has_results(d, split) else sorted(c for c in d.iterdir()
+                                                          if c.is_dir() and _has_results(c, split))
     listed = {d.resolve() for d in dirs}
     for d in dirs:
         if d.name.startswith("seed_") and d.resolve().parent in listed:
             continue                    # a seed folder of a batched run that is listed too
         cfg = run_config(d)
         data = read_object(d / "eval.json") if (d / "eval.json").is_file() else {}
-        if (d / "eval_atari.json").is_file() or isinstance(data.get("games"), dict):
-            # eval_atari.json is the newest test evaluation (`metarl eval` rewrites it; other splits have files
-            # of their own); eval.json holds the final evaluation, of eval.split's games
-            if (d / "eval_atari.json").is_file():
-                split, table = read_result_table(read_object(d / "eval_atari.json"))
+        atari = d / f"{result_name(split)}.json"
+        if atari.is_file() or isinstance(data.get("games"), dict):
+            # eval_atari[_<split>].json is the split's newest evaluation (`metarl eval` rewrites it; each split has
+            # files of its own); eval.json holds the final evaluation, of eval.split's games
+            if atari.is_file():
+                have, table = read_result_table(read_object(atari))
             else:
-                split, table = data.get("split"), data["games"]
-            if split not in (None, "test"):
-                runs.notes.append(f"{d}: its held-out result is of the {split} games, not the test games; skipped")
+                have, table = data.get("split"), data["games"]
+            if have != split and not (have is None and split == "test"):   # None: written before files said
+                runs.notes.append(f"{d}: its held-out result is of the {have or 'unrecorded'} games, not the "
+                                  f"{split} games; skipped")
                 continue
             if not isinstance(table, dict):
-                raise UserError(f"unreadable {d / 'eval_atari.json'}: no per-game table")
-            _atari(d, cfg, table, runs, split)
+                raise UserError(f"unreadable {atari}: no per-game table")
+            _atari(d, cfg, table, runs, have)
         elif "return_last_mean" in data:
             _maze(d, cfg, data, runs)
-        elif "curve" in data:
-            test = _test_split(d, cfg, data, runs)
-            if test is not None:
-                _supervised(d, cfg, test, runs)
+        elif "curve" in data or (d / f"eval_{split}.json").is_file():
+            result = _split_result(d, cfg, data, runs, split)
+            if result is not None:
+                _supervised(d, cfg, result, runs)
         else:
             runs.notes.append(f"{d}: eval.json of a kind the report does not read; skipped")
     if not runs.scores:
@@ -229,7 +233,7 @@ def _atari(d: Path, cfg: dict, table: dict, runs: Runs, split: str | None = None
                     tags = tuple(f"{section}/{g}/episodic_return{s}" for g in table
                                  for section, s in (("eval", ""), ("eval", "_std"), ("eval_std", "")))
                     tb.update({f"{t.split('/')[0]}/{t.split('/')[1]}/{i}/{t.split('/', 2)[2]}": v
-                               for t, v in scalars(d / "eval" / i, tags).items()})
+                               for t, v in scalars(d / tb_prefix(split or "test") / i, tags).items()})
                 if not tb:
                     tags = tuple(f"eval/{g}/{i}/episodic_return{s}"
                                  for g in table for i in table[g] for s in ("", "_std"))
@@ -265,20 +269,22 @@ def _maze(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
             runs.curves.append(Curve(suite, name, suite, x, y, np.zeros_like(y), 1, "episodes", "episodic return"))
 
 
-def _test_split(d: Path, cfg: dict, data: dict, runs: Runs) -> dict | None:
-    """A supervised run's result on the test split. eval.json holds the split the run was trained to evaluate
+def _split_result(d: Path, cfg: dict, data: dict, runs: Runs, split: str = "test") -> dict | None:
+    """A supervised run's result on ``split``. eval.json holds the split the run was trained to evaluate
     (its ``split``; written before it said, the config's ``eval.split``): for a run trained with
     ``eval.split: val`` (a hyper-parameter sweep) that is the validation alphabets, so its test result is
-    ``eval_test.json`` (``metarl eval --split test``), or none."""
+    ``eval_test.json`` (``metarl eval --split test``), or none; likewise the other way round."""
     ev = cfg.get("eval")
-    split = data.get("split", ev.get("split", "test") if isinstance(ev, dict) else "test")
-    if split == "test":
+    own = data.get("split", ev.get("split", "test") if isinstance(ev, dict) else "test") if data else None
+    if own == split:
         return data
-    if (d / "eval_test.json").is_file():
-        runs.notes.append(f"{d}: its eval.json is on the {split} split; its test result read from eval_test.json")
-        return read_object(d / "eval_test.json")
-    runs.notes.append(f"{d}: its eval.json is on the {split} split and it has no eval_test.json "
-                      f"({command('metarl', 'eval', d, '--split', 'test')}); skipped")
+    if (d / f"eval_{split}.json").is_file():
+        if own is not None:
+            runs.notes.append(f"{d}: its eval.json is on the {own} split; its {split} result read from "
+                              f"eval_{split}.json")
+        return read_object(d / f"eval_{split}.json")
+    runs.notes.append(f"{d}: its eval.json is on the {own} split and it has no eval_{split}.json "
+                      f"({command('metarl', 'eval', d, '--split', split)}); skipped")
     return None
 
 

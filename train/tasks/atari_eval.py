@@ -73,24 +73,12 @@ from ..checkpoint import write_bytes_atomic, write_json_atomic, write_text_atomi
 from ..commands import command
 from ..errors import UserError
 from ..seeding import FIXED, step_generators
-from ..names import init_labels
+from ..names import init_labels, result_name, tb_prefix
 from ..stats import curve_mean_std, mean_std, pm, seed_auc
 from .atari_eval_parts import FORMAT, Parts, final_score, fingerprint, part_settings
 from .atari_eval_parts import curve as part_curve
 
 INITS = ("meta_init", "random_init")
-
-
-def result_name(split: str) -> str:
-    """The result files' stem of a split: ``eval_atari`` (test: what `metarl report` reads) or
-    ``eval_atari_<split>``, so that evaluating another split never replaces the test results."""
-    return "eval_atari" if split == "test" else f"eval_atari_{split}"
-
-
-def tb_prefix(split: str) -> str:
-    """The TensorBoard runs of a split's evaluation: ``eval/<init>`` (test) or ``eval_<split>/<init>`` (each
-    evaluation rewrites its runs from step 0, which would hide the other split's curves)."""
-    return "eval" if split == "test" else f"eval_{split}"
 
 
 def running_curve(steps: np.ndarray, returns: np.ndarray, grid: np.ndarray, window: int) -> np.ndarray:
