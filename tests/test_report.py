@@ -278,6 +278,26 @@ def test_a_run_trained_on_the_val_split_reports_its_test_result_or_none(tmp_path
     assert any(str(tested) in n and "eval_test.json" in n for n in report["notes"])
 
 
+def test_report_over_a_subset_of_games_equals_direct_computation(atari_runs, tmp_path, capsys):
+    """--tasks: the aggregates over the named games only (e.g. the held-out games related to a training
+    family), the same figures as computed directly from those games' scores; a game no run has is one line."""
+    root, dirs, finals = atari_runs
+    out = tmp_path / "pong"
+    code, _, err = run_report([*map(str, dirs), "--tasks", "Pong", "--out", str(out), "--reps", "300"], capsys)
+    assert code == 0, err
+    data = json.loads((out / "report.json").read_text())
+    atari = data["suites"]["atari"]
+    assert data["tasks"] == ["Pong"] and atari["tasks"] == ["Pong"]
+    x = hns_matrix(finals["atari_leap"])[:, [sorted(finals["atari_leap"]).index(("Pong", "meta_init"))]]
+    np.testing.assert_allclose(atari["matrices"]["Leap init"], x, rtol=1e-12)
+    assert atari["aggregates"]["Leap init"]["IQM"]["value"] == pytest.approx(scipy.stats.trim_mean(x.ravel(), 0.25))
+    md = (out / "report.md").read_text()
+    assert "Tasks: Pong only." in md and "| Breakout |" not in md
+    code, _, err = run_report([*map(str, dirs), "--tasks", "Pong,Qbert", "--out", str(tmp_path / "q")], capsys)
+    assert code == 2 and "--tasks: no results for Qbert (the runs have: Breakout, Pong)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda t: [str(t / "missing")], "not a directory: "),
     (lambda t: [str(t)], "no finished runs (eval.json or eval_atari.json) in: "),

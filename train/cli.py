@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                    "has; consistency against the first; default random_init)")
     r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    r.add_argument("--tasks", default=None, metavar="T1,T2",
+                   help="only these tasks (Atari games), e.g. the held-out games related to the training family")
     r.add_argument("--split", default="test", choices=("test", "val"),
                    help="whose held-out results: the test tasks' (default) or the validation tasks' (a choice of "
                    "hyper-parameters is reported on val, never on test)")
@@ -275,7 +277,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
     out = report([Path(d) for d in args.run_dirs], Path(args.out), metric=args.metric,
-                 baselines=tuple(args.baseline or ("random_init",)), reps=args.reps, split=args.split)
+                 baselines=tuple(args.baseline or ("random_init",)), reps=args.reps, split=args.split,
+                 tasks=tuple(t for t in (args.tasks or "").split(",") if t))
     print(f"wrote {out}")
     return 0
 

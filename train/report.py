@@ -27,6 +27,7 @@ lower-is-better: the probability of improvement and the profile use their negati
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -305,13 +306,27 @@ def write_seed_curves(curves: list, path: Path) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
+def only_tasks(runs: Runs, tasks: tuple[str, ...]) -> Runs:
+    """``runs`` restricted to ``tasks`` (UserError naming those no run has)."""
+    missing = [t for t in tasks if t not in {s.task for s in runs.scores}]
+    if missing:
+        raise UserError(f"--tasks: no results for {', '.join(missing)} (the runs have: "
+                        f"{', '.join(sorted({s.task for s in runs.scores}))})")
+    keep = set(tasks)
+    return replace(runs, scores=[s for s in runs.scores if s.task in keep],
+                   curves=[c for c in runs.curves if c.task in keep],
+                   seed_curves=[c for c in runs.seed_curves if c.task in keep])
+
+
 def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines: tuple[str, ...] = ("random_init",),
-           reps: int = 2000, figures: bool = True, split: str = "test") -> Path:
-    """Write ``out``/report.md, report.json and the figures of the runs' results on ``split``'s held-out tasks;
-    return the Markdown's path."""
+           reps: int = 2000, figures: bool = True, split: str = "test", tasks: tuple[str, ...] = ()) -> Path:
+    """Write ``out``/report.md, report.json and the figures of the runs' results on ``split``'s held-out tasks
+    (only ``tasks``, e.g. the games related to a training family, where given); return the Markdown's path."""
     if reps < 1:
         raise UserError(f"--reps must be positive (got {reps})")
     runs = load_runs([Path(d) for d in run_dirs], split)
+    if tasks:
+        runs = only_tasks(runs, tasks)
     baselines = tuple(runs.aliases.get(b, b) for b in baselines)      # a config name or random_init: its name
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +335,8 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
     lines = ["# Report", "", f"Runs: {', '.join(map(str, run_dirs))}", ""]
     if split != "test":
         lines[-1:] = [f"Split: the {split} tasks' results (not the test tasks').", ""]
+    if tasks:
+        lines[-1:] = [f"Tasks: {', '.join(tasks)} only.", ""]
     results = {}
     for suite in sorted({s.suite for s in runs.scores}):
         suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures)
@@ -329,6 +346,6 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
         lines += ["", "Per-seed curves (each held-out run's running score on its grid): seed_curves.csv", ""]
     lines += [f"- {n}" for n in runs.notes]
     (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
-    split_key = {} if split == "test" else {"split": split}       # a test report's JSON as before
-    (out / "report.json").write_text(json.dumps({**split_key, "suites": results, "notes": runs.notes}, indent=2))
+    selection = ({} if split == "test" else {"split": split}) | ({"tasks": list(tasks)} if tasks else {})
+    (out / "report.json").write_text(json.dumps({**selection, "suites": results, "notes": runs.notes}, indent=2))
     return out / "report.md"
