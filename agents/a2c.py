@@ -153,6 +153,9 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
+QUANTILE_SAMPLE = 1 << 18       # coordinates behind rmsprop_quantiles' figures (every one of a smaller model)
+
+
 def rmsprop_stats(optimizer: torch.optim.Optimizer, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
     """Quantiles over every coordinate of RMSprop's mean square ``v`` and of its step multiplier ``1/denom``
     (the effective step is lr × multiplier × g): ``sqrt(v + ε)`` for :class:`RMSpropTF`, ``sqrt(v) + ε`` for
@@ -177,21 +180,20 @@ def rmsprop_quantiles(accumulators: Sequence[Tensor], eps: Sequence[float], tf: 
                       quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
     """:func:`rmsprop_stats` of the accumulators ``v`` (with each one's ε) of one agent: also its slices of
     a stacked model's (agents/batched_a2c.py)."""
-    squares, multipliers = [], []
-    for v, e in zip(accumulators, eps):
-        v = v.detach().float().reshape(-1)
-        squares.append(v)
-        multipliers.append(1.0 / ((v + e).sqrt() if tf else v.sqrt() + e))
-    if not squares:
+    if not accumulators:
         return {}
-    q = torch.tensor(quantiles, dtype=torch.float32, device=squares[0].device)
+    # An evenly strided subsample of at most QUANTILE_SAMPLE coordinates, taken first and sent to the host, where
+    # numpy selects (linear interpolation, as torch.quantile) rather than sorts: read at OPTIMIZER_POINTS updates
+    # per run, torch.quantile over a million coordinates cost a short run a visible share of its time
+    # (docs/RESULTS.md)
+    stride = -(-sum(v.numel() for v in accumulators) // QUANTILE_SAMPLE)
+    v = torch.cat([a.detach().reshape(-1)[::stride] for a in accumulators]).cpu().double().numpy()
+    e = np.concatenate([np.full(-(-a.numel() // stride), ep) for a, ep in zip(accumulators, eps)])
+    multiplier = 1.0 / (np.sqrt(v + e) if tf else np.sqrt(v) + e)
     out = {}
-    for name, values in (("square_avg", squares), ("step_multiplier", multipliers)):
-        flat = torch.cat(values)
-        # torch.quantile sorts; an evenly strided subsample keeps it cheap on multi-million-entry models
-        flat = flat[:: max(1, flat.numel() // 1_000_000)]
-        for qq, v in zip(quantiles, torch.quantile(flat, q).tolist()):
-            out[f"{name}_q{round(qq * 100):02d}"] = v
+    for name, values in (("square_avg", v), ("step_multiplier", multiplier)):
+        for q, x in zip(quantiles, np.quantile(values, quantiles).tolist()):
+            out[f"{name}_q{round(q * 100):02d}"] = x
     return out
 
 
