@@ -153,7 +153,7 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-QUANTILE_SAMPLE = 1 << 18       # coordinates behind rmsprop_quantiles' figures (every one of a smaller model)
+QUANTILE_SAMPLE = 1 << 18       # coordinates drawn for rmsprop_quantiles' figures (every one of a smaller model)
 
 
 def rmsprop_stats(optimizer: torch.optim.Optimizer, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
@@ -180,15 +180,19 @@ def rmsprop_quantiles(accumulators: Sequence[Tensor], eps: Sequence[float], tf: 
                       quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, float]:
     """:func:`rmsprop_stats` of the accumulators ``v`` (with each one's ε) of one agent: also its slices of
     a stacked model's (agents/batched_a2c.py)."""
-    if not accumulators:
+    sizes = [a.numel() for a in accumulators]
+    if sum(sizes) == 0:
         return {}
-    # An evenly strided subsample of at most QUANTILE_SAMPLE coordinates, taken first and sent to the host, where
-    # numpy selects (linear interpolation, as torch.quantile) rather than sorts: read at OPTIMIZER_POINTS updates
-    # per run, torch.quantile over a million coordinates cost a short run a visible share of its time
+    # At most QUANTILE_SAMPLE coordinates, drawn uniformly (with replacement, a fixed seed: the same draw every
+    # read; uniform rather than strided, so that no stride lines up with a kernel's layout), sent to the host,
+    # where numpy selects (linear interpolation, as torch.quantile) rather than sorts: read at OPTIMIZER_POINTS
+    # updates per run, torch.quantile over a million coordinates cost a short run a visible share of its time
     # (docs/RESULTS.md)
-    stride = -(-sum(v.numel() for v in accumulators) // QUANTILE_SAMPLE)
-    v = torch.cat([a.detach().reshape(-1)[::stride] for a in accumulators]).cpu().double().numpy()
-    e = np.concatenate([np.full(-(-a.numel() // stride), ep) for a, ep in zip(accumulators, eps)])
+    flat = torch.cat([a.detach().reshape(-1) for a in accumulators])
+    pick = (torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))
+            if flat.numel() > QUANTILE_SAMPLE else torch.arange(flat.numel()))
+    v = flat[pick.to(flat.device)].cpu().double().numpy()
+    e = np.asarray(eps, dtype=np.float64)[np.searchsorted(np.cumsum(sizes), pick.numpy(), side="right")]
     multiplier = 1.0 / (np.sqrt(v + e) if tf else np.sqrt(v) + e)
     out = {}
     for name, values in (("square_avg", v), ("step_multiplier", multiplier)):

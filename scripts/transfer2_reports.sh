@@ -17,8 +17,9 @@ case ${1:-} in
     out=$D/select/$2
     metarl report "$3" "$4" --split val --metric human_normalised_auc --baseline "atari_transfer2_$2_f0.25" \
       --out "$out"
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT          # the figures are not kept: the CSVs are
     for tag in meta/step_over_visit meta/visit_displacement meta/init_displacement meta/grad_norm losses/train_auc; do
-      metarl plot "$3" "$4" --tag "$tag" --out "$(mktemp -d)/plot.png" --csv "$out/${tag//\//_}.csv"
+      metarl plot "$3" "$4" --tag "$tag" --out "$tmp/plot.png" --csv "$out/${tag//\//_}.csv"
     done ;;
   study)
     [ $# -ge 6 ] || { echo "usage: $0 study LEAP REPTILE TEMPLATE PRETRAINED CONTROL..." >&2; exit 2; }

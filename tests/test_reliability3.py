@@ -73,9 +73,11 @@ def test_report_of_the_val_split_reads_only_val_results(atari_run, tmp_path, cap
     code, _, err = cli(["eval", run, "--split", "val"], capsys)
     assert code == 0, err
     val = json.loads((run / "eval_atari_val.json").read_text())
-    # mark the val scores apart from the test ones (the tiny run's val and test game are both Breakout)
+    # mark the val scores and curve apart from the test ones (the tiny run's val and test game are both Breakout)
     val["games"]["Breakout"]["meta_init"]["auc_scores"] = [123.0]
     (run / "eval_atari_val.json").write_text(json.dumps(val))
+    part = run / "eval_parts" / "val" / "Breakout__meta_init__0.json"
+    part.write_text(json.dumps({**json.loads(part.read_text()), "curve": [321.0] * 4}))
     code, _, err = cli(["report", run, tested, "--split", "val", "--metric", "human_normalised_auc",
                         "--out", tmp_path / "val", "--reps", "10"], capsys)
     assert code == 0, err
@@ -86,12 +88,29 @@ def test_report_of_the_val_split_reads_only_val_results(atari_run, tmp_path, cap
     assert row["score_auc"]["mean"] == 123.0
     assert "Split: the val tasks' results" in (tmp_path / "val" / "report.md").read_text()
     assert (tmp_path / "val" / "curves_atari.png").is_file()                  # the val evaluation's curves
-    assert "Breakout" in (tmp_path / "val" / "seed_curves.csv").read_text()   # from eval_parts/val
+    curves = (tmp_path / "val" / "seed_curves.csv").read_text()
+    assert "321" in curves and "Breakout" in curves                          # from eval_parts/val
     code, _, err = cli(["report", run, "--out", tmp_path / "test", "--reps", "10"], capsys)   # test: unchanged
     report = json.loads((tmp_path / "test" / "report.json").read_text())
     assert code == 0 and "split" not in report
     (row,) = report["suites"]["atari"]["per_task"]["Breakout"].values()
     assert row["score_auc"]["mean"] != 123.0
+
+
+def test_a_result_that_does_not_say_its_split_is_of_the_runs_eval_split(atari_run, tmp_path, capsys):
+    """Result files written before they recorded their split: a run trained with eval.split: val holds val
+    results, which a test report never counts (one line naming why, when nothing else is left)."""
+    run = tmp_path / "run"
+    shutil.copytree(atari_run, run)
+    config = (run / "config.yaml").read_text()
+    assert "  split: test\n" in config
+    (run / "config.yaml").write_text(config.replace("  split: test\n", "  split: val\n"))
+    for name in ("eval_atari.json", "eval.json"):
+        data = json.loads((run / name).read_text())
+        (run / name).write_text(json.dumps(data["games"] if name == "eval_atari.json" else
+                                           {k: v for k, v in data.items() if k != "split"}))
+    code, _, err = cli(["report", run, "--out", tmp_path / "test", "--reps", "10"], capsys)
+    assert code == 2 and "its held-out result is of the val games, not the test games; skipped" in one_line(err)
 
 
 def test_a_split_without_games_is_refused_in_one_line(atari_run, tmp_path, capsys):

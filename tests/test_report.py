@@ -278,6 +278,32 @@ def test_a_run_trained_on_the_val_split_reports_its_test_result_or_none(tmp_path
     assert any(str(tested) in n and "eval_test.json" in n for n in report["notes"])
 
 
+def test_report_of_the_val_split_reads_each_supervised_runs_val_result(tmp_path, capsys):
+    """--split val: a sweep run's eval.json (eval.split: val), a test-trained run's eval_val.json (`metarl eval
+    --split val`), a run with test results only skipped with a note; a maze run has no val split. With no val
+    result at all: one line naming the split and why the runs were skipped."""
+    runs = tmp_path / "runs"
+    sweep = supervised_run(runs, "omniglot_reptile", 0, 0.6)                 # trained on val
+    (sweep / "config.yaml").write_text((sweep / "config.yaml").read_text() + "eval: {split: val}\n")
+    evaluated = supervised_run(runs, "omniglot_reptile", 1, 0.99)            # 0.99: its test score
+    (evaluated / "eval_val.json").write_text(json.dumps({"split": "val", "test_accuracy": 0.7, "curve": [1.0]}))
+    only_test = supervised_run(runs, "omniglot_reptile", 2, 0.98)
+    maze_dirs, _ = maze_runs(tmp_path / "maze")
+    out = tmp_path / "val"
+    code, _, err = run_report([str(runs), *map(str, maze_dirs), "--split", "val", "--out", str(out), "--reps", "50"],
+                              capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"] == "val" and set(report["suites"]) == {"omniglot"}
+    mean = report["suites"]["omniglot"]["aggregates"]["omniglot_reptile"]["mean"]["value"]
+    assert mean == pytest.approx(np.mean([0.6, 0.7]))
+    assert any(str(only_test) in n and "no eval_val.json" in n for n in report["notes"])
+    assert any(str(maze_dirs[0]) in n and "maze run has no val split" in n for n in report["notes"])
+    code, _, err = run_report([str(only_test), "--split", "val", "--out", str(tmp_path / "none")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "no finished runs (eval.json or eval_atari.json) with val results in: " in err and "1 skipped, e.g." in err
+
+
 def test_report_over_a_subset_of_games_equals_direct_computation(atari_runs, tmp_path, capsys):
     """--tasks: the aggregates over the named games only (e.g. the held-out games related to a training
     family), the same figures as computed directly from those games' scores; a game no run has is one line."""

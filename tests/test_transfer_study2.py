@@ -54,16 +54,18 @@ def test_rmsprop_stats_are_the_quantiles_of_the_mean_square_and_of_the_step_mult
     assert rmsprop_stats(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)) == {}
 
 
-def test_rmsprop_quantiles_of_a_large_model_come_from_an_even_subsample_close_to_the_exact_ones():
-    """Above QUANTILE_SAMPLE coordinates the figures are an evenly strided subsample's (every accumulator
-    contributing in proportion to its size, each with its own ε): each figure's rank among all the coordinates
-    is within half a percentile of the quantile asked for."""
+def test_rmsprop_quantiles_of_a_large_model_come_from_a_uniform_draw_close_to_the_exact_ones():
+    """Above QUANTILE_SAMPLE coordinates the figures are those of a uniform draw (every accumulator contributing
+    in proportion to its size, each with its own ε), the same at every read: each figure's rank among all the
+    coordinates is within half a percentile of the quantile asked for. No accumulator: no figures."""
     from agents.a2c import QUANTILE_SAMPLE, rmsprop_quantiles
     g = torch.Generator().manual_seed(0)
     accs = [torch.rand(1_500_000, generator=g) ** 4, torch.rand(300, 700, generator=g) * 1e-3]
     eps = [1e-5, 1e-1]        # far apart: a coordinate given the other accumulator's ε moves the figures
     assert sum(a.numel() for a in accs) > 4 * QUANTILE_SAMPLE
     got = rmsprop_quantiles(accs, eps, tf=False)
+    assert rmsprop_quantiles(accs, eps, tf=False) == got                    # a fixed draw: reads compare
+    assert rmsprop_quantiles([torch.zeros(0)], [1e-5], tf=False) == {}
     v = torch.cat([a.reshape(-1) for a in accs]).double()
     e = torch.cat([torch.full((a.numel(),), ep, dtype=torch.float64) for a, ep in zip(accs, eps)])
     for name, values in (("square_avg", v), ("step_multiplier", 1 / (v.sqrt() + e))):

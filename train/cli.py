@@ -278,7 +278,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
     out = report([Path(d) for d in args.run_dirs], Path(args.out), metric=args.metric,
                  baselines=tuple(args.baseline or ("random_init",)), reps=args.reps, split=args.split,
-                 tasks=tuple(t for t in (args.tasks or "").split(",") if t))
+                 tasks=tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()))
     print(f"wrote {out}")
     return 0
 

@@ -156,14 +156,17 @@ def load_runs(run_dirs: list[Path], split: str = "test") -> Runs:
                 have, table = read_result_table(read_object(atari))
             else:
                 have, table = data.get("split"), data["games"]
-            if have != split and not (have is None and split == "test"):   # None: written before files said
-                runs.notes.append(f"{d}: its held-out result is of the {have or 'unrecorded'} games, not the "
-                                  f"{split} games; skipped")
+            have = have or _own_split(cfg)      # written before results said their split: the run's eval.split
+            if have != split:
+                runs.notes.append(f"{d}: its held-out result is of the {have} games, not the {split} games; skipped")
                 continue
             if not isinstance(table, dict):
                 raise UserError(f"unreadable {atari}: no per-game table")
             _atari(d, cfg, table, runs, have)
         elif "return_last_mean" in data:
+            if split != "test":
+                runs.notes.append(f"{d}: a maze run has no {split} split (its result is its training's); skipped")
+                continue
             _maze(d, cfg, data, runs)
         elif "curve" in data or (d / f"eval_{split}.json").is_file():
             result = _split_result(d, cfg, data, runs, split)
@@ -172,7 +175,10 @@ def load_runs(run_dirs: list[Path], split: str = "test") -> Runs:
         else:
             runs.notes.append(f"{d}: eval.json of a kind the report does not read; skipped")
     if not runs.scores:
-        raise UserError(f"no finished runs (eval.json or eval_atari.json) in: {', '.join(map(str, run_dirs))}")
+        why = f" ({len(runs.notes)} skipped, e.g. {runs.notes[0]})" if runs.notes else ""
+        kind = "" if split == "test" else f" with {split} results"
+        raise UserError(f"no finished runs (eval.json or eval_atari.json){kind} in: "
+                        f"{', '.join(map(str, run_dirs))}{why}")
     _name_initialisations(runs)
     return runs
 
@@ -190,8 +196,7 @@ def _atari_seed_curves(d: Path, cfg: dict, game: str, init: str, method: str, ru
     """Each seed's curve of (game, init) from the run's evaluation parts (train/tasks/atari_eval_parts.py) of the
     split its result file records (else the config's ``eval.split``); a run without parts, or with unreadable
     ones, adds none."""
-    ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
-    folder = d / "eval_parts" / str(split or ev.get("split", "test"))
+    folder = d / "eval_parts" / (split or _own_split(cfg))
     for path in sorted(folder.glob(f"{game}__{init}__*.json")):
         try:
             part = json.loads(path.read_text())
@@ -269,14 +274,19 @@ def _maze(d: Path, cfg: dict, data: dict, runs: Runs) -> None:
             runs.curves.append(Curve(suite, name, suite, x, y, np.zeros_like(y), 1, "episodes", "episodic return"))
 
 
+def _own_split(cfg: dict) -> str:
+    """The split a run evaluates at its end (its config's ``eval.split``, default test)."""
+    ev = cfg.get("eval")
+    return str(ev.get("split", "test")) if isinstance(ev, dict) else "test"
+
+
 def _split_result(d: Path, cfg: dict, data: dict, runs: Runs, split: str = "test") -> dict | None:
     """A supervised run's result on ``split``. eval.json holds the split the run was trained to evaluate
     (its ``split``; written before it said, the config's ``eval.split``): for a run trained with
     ``eval.split: val`` (a hyper-parameter sweep) that is the validation alphabets, so its test result is
     ``eval_test.json`` (``metarl eval --split test``), or none; likewise the other way round."""
-    ev = cfg.get("eval")
-    own = data.get("split", ev.get("split", "test") if isinstance(ev, dict) else "test") if data else None
-    if own == split:
+    own = data.get("split", _own_split(cfg)) if data else None
+    if own == split and "curve" in data:
         return data
     if (d / f"eval_{split}.json").is_file():
         if own is not None:
