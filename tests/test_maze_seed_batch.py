@@ -384,6 +384,40 @@ def test_maze_curves_are_the_mean_and_quartiles_over_seeds(tmp_path):
     assert seed_curves([coarse], window=10)["maze_z"][1][0, -1] == pytest.approx(returns[3, 8:10].mean(), rel=1e-6)
 
 
+def test_maze_crossings_and_curves_csv_equal_a_direct_computation(tmp_path, capsys):
+    """crossings: the episodes at which the mean over seeds of the smoothed curves, and each seed's own, first
+    reach a return (None / "not reached" where they never do); curves --csv: each seed's smoothed curve, the
+    points of the figure. Bad --levels: one line, exit 2."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from train.maze_report import crossings, main
+    ramps = [np.linspace(0, 30, 40), np.linspace(0, 50, 40), np.linspace(0, 60, 40)]   # three seeds
+    batch = tmp_path / "maze_ramp_3seeds"
+    for k, ramp in enumerate(ramps):
+        with SummaryWriter(str(batch / f"seed_{k}" / "games")) as w:
+            for i, r in enumerate(ramp):
+                w.add_scalar("charts/episodic_return", r, 30 * (i + 1))
+    found = crossings([batch], levels=(20.0, 40.0), window=1)                     # unsmoothed: exact crossings
+    episodes = 30 * np.arange(1, 41)
+    first = [lambda y, lv=lv: episodes[np.flatnonzero(y >= lv)[0]] if (y >= lv).any() else None for lv in (20, 40)]
+    for level, reach in zip(("20", "40"), first):
+        c = found["maze_ramp_3seeds"][level]
+        assert c["seeds"] == [reach(r) for r in ramps]
+        assert c["mean_curve"] == reach(np.mean(ramps, 0))
+    assert found["maze_ramp_3seeds"]["40"]["seeds"][0] is None                    # seed 0 peaks at 30
+    main(["crossings", str(batch), "--levels", "20,40", "--window", "1", "--json", str(tmp_path / "x.json")])
+    table = capsys.readouterr().out
+    assert "| maze_ramp_3seeds | 40 |" in table and "| 2 of 3 |" in table
+    assert json.loads((tmp_path / "x.json").read_text()) == found
+    main(["curves", str(batch), "--window", "1", "--out", str(tmp_path / "c.png"), "--csv", str(tmp_path / "c.csv")])
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows[0] == "run,seed,episodes,return" and len(rows) == 1 + 3 * 40
+    assert rows[1 + 40 + 39] == f"maze_ramp_3seeds,1,1200,{ramps[1][-1]:.6g}"
+    with pytest.raises(SystemExit) as e:
+        main(["crossings", str(batch), "--levels", "twenty"])
+    assert e.value.code == 2 and "--levels takes numbers" in capsys.readouterr().err
+
+
 def test_maze_learning_areas_are_each_seeds_mean_return_over_the_run_and_its_start(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

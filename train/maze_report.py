@@ -5,7 +5,9 @@ smoothed episode-return curve with the inter-quartile band, as the WarpGrad pape
 ``python -m train.maze_report areas RUN_DIR ... [--early EPISODES]``: the mean return over the whole run and
 over its first episodes (areas under the learning curves), per config;
 ``python -m train.maze_report compare --a RUN_DIR ... --b RUN_DIR ...``: whether two groups of runs (e.g. seeds
-batched and the same seeds alone) differ in their seeds' final returns.
+batched and the same seeds alone) differ in their seeds' final returns;
+``python -m train.maze_report crossings RUN_DIR ... [--levels 20,40]``: the episodes each config takes to reach
+given returns (its mean curve's and each seed's); ``curves ... --csv PATH`` keeps the seeds' smoothed curves.
 """
 
 from __future__ import annotations
@@ -228,6 +230,60 @@ def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str,
     return summary
 
 
+def write_curves_csv(run_dirs: list[Path], path: Path, window: int = 100) -> None:
+    """Each seed's smoothed curve of :func:`seed_curves` as CSV rows (run, seed, episodes, return): the evidence
+    behind a curves figure, small enough to keep with the repository. Written atomically."""
+    from .checkpoint import write_text_atomic
+    check_out(path, "--csv")
+    rows = ["run,seed,episodes,return"]
+    for name, (x, y, _) in sorted(seed_curves(run_dirs, window).items()):
+        rows += [f"{name},{k},{e:g},{r:.6g}" for k, seed in enumerate(y) for e, r in zip(x, seed)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "\n".join(rows) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--levels takes numbers separated by commas, got {text!r}") from None
+    if not levels:
+        raise UserError("--levels: no return given")
+    return levels
+
+
+def _first_reach(x: np.ndarray, y: np.ndarray, level: float) -> float | None:
+    hit = np.flatnonzero(y >= level)
+    return float(x[hit[0]]) if hit.size else None
+
+
+def crossings(run_dirs: list[Path], levels: tuple[float, ...] = (20.0, 40.0),
+              window: int = 100) -> dict[str, dict[str, dict]]:
+    """Episodes to reach each return ``level``, per config: where the mean over seeds of the smoothed curves
+    (:func:`seed_curves`, as in the figure) first reaches it, and where each seed's own smoothed curve first
+    does (None: not within the run). ``{config: {level: {"mean_curve": episodes, "seeds": [...]}}}``."""
+    return {name: {f"{level:g}": {"mean_curve": _first_reach(x, y.mean(0), level),
+                                  "seeds": [_first_reach(x, seed, level) for seed in y]} for level in levels}
+            for name, (x, y, _) in sorted(seed_curves(run_dirs, window).items())}
+
+
+def crossings_table(found: dict[str, dict[str, dict]]) -> str:
+    """Markdown of :func:`crossings`: per config and level, the mean curve's crossing, how many seeds reached the
+    level and the median over the seeds that did."""
+    lines = ["| run | return | mean curve reaches it at (episodes) | seeds reaching it | median over those seeds |",
+             "|---|---|---|---|---|"]
+    for name, levels in found.items():
+        for level, c in levels.items():
+            hits = [e for e in c["seeds"] if e is not None]
+            mean = "not reached" if c["mean_curve"] is None else f"{c['mean_curve']:,.0f}"
+            median = f"{np.median(hits):,.0f}" if hits else "—"
+            lines.append(f"| {name} | {level} | {mean} | {len(hits)} of {len(c['seeds'])} | {median} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report") -> None:
     parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +293,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
     c.add_argument("run_dirs", nargs="+", type=Path)
     c.add_argument("--out", type=Path, required=True, help="PNG path")
     c.add_argument("--window", type=int, default=100, help="iterations per smoothing window")
+    c.add_argument("--csv", type=Path, help="also write each seed's smoothed curve as CSV (run, seed, episodes, "
+                   "return)")
+    x = sub.add_parser("crossings", help="episodes to reach given returns: the mean curve's and each seed's")
+    x.add_argument("run_dirs", nargs="+", type=Path)
+    x.add_argument("--levels", default="20,40", help="returns to reach, comma-separated (default 20,40)")
+    x.add_argument("--window", type=int, default=100, help="iterations per smoothing window (as for curves)")
+    x.add_argument("--json", type=Path, help="also write the crossings, per seed, as JSON")
     a = sub.add_parser("areas", help="mean return over the whole run and over its first episodes, per config")
     a.add_argument("run_dirs", nargs="+", type=Path)
     a.add_argument("--early", type=float, default=50_000, help="episodes counted as the start (default 50,000)")
@@ -251,7 +314,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
             print(json.dumps(compare(args.a, args.b)))
         elif args.command == "areas":
             print(learning_areas(args.run_dirs, args.early))
+        elif args.command == "crossings":
+            found = crossings(args.run_dirs, _levels(args.levels), args.window)
+            if args.json:
+                from .checkpoint import write_json_atomic
+                check_out(args.json, "--json")
+                write_json_atomic(args.json, found)
+            print(crossings_table(found))
         else:
+            if args.csv:
+                write_curves_csv(args.run_dirs, args.csv, args.window)
             print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
     except UserError as e:           # e.g. an unreadable config.yaml: one line, exit 2
         parser.exit(2, error_line(parser.prog, e) + "\n")

@@ -218,7 +218,7 @@ def check_out(path: Path, flag: str = "--out") -> Path:
     a file of a run directory's own (``RUN_OWN``: its results, config, checkpoints, the held-out figure)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder: give a PNG file name")
+        raise UserError(f"{flag} {path} is a folder: give a file name")
     if path.exists() and (path.resolve().parent / "config.yaml").is_file() and RUN_OWN.fullmatch(path.name):
         raise UserError(f"{flag} {path} is the run's own {path.name}: choose another file name")
     return path
