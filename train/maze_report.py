@@ -194,15 +194,21 @@ def seed_curves(run_dirs: list[Path], window: int = 100) -> dict[str, tuple[np.n
     return out
 
 
-def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str, dict[str, float]]:
-    """The figure of :func:`seed_curves`: mean (line) and 25th–75th percentile over seeds (band). Returns
-    per config the final point's mean, quartiles and seed count, and the smoothing window used (iterations; 0:
-    unsmoothed, and labelled so)."""
+def plot_curves(run_dirs: list[Path], out: Path, window: int = 100,
+                csv: Path | None = None) -> dict[str, dict[str, float]]:
+    """The figure of :func:`seed_curves`: mean (line) and 25th–75th percentile over seeds (band), and with ``csv``
+    its seeds' curves (:func:`write_curves_csv`), from one reading of the runs, both destinations checked first.
+    Returns per config the final point's mean, quartiles and seed count, and the smoothing window used
+    (iterations; 0: unsmoothed, and labelled so)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     check_out(out)
+    if csv is not None:
+        check_out(csv, "--csv")
     curves = seed_curves(run_dirs, window)
+    if csv is not None:
+        write_curves_csv(curves, csv)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     summary = {}
     windows = {used for _, _, used in curves.values()}
@@ -230,13 +236,12 @@ def plot_curves(run_dirs: list[Path], out: Path, window: int = 100) -> dict[str,
     return summary
 
 
-def write_curves_csv(run_dirs: list[Path], path: Path, window: int = 100) -> None:
-    """Each seed's smoothed curve of :func:`seed_curves` as CSV rows (run, seed, episodes, return): the evidence
-    behind a curves figure, small enough to keep with the repository. Written atomically."""
+def write_curves_csv(curves: dict[str, tuple[np.ndarray, np.ndarray, int]], path: Path) -> None:
+    """Each seed's smoothed curve of :func:`seed_curves`' ``curves`` as CSV rows (run, seed, episodes, return):
+    the evidence behind a curves figure, small enough to keep with the repository. Written atomically."""
     from .checkpoint import write_text_atomic
-    check_out(path, "--csv")
     rows = ["run,seed,episodes,return"]
-    for name, (x, y, _) in sorted(seed_curves(run_dirs, window).items()):
+    for name, (x, y, _) in sorted(curves.items()):
         rows += [f"{name},{k},{e:g},{r:.6g}" for k, seed in enumerate(y) for e, r in zip(x, seed)]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,16 +320,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m train.maze_report
         elif args.command == "areas":
             print(learning_areas(args.run_dirs, args.early))
         elif args.command == "crossings":
+            if args.json:
+                check_out(args.json, "--json")
             found = crossings(args.run_dirs, _levels(args.levels), args.window)
             if args.json:
                 from .checkpoint import write_json_atomic
-                check_out(args.json, "--json")
                 write_json_atomic(args.json, found)
             print(crossings_table(found))
         else:
-            if args.csv:
-                write_curves_csv(args.run_dirs, args.csv, args.window)
-            print(json.dumps(plot_curves(args.run_dirs, args.out, args.window)))
+            print(json.dumps(plot_curves(args.run_dirs, args.out, args.window, csv=args.csv)))
     except UserError as e:           # e.g. an unreadable config.yaml: one line, exit 2
         parser.exit(2, error_line(parser.prog, e) + "\n")
 
