@@ -58,18 +58,23 @@ def inner_loop(meta, model, data, opt_name="sgd", lr=0.1, clip=None, set_to_none
     return trajectory
 
 
-def surrogate_gradient(model, init, trajectory, data, cfg: LeapConfig):
+def surrogate_gradient(model, init, trajectory, data, cfg: LeapConfig, learned=None):
     """∇_θ⁰ of (1/p) Σ_i ‖γ̄^{i+1} − γ^i‖^p with θ^i = θ⁰ + const (Jacobian = I), by autograd.
 
     The frozen forward point is γ̄^{i+1} = (θ^{i+1}, f_i + Δf̃_i) where Δf̃_i = −|Δf_i| under the
-    stabilizer; the loss coordinate of γ^i is f(θ^i) evaluated with autograd on batch i."""
-    theta0 = [p.detach().clone().requires_grad_(True) for p in init]
+    stabilizer; the loss coordinate of γ^i is f(θ^i) evaluated with autograd on batch i. ``learned``: which of
+    the model's parameters are meta-learned (default all; the gradient is theirs): the others are outside the
+    path and stay at their trajectory values in f."""
+    learned = [True] * len(init) if learned is None else learned
+    theta0 = [p.detach().clone().requires_grad_(True) for p, keep in zip(init, learned) if keep]
     names = [n for n, _ in model.named_parameters()]
     K = len(trajectory) - 1
     total = torch.zeros(())
     for i in range(K):
-        theta_i = [t0 + (ti - ti0) for t0, ti, ti0 in zip(theta0, trajectory[i], trajectory[0])]
-        d_theta = [n - t for n, t in zip(trajectory[i + 1], theta_i)]
+        t0 = iter(theta0)
+        theta_i = [next(t0) + (ti - ti0) if keep else ti
+                   for keep, ti, ti0 in zip(learned, trajectory[i], trajectory[0])]
+        d_theta = [n - t for n, t, keep in zip(trajectory[i + 1], theta_i, learned) if keep]
         sq = sum((d ** 2).sum() for d in d_theta)
         if cfg.loss:
             f_i = torch.func.functional_call(model, dict(zip(names, theta_i)), (data[i][0],))
