@@ -38,12 +38,15 @@ frames (configs/atari_leap_paper.yaml); the SB3 variants keep their Nature CNN o
 - ``agents_random``   the K agents' pools stepping random actions together (each pool sent, then each
                       received): their combined env steps/s, the bound for the K agents together.
 
-Its last JSON line has ``agents``, ``per_agent_sps_single``, ``per_agent_sps_batched``, ``batched_cost_ratio``
-(= per_agent_sps_single / per_agent_sps_batched: the per-agent cost batched over one agent's alone; below 1
-batching pays), ``envpool_random_sps_agents`` and ``batched_of_bound`` (K · per-agent batched ÷ that bound).
-With ``--cuda-graphs`` (CUDA only) the same run also measures ``agents_single_graphs`` and
-``agents_batched_graphs`` (``A2CConfig.cuda_graphs``), adding ``per_agent_sps_single_graphs``,
-``per_agent_sps_batched_graphs`` and ``batched_graphs_of_bound``.
+Its last JSON line has ``agents``; ``per_agent_sps_single`` (one agent alone: its env steps/s);
+``per_agent_sps_batched`` (the K batched agents' env steps per second together, K × ``each_agent_sps_batched``:
+the inverse of one agent-step's cost, so comparable with one agent alone); ``batched_cost_ratio``
+(= per_agent_sps_single / per_agent_sps_batched: an agent's cost batched over its cost alone, like the maze
+bench's per-seed ratio; below 1 batching pays); ``envpool_random_sps_agents`` and ``batched_of_bound``
+(per_agent_sps_batched ÷ that bound). With ``--cuda-graphs`` (CUDA only) the same run also measures
+``agents_single_graphs`` and ``agents_batched_graphs`` (``A2CConfig.cuda_graphs``), adding
+``per_agent_sps_single_graphs``, ``per_agent_sps_batched_graphs`` (K agents together, as above) and
+``batched_graphs_of_bound``.
 
     metarl bench a2c-throughput --agents 8 [--games Pong,Breakout,Qbert] [--steps 2000] [--device cuda]
 """
@@ -349,22 +352,24 @@ def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]
         unit = "combined env steps/s" if v == "agents_random" else "env steps/s per agent"
         print(f"{v:>15}: {med[v]:7.0f} {unit}  (rounds: {', '.join(f'{s:.0f}' for s in samples[v])})")
     K = args.agents
-    ratio = med["agents_single"] / med["agents_batched"]
-    bound = K * med["agents_batched"] / med["agents_random"]
-    print(f"{'batched cost':>15}: {ratio:.2f} of one agent's per-agent cost ({K} agents); "
+    batched = K * med["agents_batched"]            # agent-steps per second: one agent's steps cost 1 / batched
+    ratio = med["agents_single"] / batched
+    bound = batched / med["agents_random"]
+    print(f"{'batched cost':>15}: {ratio:.2f} of one agent's cost per env step ({K} agents); "
           f"{bound:.2f} of the {K} pools' random-action bound")
     out = {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
            "games": args.agent_games, "num_envs": args.num_envs, "n_steps": args.n_steps, "threads": threads,
            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "env_threads": args.env_threads,
            "rounds": args.rounds, "steps_per_round": args.steps,
            "agents": K, "per_agent_sps_single": round(med["agents_single"], 1),
-           "per_agent_sps_batched": round(med["agents_batched"], 1), "batched_cost_ratio": round(ratio, 3),
+           "per_agent_sps_batched": round(batched, 1), "each_agent_sps_batched": round(med["agents_batched"], 1),
+           "batched_cost_ratio": round(ratio, 3),
            "envpool_random_sps_agents": round(med["agents_random"], 1), "batched_of_bound": round(bound, 3)}
     if "agents_batched_graphs" in med:
         graphs_bound = K * med["agents_batched_graphs"] / med["agents_random"]
         print(f"{'with graphs':>15}: {graphs_bound:.2f} of the {K} pools' random-action bound")
         out.update({"per_agent_sps_single_graphs": round(med["agents_single_graphs"], 1),
-                    "per_agent_sps_batched_graphs": round(med["agents_batched_graphs"], 1),
+                    "per_agent_sps_batched_graphs": round(K * med["agents_batched_graphs"], 1),
                     "batched_graphs_of_bound": round(graphs_bound, 3)})
     return out
 
