@@ -7,8 +7,9 @@
 #       training AUC) -> docs/atari_transfer2/select/METHOD/
 #   scripts/transfer2_reports.sh study LEAP_RUN REPTILE_RUN TEMPLATE_RUN PRETRAINED_RUN CONTROL_RUN...
 #       every arm on the test games against the random encoder (the controls' random arm) and the fixed template,
-#       on the primary metric and on the secondary one (the default metric), and on the related and the unrelated
-#       held-out games apart -> docs/atari_transfer2/study/{,secondary,related,unrelated}
+#       with the fraction of the gap to the same-game encoder (the controls) each closes; on the primary metric
+#       and on the secondary one (the default metric), and on the related and the unrelated held-out games apart
+#       -> docs/atari_transfer2/study/{,secondary,related,unrelated}
 set -euo pipefail
 D=docs/atari_transfer2
 case ${1:-} in
@@ -24,13 +25,15 @@ case ${1:-} in
   study)
     [ $# -ge 6 ] || { echo "usage: $0 study LEAP REPTILE TEMPLATE PRETRAINED CONTROL..." >&2; exit 2; }
     shift
-    metarl report "$@" --metric human_normalised_auc --baseline random_init --baseline atari_transfer2_template \
-      --out $D/study
-    metarl report "$@" --baseline random_init --baseline atari_transfer2_template --out $D/study/secondary
+    runs=("$@")
+    against() {    # every arm against the random encoder and the template; the gap to the same-game encoder
+      metarl report "${runs[@]}" --baseline random_init --baseline atari_transfer2_template \
+        --control atari_transfer2_control "$@"
+    }
+    against --metric human_normalised_auc --out $D/study
+    against --out $D/study/secondary
     # the verdict per kind of held-out game: the two shooters (related to the family) and the brawler (not)
-    metarl report "$@" --metric human_normalised_auc --baseline random_init --baseline atari_transfer2_template \
-      --tasks Assault,NameThisGame --out $D/study/related
-    metarl report "$@" --metric human_normalised_auc --baseline random_init --baseline atari_transfer2_template \
-      --tasks KungFuMaster --out $D/study/unrelated ;;
+    against --metric human_normalised_auc --tasks Assault,NameThisGame --out $D/study/related
+    against --metric human_normalised_auc --tasks KungFuMaster --out $D/study/unrelated ;;
   *) echo "usage: $0 select|study ..." >&2; exit 2 ;;
 esac

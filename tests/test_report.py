@@ -324,6 +324,46 @@ def test_report_over_a_subset_of_games_equals_direct_computation(atari_runs, tmp
     assert err.count("\n") == 1 and not (tmp_path / "q").exists()
 
 
+def test_gap_closed_is_the_fraction_of_the_control_gap_per_task():
+    """gap_closed on known arrays: per task (mean_m − mean_b) / (mean_c − mean_b), their mean over tasks; runs
+    that do not vary give a point interval; the fractions do not depend on which direction is better; no gap on
+    a task gives None."""
+    from train.report import gap_closed
+    base = np.array([[0.0, 1.0], [2.0, 3.0]])                 # task means 1, 2
+    top = np.array([[10.0, 20.0], [12.0, 22.0]])              # 11, 21
+    arm = np.array([[5.0, 11.5], [7.0, 12.5]])                # 6, 12
+    g = gap_closed({"b": base, "c": top, "m": arm}, "b", "c", reps=500)
+    assert set(g) == {"m"}
+    np.testing.assert_allclose(g["m"]["per_task"], [5 / 10, 10 / 19])
+    assert g["m"]["mean"] == pytest.approx((5 / 10 + 10 / 19) / 2)
+    assert g["m"]["ci"][0] < g["m"]["mean"] < g["m"]["ci"][1]
+    flat = {"b": np.zeros((4, 2)), "c": np.full((4, 2), 2.0), "m": np.ones((4, 2))}
+    assert gap_closed(flat, "b", "c", reps=50)["m"] == {"per_task": [0.5, 0.5], "mean": 0.5, "ci": [0.5, 0.5]}
+    neg = gap_closed({k: -v for k, v in {"b": base, "c": top, "m": arm}.items()}, "b", "c", reps=500)
+    np.testing.assert_allclose(neg["m"]["per_task"], g["m"]["per_task"])
+    assert gap_closed({"b": base, "c": base.copy(), "m": arm}, "b", "c", reps=10)["m"]["mean"] is None
+
+
+def test_report_says_how_much_of_the_gap_to_a_control_each_method_closes(atari_runs, tmp_path, capsys):
+    """--control (by config name, as --baseline): the report's fractions of the gap between random init and it
+    equal the direct computation from the human-normalised scores; a control no run has is a note."""
+    root, dirs, finals = atari_runs
+    out = tmp_path / "gap"
+    code, _, err = run_report([*map(str, dirs), "--out", str(out), "--reps", "200", "--control", "atari_reptile"],
+                              capsys)
+    assert code == 0, err
+    gap = json.loads((out / "report.json").read_text())["suites"]["atari"]["gap_closed"]
+    assert (gap["baseline"], gap["control"], set(gap["methods"])) == ("random init", "Reptile init", {"Leap init"})
+    b, c, m = (hns_matrix(finals[k]).mean(axis=0) for k in ("random_init", "atari_reptile", "atari_leap"))
+    np.testing.assert_allclose(gap["methods"]["Leap init"]["per_task"], (m - b) / (c - b), rtol=1e-9)
+    assert "| Leap init | " in (out / "report.md").read_text().split("Fraction of the gap")[1]
+    code, _, err = run_report([*map(str, dirs), "--out", str(tmp_path / "none"), "--reps", "50",
+                               "--control", "atari_nope"], capsys)
+    assert code == 0, err
+    atari = json.loads((tmp_path / "none" / "report.json").read_text())["suites"]["atari"]
+    assert "gap_closed" not in atari and any(n.startswith("--control atari_nope: not among") for n in atari["notes"])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda t: [str(t / "missing")], "not a directory: "),
     (lambda t: [str(t)], "no finished runs (eval.json or eval_atari.json) in: "),

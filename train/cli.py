@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     r.add_argument("--tasks", default=None, metavar="T1,T2",
                    help="only these tasks (Atari games), e.g. the held-out games related to the training family")
+    r.add_argument("--control", default=None, metavar="METHOD",
+                   help="an upper reference (e.g. an encoder trained on the test game itself): report the fraction "
+                   "of the gap between the first baseline and it that each method closes, with its CI")
     r.add_argument("--split", default="test", choices=("test", "val"),
                    help="whose held-out results: the test tasks' (default) or the validation tasks' (a choice of "
                    "hyper-parameters is reported on val, never on test)")
@@ -278,7 +281,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
     out = report([Path(d) for d in args.run_dirs], Path(args.out), metric=args.metric,
                  baselines=tuple(args.baseline or ("random_init",)), reps=args.reps, split=args.split,
-                 tasks=tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()))
+                 tasks=tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()), control=args.control)
     print(f"wrote {out}")
     return 0
 

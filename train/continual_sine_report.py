@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .checkpoint import write_json_atomic
 from .errors import UserError, error_line
 from .report_data import read_object
 from .stats import curve_mean_std, pm, sample_std
@@ -72,7 +73,7 @@ def reproduce(config: Path, seeds: Sequence[int], out_dir: Path, overrides: Sequ
             evaluate_run(run_dir)
         dirs.append(run_dir)
     summary = table(dirs)
-    (Path(out_dir) / "table.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(Path(out_dir) / "table.json", summary)
     return summary
 
 

@@ -14,6 +14,8 @@ Runs are read by train/report_data.py and grouped by suite (Atari, maze, Omniglo
   (``underpowered``): its interval and probability rest on too few runs to carry a claim;
 - consistency over seeds against the first baseline (:func:`consistency`): the std ratio, CVaR₂₅ and
   P(failed seed);
+- with ``--control NAME`` (an upper reference: a transfer study's encoder trained on the test game itself), the
+  fraction of the gap between the first baseline and it that each method closes (:func:`gap_closed`);
 - ``seed_curves.csv``: every held-out run's curve (Atari: from its evaluation parts), per seed;
 - figures: ``curves_<suite>.png`` (per task, mean and ± 1 sample std band over seeds), ``aggregates_<suite>.png``
   and ``profile_<suite>.png`` (performance profile: fraction of runs above a score τ, with 95% bands).
@@ -26,14 +28,15 @@ lower-is-better: the probability of improvement and the profile use their negati
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import write_json_atomic, write_text_atomic
 from .errors import UserError
 from .names import RANDOM_INIT
+from .plot import save_figure
 from .report_data import Curve, Runs, Score, load_runs
 from .stats import mean_std
 
@@ -145,6 +148,38 @@ def consistency(matrices: dict[str, np.ndarray], baseline: str, lower: bool = Fa
     return out
 
 
+def gap_closed(matrices: dict[str, np.ndarray], baseline: str, control: str, reps: int,
+               seed: int = 0) -> dict[str, dict]:
+    """How much of the gap between ``baseline`` and ``control`` (an upper reference, e.g. an encoder trained on
+    the test game itself) each other method closes: per task, (mean_m − mean_b) / (mean_c − mean_b), and the
+    mean of that over tasks with a 95% percentile interval from ``reps`` resamples of each arm's runs, within
+    each task (stratified, each arm apart, as rliable resamples). 0: level with the baseline; 1: as good as the
+    control (either direction of "better": the sign cancels). None where the control does not differ from the
+    baseline on a task (no gap to close)."""
+    rng = np.random.default_rng(seed)
+    tasks = np.arange(matrices[baseline].shape[1])
+
+    def resampled(x: np.ndarray) -> np.ndarray:            # (reps, tasks): per-task means of resampled runs
+        rows = rng.integers(0, x.shape[0], size=(reps, x.shape[0], x.shape[1]))
+        return x[rows, tasks].mean(axis=1)
+
+    base, top = matrices[baseline], matrices[control]
+    gap = top.mean(axis=0) - base.mean(axis=0)
+    out = {}
+    for m, x in matrices.items():
+        if m in (baseline, control):
+            continue
+        if not np.all(gap != 0):
+            out[m] = {"per_task": [None] * len(tasks), "mean": None, "ci": [None, None]}
+            continue
+        per_task = (x.mean(axis=0) - base.mean(axis=0)) / gap
+        b = resampled(base)
+        boot = ((resampled(x) - b) / (resampled(top) - b)).mean(axis=1)
+        out[m] = {"per_task": per_task.tolist(), "mean": float(per_task.mean()),
+                  "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+    return out
+
+
 def pooled(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Curves of several runs of one (method, task) on the x of the longest: mean and sample std (n − 1) over
     all their seeds. Each curve's ``std`` is over its own ``n`` seeds with divisor n (0 for one seed)."""
@@ -187,7 +222,7 @@ def plot_curves(curves: list[Curve], path: Path) -> None:
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -201,7 +236,7 @@ def plot_aggregates(agg: dict, metric: str, suite: str, aggregates_path: Path, p
     fig, _ = plot_utils.plot_interval_estimates(point, ci, metric_names=list(AGGREGATES), algorithms=methods,
                                                 xlabel=LABELS.get(metric, metric), row_height=0.6,
                                                 xlabel_y_coordinate=-0.55 / (0.6 * len(methods)))
-    fig.savefig(aggregates_path, dpi=110, bbox_inches="tight")
+    save_figure(fig, aggregates_path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     prof = agg["profile"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -212,12 +247,12 @@ def plot_aggregates(agg: dict, metric: str, suite: str, aggregates_path: Path, p
     ax.set_title(f"{suite}: performance profile")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(profile_path, dpi=110)
+    save_figure(fig, profile_path, dpi=110)
     plt.close(fig)
 
 
 def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str], reps: int, out: Path,
-                 figures: bool = True) -> tuple[list[str], dict]:
+                 figures: bool = True, control: str | None = None) -> tuple[list[str], dict]:
     scores = [s for s in runs.scores if s.suite == suite]
     have = sorted({k for s in scores for k in s.values}, key=lambda k: ORDER.index(k) if k in ORDER else 99)
     metric = metric or default_metric(scores)
@@ -280,6 +315,21 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                       f"their task).", "", "| method | std ratio | CVaR₂₅ | P(failed seed) |", "|---|---|---|---|"]
             ratio = {m: "—" if c["std_ratio"] is None else f"{c['std_ratio']:.2f}" for m, c in cons.items()}
             lines += [f"| {m} | {ratio[m]} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |" for m, c in cons.items()]
+        if control is not None and baseline is not None and control in matrices and control != baseline:
+            result["gap_closed"] = {"baseline": baseline, "control": control,
+                                    "methods": (gaps := gap_closed(matrices, baseline, control, reps))}
+            lines += ["", f"Fraction of the gap between {baseline} and {control} closed "
+                      f"({LABELS.get(metric, metric)}): per task (difference of the means over seeds ÷ the "
+                      f"control's), and the mean over tasks with "
+                      f"a 95% bootstrap CI ({reps} resamples of each arm's seeds within each task).", "",
+                      "| method | " + " | ".join(tasks) + " | mean over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
+            for m, g in gaps.items():
+                cells = ["—" if v is None else f"{v:.3f}" for v in g["per_task"]]
+                mean = "—" if g["mean"] is None else f"{g['mean']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+                lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+        elif control is not None:
+            notes.append(f"--control {control}: not among the methods with every aggregated task, or no baseline "
+                         f"to measure a gap from: no fraction of the gap closed")
         if baseline is None:
             hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
                     if suite == "atari" and RANDOM_INIT in baselines else "")
@@ -303,7 +353,7 @@ def write_seed_curves(curves: list, path: Path) -> None:
     for c in sorted(curves, key=lambda c: (c.suite, c.method, c.task, c.seed)):
         rows += [f"{c.suite},{c.method},{c.task},{c.seed},{x:g},{'' if not np.isfinite(y) else f'{y:.6g}'}"
                  for x, y in zip(c.x, c.y)]
-    path.write_text("\n".join(rows) + "\n")
+    write_text_atomic(path, "\n".join(rows) + "\n")
 
 
 def only_tasks(runs: Runs, tasks: tuple[str, ...]) -> Runs:
@@ -319,7 +369,8 @@ def only_tasks(runs: Runs, tasks: tuple[str, ...]) -> Runs:
 
 
 def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines: tuple[str, ...] = ("random_init",),
-           reps: int = 2000, figures: bool = True, split: str = "test", tasks: tuple[str, ...] = ()) -> Path:
+           reps: int = 2000, figures: bool = True, split: str = "test", tasks: tuple[str, ...] = (),
+           control: str | None = None) -> Path:
     """Write ``out``/report.md, report.json and the figures of the runs' results on ``split``'s held-out tasks
     (only ``tasks``, e.g. the games related to a training family, where given); return the Markdown's path."""
     if reps < 1:
@@ -328,6 +379,7 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
     if tasks:
         runs = only_tasks(runs, tasks)
     baselines = tuple(runs.aliases.get(b, b) for b in baselines)      # a config name or random_init: its name
+    control = runs.aliases.get(control, control)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -339,13 +391,13 @@ def report(run_dirs: list[Path], out: Path, metric: str | None = None, baselines
         lines[-1:] = [f"Tasks: {', '.join(tasks)} only.", ""]
     results = {}
     for suite in sorted({s.suite for s in runs.scores}):
-        suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures)
+        suite_lines, results[suite] = suite_report(suite, runs, metric, list(baselines), reps, out, figures, control)
         lines += suite_lines
     if runs.seed_curves:
         write_seed_curves(runs.seed_curves, out / "seed_curves.csv")
         lines += ["", "Per-seed curves (each held-out run's running score on its grid): seed_curves.csv", ""]
     lines += [f"- {n}" for n in runs.notes]
-    (out / "report.md").write_text("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(out / "report.md", "\n".join(lines).rstrip() + "\n")
     selection = ({} if split == "test" else {"split": split}) | ({"tasks": list(tasks)} if tasks else {})
-    (out / "report.json").write_text(json.dumps({**selection, "suites": results, "notes": runs.notes}, indent=2))
+    write_json_atomic(out / "report.json", {**selection, "suites": results, "notes": runs.notes})
     return out / "report.md"
