@@ -536,11 +536,17 @@ class A2CResult:
 OPTIMIZER_POINTS = 20      # per run: RMSprop accumulator quantiles (rmsprop_stats) read at this many updates
 
 
+def stats_updates(updates: int, points: int = OPTIMIZER_POINTS) -> set[int]:
+    """The updates of a run at which :func:`rmsprop_stats` is read: ``points`` spread evenly, the first included."""
+    return set(np.linspace(0, updates - 1, min(points, updates)).round().astype(int).tolist()) if points > 0 else set()
+
+
 def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, watch=NULL_WATCH,
                 cfg: A2CConfig | None = None, on_episode: Callable[[Episode], None] | None = None,
                 on_update: Callable[[int, dict[str, float]], None] | None = None, final_loss: bool = False,
                 generator: torch.Generator | None = None,
-                on_progress: Callable[[int], None] | None = None) -> A2CResult:
+                on_progress: Callable[[int], None] | None = None,
+                optimizer_points: int = OPTIMIZER_POINTS) -> A2CResult:
     """Run A2C for ``total_steps`` env steps (rounded down to whole updates, at least one).
 
     ``envs`` is a vector env or a list of env groups (all of one game); ``cfg.num_envs`` and ``cfg.groups``
@@ -548,7 +554,8 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     ``on_episode(Episode)`` sees every finished game; ``on_update(global_step, logs)`` every update (reading
     its losses: one host sync per update on a GPU); ``on_progress(global_step)`` every update, no sync. With
     ``final_loss`` one more rollout is collected without a step; its loss f(θ_K) closes the watch
-    (``watch.finish``) and ends the curve.
+    (``watch.finish``) and ends the curve. ``optimizer_points``: how many updates read the optimiser's statistics
+    (``A2CResult.optimizer_stats``).
     """
     envs = list(envs) if isinstance(envs, (list, tuple)) else [envs]
     cfg = cfg or A2CConfig(num_envs=sum(e.num_envs for e in envs))
@@ -565,7 +572,7 @@ def train_agent(envs, model: nn.Module, optimizer: torch.optim.Optimizer, total_
     updates = max(1, total_steps // steps_per_update)
     names: list[str] = []
     table: Tensor | None = None           # (updates, len(names)) losses/* on the device, read once at the end
-    stats_at = set(np.linspace(0, updates - 1, min(OPTIMIZER_POINTS, updates)).round().astype(int).tolist())
+    stats_at = stats_updates(updates, optimizer_points)
     optimizer_stats = []
     start = time.perf_counter()
     for i in range(updates):

@@ -37,7 +37,6 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,6 +54,7 @@ from agents.a2c import (
     graphs_for,
     rmsprop_quantiles,
     sample_actions,
+    stats_updates,
 )
 from agents.nets import ActorCritic
 from metarl.seam import NULL_WATCH
@@ -374,14 +374,15 @@ def train_agents(envs: Sequence, model: BatchedActorCritic, optimizer: torch.opt
                  cfg: A2CConfig, generators: Sequence[torch.Generator | None], watch=NULL_WATCH,
                  on_episode: Callable[[int, Episode], None] | None = None,
                  on_update: Callable[[int, dict[str, float]], None] | None = None, final_loss: bool = False,
-                 on_progress: Callable[[int], None] | None = None) -> list[A2CResult]:
+                 on_progress: Callable[[int], None] | None = None,
+                 optimizer_points: int = OPTIMIZER_POINTS) -> list[A2CResult]:
     """K agents (``envs[k]``: agent k's vector env, one game each) trained together for ``total_steps`` env
     steps *each*, as :func:`agents.a2c.train_agent` trains one; returns one :class:`A2CResult` per agent.
 
     ``on_episode(k, Episode)``; ``on_update(step, logs)`` and ``on_progress(step)`` with each agent's env steps
     (all agents step alike) — ``logs`` maps ``losses/*`` to lists of K values. With ``final_loss`` one more
     rollout without a step gives each agent's f(θ_K); ``watch.finish`` gets the (K,) tensor. ``seconds`` of
-    every result is the batch's wall time, so ``sps`` is per agent.
+    every result is the batch's wall time, so ``sps`` is per agent. ``optimizer_points`` as in ``train_agent``.
     """
     if cfg.groups != 1:
         raise ValueError("batched A2C steps one env group per agent (a2c.groups: 1)")
@@ -392,7 +393,7 @@ def train_agents(envs: Sequence, model: BatchedActorCritic, optimizer: torch.opt
     updates = max(1, total_steps // (collector.num_envs * cfg.n_steps))
     names: list[str] = []
     table: Tensor | None = None               # (updates, K, len(names)) on the device, read once at the end
-    stats_at = set(np.linspace(0, updates - 1, min(OPTIMIZER_POINTS, updates)).round().astype(int).tolist())
+    stats_at = stats_updates(updates, optimizer_points)
     optimizer_stats: list[list] = [[] for _ in range(K)]
     start = time.perf_counter()
     for i in range(updates):

@@ -238,3 +238,23 @@ def test_train_agent_reports_games_with_global_steps():
     # env 0's at its 4th (one reset step inside the game)
     first = {e.env: e.global_step for e in reversed(seen)}
     assert first == {0: 8, 1: 6}
+
+
+def test_optimizer_statistics_are_read_at_the_asked_number_of_updates():
+    """train_agent reads RMSprop's accumulator quantiles at OPTIMIZER_POINTS updates spread over the run (the
+    first and the last included) by default, at ``optimizer_points`` when given (the throughput benchmark's rounds
+    read as often as a long run), never with 0."""
+    from agents.a2c import OPTIMIZER_POINTS, stats_updates
+    cfg = A2CConfig(num_envs=2, n_steps=5)
+    steps_at = {}
+    for points in (None, 3, 0):
+        env = FakeAtari([script(("r", 1), ("r", 0))] * 2)
+        model = PixelValue()
+        kw = {} if points is None else {"optimizer_points": points}
+        res = train_agent(env, model, make_optimizer(model.parameters(), cfg), 30 * 10, cfg=cfg,
+                          generator=torch.Generator().manual_seed(0), **kw)
+        steps_at[points] = [s for s, _ in res.optimizer_stats]
+        assert all(st.keys() for _, st in res.optimizer_stats)
+    assert len(steps_at[None]) == OPTIMIZER_POINTS and steps_at[None][0] == 10 and steps_at[None][-1] == 300
+    assert steps_at[3] == [10, 150, 300] and steps_at[0] == []      # updates 0, 14 (14.5 to even), 29
+    assert stats_updates(30, 3) == {0, 14, 29} and stats_updates(2, 20) == {0, 1}

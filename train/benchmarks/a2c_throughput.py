@@ -17,7 +17,9 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 
 Each variant runs in its own child process, set up as its users run it: SB3 with glibc's and OpenMP's
 defaults, ours with what the ``metarl`` command sets (``train/runtime.py``: freed memory kept in the heap, a
-short OpenMP idle spin). Run it through ``metarl bench``, which sets the spin before torch loads.
+short OpenMP idle spin), reading the optimiser's statistics (agents/a2c.py ``rmsprop_stats``) as often per env
+step as a 100,000-step run does, not at 20 points of every round. Run it through ``metarl bench``, which sets
+the spin before torch loads.
 
 Variants run in alternating rounds and the median per variant is reported, so a background load that
 comes and goes hits all of them alike. ``--threads`` applies to every variant; the default (0) leaves
@@ -138,6 +140,17 @@ def _envpool_random(args) -> Callable[[], float]:
     return measure
 
 
+RUN_STEPS = 100_000      # env steps of a typical run (a transfer-study visit): the optimiser-statistics reads' rate
+
+
+def _reads(steps: int) -> int:
+    """How many updates of a ``steps``-step round read the optimiser's statistics: as many as in ``steps`` of a
+    ``RUN_STEPS`` run (agents/a2c.py reads OPTIMIZER_POINTS per run, however short: 20 per round would bill a
+    round several times a run's share), at least one, so the cost is in the figure."""
+    from agents.a2c import OPTIMIZER_POINTS
+    return max(1, round(OPTIMIZER_POINTS * steps / RUN_STEPS))
+
+
 def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True, async_batch: int = 0,
           graphs: bool = False) -> Callable[[], float]:
     from agents.a2c import A2CConfig, make_optimizer, train_agent
@@ -156,7 +169,8 @@ def _ours(args, groups: int, precision: str = "fp32", reuse_forward: bool = True
     train_agent(envs, model, optimizer, 4 * cfg.batch_size, cfg=cfg, generator=gen)     # warm-up
 
     def measure() -> float:
-        return train_agent(envs, model, optimizer, args.steps, cfg=cfg, generator=gen).sps
+        return train_agent(envs, model, optimizer, args.steps, cfg=cfg, generator=gen,
+                           optimizer_points=_reads(args.steps)).sps
     return measure
 
 
@@ -202,13 +216,14 @@ def _agents(args, batched: bool, graphs: bool = False) -> Callable[[], float]:
         optimizer = make_optimizer(models[0].parameters(), cfg)
 
         def one(steps: int) -> float:
-            return train_agent(envs[0], models[0], optimizer, steps, cfg=cfg, generator=gens[0]).sps
+            return train_agent(envs[0], models[0], optimizer, steps, cfg=cfg, generator=gens[0],
+                               optimizer_points=_reads(steps)).sps
     else:
         model = BatchedActorCritic(models)
         optimizer = make_optimizer(model.parameters(), cfg)
 
         def one(steps: int) -> float:
-            return train_agents(envs, model, optimizer, steps, cfg, gens)[0].sps
+            return train_agents(envs, model, optimizer, steps, cfg, gens, optimizer_points=_reads(steps))[0].sps
     one(4 * cfg.batch_size)                                                               # warm-up
     return lambda: one(args.steps)
 
