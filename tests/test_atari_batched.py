@@ -209,11 +209,11 @@ def test_agents_benchmark_reports_its_keys(capsys):
     # an agent's cost per env step batched over alone: the two agents' steps together per second against one
     # agent's (the maze bench's per-seed ratio), not each agent's own rate, which would overstate it K times.
     # The ratios are taken before the rates are rounded to 0.1 (a few steps/s on a loaded machine: 5% apart).
-    assert result["per_agent_sps_batched"] == pytest.approx(2 * result["each_agent_sps_batched"], rel=0.01)
+    assert result["per_agent_sps_batched"] == pytest.approx(2 * result["each_agent_sps_batched"], abs=0.15)
     assert result["batched_cost_ratio"] == pytest.approx(
         result["per_agent_sps_single"] / result["per_agent_sps_batched"], rel=0.1)
     assert result["batched_of_bound"] == pytest.approx(
-        result["per_agent_sps_batched"] / result["envpool_random_sps_agents"], rel=0.1)
+        result["per_agent_sps_batched"] / result["envpool_random_sps_agents"], rel=0.1, abs=1e-3)
     assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
 
 

@@ -154,29 +154,38 @@ def gap_closed(matrices: dict[str, np.ndarray], baseline: str, control: str, rep
     the test game itself) each other method closes: per task, (mean_m − mean_b) / (mean_c − mean_b), and the
     mean of that over tasks with a 95% percentile interval from ``reps`` resamples of each arm's runs, within
     each task (stratified, each arm apart, as rliable resamples). 0: level with the baseline; 1: as good as the
-    control (either direction of "better": the sign cancels). None where the control does not differ from the
-    baseline on a task (no gap to close)."""
+    control (either direction of "better": the sign cancels).
+
+    A task where the control does not differ from the baseline has no gap to close: None there, and the mean
+    is over the other tasks (None if none is left). A resample whose control gap is zero or of the other sign
+    than the data's on some task has no meaningful ratio: it is dropped (``dropped``), and where more than 5% of
+    the resamples are, the interval is None (the control is too close to the baseline to measure against)."""
     rng = np.random.default_rng(seed)
-    tasks = np.arange(matrices[baseline].shape[1])
-
-    def resampled(x: np.ndarray) -> np.ndarray:            # (reps, tasks): per-task means of resampled runs
-        rows = rng.integers(0, x.shape[0], size=(reps, x.shape[0], x.shape[1]))
-        return x[rows, tasks].mean(axis=1)
-
     base, top = matrices[baseline], matrices[control]
     gap = top.mean(axis=0) - base.mean(axis=0)
+    has = np.abs(gap) > 1e-9 * np.maximum(1.0, np.abs(top.mean(axis=0)) + np.abs(base.mean(axis=0)))
+    cols = np.flatnonzero(has)
+
+    def resampled(x: np.ndarray) -> np.ndarray:            # (reps, tasks with a gap): means of resampled runs
+        rows = rng.integers(0, x.shape[0], size=(reps, x.shape[0], len(cols)))
+        return x[rows, cols].mean(axis=1)
+
     out = {}
     for m, x in matrices.items():
         if m in (baseline, control):
             continue
-        if not np.all(gap != 0):
-            out[m] = {"per_task": [None] * len(tasks), "mean": None, "ci": [None, None]}
-            continue
-        per_task = (x.mean(axis=0) - base.mean(axis=0)) / gap
-        b = resampled(base)
-        boot = ((resampled(x) - b) / (resampled(top) - b)).mean(axis=1)
-        out[m] = {"per_task": per_task.tolist(), "mean": float(per_task.mean()),
-                  "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+        per_task = (x.mean(axis=0) - base.mean(axis=0)) / np.where(has, gap, 1.0)
+        result = {"per_task": [float(v) if h else None for v, h in zip(per_task, has)],
+                  "mean": float(per_task[cols].mean()) if len(cols) else None, "ci": [None, None], "dropped": 0}
+        if len(cols):
+            b = resampled(base)
+            g = resampled(top) - b
+            ok = np.all(np.sign(g) == np.sign(gap[cols]), axis=1)
+            boot = ((resampled(x) - b)[ok] / g[ok]).mean(axis=1)
+            result["dropped"] = int(reps - ok.sum())
+            if result["dropped"] <= 0.05 * reps:
+                result["ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+        out[m] = result
     return out
 
 
@@ -315,7 +324,8 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                       f"their task).", "", "| method | std ratio | CVaR₂₅ | P(failed seed) |", "|---|---|---|---|"]
             ratio = {m: "—" if c["std_ratio"] is None else f"{c['std_ratio']:.2f}" for m, c in cons.items()}
             lines += [f"| {m} | {ratio[m]} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |" for m, c in cons.items()]
-        if control is not None and baseline is not None and control in matrices and control != baseline:
+        if control is not None and baseline is not None and control in matrices and control != baseline and \
+                len(matrices) > 2:
             result["gap_closed"] = {"baseline": baseline, "control": control,
                                     "methods": (gaps := gap_closed(matrices, baseline, control, reps))}
             lines += ["", f"Fraction of the gap between {baseline} and {control} closed "
@@ -325,11 +335,22 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                       "| method | " + " | ".join(tasks) + " | mean over tasks |", "|---|" + "---|" * (len(tasks) + 1)]
             for m, g in gaps.items():
                 cells = ["—" if v is None else f"{v:.3f}" for v in g["per_task"]]
-                mean = "—" if g["mean"] is None else f"{g['mean']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+                ci = "no interval" if g["ci"][0] is None else f"[{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+                mean = "—" if g["mean"] is None else f"{g['mean']:.3f} {ci}"
                 lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+                if g["dropped"]:
+                    notes.append(f"gap closed, {m}: {g['dropped']} of {reps} resamples had the control no better "
+                                 f"than {baseline} on some task and were left out"
+                                 + (" (over 5%: no interval)" if g["ci"][0] is None else ""))
+            if any(v is None for g in gaps.values() for v in g["per_task"]):
+                notes.append(f"gap closed: {control} equals {baseline} on some task (— in the table): no gap to "
+                             f"close there, the mean is over the other tasks")
         elif control is not None:
-            notes.append(f"--control {control}: not among the methods with every aggregated task, or no baseline "
-                         f"to measure a gap from: no fraction of the gap closed")
+            why = ("it is the baseline itself" if control == baseline else
+                   "no baseline to measure a gap from" if baseline is None else
+                   "no other method to compare" if control in matrices else
+                   "not among the methods with every aggregated task")
+            notes.append(f"--control {control}: {why}: no fraction of the gap closed")
         if baseline is None:
             hint = (" (runs with eval.random_init: false have none: add a run of the same config seed that has it)"
                     if suite == "atari" and RANDOM_INIT in baselines else "")

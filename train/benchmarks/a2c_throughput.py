@@ -18,7 +18,8 @@ Variants (same game, number of envs, n_steps, network and zoo hyper-parameters; 
 Each variant runs in its own child process, set up as its users run it: SB3 with glibc's and OpenMP's
 defaults, ours with what the ``metarl`` command sets (``train/runtime.py``: freed memory kept in the heap, a
 short OpenMP idle spin), reading the optimiser's statistics (agents/a2c.py ``rmsprop_stats``) as often per env
-step as a 100,000-step run does, not at 20 points of every round. Run it through ``metarl bench``, which sets
+step as a 100,000-step run does (20 reads), not at 20 points of every round — but at least once a round, so
+rounds under 7,500 env steps read more often than a run. Run it through ``metarl bench``, which sets
 the spin before torch loads.
 
 Variants run in alternating rounds and the median per variant is reported, so a background load that
@@ -47,8 +48,8 @@ the inverse of one agent-step's cost, so comparable with one agent alone); ``bat
 bench's per-seed ratio; below 1 batching pays); ``envpool_random_sps_agents`` and ``batched_of_bound``
 (per_agent_sps_batched ÷ that bound). With ``--cuda-graphs`` (CUDA only) the same run also measures
 ``agents_single_graphs`` and ``agents_batched_graphs`` (``A2CConfig.cuda_graphs``), adding
-``per_agent_sps_single_graphs``, ``per_agent_sps_batched_graphs`` (K agents together, as above) and
-``batched_graphs_of_bound``.
+``per_agent_sps_single_graphs``, ``per_agent_sps_batched_graphs`` (K agents together, as above),
+``each_agent_sps_batched_graphs`` and ``batched_graphs_of_bound``.
 
     metarl bench a2c-throughput --agents 8 [--games Pong,Breakout,Qbert] [--steps 2000] [--device cuda]
 """
@@ -385,6 +386,7 @@ def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]
         print(f"{'with graphs':>15}: {graphs_bound:.2f} of the {K} pools' random-action bound")
         out.update({"per_agent_sps_single_graphs": round(med["agents_single_graphs"], 1),
                     "per_agent_sps_batched_graphs": round(K * med["agents_batched_graphs"], 1),
+                    "each_agent_sps_batched_graphs": round(med["agents_batched_graphs"], 1),
                     "batched_graphs_of_bound": round(graphs_bound, 3)})
     return out
 
