@@ -152,6 +152,16 @@ def test_a_study_compares_every_method_with_the_one_run_that_evaluated_random_in
                                "--baseline", "atari_transfer_reptile"], capsys)
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["suites"]["atari"]["baseline"] == "Reptile init"
+    # consistency against each baseline named, not only the first (a fixed template beside the random encoder)
+    code, _, err = run_report([*map(str, dirs), "--out", str(out), "--reps", "50", "--baseline", "random_init",
+                               "--baseline", "atari_transfer_reptile"], capsys)
+    assert code == 0, err
+    atari = json.loads((out / "report.json").read_text())["suites"]["atari"]
+    x, y = hns_matrix(inits["atari_transfer_leap"]), hns_matrix(inits["atari_transfer_reptile"])
+    ratio = math.sqrt(np.mean(x.var(axis=0, ddof=1)) / np.mean(y.var(axis=0, ddof=1)))
+    assert set(atari["consistency_vs"]) == {"Reptile init"} and atari["consistency"]["random init"]["std_ratio"] == 1
+    assert atari["consistency_vs"]["Reptile init"]["Leap init"]["std_ratio"] == pytest.approx(ratio)
+    assert "Consistency over seeds against Reptile init" in (out / "report.md").read_text()
     from train.names import init_names
     assert init_names({"a": "finetune", "b": "finetune", "c": "leap"}) == {
         "a": "pretrained init (a)", "b": "pretrained init (b)", "c": "Leap init", "random_init": "random init"}

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="report", metavar="DIR", help="output folder (default: ./report)")
     r.add_argument("--baseline", action="append", default=None, metavar="METHOD",
                    help="method to compare against (repeatable: a probability of improvement over each one a suite "
-                   "has; consistency against the first; default random_init)")
+                   "has, and consistency over seeds against each; default random_init)")
     r.add_argument("--metric", default=None, help="score to aggregate (default: per suite, e.g. human_normalised)")
     r.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     r.add_argument("--tasks", default=None, metavar="T1,T2",
