@@ -318,7 +318,7 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                          f"effect a design can detect)")
         # against each baseline: a fixed template beside a random encoder drawn anew per seed separates "more
         # consistent because meta-learned" from "more consistent because one fixed encoder"
-        for b in (baseline, *others) if baseline is not None else ():
+        for b in present:
             cons = consistency(matrices, b, lower)
             if b == baseline:
                 result["consistency"] = cons
