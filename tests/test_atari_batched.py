@@ -105,6 +105,29 @@ def _compare(optimizer: str, network: str, observation: str, heads: str, device:
     assert max(row["losses/grad_norm"] for _, res in alone for row in res.logs) > cfg.max_grad_norm
 
 
+def test_batched_agents_read_the_optimiser_at_the_asked_number_of_updates(one_thread):
+    """train_agents reads each agent's RMSprop statistics at the updates train_agent would (``stats_updates``):
+    ``optimizer_points`` of them when given (3: the first, a middle and the last update), none with 0; the
+    equality test above covers the default."""
+    from agents.a2c import stats_updates
+    cfg = A2CConfig(num_envs=2, n_steps=5)
+    three = sorted(stats_updates(UPDATES, 3))
+    assert len(three) == 3 and three[0] == 0 and three[-1] == UPDATES - 1
+    for points, expected in ((3, three), (0, [])):
+        envs = [make_atari(game, 2, seed, backend="envpool", num_threads=1) for game, seed in GAMES[:2]]
+        try:
+            widths = [e.num_actions for e in envs]
+            batched = BatchedActorCritic(_models("nature", widths), num_actions=widths)
+            opt = make_optimizer(batched.parameters(), cfg)
+            gens = [torch.Generator().manual_seed(k) for k in range(2)]
+            results = train_agents(envs, batched, opt, UPDATES * cfg.batch_size, cfg, gens, optimizer_points=points)
+        finally:
+            close_all(envs)
+        for res in results:
+            assert [s for s, _ in res.optimizer_stats] == [(u + 1) * cfg.batch_size for u in expected]
+            assert all(stats for _, stats in res.optimizer_stats)
+
+
 def test_per_agent_clipping_is_clip_grad_norm_of_each_agent():
     torch.manual_seed(0)
     models = _models("mnih2013", [4, 6, 9])
