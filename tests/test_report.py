@@ -337,7 +337,8 @@ def test_report_over_a_subset_of_games_equals_direct_computation(atari_runs, tmp
 def test_gap_closed_is_the_fraction_of_the_control_gap_per_task():
     """gap_closed on known arrays: per task (mean_m − mean_b) / (mean_c − mean_b) (the ratio of the means, not
     the mean of per-seed ratios), their mean over tasks; runs that do not vary give a point interval; the
-    fractions do not depend on which direction is better; a task without a gap is None and left out of the mean."""
+    fractions do not depend on which direction is better; a task without a gap — the control level with the
+    baseline, or worse than it (it did not transfer there) — is None and left out of the mean."""
     from train.report import gap_closed
     base = np.array([[0.0, 1.0], [2.0, 3.0], [1.0, 2.0]])     # task means 1, 2
     top = np.array([[10.0, 20.0], [12.0, 26.0], [11.0, 17.0]])   # 11, 21
@@ -350,8 +351,15 @@ def test_gap_closed_is_the_fraction_of_the_control_gap_per_task():
     flat = {"b": np.zeros((4, 2)), "c": np.full((4, 2), 2.0), "m": np.ones((4, 2))}
     assert gap_closed(flat, "b", "c", reps=50)["m"] == {"per_task": [0.5, 0.5], "mean": 0.5, "ci": [0.5, 0.5],
                                                          "dropped": 0}
-    neg = gap_closed({k: -v for k, v in {"b": base, "c": top, "m": arm}.items()}, "b", "c", reps=500)
+    negated = {k: -v for k, v in {"b": base, "c": top, "m": arm}.items()}
+    neg = gap_closed(negated, "b", "c", reps=500, lower_is_better=True)
     np.testing.assert_allclose(neg["m"]["per_task"], g["m"]["per_task"])
+    # higher is better, and the control is below the baseline on every task: no gap anywhere (not 0.5 of one)
+    assert gap_closed(negated, "b", "c", reps=50)["m"] == {"per_task": [None, None], "mean": None,
+                                                           "ci": [None, None], "dropped": 0}
+    # the control worse than the baseline on task 1 only (as a same-game encoder that did not transfer)
+    worse = gap_closed({"b": base, "c": np.stack([top[:, 0], base[:, 1] - 1.0], 1), "m": arm}, "b", "c", 200)["m"]
+    assert worse["per_task"] == [pytest.approx(0.5), None] and worse["mean"] == pytest.approx(0.5)
     one = gap_closed({"b": base, "c": np.stack([top[:, 0], base[:, 1]], 1), "m": arm}, "b", "c", reps=200)["m"]
     assert one["per_task"] == [pytest.approx(0.5), None] and one["mean"] == pytest.approx(0.5)
     assert gap_closed({"b": base, "c": base.copy(), "m": arm}, "b", "c", reps=10)["m"]["mean"] is None
@@ -390,7 +398,9 @@ def test_report_says_how_much_of_the_gap_to_a_control_each_method_closes(atari_r
     gap = json.loads((out / "report.json").read_text())["suites"]["atari"]["gap_closed"]
     assert (gap["baseline"], gap["control"], set(gap["methods"])) == ("random init", "Reptile init", {"Leap init"})
     b, c, m = (hns_matrix(finals[k]).mean(axis=0) for k in ("random_init", "atari_reptile", "atari_leap"))
-    np.testing.assert_allclose(gap["methods"]["Leap init"]["per_task"], (m - b) / (c - b), rtol=1e-9)
+    per_task = gap["methods"]["Leap init"]["per_task"]
+    assert [v is None for v in per_task] == list(c <= b)        # where the control is not above random: no gap
+    np.testing.assert_allclose([v for v in per_task if v is not None], ((m - b) / (c - b))[c > b], rtol=1e-9)
     assert "| Leap init | " in (out / "report.md").read_text().split("Fraction of the gap")[1]
     code, _, err = run_report([*map(str, dirs), "--out", str(tmp_path / "none"), "--reps", "50",
                                "--control", "atari_nope"], capsys)

@@ -148,22 +148,24 @@ def consistency(matrices: dict[str, np.ndarray], baseline: str, lower: bool = Fa
     return out
 
 
-def gap_closed(matrices: dict[str, np.ndarray], baseline: str, control: str, reps: int,
-               seed: int = 0) -> dict[str, dict]:
+def gap_closed(matrices: dict[str, np.ndarray], baseline: str, control: str, reps: int, seed: int = 0,
+               lower_is_better: bool = False) -> dict[str, dict]:
     """How much of the gap between ``baseline`` and ``control`` (an upper reference, e.g. an encoder trained on
     the test game itself) each other method closes: per task, (mean_m − mean_b) / (mean_c − mean_b), and the
     mean of that over tasks with a 95% percentile interval from ``reps`` resamples of each arm's runs, within
     each task (stratified, each arm apart, as rliable resamples). 0: level with the baseline; 1: as good as the
-    control (either direction of "better": the sign cancels).
+    control (the metric's direction, ``lower_is_better``, only decides which tasks have a gap: the sign cancels).
 
-    A task where the control does not differ from the baseline has no gap to close: None there, and the mean
-    is over the other tasks (None if none is left). A resample whose control gap is zero or of the other sign
-    than the data's on some task has no meaningful ratio: it is dropped (``dropped``), and where more than 5% of
-    the resamples are, the interval is None (the control is too close to the baseline to measure against)."""
+    A task where the control is not better than the baseline has no gap to close — level, or the control worse
+    (it did not transfer there: a ratio to a reversed gap would read as a large fraction of nothing): None there,
+    and the mean is over the other tasks (None if none is left). A resample whose control gap is zero or
+    reversed on some task has no meaningful ratio: it is dropped (``dropped``), and where more than 5% of the
+    resamples are, the interval is None (the control is too close to the baseline to measure against)."""
     rng = np.random.default_rng(seed)
     base, top = matrices[baseline], matrices[control]
     gap = top.mean(axis=0) - base.mean(axis=0)
-    has = np.abs(gap) > 1e-9 * np.maximum(1.0, np.abs(top.mean(axis=0)) + np.abs(base.mean(axis=0)))
+    better = -gap if lower_is_better else gap
+    has = better > 1e-9 * np.maximum(1.0, np.abs(top.mean(axis=0)) + np.abs(base.mean(axis=0)))
     cols = np.flatnonzero(has)
 
     def resampled(x: np.ndarray) -> np.ndarray:            # (reps, tasks with a gap): means of resampled runs
@@ -332,8 +334,8 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
             lines += [f"| {m} | {ratio[m]} | {fmt(c['cvar25'])} | {c['p_failed']:.2f} |" for m, c in cons.items()]
         if control is not None and baseline is not None and control in matrices and control != baseline and \
                 len(matrices) > 2:
-            result["gap_closed"] = {"baseline": baseline, "control": control,
-                                    "methods": (gaps := gap_closed(matrices, baseline, control, reps))}
+            gaps = gap_closed(matrices, baseline, control, reps, lower_is_better=lower)
+            result["gap_closed"] = {"baseline": baseline, "control": control, "methods": gaps}
             lines += ["", f"Fraction of the gap between {baseline} and {control} closed "
                       f"({LABELS.get(metric, metric)}): per task (difference of the means over seeds ÷ the "
                       f"control's), and the mean over tasks with "
@@ -349,8 +351,9 @@ def suite_report(suite: str, runs: Runs, metric: str | None, baselines: list[str
                                  f"than {baseline} on some task and were left out"
                                  + (" (over 5%: no interval)" if g["ci"][0] is None else ""))
             if any(v is None for g in gaps.values() for v in g["per_task"]):
-                notes.append(f"gap closed: {control} equals {baseline} on some task (— in the table): no gap to "
-                             f"close there, the mean is over the other tasks")
+                none = [t for t, v in zip(tasks, next(iter(gaps.values()))["per_task"]) if v is None]
+                notes.append(f"gap closed: {control} is not better than {baseline} on {', '.join(none)} (— in the "
+                             f"table): no gap to close there, the mean is over the other tasks")
         elif control is not None:
             why = ("it is the baseline itself" if control == baseline else
                    "no baseline to measure a gap from" if baseline is None else
