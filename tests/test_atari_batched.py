@@ -24,9 +24,9 @@ def _models(network: str, widths: list[int], device: str = "cpu") -> list[ActorC
             for k, w in enumerate(widths)]
 
 
-def _envs(observation: str) -> list:
+def _envs(observation: str, games: list[tuple[str, int]] = GAMES) -> list:
     return [make_atari(game, 2, seed, backend="envpool", num_threads=1, observation=observation)
-            for game, seed in GAMES]
+            for game, seed in games]
 
 
 @pytest.mark.parametrize("optimizer,network,observation,heads", [
@@ -114,7 +114,7 @@ def test_batched_agents_read_the_optimiser_at_the_asked_number_of_updates(one_th
     three = sorted(stats_updates(UPDATES, 3))
     assert len(three) == 3 and three[0] == 0 and three[-1] == UPDATES - 1
     for points, expected in ((3, three), (0, [])):
-        envs = [make_atari(game, 2, seed, backend="envpool", num_threads=1) for game, seed in GAMES[:2]]
+        envs = _envs("gray4", GAMES[:2])
         try:
             widths = [e.num_actions for e in envs]
             batched = BatchedActorCritic(_models("nature", widths), num_actions=widths)
