@@ -8,11 +8,13 @@ action-sampling generator, episode statistics and env-step counter. What is shar
 - :class:`BatchedActorCritic` stacks the K models' parameters along a leading dimension under the single
   model's names (``encoder.conv.0.weight`` is (K, 32, 4, 8, 8), ``policy.weight`` (K, A_max, F), ...).
   The convolutions run as one grouped convolution (``groups=K``: the K agents' channels side by side), the
-  linear layers as batched matrix products. Why grouped convolutions and not ``torch.func.vmap`` over
-  ``functional_call``: vmap's batching rule for ``conv2d`` with batched weights lowers to the same grouped
-  convolution, so the kernels are the same, while the explicit form keeps ordinary ``nn.Parameter`` leaves
-  (any torch optimiser, ``clip``, checkpoints and the meta-learner's views work on them unchanged), keeps the
-  channels-last layout the single model relies on for oneDNN, and has no per-call functorch overhead.
+  linear layers as batched matrix products (the largest, the trunk's fully connected layer, through
+  :class:`StackedLinear`, which forms its weight gradient in the weight's layout). Why grouped convolutions
+  and not ``torch.func.vmap`` over ``functional_call``: vmap's batching rule for ``conv2d`` with batched
+  weights lowers to the same grouped convolution, so the kernels are the same, while the explicit form keeps
+  ordinary ``nn.Parameter`` leaves (any torch optimiser, ``clip``, checkpoints and the meta-learner's views
+  work on them unchanged), keeps the channels-last layout the single model relies on for oneDNN, and has no
+  per-call functorch overhead.
 - Policy heads of different widths (games with different action counts) are padded to the widest; each
   agent's logits past its game's action count are set to −inf before the softmax, so padded actions are
   never sampled and their rows get exactly zero gradient (hence no RMSprop movement either).
@@ -113,9 +115,9 @@ class BatchedActorCritic(nn.Module):
         """(K, N, C, H, W) uint8 frames → (K, N, D) flattened convolutional features."""
         K, N = obs.shape[:2]
         # The K agents' channels side by side: one grouped convolution per layer. Channels-last, as the single
-        # model's input (oneDNN's fast layout); transposing the uint8 frames before the float conversion.
-        x = obs.transpose(0, 1).reshape(N, K * obs.shape[2], *obs.shape[3:])
-        x = x.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+        # model's input (oneDNN's fast layout), made in one copy of the uint8 frames before the float conversion.
+        C, H, W = obs.shape[2:]
+        x = obs.permute(1, 3, 4, 0, 2).reshape(N, H, W, K * C).permute(0, 3, 1, 2).float().div_(255.0)
         for weight, bias, stride in self._convs():
             x = F.relu(F.conv2d(x, weight.flatten(0, 1), bias.flatten(), stride=stride, groups=K))
         _, KO, h, w = x.shape
@@ -125,7 +127,7 @@ class BatchedActorCritic(nn.Module):
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(K, M, D) → logits (K, M, A_max) and values (K, M); heads in float32 as the single model's."""
         fc = getattr(self.encoder.fc, "0")
-        h = F.relu(torch.baddbmm(fc.bias.unsqueeze(1), features, fc.weight.mT))
+        h = F.relu(StackedLinear.apply(features, fc.weight, fc.bias))
         with torch.autocast(h.device.type, enabled=False):
             h = h.float()
             weight = torch.cat((self.policy.weight, self.value.weight), 1)      # (K, A_max + 1, F)
@@ -176,6 +178,31 @@ class BatchedActorCritic(nn.Module):
             m.load_state_dict(self.agent_state_dict(k))
             out.append(m)
         return out
+
+
+class StackedLinear(torch.autograd.Function):
+    """K linear layers, y_k = x_k·W_kᵀ + b_k: x (K, M, D), W (K, F, D), b (K, F) → (K, M, F).
+
+    The same products as ``torch.baddbmm(b, x, W.mT)``, but W's gradient is formed as ∂yᵀ·x, (K, F, D) in W's
+    own layout, as ``nn.Linear`` forms a single layer's; autograd's baddbmm forms (xᵀ·∂y)ᵀ, transposed, and
+    accumulating it copies the K agents' largest tensor once per update. Under autocast it computes in the
+    autocast dtype and returns gradients in the inputs' dtypes, as autocast's own casts would."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        ctx.dtypes = x.dtype, weight.dtype, bias.dtype
+        with torch.autocast(device, enabled=False):
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+            ctx.save_for_backward(x, weight)
+            return torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        return tuple(g.to(d) for g, d in zip((grad.bmm(weight), grad.mT.bmm(x), grad.sum(1)), ctx.dtypes))
 
 
 @torch.no_grad()
