@@ -8,13 +8,11 @@ action-sampling generator, episode statistics and env-step counter. What is shar
 - :class:`BatchedActorCritic` stacks the K models' parameters along a leading dimension under the single
   model's names (``encoder.conv.0.weight`` is (K, 32, 4, 8, 8), ``policy.weight`` (K, A_max, F), ...).
   The convolutions run as one grouped convolution (``groups=K``: the K agents' channels side by side), the
-  linear layers as batched matrix products (the largest, the trunk's fully connected layer, through
-  :class:`StackedLinear`, which forms its weight gradient in the weight's layout). Why grouped convolutions
-  and not ``torch.func.vmap`` over ``functional_call``: vmap's batching rule for ``conv2d`` with batched
-  weights lowers to the same grouped convolution, so the kernels are the same, while the explicit form keeps
-  ordinary ``nn.Parameter`` leaves (any torch optimiser, ``clip``, checkpoints and the meta-learner's views
-  work on them unchanged), keeps the channels-last layout the single model relies on for oneDNN, and has no
-  per-call functorch overhead.
+  linear layers as batched matrix products. Why grouped convolutions and not ``torch.func.vmap`` over
+  ``functional_call``: vmap's batching rule for ``conv2d`` with batched weights lowers to the same grouped
+  convolution, so the kernels are the same, while the explicit form keeps ordinary ``nn.Parameter`` leaves
+  (any torch optimiser, ``clip``, checkpoints and the meta-learner's views work on them unchanged), keeps the
+  channels-last layout the single model relies on for oneDNN, and has no per-call functorch overhead.
 - Policy heads of different widths (games with different action counts) are padded to the widest; each
   agent's logits past its game's action count are set to −inf before the softmax, so padded actions are
   never sampled and their rows get exactly zero gradient (hence no RMSprop movement either).
@@ -127,7 +125,7 @@ class BatchedActorCritic(nn.Module):
     def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(K, M, D) → logits (K, M, A_max) and values (K, M); heads in float32 as the single model's."""
         fc = getattr(self.encoder.fc, "0")
-        h = F.relu(StackedLinear.apply(features, fc.weight, fc.bias))
+        h = F.relu(torch.baddbmm(fc.bias.unsqueeze(1), features, fc.weight.mT))
         with torch.autocast(h.device.type, enabled=False):
             h = h.float()
             weight = torch.cat((self.policy.weight, self.value.weight), 1)      # (K, A_max + 1, F)
@@ -178,31 +176,6 @@ class BatchedActorCritic(nn.Module):
             m.load_state_dict(self.agent_state_dict(k))
             out.append(m)
         return out
-
-
-class StackedLinear(torch.autograd.Function):
-    """K linear layers, y_k = x_k·W_kᵀ + b_k: x (K, M, D), W (K, F, D), b (K, F) → (K, M, F).
-
-    The same products as ``torch.baddbmm(b, x, W.mT)``, but W's gradient is formed as ∂yᵀ·x, (K, F, D) in W's
-    own layout, as ``nn.Linear`` forms a single layer's; autograd's baddbmm forms (xᵀ·∂y)ᵀ, transposed, and
-    accumulating it copies the K agents' largest tensor once per update. Under autocast it computes in the
-    autocast dtype and returns gradients in the inputs' dtypes, as autocast's own casts would."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        ctx.dtypes = x.dtype, weight.dtype, bias.dtype
-        with torch.autocast(device, enabled=False):
-            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-            ctx.save_for_backward(x, weight)
-            return torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x, weight = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        return tuple(g.to(d) for g, d in zip((grad.bmm(weight), grad.mT.bmm(x), grad.sum(1)), ctx.dtypes))
 
 
 @torch.no_grad()

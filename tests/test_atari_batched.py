@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("envpool")
 
 from agents.a2c import A2CConfig, make_optimizer, train_agent  # noqa: E402
-from agents.batched_a2c import BatchedActorCritic, StackedLinear, clip_grad_norm_agents, train_agents  # noqa: E402
+from agents.batched_a2c import BatchedActorCritic, clip_grad_norm_agents, train_agents  # noqa: E402
 from agents.nets import ActorCritic  # noqa: E402
 from envs.atari import close_all, make_atari  # noqa: E402
 
@@ -149,24 +149,6 @@ def test_per_agent_clipping_is_clip_grad_norm_of_each_agent():
         grads = [g[k] for g in (p.grad for p in batched.parameters())]
         for (name, _), g, e in zip(models[k].named_parameters(), grads, expected[k]):
             torch.testing.assert_close(g[: e.shape[0]] if name.startswith("policy.") else g, e, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("precision", [None, torch.bfloat16])
-def test_stacked_linear_is_baddbmm_with_the_weight_gradient_in_the_weights_layout(precision):
-    g = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*shape, generator=g, requires_grad=True) for shape in ((3, 5, 7), (3, 4, 7), (3, 4)))
-    up = torch.randn(3, 5, 4, generator=g)
-    with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
-        ours, ref = StackedLinear.apply(x, w, b), torch.baddbmm(b.unsqueeze(1), x, w.mT)
-    assert ours.dtype == ref.dtype == (precision or torch.float32)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
-    got = torch.autograd.grad(ours, (x, w, b), up.to(ours.dtype))
-    want = torch.autograd.grad(ref, (x, w, b), up.to(ref.dtype))
-    tol = dict(rtol=1e-2, atol=1e-2) if precision else dict(rtol=1e-6, atol=1e-6)
-    for mine, theirs, leaf in zip(got, want, (x, w, b)):
-        assert mine.dtype == theirs.dtype == leaf.dtype
-        torch.testing.assert_close(mine, theirs, **tol)
-    assert got[1].is_contiguous() and not want[1].is_contiguous()      # the copy it saves: W's gradient transposed
 
 
 def test_stacking_round_trips_and_pads_to_the_widest():
