@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CUDA test and the GPU benchmarks, for when a GPU is at hand: about 6–8 minutes on one H100/H200
-# (each step has its own time limit; the limits add up to 9 min 30 s). Without a GPU it says so and
+# (each step has its own time limit; the limits add up to 9 min 55 s). Without a GPU it says so and
 # exits 2. Outputs (the figures to quote in docs/RESULTS.md, with the device line) go to $OUT (default
 # gpu_checks/). Run from anywhere:   scripts/gpu_checks.sh        PY=/path/to/python scripts/gpu_checks.sh
 set -uo pipefail
@@ -45,6 +45,11 @@ GAMES=AirRaid,Amidar,Assault,Asterix,Atlantis,BeamRider,Bowling,Carnival,CrazyCl
 step a2c_16_agents 135 "${METARL[@]}" bench a2c-throughput --device cuda --agents 16 --games "$GAMES" \
     --num-envs 16 --steps 1500 --rounds 2 --network mnih2013 --observation rgb --cuda-graphs
 
+# 4. grouped convolutions against torch.func.vmap for 16 stacked agents of the paper's network (issue 30: "measure
+#    which is faster on each device")
+step agents_stacking 25 "${METARL[@]}" bench agents-stacking --device cuda --agents 16 --network mnih2013 \
+    --num-envs 32 --rounds 7
+
 echo "== figures (last JSON line of each benchmark)"
-for f in "$OUT"/a2c_*.txt; do echo "$(basename "$f" .txt): $(tail -n 1 "$f")"; done | tee "$OUT/summary.txt"
+for f in "$OUT"/a2c_*.txt "$OUT"/agents_stacking.txt; do echo "$(basename "$f" .txt): $(tail -n 1 "$f")"; done | tee "$OUT/summary.txt"
 exit $status

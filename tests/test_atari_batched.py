@@ -240,6 +240,26 @@ def test_agents_benchmark_reports_its_keys(capsys):
     assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
 
 
+def test_stacking_benchmark_times_both_forms_of_the_same_networks(capsys):
+    """`metarl bench agents-stacking` at tiny settings: grouped convolutions and vmap are checked equal before
+    timing, and the last line carries both passes' times and vmap's ratio to the grouped form."""
+    import json
+
+    from cli_helpers import cli
+
+    code, out, err = cli(["bench", "agents-stacking", "--agents", "3", "--num-envs", "2", "--n-steps", "2",
+                          "--rounds", "1", "--threads", "1", "--network", "mnih2013"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["agents"] == 3 and result["device"] == "cpu"
+    for ps in ("act", "update"):
+        assert set(result["ms"][ps]) == {"grouped", "vmap"} and min(result["ms"][ps].values()) > 0
+        assert result["vmap_over_grouped"][ps] == pytest.approx(
+            result["ms"][ps]["vmap"] / result["ms"][ps]["grouped"], rel=0.05)
+    code, _, err = cli(["bench", "agents-stacking", "--agents", "0"], capsys)
+    assert code == 2 and "at least 1" in err
+
+
 @pytest.mark.parametrize("method,extra", [("leap", ["leap.p=2"]), ("leap", ["leap.p=1"]), ("reptile", [])])
 def test_meta_batch_batched_gives_each_task_its_own_meta_gradient(one_thread, method, extra):
     """A meta-batch of 3 games (4, 6, 9 actions) adapted at once (``run_tasks_batched``: one stacked model,
