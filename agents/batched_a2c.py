@@ -12,7 +12,9 @@ action-sampling generator, episode statistics and env-step counter. What is shar
   ``functional_call``: vmap's batching rule for ``conv2d`` with batched weights lowers to the same grouped
   convolution, so the kernels are the same, while the explicit form keeps ordinary ``nn.Parameter`` leaves
   (any torch optimiser, ``clip``, checkpoints and the meta-learner's views work on them unchanged), keeps the
-  channels-last layout the single model relies on for oneDNN, and has no per-call functorch overhead.
+  channels-last layout the single model relies on for oneDNN (vmap cannot ask for it inside the map), and has no
+  per-call functorch overhead; measured, vmap is the slower of the two on the CPU (`metarl bench agents-stacking`,
+  docs/RESULTS.md).
 - Policy heads of different widths (games with different action counts) are padded to the widest; each
   agent's logits past its game's action count are set to −inf before the softmax, so padded actions are
   never sampled and their rows get exactly zero gradient (hence no RMSprop movement either).
