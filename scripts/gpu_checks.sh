@@ -38,9 +38,9 @@ step a2c_one_agent 120 "${METARL[@]}" bench a2c-throughput --device cuda \
 step a2c_one_agent_paper 75 "${METARL[@]}" bench a2c-throughput --device cuda --variants envpool_random,ours,ours_graphs \
     --num-envs 32 --steps 4000 --rounds 2 --network mnih2013 --observation rgb
 
-# 3. 16 game agents batched (the paper's network and frames, 16 of its training games) against one agent and
-#    against the 16 pools' combined random-action bound, eager and with CUDA graphs (target: batched_of_bound or
-#    batched_graphs_of_bound >= 0.85)
+# 3. 16 game agents batched (the paper's network and frames, 16 of its training games) against the same 16 trained
+#    one by one and against the 16 pools' combined random-action bound, eager and with CUDA graphs (target:
+#    batched_of_bound or batched_graphs_of_bound >= 0.85)
 GAMES=AirRaid,Amidar,Assault,Asterix,Atlantis,BeamRider,Bowling,Carnival,CrazyClimber,DemonAttack,Enduro,Freeway,Gopher,MsPacman,NameThisGame,Phoenix
 step a2c_16_agents 135 "${METARL[@]}" bench a2c-throughput --device cuda --agents 16 --games "$GAMES" \
     --num-envs 16 --steps 1500 --rounds 2 --network mnih2013 --observation rgb --cuda-graphs

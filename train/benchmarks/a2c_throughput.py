@@ -36,12 +36,13 @@ frames (configs/atari_leap_paper.yaml); the SB3 variants keep their Nature CNN o
 ``--agents K`` measures instead, in one run, the cost of training K independent agents as one stacked model
 (agents/batched_a2c.py; ``--games``: their games, cycled over the K agents, default ``--game`` for all):
 
-- ``agents_single``   one agent (the first game) with ``train_agent``: its env steps/s;
+- ``agents_single``   the K agents one by one, each alone with ``train_agent`` for the round's steps: their env
+                      steps over their summed time (one agent's rate, averaged over the K games);
 - ``agents_batched``  K agents with ``train_agents``: env steps/s of each agent (all step alike);
 - ``agents_random``   the K agents' pools stepping random actions together (each pool sent, then each
                       received): their combined env steps/s, the bound for the K agents together.
 
-Its last JSON line has ``agents``; ``per_agent_sps_single`` (one agent alone: its env steps/s);
+Its last JSON line has ``agents``; ``per_agent_sps_single`` (an agent alone: env steps/s, over the K games);
 ``per_agent_sps_batched`` (the K batched agents' env steps per second together, K × ``each_agent_sps_batched``:
 the inverse of one agent-step's cost, so comparable with one agent alone); ``batched_cost_ratio``
 (= per_agent_sps_single / per_agent_sps_batched: an agent's cost batched over its cost alone, like the maze
@@ -199,26 +200,29 @@ def _agents_random(args) -> Callable[[], float]:
 
 
 def _agents(args, batched: bool, graphs: bool = False) -> Callable[[], float]:
-    """One agent (the first game) alone, or the K agents as one stacked model: env steps/s of each agent."""
+    """The K agents one by one, each alone with ``train_agent`` (their env steps over their summed time), or the K
+    agents as one stacked model: env steps/s of each agent."""
     from agents.a2c import A2CConfig, make_optimizer, train_agent
     from agents.batched_a2c import BatchedActorCritic, train_agents
     from agents.nets import ActorCritic
     from envs.atari import make_atari
 
     cfg = A2CConfig(num_envs=args.num_envs, n_steps=args.n_steps, cuda_graphs=graphs)
-    games = args.agent_games if batched else args.agent_games[:1]
     envs = [make_atari(game, args.num_envs, args.seed + 1000 * k, backend="envpool", num_threads=args.env_threads,
-                       observation=args.observation) for k, game in enumerate(games)]
+                       observation=args.observation) for k, game in enumerate(args.agent_games)]
     models = [ActorCritic(env.num_actions, in_channels=env.observation_shape[0], network=args.network,
                           generator=torch.Generator().manual_seed(args.seed + k)).to(args.device)
               for k, env in enumerate(envs)]
     gens = [torch.Generator(device=args.device).manual_seed(args.seed + k) for k in range(len(envs))]
     if not batched:
-        optimizer = make_optimizer(models[0].parameters(), cfg)
+        # every game's agent, not the first one's only: games' emulators differ in cost (Pong is among the cheap
+        # ones), and batching replaces training the same K agents one after another
+        optimizers = [make_optimizer(m.parameters(), cfg) for m in models]
 
         def one(steps: int) -> float:
-            return train_agent(envs[0], models[0], optimizer, steps, cfg=cfg, generator=gens[0],
-                               optimizer_points=_reads(steps)).sps
+            runs = [train_agent(env, m, opt, steps, cfg=cfg, generator=gen, optimizer_points=_reads(steps))
+                    for env, m, opt, gen in zip(envs, models, optimizers, gens)]
+            return sum(r.env_steps for r in runs) / sum(r.seconds for r in runs)
     else:
         model = BatchedActorCritic(models)
         optimizer = make_optimizer(model.parameters(), cfg)
