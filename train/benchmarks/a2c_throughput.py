@@ -215,8 +215,8 @@ def _agents(args, batched: bool, graphs: bool = False) -> Callable[[], float]:
               for k, env in enumerate(envs)]
     gens = [torch.Generator(device=args.device).manual_seed(args.seed + k) for k in range(len(envs))]
     if not batched:
-        # every game's agent, not the first one's only: games' emulators differ in cost (Pong is among the cheap
-        # ones), and batching replaces training the same K agents one after another
+        # every game's agent, not the first one's only: games' emulators differ in cost, and batching replaces
+        # training the same K agents one after another
         optimizers = [make_optimizer(m.parameters(), cfg) for m in models]
 
         def one(steps: int) -> float:
