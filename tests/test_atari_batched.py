@@ -241,8 +241,8 @@ def test_agents_benchmark_reports_its_keys(capsys):
 
 
 def test_stacking_benchmark_times_both_forms_of_the_same_networks(capsys):
-    """`metarl bench agents-stacking` at tiny settings: grouped convolutions and vmap are checked equal before
-    timing, and the last line carries both passes' times and vmap's ratio to the grouped form."""
+    """`metarl bench agents-stacking` at tiny settings: grouped convolutions, vmap and the K models one by one are
+    checked equal before timing, and the last line carries both passes' times and each form's ratio to the grouped."""
     import json
 
     from cli_helpers import cli
@@ -253,9 +253,10 @@ def test_stacking_benchmark_times_both_forms_of_the_same_networks(capsys):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["agents"] == 3 and result["device"] == "cpu"
     for ps in ("act", "update"):
-        assert set(result["ms"][ps]) == {"grouped", "vmap"} and min(result["ms"][ps].values()) > 0
-        assert result["vmap_over_grouped"][ps] == pytest.approx(
-            result["ms"][ps]["vmap"] / result["ms"][ps]["grouped"], rel=0.05)
+        assert set(result["ms"][ps]) == {"grouped", "vmap", "loop"} and min(result["ms"][ps].values()) > 0
+        for v in ("vmap", "loop"):
+            assert result[f"{v}_over_grouped"][ps] == pytest.approx(
+                result["ms"][ps][v] / result["ms"][ps]["grouped"], rel=0.05)
     code, _, err = cli(["bench", "agents-stacking", "--agents", "0"], capsys)
     assert code == 2 and "at least 1" in err
 

@@ -1,8 +1,9 @@
 """How to stack K Atari agents: grouped convolutions (agents/batched_a2c.py ``BatchedActorCritic``, what the
 batched agents use) against ``torch.func.vmap`` of the single model over ``stack_module_state`` — issue 30's
-"measure which is faster on each device".
+"measure which is faster on each device" — and both against the K single models called one after another
+(``loop``: what stacking saves at all on the device).
 
-Both compute the same K networks (checked to float tolerance before timing) on the same uint8 frames, (K, N, C,
+All three compute the same K networks (checked to float tolerance before timing) on the same uint8 frames, (K, N, C,
 84, 84): the acting pass (forward, no gradient, N = ``--num-envs`` frames per agent) and the update (forward and
 backward of a scalar of logits and values over N × ``--n-steps`` frames per agent). vmap cannot ask for a
 channels-last layout inside the map, so its frames stay in torch's default layout; the grouped model converts
@@ -10,8 +11,8 @@ them as the single model does. Variants alternate round by round; figures are me
 
     metarl bench agents-stacking [--agents 8] [--num-envs 16] [--n-steps 5] [--network nature] [--device cpu]
 
-Last line (JSON): ``ms`` (by pass and variant), ``vmap_over_grouped`` (by pass: vmap's time ÷ grouped's; above 1
-the grouped form is faster), ``agents``, ``device``, ``machine``.
+Last line (JSON): ``ms`` (by pass and variant), ``vmap_over_grouped`` and ``loop_over_grouped`` (by pass: that
+variant's time ÷ grouped's; above 1 the grouped form is faster), ``agents``, ``device``, ``machine``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from ._common import machine, parser, torch_threads
 
 PASSES = ("act", "update")
-VARIANTS = ("grouped", "vmap")
+VARIANTS = ("grouped", "vmap", "loop")
 
 
 def _models(args, device: torch.device):
@@ -42,7 +43,11 @@ def _models(args, device: torch.device):
     # the single model's input step without its channels-last conversion, which vmap cannot express
     base.encoder.conv_features = lambda obs: base.encoder.conv(obs.float().div(255.0))
     mapped = torch.func.vmap(lambda p, b, x: torch.func.functional_call(base, (p, b), (x,)))
-    return grouped, (lambda obs: mapped(params, buffers, obs)), channels
+
+    def loop(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, values = zip(*(m(x) for m, x in zip(models, obs)))
+        return torch.stack(logits), torch.stack(values)
+    return {"grouped": grouped, "vmap": lambda obs: mapped(params, buffers, obs), "loop": loop}, channels
 
 
 def _passes(forward: Callable, frames: torch.Tensor, update_frames: torch.Tensor, device: torch.device):
@@ -74,17 +79,17 @@ def run(argv: list[str]) -> dict:
     from ..device import resolve_device
     device = resolve_device(args.device, option="--device")
     with torch_threads(args.threads):
-        grouped, mapped, channels = _models(args, device)
+        forwards, channels = _models(args, device)
         g = torch.Generator().manual_seed(0)
         frames = torch.randint(0, 256, (args.agents, args.num_envs * args.n_steps, channels, 84, 84),
                                generator=g, dtype=torch.uint8).to(device)
         act_frames = frames[:, : args.num_envs]
         with torch.no_grad():
-            (la, va), (lb, vb) = grouped(act_frames), mapped(act_frames)
-        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)      # the same networks, or the timing is moot
-        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
-        runs = {"grouped": _passes(grouped, act_frames, frames, device),
-                "vmap": _passes(mapped, act_frames, frames, device)}
+            outs = {v: forward(act_frames) for v, forward in forwards.items()}
+        for v in VARIANTS[1:]:                              # the same networks, or the timing is moot
+            for got, want in zip(outs[v], outs["grouped"]):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        runs = {v: _passes(forward, act_frames, frames, device) for v, forward in forwards.items()}
         times = {(ps, v): [] for ps in PASSES for v in VARIANTS}
         for r in range(args.rounds + 1):                                # round 0: warm-up, not counted
             for ps in PASSES:
@@ -96,10 +101,10 @@ def run(argv: list[str]) -> dict:
         host = machine(device)
     ms = {ps: {v: round(1e3 * statistics.median(times[ps, v]), 2) for v in VARIANTS} for ps in PASSES}
     for ps in PASSES:
-        print(f"{ps:>7}: grouped {ms[ps]['grouped']:8.2f} ms   vmap {ms[ps]['vmap']:8.2f} ms   "
-              f"(rounds: {', '.join(f'{1e3 * t:.1f}' for t in times[ps, 'grouped'])} | "
-              f"{', '.join(f'{1e3 * t:.1f}' for t in times[ps, 'vmap'])})")
+        for v in VARIANTS:
+            print(f"{ps:>7} {v:>8}: {ms[ps][v]:8.2f} ms  (rounds: {', '.join(f'{1e3 * t:.1f}' for t in times[ps, v])})")
     result = {"agents": args.agents, "num_envs": args.num_envs, "n_steps": args.n_steps, "network": args.network,
-              "device": str(device), "machine": host, "rounds": args.rounds, "ms": ms,
-              "vmap_over_grouped": {ps: round(ms[ps]["vmap"] / ms[ps]["grouped"], 3) for ps in PASSES}}
+              "device": str(device), "machine": host, "rounds": args.rounds, "ms": ms}
+    for v in VARIANTS[1:]:
+        result[f"{v}_over_grouped"] = {ps: round(ms[ps][v] / ms[ps]["grouped"], 3) for ps in PASSES}
     return result
