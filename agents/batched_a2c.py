@@ -7,14 +7,15 @@ action-sampling generator, episode statistics and env-step counter. What is shar
 
 - :class:`BatchedActorCritic` stacks the K models' parameters along a leading dimension under the single
   model's names (``encoder.conv.0.weight`` is (K, 32, 4, 8, 8), ``policy.weight`` (K, A_max, F), ...).
-  The convolutions run as one grouped convolution (``groups=K``: the K agents' channels side by side), the
-  linear layers as batched matrix products. Why grouped convolutions and not ``torch.func.vmap`` over
-  ``functional_call``: vmap's batching rule for ``conv2d`` with batched weights lowers to the same grouped
-  convolution, so the kernels are the same, while the explicit form keeps ordinary ``nn.Parameter`` leaves
-  (any torch optimiser, ``clip``, checkpoints and the meta-learner's views work on them unchanged), keeps the
-  channels-last layout the single model relies on for oneDNN (vmap cannot ask for it inside the map), and has no
-  per-call functorch overhead; measured, vmap is the slower of the two on the CPU (`metarl bench agents-stacking`,
-  docs/RESULTS.md).
+  On a GPU the convolutions run as one grouped convolution (``groups=K``: the K agents' channels side by
+  side); on a CPU, where oneDNN's grouped convolutions measured slower than the K agents' own convolutions one
+  after another (`metarl bench agents-stacking`, docs/RESULTS.md), agent by agent on views of the stacked
+  weights, each exactly as its single model computes (``convolutions``: "auto", "grouped" or "loop"). The
+  linear layers run as batched matrix products. Why not ``torch.func.vmap`` over ``functional_call``: its
+  batching rule for ``conv2d`` with batched weights lowers to the same grouped convolution, it cannot ask for
+  the channels-last layout oneDNN is fast on inside the map, and it measured slower than both forms on the CPU;
+  the explicit forms keep ordinary ``nn.Parameter`` leaves (any torch optimiser, ``clip``, checkpoints and the
+  meta-learner's views work on them unchanged).
 - Policy heads of different widths (games with different action counts) are padded to the widest; each
   agent's logits past its game's action count are set to −inf before the softmax, so padded actions are
   never sampled and their rows get exactly zero gradient (hence no RMSprop movement either).
@@ -26,8 +27,8 @@ action-sampling generator, episode statistics and env-step counter. What is shar
   transitions), so the gradient of agent k's slice is the gradient of agent k's loss alone.
 
 What holds: agent k of a batch ends at the parameters it reaches trained alone (the same model draw, env
-seed and sampling generator) up to floating-point summation order — the grouped convolution and batched
-products add in another order than the single model's kernels. Over tens of updates that stays below 1e-5
+seed and sampling generator) up to floating-point summation order — the batched products (and on a GPU the
+grouped convolution) add in another order than the single model's kernels. Over tens of updates that stays below 1e-5
 (tests/test_atari_batched.py, both optimisers, games with different action counts). Beyond that the runs
 are equal in distribution, not bitwise: a last-bit difference can eventually flip a sampled action (the
 categorical draw compares a uniform number with cumulative probabilities) or the sign of a near-zero
@@ -71,8 +72,15 @@ class BatchedActorCritic(nn.Module):
     writes one in.
     """
 
-    def __init__(self, models: Sequence[ActorCritic], num_actions: Sequence[int] | None = None) -> None:
+    CONVOLUTIONS = ("auto", "grouped", "loop")
+
+    def __init__(self, models: Sequence[ActorCritic], num_actions: Sequence[int] | None = None,
+                 convolutions: str = "auto") -> None:
         super().__init__()
+        if convolutions not in self.CONVOLUTIONS:
+            raise ValueError(f"BatchedActorCritic: convolutions {convolutions!r}, not one of {self.CONVOLUTIONS}")
+        # "auto": one convolution per agent on a CPU, one grouped convolution for all on a GPU (docstring above)
+        self.convolutions = convolutions
         if not models or any(not isinstance(m, ActorCritic) for m in models):
             raise ValueError("BatchedActorCritic stacks ActorCritic models")
         first = models[0]
@@ -113,6 +121,21 @@ class BatchedActorCritic(nn.Module):
 
     def trunk(self, obs: Tensor) -> Tensor:
         """(K, N, C, H, W) uint8 frames → (K, N, D) flattened convolutional features."""
+        loop = self.convolutions == "loop" or (self.convolutions == "auto" and obs.device.type == "cpu")
+        return self._trunk_loop(obs) if loop else self._trunk_grouped(obs)
+
+    def _trunk_loop(self, obs: Tensor) -> Tensor:
+        """Agent by agent, each exactly as its single model computes (the same convolutions on the same layout)."""
+        layers = [(w.unbind(0), b.unbind(0), s) for w, b, s in self._convs()]     # unbind: one stack backward
+        out = []
+        for k in range(self.agents):
+            x = obs[k].contiguous(memory_format=torch.channels_last).float().div_(255.0)
+            for weight, bias, stride in layers:
+                x = F.relu(F.conv2d(x, weight[k], bias[k], stride=stride))
+            out.append(x.flatten(1))
+        return torch.stack(out)
+
+    def _trunk_grouped(self, obs: Tensor) -> Tensor:
         K, N = obs.shape[:2]
         # The K agents' channels side by side: one grouped convolution per layer. Channels-last, as the single
         # model's input (oneDNN's fast layout), made in one copy of the uint8 frames before the float conversion.

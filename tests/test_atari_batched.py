@@ -151,6 +151,29 @@ def test_per_agent_clipping_is_clip_grad_norm_of_each_agent():
             torch.testing.assert_close(g[: e.shape[0]] if name.startswith("policy.") else g, e, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("network", ["nature", "mnih2013"])
+def test_loop_convolutions_are_each_single_models_and_grouped_ones_agree(network):
+    """On a CPU the stacked model convolves agent by agent: each agent's trunk features are its single model's,
+    bit for bit; the grouped convolutions (a GPU's choice) give the same to float tolerance, gradients included."""
+    models = _models(network, [4, 6, 9])
+    channels = models[0].encoder.conv[0].in_channels
+    obs = torch.randint(0, 256, (3, 5, channels, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    loop, grouped = (BatchedActorCritic(models, convolutions=c) for c in ("loop", "grouped"))
+    auto = BatchedActorCritic(models)
+    with torch.no_grad():
+        for k, m in enumerate(models):
+            assert torch.equal(loop.trunk(obs)[k], m.trunk(obs[k]))
+        torch.testing.assert_close(grouped.trunk(obs), loop.trunk(obs), rtol=1e-5, atol=1e-6)
+        assert torch.equal(auto.trunk(obs), loop.trunk(obs))                 # "auto" on a CPU: the loop
+    for model in (loop, grouped):
+        model.trunk(obs).square().sum().backward()
+    for (name, a), b in zip(loop.named_parameters(), grouped.parameters()):
+        if name.startswith("encoder.conv"):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="convolutions"):
+        BatchedActorCritic(models, convolutions="vmap")
+
+
 def test_stacking_round_trips_and_pads_to_the_widest():
     models = _models("nature", [4, 18])
     batched = BatchedActorCritic(models)

@@ -1,12 +1,12 @@
-"""How to stack K Atari agents: grouped convolutions (agents/batched_a2c.py ``BatchedActorCritic``, what the
-batched agents use) against ``torch.func.vmap`` of the single model over ``stack_module_state`` — issue 30's
-"measure which is faster on each device" — and both against the K single models called one after another
-(``loop``: what stacking saves at all on the device).
+"""How to stack K Atari agents' convolutions: agents/batched_a2c.py ``BatchedActorCritic`` with one grouped
+convolution per layer (``grouped``, its choice on a GPU) or each agent's own convolutions one after another on
+views of the stacked weights (``loop``, its choice on a CPU), against ``torch.func.vmap`` of the single model over
+``stack_module_state`` — issue 30's "measure which is faster on each device".
 
 All three compute the same K networks (checked to float tolerance before timing) on the same uint8 frames, (K, N, C,
 84, 84): the acting pass (forward, no gradient, N = ``--num-envs`` frames per agent) and the update (forward and
 backward of a scalar of logits and values over N × ``--n-steps`` frames per agent). vmap cannot ask for a
-channels-last layout inside the map, so its frames stay in torch's default layout; the grouped model converts
+channels-last layout inside the map, so its frames stay in torch's default layout; the stacked model converts
 them as the single model does. Variants alternate round by round; figures are medians in milliseconds:
 
     metarl bench agents-stacking [--agents 8] [--num-envs 16] [--n-steps 5] [--network nature] [--device cpu]
@@ -37,17 +37,14 @@ def _models(args, device: torch.device):
     channels = 3 if args.network == "mnih2013" else 4
     models = [ActorCritic(args.actions, in_channels=channels, network=args.network,
                           generator=torch.Generator().manual_seed(k)).to(device) for k in range(args.agents)]
-    grouped = BatchedActorCritic(models)
     params, buffers = torch.func.stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     # the single model's input step without its channels-last conversion, which vmap cannot express
     base.encoder.conv_features = lambda obs: base.encoder.conv(obs.float().div(255.0))
     mapped = torch.func.vmap(lambda p, b, x: torch.func.functional_call(base, (p, b), (x,)))
-
-    def loop(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, values = zip(*(m(x) for m, x in zip(models, obs)))
-        return torch.stack(logits), torch.stack(values)
-    return {"grouped": grouped, "vmap": lambda obs: mapped(params, buffers, obs), "loop": loop}, channels
+    return {"grouped": BatchedActorCritic(models, convolutions="grouped"),
+            "vmap": lambda obs: mapped(params, buffers, obs),
+            "loop": BatchedActorCritic(models, convolutions="loop")}, channels
 
 
 def _passes(forward: Callable, frames: torch.Tensor, update_frames: torch.Tensor, device: torch.device):
