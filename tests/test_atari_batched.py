@@ -275,7 +275,7 @@ def test_stacking_benchmark_times_both_forms_of_the_same_networks(capsys):
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["agents"] == 3 and result["device"] == "cpu"
-    for ps in ("act", "update"):
+    for ps in ("act", "update", "update_reused"):
         assert set(result["ms"][ps]) == {"grouped", "vmap", "loop"} and min(result["ms"][ps].values()) > 0
         for v in ("vmap", "loop"):
             assert result[f"{v}_over_grouped"][ps] == pytest.approx(

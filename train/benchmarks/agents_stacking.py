@@ -4,8 +4,10 @@ views of the stacked weights (``loop``, its choice on a CPU), against ``torch.fu
 ``stack_module_state`` — issue 30's "measure which is faster on each device".
 
 All three compute the same K networks (checked to float tolerance before timing) on the same uint8 frames, (K, N, C,
-84, 84): the acting pass (forward, no gradient, N = ``--num-envs`` frames per agent) and the update (forward and
-backward of a scalar of logits and values over N × ``--n-steps`` frames per agent). vmap cannot ask for a
+84, 84): the acting pass (forward, no gradient, N = ``--num-envs`` frames per agent); an update in one pass (``update``:
+forward and backward of a scalar of logits and values over N × ``--n-steps`` frames per agent, as with
+``reuse_forward`` off); and an update as the A2C loop runs it by default (``update_reused``: ``--n-steps`` passes of
+N frames with their graphs kept, then one backward). vmap cannot ask for a
 channels-last layout inside the map, so its frames stay in torch's default layout; the stacked model converts
 them as the single model does. Variants alternate round by round; figures are medians in milliseconds:
 
@@ -26,7 +28,7 @@ import torch
 
 from ._common import machine, parser, torch_threads
 
-PASSES = ("act", "update")
+PASSES = ("act", "update", "update_reused")
 VARIANTS = ("grouped", "vmap", "loop")
 
 
@@ -47,7 +49,8 @@ def _models(args, device: torch.device):
             "loop": BatchedActorCritic(models, convolutions="loop")}, channels
 
 
-def _passes(forward: Callable, frames: torch.Tensor, update_frames: torch.Tensor, device: torch.device):
+def _passes(forward: Callable, frames: torch.Tensor, update_frames: torch.Tensor, n_steps: int,
+            device: torch.device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def act() -> None:
@@ -59,7 +62,12 @@ def _passes(forward: Callable, frames: torch.Tensor, update_frames: torch.Tensor
         logits, values = forward(update_frames)
         (logits.square().sum() + values.square().sum()).backward()
         sync()
-    return {"act": act, "update": update}
+
+    def update_reused() -> None:        # as the A2C loop runs with reuse_forward: n_steps acting passes, one backward
+        loss = sum(o.square().sum() for step in update_frames.chunk(n_steps, dim=1) for o in forward(step))
+        loss.backward()
+        sync()
+    return {"act": act, "update": update, "update_reused": update_reused}
 
 
 def run(argv: list[str]) -> dict:
@@ -86,7 +94,7 @@ def run(argv: list[str]) -> dict:
         for v in VARIANTS[1:]:                              # the same networks, or the timing is moot
             for got, want in zip(outs[v], outs["grouped"]):
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-        runs = {v: _passes(forward, act_frames, frames, device) for v, forward in forwards.items()}
+        runs = {v: _passes(forward, act_frames, frames, args.n_steps, device) for v, forward in forwards.items()}
         times = {(ps, v): [] for ps in PASSES for v in VARIANTS}
         for r in range(args.rounds + 1):                                # round 0: warm-up, not counted
             for ps in PASSES:
