@@ -59,7 +59,7 @@ from agents.a2c import (
     sample_actions,
     stats_updates,
 )
-from agents.nets import ActorCritic
+from agents.nets import ActorCritic, frames_in
 from metarl.seam import NULL_WATCH
 
 
@@ -129,7 +129,7 @@ class BatchedActorCritic(nn.Module):
         layers = [(w.unbind(0), b.unbind(0), s) for w, b, s in self._convs()]     # unbind: one stack backward
         out = []
         for k in range(self.agents):
-            x = obs[k].contiguous(memory_format=torch.channels_last).float().div_(255.0)
+            x = frames_in(obs[k])
             for weight, bias, stride in layers:
                 x = F.relu(F.conv2d(x, weight[k], bias[k], stride=stride))
             out.append(x.flatten(1))

@@ -30,17 +30,21 @@ def _ortho_(module: nn.Module, gain: float, generator: torch.Generator | None) -
             nn.init.zeros_(m.bias)
 
 
+def frames_in(obs: Tensor) -> Tensor:
+    """uint8 frames (N, C, H, W) → the encoder's float input in [0, 1], channels-last.
+
+    Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on CPU
+    (docs/RESULTS.md). Transposing the uint8 frames before the float conversion moves a quarter of the bytes."""
+    return obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+
+
 class _FrameEncoder(nn.Module):
     """uint8 frames → features through ``self.conv`` (ending in a flatten) and ``self.fc``, which the
     subclass builds; the /255 scaling happens here, on the small batch."""
 
     def conv_features(self, obs: Tensor) -> Tensor:
         """(N, C, 84, 84) uint8 → (N, D) flattened convolutional features (D: 3136 Nature, 2592 Mnih 2013)."""
-        # Channels-last input makes oneDNN's first convolution, above all its weight gradient, much faster on
-        # CPU (docs/RESULTS.md). Transposing the uint8 frames before the float conversion moves a quarter of
-        # the bytes.
-        x = obs.contiguous(memory_format=torch.channels_last).float().div_(255.0)
-        return self.conv(x)
+        return self.conv(frames_in(obs))
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.fc(self.conv_features(obs))

@@ -45,8 +45,8 @@ GAMES=AirRaid,Amidar,Assault,Asterix,Atlantis,BeamRider,Bowling,Carnival,CrazyCl
 step a2c_16_agents 135 "${METARL[@]}" bench a2c-throughput --device cuda --agents 16 --games "$GAMES" \
     --num-envs 16 --steps 1500 --rounds 2 --network mnih2013 --observation rgb --cuda-graphs
 
-# 4. grouped convolutions against torch.func.vmap for 16 stacked agents of the paper's network (issue 30: "measure
-#    which is faster on each device")
+# 4. grouped convolutions, each agent's own and torch.func.vmap for 16 stacked agents of the paper's network
+#    (issue 30: "measure which is faster on each device")
 step agents_stacking 25 "${METARL[@]}" bench agents-stacking --device cuda --agents 16 --network mnih2013 \
     --num-envs 32 --rounds 7
 

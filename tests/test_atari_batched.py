@@ -161,10 +161,11 @@ def test_loop_convolutions_are_each_single_models_and_grouped_ones_agree(network
     loop, grouped = (BatchedActorCritic(models, convolutions=c) for c in ("loop", "grouped"))
     auto = BatchedActorCritic(models)
     with torch.no_grad():
+        features = loop.trunk(obs)
         for k, m in enumerate(models):
-            assert torch.equal(loop.trunk(obs)[k], m.trunk(obs[k]))
-        torch.testing.assert_close(grouped.trunk(obs), loop.trunk(obs), rtol=1e-5, atol=1e-6)
-        assert torch.equal(auto.trunk(obs), loop.trunk(obs))                 # "auto" on a CPU: the loop
+            assert torch.equal(features[k], m.trunk(obs[k]))
+        torch.testing.assert_close(grouped.trunk(obs), features, rtol=1e-5, atol=1e-6)
+        assert torch.equal(auto.trunk(obs), features)                        # "auto" on a CPU: the loop
     for model in (loop, grouped):
         model.trunk(obs).square().sum().backward()
     for (name, a), b in zip(loop.named_parameters(), grouped.parameters()):
@@ -263,9 +264,9 @@ def test_agents_benchmark_reports_its_keys(capsys):
     assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
 
 
-def test_stacking_benchmark_times_both_forms_of_the_same_networks(capsys):
-    """`metarl bench agents-stacking` at tiny settings: grouped convolutions, vmap and the K models one by one are
-    checked equal before timing, and the last line carries both passes' times and each form's ratio to the grouped."""
+def test_stacking_benchmark_times_every_form_of_the_same_networks(capsys):
+    """`metarl bench agents-stacking` at tiny settings: grouped convolutions, each agent's own and vmap are checked
+    equal before timing, and the last line carries every pass's times and each form's ratio to the grouped one."""
     import json
 
     from cli_helpers import cli

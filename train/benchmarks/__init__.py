@@ -7,7 +7,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {      # name → (module, what it meas
     "a2c-throughput": ("train.benchmarks.a2c_throughput",
                        "A2C env steps/s on Atari: our loop against Stable-Baselines3 A2C"),
     "agents-stacking": ("train.benchmarks.agents_stacking",
-                        "K Atari agents as one model: grouped convolutions against torch.func.vmap, per pass"),
+                        "K Atari agents as one model: grouped or per-agent convolutions against torch.func.vmap"),
     "distributed": ("train.benchmarks.distributed", "meta-steps/s of the trainer with 1 and 2 torchrun ranks"),
     "leap-overhead": ("train.benchmarks.leap_overhead",
                       "an Omniglot conv-net inner loop with and without Leap watching it"),

@@ -107,7 +107,8 @@ def run(argv: list[str]) -> dict:
     ms = {ps: {v: round(1e3 * statistics.median(times[ps, v]), 2) for v in VARIANTS} for ps in PASSES}
     for ps in PASSES:
         for v in VARIANTS:
-            print(f"{ps:>7} {v:>8}: {ms[ps][v]:8.2f} ms  (rounds: {', '.join(f'{1e3 * t:.1f}' for t in times[ps, v])})")
+            rounds = ", ".join(f"{1e3 * t:.1f}" for t in times[ps, v])
+            print(f"{ps:>13} {v:>8}: {ms[ps][v]:8.2f} ms  (rounds: {rounds})")
     result = {"agents": args.agents, "num_envs": args.num_envs, "n_steps": args.n_steps, "network": args.network,
               "device": str(device), "machine": host, "rounds": args.rounds, "ms": ms}
     for v in VARIANTS[1:]:
