@@ -262,6 +262,9 @@ def test_agents_benchmark_reports_its_keys(capsys):
     assert result["batched_of_bound"] == pytest.approx(
         result["per_agent_sps_batched"] / result["envpool_random_sps_agents"], rel=0.1, abs=1e-3)
     assert all(result[k] > 0 for k in ("per_agent_sps_single", "per_agent_sps_batched", "envpool_random_sps_agents"))
+    # each variant's process: CPU seconds (all its threads) over wall seconds and cores, a fraction of the machine
+    assert set(result["cores_busy"]) == {"agents_random", "agents_single", "agents_batched"}
+    assert all(0 < b <= 1.05 for b in result["cores_busy"].values())
 
 
 def test_stacking_benchmark_times_every_form_of_the_same_networks(capsys):

@@ -53,6 +53,11 @@ bench's per-seed ratio; below 1 batching pays); ``envpool_random_sps_agents`` an
 ``each_agent_sps_batched_graphs`` and ``batched_graphs_of_bound``.
 
     metarl bench a2c-throughput --agents 8 [--games Pong,Breakout,Qbert] [--steps 2000] [--device cuda]
+
+Both JSON lines also have ``cores_busy``: for each variant, the CPU time of its process (every thread, EnvPool's
+included) over a round's wall time, as a fraction of the machine's cores (median over the rounds). On an
+otherwise idle machine 1 − ``cores_busy`` is the time the cores waited; and ``sps`` / ``cores_busy`` compares
+the CPU work per env step of two variants apart from their waiting.
 """
 
 from __future__ import annotations
@@ -300,7 +305,11 @@ def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
         raise RuntimeError(f"benchmark child for {variant} failed (exit {child.wait()})")
     ask("ready?")
     weakref.finalize(ask, child.stdin.close)               # EOF ends the child's loop
-    return lambda: float(ask("measure")[4:])
+
+    def measure() -> tuple[float, float]:
+        _, sps, _, busy = ask("measure").split()
+        return float(sps), float(busy)
+    return measure
 
 
 def _serve(args) -> None:
@@ -313,7 +322,10 @@ def _serve(args) -> None:
             measure = _maker(args, args.serve)
             print("sps 0", flush=True)
         else:
-            print(f"sps {measure()}", flush=True)
+            wall, cpu = time.perf_counter(), time.process_time()      # CPU: every thread's, EnvPool's too
+            sps = measure()
+            print(f"sps {sps} busy {(time.process_time() - cpu) / (time.perf_counter() - wall) / os.cpu_count()}",
+                  flush=True)
 
 
 def run(argv: list[str]) -> dict:
@@ -327,11 +339,16 @@ def run(argv: list[str]) -> dict:
         host = machine(args.device)
         measures = {v: _in_child(argv, v) for v in variants}
         samples: dict[str, list[float]] = {v: [] for v in variants}
+        busy: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
-                samples[v].append(measures[v]())
+                sps, cores_busy = measures[v]()
+                samples[v].append(sps)
+                busy[v].append(cores_busy)
+    cores_busy = {v: round(statistics.median(busy[v]), 3) for v in variants}
+    print("cores busy: " + ", ".join(f"{v} {b:.2f}" for v, b in cores_busy.items()))
     if args.agents:
-        return _agents_result(args, host, threads, samples)
+        return _agents_result(args, host, threads, samples) | {"cores_busy": cores_busy}
     result = {"machine": host, "device": args.device, "network": args.network, "observation": args.observation,
               "game": args.game, "num_envs": args.num_envs,
               "n_steps": args.n_steps,
@@ -362,7 +379,7 @@ def run(argv: list[str]) -> dict:
             print(f"{what + ' gain':>22}: {result[f'ratio_{what}']:.2f}x ({other} / ours)")
     if "ours_async" in variants:
         result["async_batch"] = args.async_batch
-    return result
+    return result | {"cores_busy": cores_busy}
 
 
 def _agents_result(args, host: str, threads: int, samples: dict[str, list[float]]) -> dict:
