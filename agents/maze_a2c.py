@@ -25,8 +25,8 @@ on the device. On the CPU nothing is staged: the env and the sampler write strai
 tensors, as before the GPU path existed. The Gumbel noise of the action sampler is always drawn on the CPU,
 from the CPU generator (once per rollout, then moved): a CPU run keeps its numbers bit for bit, and a GPU
 run given the same seed draws the same noise, so CPU and GPU runs stay comparable (a device generator would
-give the GPU run a different random stream). The fused unrolls (Warp-RNN: agents.warp_rnn_fused; the plastic
-RNNs: agents.plastic_rnn_fused) are float32-CPU only; on a GPU the rollout takes the autograd cell path.
+give the GPU run a different random stream). The fused unrolls (Warp-RNN and Warp-LSTM: agents.warp_rnn_fused;
+the plastic RNNs: agents.plastic_rnn_fused) are float32-CPU only; on a GPU the rollout takes the autograd cell path.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ parameter is the S models' tensors stacked along a new leading dimension ([S, ..
 :meth:`SeedBatchedModel.seed_state_dict` gives it back in the single model's format.
 
 The batched module has the single models' interface over (S, B) batches: ``initial_state(B)`` → tensors
-(S, B, n); ``cell(x (S, B, nx), state)``; ``heads(h (..., S, B, H))``; ``fused_unroll`` (Warp-RNN and the
-plastic RNNs: the same fused BPTT, batched, agents.warp_rnn_fused / agents.plastic_rnn_fused);
+(S, B, n); ``cell(x (S, B, nx), state)``; ``heads(h (..., S, B, H))``; ``fused_unroll`` (Warp-RNN, Warp-LSTM
+and the plastic RNNs: the same fused BPTT, batched, agents.warp_rnn_fused / agents.plastic_rnn_fused);
 ``task_parameters()`` / ``warp_parameters()``. Each cell is its single model's maths with every matrix
 product batched over seeds (bmm / matmul broadcasting), so no operation mixes seeds: the gradient of the
 sum of the S seeds' losses is, slice by slice, each seed's own gradient (up to floating-point summation
@@ -34,7 +34,7 @@ from agents.recurrent import (
     build_model,
     plastic_step,
 )
-from agents.warp_rnn_fused import WarpRNNUnroll
+from agents.warp_rnn_fused import WarpLSTMUnroll, WarpRNNUnroll
 
 
 def _row(v: Tensor) -> Tensor:
@@ -193,6 +193,7 @@ class SeedBatchedWarpLSTM(SeedBatchedModel):
         super().__init__(models)
         c = self.config
         self._gate_sizes = [c.obs_dim, c.hidden_size, *[4 * c.hidden_size] * 3]
+        self.fused_slot = WorkspaceSlot()
 
     def state_sizes(self) -> tuple[int, ...]:
         c = self.config
@@ -206,6 +207,10 @@ class SeedBatchedWarpLSTM(SeedBatchedModel):
         c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c, z, zc)
+
+    def fused_unroll(self, batch: int, steps: int):
+        """The batched fused unroll (agents.warp_rnn_fused); float32 CPU only, None elsewhere (cell path)."""
+        return WarpLSTMUnroll.where_supported(self, self.weight_hh, batch, steps)
 
 
 class SeedBatchedPlasticRNN(SeedBatchedModel):

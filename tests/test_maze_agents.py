@@ -276,9 +276,12 @@ def _grads(model):
     return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
 
 
-def test_fused_warp_rnn_unroll_matches_autograd_through_cell():
+@pytest.mark.parametrize("model", [WarpRNN, WarpLSTM])
+def test_fused_warp_unroll_matches_autograd_through_cell(model):
+    """The fused unroll's hidden states and every parameter's gradient (agents.warp_rnn_fused: Warp-RNN and
+    Warp-LSTM) against autograd through the model's own ``cell``."""
     torch.manual_seed(3)
-    m = WarpRNN()
+    m = model()
     with torch.no_grad():
         m.warp.projection.weight.mul_(4)  # gates away from 0, so every path carries gradient
         m.bias.normal_()
@@ -336,9 +339,10 @@ def test_rollout_shapes_returns_and_gradient_flow(name):
     assert all(p.grad.abs().sum() > 0 for p in m.warp_parameters())  # the warp receives the task loss
 
 
-def test_fused_and_unfused_rollouts_agree_for_warp_rnn():
+@pytest.mark.parametrize("model", [WarpRNN, WarpLSTM])
+def test_fused_and_unfused_rollouts_agree(model):
     torch.manual_seed(0)
-    m = WarpRNN()
+    m = model()
     results = []
     for fused in (True, False):
         m.zero_grad()

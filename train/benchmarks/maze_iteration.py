@@ -33,7 +33,7 @@ from metarl.seed_batch import SeedAdam
 from ._common import BenchParser, machine
 
 DEFAULT_MODELS = "rnn,lstm,warp-rnn"
-FUSED_MODELS = ("warp-rnn", "plastic-rnn", "plastic-rnn-retroactive")  # the models with a fused unroll
+FUSED_MODELS = ("warp-rnn", "warp-lstm", "plastic-rnn", "plastic-rnn-retroactive")  # the models with a fused unroll
 
 
 def training_iteration(model_name: str, mazes: int, steps: int, seed: int, fused: bool = True,
