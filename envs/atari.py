@@ -236,6 +236,7 @@ class EnvPoolAtari(AtariVecEnv):
         self.num_actions = int(self._env.action_space.n)
         self._env_id = np.arange(num_envs, dtype=np.int32)
         self._prev_done = np.zeros(num_envs, dtype=bool)
+        self._in_flight = np.zeros(num_envs, dtype=bool)     # async: sent and not yet received
 
     def reset(self) -> np.ndarray:
         if self.batch_size is not None:
@@ -245,7 +246,17 @@ class EnvPoolAtari(AtariVecEnv):
         return self._ordered(obs, info)[0]
 
     def _reset_async(self) -> np.ndarray:
-        """Every env's first observation, in env order (``num_envs / batch_size`` receives)."""
+        """Every env's first observation, in env order (``num_envs / batch_size`` receives). Envs still stepping
+        (a loop that stopped with actions sent, as the async collector does) are received first: EnvPool resetting
+        an env mid-step corrupts its state buffer (the emulator hits illegal instructions, then the process dies
+        or hangs)."""
+        if self._in_flight.any():    # every env in flight once (the idle ones with action 0), then all received
+            idle = np.flatnonzero(~self._in_flight).astype(np.int32)
+            if len(idle):
+                self._env.send(np.zeros(len(idle), dtype=np.int32), idle)
+            for _ in range(self.num_envs // self.batch_size):
+                self._env.recv()
+            self._in_flight[:] = False
         self._env.async_reset()
         out = np.empty((self.num_envs, *self.observation_shape), dtype=np.uint8)
         for _ in range(self.num_envs // self.batch_size):
@@ -256,8 +267,10 @@ class EnvPoolAtari(AtariVecEnv):
 
     def send(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> None:
         """``env_ids`` (async mode): the envs the actions are for; default every env, in order."""
-        self._env.send(np.asarray(actions, dtype=np.int32),
-                       self._env_id if env_ids is None else np.asarray(env_ids, dtype=np.int32))
+        ids = self._env_id if env_ids is None else np.asarray(env_ids, dtype=np.int32)
+        if self.batch_size is not None:
+            self._in_flight[ids] = True
+        self._env.send(np.asarray(actions, dtype=np.int32), ids)
 
     def recv(self) -> StepResult:
         obs, reward, term, trunc, info = self._env.recv()
@@ -268,6 +281,7 @@ class EnvPoolAtari(AtariVecEnv):
             self._prev_done = done
         else:                                   # async: the envs of this batch only, by id
             ids = info["env_id"]
+            self._in_flight[ids] = False
             autoreset = self._prev_done[ids]
             self._prev_done[ids] = done
         out = {"raw_reward": info["reward"], "terminated": info["terminated"].astype(bool),

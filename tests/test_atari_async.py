@@ -169,6 +169,45 @@ def test_async_envpool_trains_on_the_first_envs_to_finish(one_thread):
         assert torch.isfinite(p).all()
 
 
+ASYNC_RESETS = """
+import numpy as np
+from agents.a2c import A2CConfig, make_optimizer, train_agent
+from agents.nets import ActorCritic
+from envs.atari import make_atari
+
+env = make_atari("Pong", 16, 0, backend="envpool", batch_size=8)
+rng = np.random.default_rng(0)
+for _ in range(20):         # reset with 8 envs still stepping, as a loop that stopped mid-stream leaves the pool
+    env.reset()
+    env.send(rng.integers(0, env.num_actions, 16))
+    for i in range(8):
+        _, _, _, info = env.recv()
+        if i < 7:
+            env.send(rng.integers(0, env.num_actions, len(info["env_id"])), info["env_id"])
+cfg = A2CConfig(num_envs=16, async_batch=8)           # one pool, successive runs (each collector resets it)
+model = ActorCritic(env.num_actions)
+optimizer = make_optimizer(model.parameters(), cfg)
+for _ in range(2):
+    train_agent([env], model, optimizer, 2 * cfg.batch_size, cfg=cfg)
+print("ok")
+"""
+
+
+def test_resetting_an_async_pool_with_envs_still_stepping_receives_them_first():
+    """EnvPool resets an env that is mid-step into a corrupt state buffer (illegal emulator instructions, then a
+    crash or a hang), so the wrapper receives every env in flight before an async reset. Run in a child process
+    with a time limit: without that, this loop killed the process or hung (20 resets, or the async collector's
+    successive runs on one pool, as `metarl bench a2c-throughput --variants ours_async` runs them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("envpool")
+    done = subprocess.run([sys.executable, "-c", ASYNC_RESETS], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
+
+
 def test_benchmark_measures_the_async_variant_and_refuses_graphs_on_the_cpu(capsys):
     """`metarl bench a2c-throughput --variants ...,ours_async` at tiny settings reports its figures (no timing is
     asserted); `ours_graphs` without a CUDA device is refused in one line."""
