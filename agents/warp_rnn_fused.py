@@ -96,7 +96,7 @@ class _Workspace:
         self.HS = e(T, H)  # h_{t−1} ⊙ p_h
         self.MMB = e(T, 3, W, seed_major=False)  # (m1, m2, b): what p_i, p_hh, p_b multiply
         # Backward: local derivatives, then per-step gradients kept for the weight products.
-        self.Dh = e(T, H)
+        self.Dh = None if lstm else e(T, H)  # tanh' of the RNN task cell
         self.Dp = e(T, G)
         self.SD = e(T, 4 * K)
         self.OD = e(T, K)
