@@ -288,7 +288,7 @@ def _as_users_run_sb3(variant: str) -> bool:
     return variant.startswith("sb3") and not variant.endswith("_tuned")
 
 
-def _in_child(argv: list[str], variant: str) -> Callable[[], float]:
+def _in_child(argv: list[str], variant: str) -> Callable[[], tuple[float, float]]:
     """``variant`` built in a child process; each call measures one round there."""
     env = dict(os.environ)
     if _as_users_run_sb3(variant):
